@@ -1,0 +1,38 @@
+# tinydeploy — see README.md. `make demo` and `make test` install what is missing first.
+PY      ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+DEMO    := out/demo
+
+.PHONY: install demo test test-slow lint bench clean
+
+install: $(STAMP)
+	@command -v verilator >/dev/null 2>&1 || { \
+	  echo "installing verilator (apt-get)"; \
+	  (apt-get update -qq && apt-get install -y -qq verilator) >/dev/null || \
+	  echo "warning: could not install verilator; RTL tests will be skipped"; }
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel
+	$(VPY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/tinydeploy demo -o $(DEMO)
+
+test: install
+	$(VPY) -m pytest -q
+
+test-slow: install
+	$(VPY) -m pytest -q -m slow
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(VPY) benchmarks/run_all.py
+
+clean:
+	rm -rf out build .pytest_cache

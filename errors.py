@@ -1,0 +1,34 @@
+"""User-facing errors: one line, naming the ONNX node or tensor and the reason."""
+
+from __future__ import annotations
+
+
+class TinyDeployError(Exception):
+    """An error caused by the user's input (model, options); the CLI prints it and exits with code 2."""
+
+    def __init__(self, reason: str, *, node: str | None = None, tensor: str | None = None) -> None:
+        self.reason = reason
+        self.node = node
+        self.tensor = tensor
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        where = []
+        if self.node:
+            where.append(f"node '{self.node}'")
+        if self.tensor:
+            where.append(f"tensor '{self.tensor}'")
+        prefix = (" ".join(where) + ": ") if where else ""
+        return prefix + self.reason
+
+
+class UnsupportedModelError(TinyDeployError):
+    """The model uses something tinydeploy cannot compile (op, dynamic shape, float-only graph...)."""
+
+
+class ModelFileError(TinyDeployError):
+    """The file is missing, truncated or not an ONNX model."""
+
+
+class OverflowRiskError(TinyDeployError):
+    """An integer accumulator could leave its type's range for some admissible input."""

@@ -1,0 +1,249 @@
+"""Import the integer ONNX dialect of Deeploy/QuantLib (RequantShift, iSoftmax, ITAMax, iNoNorm, ...).
+
+Values in this dialect are integers stored in float tensors. Graph inputs are taken as int8 unless
+`input_ranges` says otherwise (Deeploy's own test runner also infers input types from the test data).
+Every produced tensor gets the narrowest integer dtype that holds its proven value range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import OverflowRiskError, UnsupportedModelError
+from ..ir.graph import DTYPE_RANGES, Graph, Node, Tensor, smallest_signed_dtype
+from ..ir.ops import op_def
+from .onnx_loader import graph_input_shapes
+
+
+def _scalar(value: Any) -> Any:
+    """Deeploy stores scalar attributes as 1-element tensors or plain numbers."""
+    if isinstance(value, gs.Constant):
+        value = value.values
+    arr = np.asarray(value)
+    return arr.reshape(-1)[0].item() if arr.size == 1 else arr
+
+
+def _int_array(t: gs.Tensor, node: gs.Node) -> np.ndarray:
+    if not isinstance(t, gs.Constant):
+        raise UnsupportedModelError(f"expected a constant for input '{t.name}'", node=node.name)
+    values = np.asarray(t.values)
+    if not np.all(np.equal(np.mod(values, 1), 0)):
+        raise UnsupportedModelError("constant holds non-integer values in the integer dialect",
+                                    node=node.name, tensor=t.name)
+    return values.astype(np.int64)
+
+
+def _levels_range(n_levels: int, signed: bool) -> tuple[int, int]:
+    return (-(n_levels // 2), n_levels // 2 - 1) if signed else (0, n_levels - 1)
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, input_ranges: dict[str, tuple[int, int]] | None) -> None:
+        self.model = model
+        self.gsg = gs.import_onnx(model)
+        self.graph = Graph(name=model.graph.name or "network")
+        self.input_ranges = input_ranges or {}
+
+    # -- tensors -----------------------------------------------------------------------------------------
+    def const(self, t: gs.Tensor, node: gs.Node) -> str:
+        if t.name not in self.graph.tensors:
+            values = _int_array(t, node)
+            lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+            self.graph.add_tensor(Tensor(t.name, smallest_signed_dtype(lo, hi), tuple(values.shape), values))
+        return t.name
+
+    def value(self, t: gs.Tensor, node: gs.Node) -> str:
+        return self.const(t, node) if isinstance(t, gs.Constant) else t.name
+
+    def emit(self, node: gs.Node, op: str, inputs: list[str], attrs: dict[str, Any]) -> None:
+        out = node.outputs[0].name
+        ir_node = Node(node.name or out, op, inputs, [out], attrs, origin=node.name or out)
+        shapes = [self.graph.tensors[i].shape for i in inputs]
+        shape = op_def(ir_node).shape(ir_node, shapes)[0]
+        self.graph.add_tensor(Tensor(out, "int64", tuple(shape)))  # dtype fixed after range analysis
+        self.graph.nodes.append(ir_node)
+
+    # -- main --------------------------------------------------------------------------------------------
+    def run(self) -> Graph:
+        shapes = graph_input_shapes(self.model)
+        for name, shape in shapes.items():
+            lo, hi = self.input_ranges.get(name, DTYPE_RANGES["int8"])
+            self.graph.add_tensor(Tensor(name, smallest_signed_dtype(lo, hi), shape))
+            self.graph.inputs.append(name)
+            self.graph.meta.setdefault("input_ranges", {})[name] = (lo, hi)
+        self.gsg.toposort()
+        for node in self.gsg.nodes:
+            handler = HANDLERS.get(node.op)
+            if handler is None:
+                raise UnsupportedModelError(f"unsupported op '{node.op}' in the integer (Deeploy) dialect; "
+                                            f"supported: {', '.join(sorted(HANDLERS))}", node=node.name)
+            handler(self, node)
+        self.graph.outputs = [o.name for o in self.gsg.outputs]
+        self.assign_dtypes()
+        return self.graph
+
+    def assign_dtypes(self) -> None:
+        """Give every produced tensor the narrowest dtype of its proven range."""
+        from ..ir.verify import value_ranges
+        for t in self.graph.activations():
+            if t.name not in self.graph.inputs:
+                t.dtype = "int64"
+        ranges = value_ranges(self.graph, check=False)
+        for t in self.graph.activations():
+            if t.name in self.graph.inputs:
+                continue
+            lo, hi = ranges[t.name]
+            dtype = smallest_signed_dtype(lo, hi)
+            if dtype == "int64":
+                producer = self.graph.producers()[t.name]
+                raise OverflowRiskError(f"result may reach [{lo}, {hi}], beyond int32", node=producer.origin,
+                                        tensor=t.name)
+            t.dtype = dtype
+
+
+Handler = Callable[[_Importer, gs.Node], None]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(*names: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        for n in names:
+            HANDLERS[n] = fn
+        return fn
+    return register
+
+
+@handles("Constant")
+def _constant(imp: _Importer, node: gs.Node) -> None:
+    out = node.outputs[0]
+    values = np.asarray(node.attrs["value"].values).astype(np.int64)
+    imp.graph.add_tensor(Tensor(out.name, smallest_signed_dtype(int(values.min()), int(values.max())),
+                                tuple(values.shape), values))
+
+
+@handles("MatMul")
+def _matmul(imp: _Importer, node: gs.Node) -> None:
+    imp.emit(node, "MatMulInt", [imp.value(t, node) for t in node.inputs], {})
+
+
+@handles("Gemm")
+def _gemm(imp: _Importer, node: gs.Node) -> None:
+    if float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0:
+        raise UnsupportedModelError("Gemm with alpha/beta != 1 in the integer dialect", node=node.name)
+    attrs = {"trans_a": int(node.attrs.get("transA", 0)), "trans_b": int(node.attrs.get("transB", 0))}
+    imp.emit(node, "MatMulInt", [imp.value(t, node) for t in node.inputs], attrs)
+
+
+@handles("Add")
+def _add(imp: _Importer, node: gs.Node) -> None:
+    imp.emit(node, "Add", [imp.value(t, node) for t in node.inputs], {})
+
+
+@handles("RequantShift")
+def _requant_shift(imp: _Importer, node: gs.Node) -> None:
+    n_levels = int(_scalar(node.attrs.get("n_levels_out", node.attrs.get("n_levels", 256))))
+    signed = bool(_scalar(node.attrs.get("signed", 1)))
+    div = int(_scalar(node.attrs["div"]))
+    log2d = int(np.log2(div))
+    if 1 << log2d != div:
+        raise UnsupportedModelError(f"RequantShift div={div} is not a power of two", node=node.name)
+    lo, hi = _levels_range(n_levels, signed)
+    attrs = {"mul": _int_array(node.inputs[1], node), "add": _int_array(node.inputs[2], node),
+             "log2d": log2d, "lo": lo, "hi": hi}
+    imp.emit(node, "RequantShift", [imp.value(node.inputs[0], node)], attrs)
+
+
+@handles("iSoftmax")
+def _isoftmax(imp: _Importer, node: gs.Node) -> None:
+    n_levels = int(_scalar(node.attrs["n_levels"]))
+    attrs = {"coeff_a": int(_scalar(node.attrs["coeffA"])), "coeff_b": int(_scalar(node.attrs["coeffB"])),
+             "coeff_c": int(_scalar(node.attrs["coeffC"])), "log2": int(_scalar(node.attrs["log2"])),
+             "n_levels": n_levels, "lo": 0, "hi": n_levels - 1}
+    imp.emit(node, "ISoftmax", [imp.value(node.inputs[0], node)], attrs)
+
+
+@handles("ITAMax")
+def _itamax(imp: _Importer, node: gs.Node) -> None:
+    n_levels = int(_scalar(node.attrs.get("n_levels", 256)))
+    imp.emit(node, "ITAMax", [imp.value(node.inputs[0], node)], {"n_levels": n_levels, "lo": 0, "hi": n_levels - 1})
+
+
+@handles("ITAPartialMax")
+def _ita_partial_max(imp: _Importer, node: gs.Node) -> None:
+    n_levels = int(_scalar(node.attrs.get("n_levels", 256)))
+    attrs = {"n_levels": n_levels, "group_width": int(_scalar(node.attrs.get("group_width", 16))),
+             "lo": 0, "hi": n_levels // 2 - 1}
+    imp.emit(node, "ITAPartialMax", [imp.value(node.inputs[0], node)], attrs)
+
+
+@handles("iNoNorm")
+def _inonorm(imp: _Importer, node: gs.Node) -> None:
+    n_levels = int(_scalar(node.attrs["n_levels"]))
+    lo, hi = _levels_range(n_levels, True)
+    attrs = {"mul": int(_scalar(node.attrs["mul"])), "log2d": int(np.log2(int(_scalar(node.attrs["D"])))),
+             "lo": lo, "hi": hi}
+    imp.emit(node, "INoNorm", [imp.value(t, node) for t in node.inputs], attrs)
+
+
+@handles("iLayerNorm")
+def _ilayernorm(imp: _Importer, node: gs.Node) -> None:
+    n_levels = int(_scalar(node.attrs["n_levels"]))
+    lo, hi = _levels_range(n_levels, True)
+    attrs = {"log2d": int(np.log2(int(_scalar(node.attrs["D"])))), "lo": lo, "hi": hi}
+    imp.emit(node, "ILayerNorm", [imp.value(t, node) for t in node.inputs], attrs)
+
+
+@handles("iRMSNorm")
+def _irmsnorm(imp: _Importer, node: gs.Node) -> None:
+    n_levels = int(_scalar(node.attrs["n_levels"]))
+    lo, hi = _levels_range(n_levels, True)
+    attrs = {"log2d": int(np.log2(int(_scalar(node.attrs["D"])))), "lo": lo, "hi": hi}
+    imp.emit(node, "IRMSNorm", [imp.value(t, node) for t in node.inputs], attrs)
+
+
+@handles("iGELU")
+def _igelu(imp: _Importer, node: gs.Node) -> None:
+    attrs = {"b": int(_scalar(node.attrs["b"])), "one": int(_scalar(node.attrs["one"]))}
+    imp.emit(node, "IGELU", [imp.value(node.inputs[0], node)], attrs)
+
+
+@handles("IntegerMean", "ReduceMean")
+def _integer_mean(imp: _Importer, node: gs.Node) -> None:
+    axes = [int(a) for a in np.atleast_1d(node.attrs.get("axes", [-1]))]
+    attrs = {"axes": axes, "keepdims": int(node.attrs.get("keepdims", 1))}
+    imp.emit(node, "IntegerMean", [imp.value(node.inputs[0], node)], attrs)
+
+
+@handles("TrueIntegerDiv")
+def _true_integer_div(imp: _Importer, node: gs.Node) -> None:
+    attrs = {k.lower(): int(_scalar(node.attrs[k])) for k in ("Delta", "eps", "eta", "y")}
+    imp.emit(node, "TrueIntegerDiv", [imp.value(node.inputs[0], node)], attrs)
+
+
+@handles("Reshape")
+def _reshape(imp: _Importer, node: gs.Node) -> None:
+    src = imp.graph.tensors[imp.value(node.inputs[0], node)]
+    target = [int(v) for v in _int_array(node.inputs[1], node)]
+    shape = np.empty(src.shape, dtype=np.int8).reshape(target).shape
+    imp.emit(node, "Reshape", [src.name], {"shape": list(shape)})
+
+
+@handles("Transpose")
+def _transpose(imp: _Importer, node: gs.Node) -> None:
+    imp.emit(node, "Transpose", [imp.value(node.inputs[0], node)], {"perm": list(node.attrs["perm"])})
+
+
+@handles("Gather")
+def _gather(imp: _Importer, node: gs.Node) -> None:
+    inputs = [imp.value(t, node) for t in node.inputs]
+    imp.emit(node, "Gather", inputs, {"axis": int(node.attrs.get("axis", 0))})
+
+
+def import_deeploy(model: onnx.ModelProto, *, input_ranges: dict[str, tuple[int, int]] | None = None) -> Graph:
+    """Deeploy-dialect ONNX -> integer IR graph."""
+    return _Importer(model, input_ranges).run()

@@ -1,0 +1,127 @@
+"""Load an ONNX file with clear errors: missing/truncated/non-ONNX files, dynamic shapes, float-only models.
+
+`import_model` is the frontend's entry point: it detects the dialect (QDQ from onnxruntime, or the
+integer dialect of Deeploy/QuantLib) and returns the IR graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import ModelFileError, UnsupportedModelError
+from ..ir.graph import Graph
+
+#: Ops that only exist in the Deeploy/QuantLib integer dialect.
+DEEPLOY_OPS = frozenset({"RequantShift", "iSoftmax", "ITAMax", "ITAPartialMax", "iNoNorm", "iLayerNorm",
+                         "iGELU", "IntegerMean", "TrueIntegerDiv", "IntegerDiv", "iRMSNorm", "RQIntegerDiv"})
+
+ONNX_INT_TYPES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
+                  onnx.TensorProto.INT16: "int16", onnx.TensorProto.INT32: "int32",
+                  onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT: "float32"}
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Read and parse an ONNX file; every failure is a one-line ModelFileError."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file '{path}' does not exist")
+    if path.is_dir():
+        candidates = [path / "model_qdq.onnx", path / "network.onnx"]
+        found = [c for c in candidates if c.exists()]
+        if not found:
+            raise ModelFileError(f"'{path}' is a directory without model_qdq.onnx or network.onnx")
+        path = found[0]
+    data = path.read_bytes()
+    if not data:
+        raise ModelFileError(f"'{path}' is empty, not an ONNX model")
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-ish types: all mean "not ONNX"
+        raise ModelFileError(f"'{path}' is not a valid ONNX file (truncated or another format): "
+                             f"{type(exc).__name__}") from None
+    if not model.graph.node:
+        raise ModelFileError(f"'{path}' parsed as protobuf but holds no ONNX graph nodes "
+                             "(truncated or not an ONNX model)")
+    return model
+
+
+def initializer_names(model: onnx.ModelProto) -> set[str]:
+    return {i.name for i in model.graph.initializer}
+
+
+def graph_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the real graph inputs; a symbolic or unknown dimension is an error."""
+    inits = initializer_names(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = []
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(d.dim_value)
+            else:
+                sym = d.dim_param or "?"
+                raise UnsupportedModelError(
+                    f"dynamic shape: dimension {i} is '{sym}'; tinydeploy needs static shapes "
+                    "(export with fixed batch and sequence length, or fix it with onnxsim/--overwrite-input-shape)",
+                    tensor=vi.name)
+        shapes[vi.name] = tuple(dims)
+    return shapes
+
+
+def const_array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    return None
+
+
+#: Standard ops that also appear in integer-dialect graphs (integer values held in float tensors).
+INTEGER_CAPABLE_OPS = frozenset({"MatMul", "Gemm", "Add", "ReduceMean", "Reshape", "Transpose", "Gather",
+                                 "Constant"})
+
+
+def _initializers_are_integers(model: onnx.ModelProto) -> bool:
+    """True when every constant holds whole numbers: an integerized graph, not a float model's weights."""
+    for init in model.graph.initializer:
+        values = numpy_helper.to_array(init)
+        if values.dtype.kind == "f" and values.size and not np.all(np.mod(values, 1) == 0):
+            return False
+    return True
+
+
+def detect_dialect(model: onnx.ModelProto) -> str:
+    """'deeploy' (integer dialect), 'qdq' (QuantizeLinear/DequantizeLinear), or an error for float models."""
+    ops = {n.op_type for n in model.graph.node}
+    if ops & DEEPLOY_OPS:
+        return "deeploy"
+    if ops & {"QuantizeLinear", "DequantizeLinear"}:
+        return "qdq"
+    if ops <= INTEGER_CAPABLE_OPS and _initializers_are_integers(model):
+        return "deeploy"
+    if ops & {"QLinearMatMul", "QLinearConv", "MatMulInteger", "QLinearAdd"}:
+        raise UnsupportedModelError(
+            "operator-oriented (QOperator) quantized model; quantize with onnxruntime's QuantFormat.QDQ")
+    raise UnsupportedModelError(
+        "float-only model: no QuantizeLinear/DequantizeLinear and no integer-dialect ops; tinydeploy "
+        "compiles 8-bit models (run `tinydeploy zoo` or onnxruntime.quantization.quantize_static with QDQ)")
+
+
+def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] | None = None) -> Graph:
+    """ONNX file -> IR graph (quantized for QDQ models, already integer for the Deeploy dialect)."""
+    model = load_onnx(path)
+    dialect = detect_dialect(model)
+    if dialect == "deeploy":
+        from .deeploy import import_deeploy
+        graph = import_deeploy(model, input_ranges=input_ranges)
+    else:
+        from .qdq import import_qdq
+        graph = import_qdq(model)
+    graph.meta["dialect"] = dialect
+    graph.meta["source"] = str(path)
+    return graph

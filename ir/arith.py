@@ -1,0 +1,243 @@
+"""Integer arithmetic contracts (DESIGN.md, "Integer arithmetic contracts"): one function per contract.
+
+Every function takes and returns int64 numpy arrays and is exact. The golden interpreter calls these;
+the C kernels, the accelerator model and the RTL mirror them. C semantics are spelled out where they
+differ from Python's (`c_div` truncates toward zero, `>>` on signed values is arithmetic).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+I64 = np.int64
+
+
+def as_i64(x: np.ndarray | int) -> np.ndarray:
+    return np.asarray(x, dtype=I64)
+
+
+def c_div(num: np.ndarray, den: np.ndarray | int) -> np.ndarray:
+    """C integer division: the quotient truncated toward zero (numpy's // floors)."""
+    num, den = as_i64(num), as_i64(den)
+    q = np.abs(num) // np.abs(den)
+    return np.where((num < 0) ^ (den < 0), -q, q)
+
+
+def clip(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return np.clip(as_i64(x), lo, hi)
+
+
+# --- contract 1: accelerator (ITA) requant ---------------------------------------------------------
+def requant_ita(x: np.ndarray, mul: np.ndarray | int, shift: np.ndarray | int, add: np.ndarray | int,
+                lo: int = -128, hi: int = 127) -> np.ndarray:
+    """y = clip(floor(mul*x / 2^shift + add + 1/2), lo, hi): round half up; mul uint8, shift >= 0, add int.
+
+    Exact in int64: floor((mul*x + add*2^shift + 2^(shift-1)) / 2^shift).
+    """
+    x, mul, shift, add = as_i64(x), as_i64(mul), as_i64(shift), as_i64(add)
+    half = np.where(shift > 0, np.left_shift(I64(1), np.maximum(shift - 1, 0)), 0)
+    acc = mul * x + np.left_shift(add, shift) + half
+    return clip(np.right_shift(acc, shift), lo, hi)
+
+
+def ita_requant_params(real_scale: np.ndarray | float, max_shift: int = 31) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate a positive real multiplier by mul/2^shift with mul an unsigned 8-bit integer in [128, 255].
+
+    Picks the largest shift (best precision) that keeps mul <= 255; tiny scales saturate at max_shift.
+    """
+    real = np.atleast_1d(np.asarray(real_scale, dtype=np.float64))
+    if np.any(real <= 0):
+        raise ValueError("requant scale must be positive")
+    shift = np.floor(np.log2(255.5 / real)).astype(I64)
+    shift = np.clip(shift, 0, max_shift)
+    mul = np.round(real * np.exp2(shift)).astype(I64)
+    over = mul > 255  # rounding pushed it over: one shift less
+    shift = np.where(over, shift - 1, shift)
+    mul = np.where(over, np.round(real * np.exp2(shift)).astype(I64), mul)
+    if np.any(mul > 255) or np.any(shift < 0):
+        raise ValueError(f"requant scale {real.max():g} too large for an 8-bit multiplier")
+    return mul, shift
+
+
+# --- contract 2: CMSIS-NN / TFLite requant --------------------------------------------------------
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values (nudge toward +-1/2, C division)."""
+    a, b = as_i64(a), as_i64(b)
+    overflow = (a == INT32_MIN) & (b == INT32_MIN)
+    ab = a * b
+    nudge = np.where(ab >= 0, I64(1 << 30), I64(1 - (1 << 30)))
+    result = c_div(ab + nudge, I64(1 << 31))
+    return np.where(overflow, INT32_MAX, result)
+
+
+def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:
+    """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded half away from zero."""
+    x, exponent = as_i64(x), as_i64(exponent)
+    mask = np.left_shift(I64(1), exponent) - 1
+    remainder = x & mask
+    threshold = np.right_shift(mask, 1) + (x < 0)
+    return np.right_shift(x, exponent) + (remainder > threshold)
+
+
+def requant_cmsis(x: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int,
+                  out_zero_point: int = 0, lo: int = -128, hi: int = 127) -> np.ndarray:
+    """arm_nn_requantize (non single-rounding) + output offset + clip. shift > 0 is a left shift."""
+    x, multiplier, shift = as_i64(x), as_i64(multiplier), as_i64(shift)
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    shifted = np.clip(x * np.left_shift(I64(1), left), INT32_MIN, INT32_MAX)
+    y = rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, multiplier), right)
+    return clip(y + out_zero_point, lo, hi)
+
+
+def cmsis_requant_params(real_scale: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite QuantizeMultiplier: real = m31 * 2^(shift-31), m31 in [2^30, 2^31)."""
+    real = np.atleast_1d(np.asarray(real_scale, dtype=np.float64))
+    mant, exp = np.frexp(real)
+    m31 = np.round(mant * (1 << 31)).astype(I64)
+    carry = m31 == (1 << 31)
+    m31 = np.where(carry, m31 // 2, m31)
+    exp = np.where(carry, exp + 1, exp).astype(I64)
+    tiny = exp < -31
+    m31 = np.where(tiny, 0, m31)
+    exp = np.where(tiny, 0, exp)
+    return m31, exp
+
+
+# --- contract 3: Deeploy / QuantLib RequantShift ---------------------------------------------------
+def requant_shift_deeploy(x: np.ndarray, mul: np.ndarray, add: np.ndarray, log2d: int, lo: int, hi: int,
+                          rounding: bool = True) -> np.ndarray:
+    """clip(floor((x*mul + add + round_half) / 2^log2d)): Deeploy's RequantShift kernels with rounding on."""
+    acc = as_i64(x) * as_i64(mul) + as_i64(add)
+    if rounding and log2d > 0:
+        acc = acc + (1 << (log2d - 1))
+    return clip(np.right_shift(acc, log2d), lo, hi)
+
+
+# --- contract 4: ITA streaming softmax -------------------------------------------------------------
+def ita_shift(diff: np.ndarray) -> np.ndarray:
+    """Power-of-two exponent for a logit difference: (diff + 16) >> 5 (32 integer steps = one octave)."""
+    return np.right_shift(as_i64(diff) + 16, 5)
+
+
+def ita_partial_max(x: np.ndarray, group_width: int = 16, n_levels: int = 256) -> np.ndarray:
+    """ITA streaming softmax over the last axis: running max over blocks of `group_width` columns.
+
+    The denominator accumulates 2^8 >> shift per element and is renormalised by >> (max shift) when the
+    running max grows; the inverse floor((n_levels/2-1) * 2^8 / sum) is shifted right per element.
+    Output range [0, n_levels/2 - 1] (signed int8 operand for the next matmul).
+    """
+    x = as_i64(x)
+    rows = x.reshape(-1, x.shape[-1])
+    n_cols = rows.shape[1]
+    if n_cols % group_width:
+        raise ValueError(f"row length {n_cols} is not a multiple of the group width {group_width}")
+    global_max = np.full(rows.shape[0], -128, dtype=I64)
+    denom = np.zeros(rows.shape[0], dtype=I64)
+    for g in range(n_cols // group_width):
+        block = rows[:, g * group_width:(g + 1) * group_width]
+        block_max = block.max(axis=1)
+        grows = block_max > global_max
+        renorm = np.where(grows, ita_shift(block_max - global_max), 0)
+        global_max = np.maximum(global_max, block_max)
+        contrib = np.right_shift(I64(256), ita_shift(global_max[:, None] - block)).sum(axis=1)
+        denom = np.right_shift(denom, renorm) + contrib
+    inverse = ((n_levels // 2 - 1) * 256) // denom
+    out = np.right_shift(inverse[:, None], ita_shift(global_max[:, None] - rows))
+    return out.reshape(x.shape)
+
+
+def ita_max(x: np.ndarray, n_levels: int = 256) -> np.ndarray:
+    """Deeploy's ITAMax: one-pass (whole-row max) variant of the ITA softmax, output in [0, n_levels-1]."""
+    x = as_i64(x)
+    shift = ita_shift(x.max(axis=-1, keepdims=True) - x)
+    denom = np.right_shift(I64(256), shift).sum(axis=-1, keepdims=True)
+    inverse = ((n_levels - 1) * 256) // denom
+    return np.right_shift(inverse, shift)
+
+
+# --- contract 5: integer softmax / GELU / norms on the cores --------------------------------------
+def i_softmax(x: np.ndarray, coeff_a: int, coeff_b: int, coeff_c: int, log2: int, n_levels: int) -> np.ndarray:
+    """I-BERT integer softmax as in Deeploy's iSoftmax: exp(p) ~ a(p+b)^2 + c, 2^-z by shifting.
+
+    Output in [0, n_levels-1] (unsigned probabilities scaled by n_levels-1).
+    """
+    x = as_i64(x)
+    x_tilde = x - x.max(axis=-1, keepdims=True)
+    z = np.clip(-c_div(x_tilde, log2), 0, 31)
+    p = x_tilde + z * log2
+    y = np.right_shift(coeff_a * (p + coeff_b) ** 2 + coeff_c, z)
+    y_sum = y.sum(axis=-1, keepdims=True)
+    return (y * (n_levels - 1)) // y_sum
+
+
+def isqrt_floor(x: np.ndarray) -> np.ndarray:
+    """floor(sqrt(x)) for x >= 0 (0 for x <= 0), exact for int64: Deeploy's binary-search sqrt."""
+    x = as_i64(x)
+    r = np.floor(np.sqrt(np.maximum(x, 0).astype(np.float64))).astype(I64)
+    r = np.where(r * r > x, r - 1, r)
+    r = np.where((r + 1) * (r + 1) <= x, r + 1, r)
+    return np.where(x > 0, r, 0)
+
+
+def i_gelu(x: np.ndarray, b: int, one: int) -> np.ndarray:
+    """I-BERT i-GELU as in Deeploy: x * (one + L(x)) / 2 with L a clipped second-order erf polynomial."""
+    x = as_i64(x)
+    sign = np.sign(x)
+    q = np.minimum(np.abs(x), -b)
+    d = q + b
+    erf = sign * (one - d * d)
+    return x * np.right_shift(one + erf, 1)
+
+
+def i_layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, log2d: int,
+                lo: int = -128, hi: int = 127) -> np.ndarray:
+    """I-BERT integer LayerNorm (Deeploy iLayerNorm): integer mean, variance, floor sqrt; C division."""
+    x = as_i64(x)
+    n = x.shape[-1]
+    mean = c_div(x.sum(axis=-1, keepdims=True), n)
+    centered = x - mean
+    var = c_div((centered * centered).sum(axis=-1, keepdims=True), n) + 1
+    std = isqrt_floor(var)
+    y = np.right_shift(c_div(centered * as_i64(weight), std) + as_i64(bias), log2d)
+    return clip(y, lo, hi)
+
+
+def i_rmsnorm(x: np.ndarray, weight: np.ndarray, log2d: int, lo: int = -128, hi: int = 127) -> np.ndarray:
+    """Integer RMSNorm (Deeploy iRMSNorm): floor sqrt of mean square + 1, C division, shift, clip."""
+    x = as_i64(x)
+    n = x.shape[-1]
+    ms = c_div((x * x).sum(axis=-1, keepdims=True), n) + 1
+    std = isqrt_floor(ms)
+    return clip(np.right_shift(c_div(x * as_i64(weight), std), log2d), lo, hi)
+
+
+def round_half_away_div(num: np.ndarray, den: int | np.ndarray) -> np.ndarray:
+    """C `(num + sgn(num)*(den>>1)) / den`: division rounded half away from zero (den > 0)."""
+    num = as_i64(num)
+    sgn = np.sign(num)
+    return c_div(num + sgn * np.right_shift(as_i64(den), 1), den)
+
+
+def true_integer_div(x: np.ndarray, y: np.ndarray | int, delta: int, eps: int, eta: int) -> np.ndarray:
+    """QuantLib TrueIntegerDiv: floor(Delta*eta*x / (eta*y + eps)).
+
+    Floor, as in QuantLib's golden outputs (Deeploy's generic C kernel rounds half away from zero and
+    disagrees with its own test vectors on 4% of elements; the conformance data decides).
+    """
+    num = I64(delta) * I64(eta) * as_i64(x)
+    den = I64(eta) * as_i64(y) + I64(eps)
+    return num // den
+
+
+def mean_round_half_up(total: np.ndarray, n: int) -> np.ndarray:
+    """floor((sum + n/2) / n): QuantLib IntegerMean (== (sum + 2^(k-1)) >> k for n = 2^k)."""
+    return (as_i64(total) + n // 2) // n
+
+
+def lut_apply(x: np.ndarray, table: np.ndarray, in_min: int = -128) -> np.ndarray:
+    """Elementwise table lookup: y = table[x - in_min]."""
+    return as_i64(table)[as_i64(x) - in_min]
