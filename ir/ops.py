@@ -382,7 +382,8 @@ def _q_output(node: Node, y: np.ndarray) -> np.ndarray:
 
 
 FLOAT_FUNCS: dict[str, Callable[..., np.ndarray]] = {
-    "QMatMul": lambda node, a, b, *bias: (np.matmul(a, b) + (bias[0] if bias else 0)),
+    "QMatMul": lambda node, a, b, *bias: (np.matmul(a, np.swapaxes(b, -1, -2) if node.attrs.get("trans_b") else b)
+                                          + (bias[0] if bias else 0)),
     "QAdd": lambda node, a, b: a + b,
     "QSub": lambda node, a, b: a - b,
     "QMul": lambda node, a, b: a * b,
