@@ -1,0 +1,300 @@
+"""integerize(graph, target): replace every quantized float op by integer-only ops.
+
+Linear ops become an int32 accumulation (MatMulInt / Add / Mul) followed by a requant in the target's
+style (contract 1 "ita" or contract 2 "cmsis"). Softmax becomes the ITA streaming softmax (contract 4)
+or the I-BERT integer softmax (contract 5). Elementwise nonlinearities (ReLU, tanh, sigmoid, GELU)
+become exact 256-entry tables computed here from the quantization parameters. Afterwards the graph
+has no float tensor and no Q op; the verifier proves every accumulator fits its dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import UnsupportedModelError
+from ..ir import arith
+from ..ir.graph import DTYPE_RANGES, Graph, Node, QuantParams, Tensor
+from ..ir.ops import FLOAT_FUNCS, dequantize, quantize
+from ..ir.verify import verify
+from ..target import Target, load_target
+
+#: fixed-point bits used to align two operand scales of an Add
+ADD_ALIGN_BITS = 14
+#: ITA softmax input scale: 32 integer steps per octave, i.e. log2(e) * s = 1/32
+ITA_SOFTMAX_SCALE = float(np.log(2.0) / 32.0)
+#: I-BERT second-order exp polynomial on (-ln2, 0]: exp(p) ~ A (p + B)^2 + C
+IBERT_A, IBERT_B, IBERT_C = 0.3585, 1.353, 0.344
+#: finest I-BERT softmax input scale: 64 steps per octave keeps row sums of 512 columns in int32
+IBERT_MIN_SCALE = float(np.log(2.0) / 64.0)
+#: softmax outputs are probabilities * 127 in int8 (zero point 0), the operand of the next matmul
+SOFTMAX_OUT_LEVELS = 128
+
+
+class _Lowering:
+    def __init__(self, graph: Graph, target: Target) -> None:
+        self.src = graph
+        self.target = target
+        self.graph = graph.copy()
+        self.graph.nodes = []
+        self.counter = 0
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def q(self, name: str, node: Node) -> QuantParams:
+        quant = self.graph.tensors[name].quant
+        if quant is None:
+            raise UnsupportedModelError("operand has no quantization parameters", node=node.origin, tensor=name)
+        return quant
+
+    def emit(self, op: str, inputs: list[str], outputs: list[str], attrs: dict, origin: Node) -> None:
+        self.counter += 1
+        self.graph.nodes.append(Node(f"{origin.name}/{op}" if op != origin.op else origin.name, op, inputs,
+                                     outputs, attrs, origin=origin.origin))
+
+    def temp(self, base: str, dtype: str, shape: tuple[int, ...]) -> str:
+        name = self.graph.unique_name(base)
+        self.graph.add_tensor(Tensor(name, dtype, shape))
+        return name
+
+    def channel_array(self, values: np.ndarray, quant: QuantParams, ndim_out: int, node: Node) -> np.ndarray:
+        """Per-channel values of an operand, shaped to broadcast over the output (channels on the last axis)."""
+        values = np.asarray(values)
+        if values.size == 1:
+            return values.reshape(())
+        return values.reshape(-1)
+
+    def requant(self, acc: str, real_scale: np.ndarray | float, out: str, node: Node, in_zero: int = 0) -> None:
+        """acc (int32) * real_scale -> out (int8) in the target's requant style."""
+        out_q = self.q(out, node)
+        if out_q.per_channel:
+            raise UnsupportedModelError("per-channel quantized activation output", node=node.origin, tensor=out)
+        lo, hi = DTYPE_RANGES[self.graph.tensors[out].dtype]
+        zp = int(out_q.zero_point)
+        real = np.asarray(real_scale, dtype=np.float64)
+        try:
+            if self.target.requant == "cmsis":
+                mult, shift = arith.cmsis_requant_params(real)
+                attrs = {"multiplier": _squeeze(mult), "shift": _squeeze(shift), "zero_point": zp}
+                op = "RequantCMSIS"
+            else:
+                mul, shift = arith.ita_requant_params(real)
+                attrs = {"mul": _squeeze(mul), "shift": _squeeze(shift), "add": zp}
+                op = "Requant"
+        except ValueError as exc:
+            raise UnsupportedModelError(f"cannot requantize: {exc}", node=node.origin) from None
+        if in_zero:
+            centered = self.temp(f"{acc}_centered", "int16", self.graph.tensors[acc].shape)
+            self.emit("Add", [acc, self.zero_scalar()], [centered], {"a_zero": in_zero}, node)
+            acc = centered
+        self.emit(op, [acc], [out], {**attrs, "lo": lo, "hi": hi}, node)
+
+    def zero_scalar(self) -> str:
+        if "zero_i8" not in self.graph.tensors:
+            self.graph.add_tensor(Tensor("zero_i8", "int8", (), np.zeros((), np.int8)))
+        return "zero_i8"
+
+    # -- lowering of each quantized op ---------------------------------------------------------------------
+    def lower(self) -> Graph:
+        for node in self.src.nodes:
+            handler = LOWERINGS.get(node.op)
+            if handler is None:
+                self.graph.nodes.append(node)  # already integer (layout ops, Deeploy dialect)
+            else:
+                handler(self, node)
+        self.graph.remove_unused()
+        self.graph.meta["target"] = self.target.name
+        self.graph.meta["integerized"] = True
+        return self.graph
+
+
+def _squeeze(values: np.ndarray) -> np.ndarray | int:
+    values = np.asarray(values)
+    if values.size == 1:
+        return int(values.reshape(-1)[0])
+    return values.astype(np.int64)
+
+
+def _single_zero(quant: QuantParams, what: str, node: Node) -> int:
+    zero = np.asarray(quant.zero_point)
+    if zero.size > 1 and np.any(zero != zero.reshape(-1)[0]):
+        raise UnsupportedModelError(f"{what} has per-channel zero points (use symmetric weights)", node=node.origin)
+    return int(zero.reshape(-1)[0])
+
+
+def _check_weight_axis(low: _Lowering, quant: QuantParams, name: str, node: Node, channel_axis: int) -> None:
+    if quant.per_channel and quant.axis % len(low.graph.tensors[name].shape) != channel_axis:
+        raise UnsupportedModelError(f"per-channel weight quantized along axis {quant.axis}, expected the "
+                                    f"output-channel axis {channel_axis}", node=node.origin, tensor=name)
+
+
+def lower_matmul(low: _Lowering, node: Node) -> None:
+    a, b = node.inputs[0], node.inputs[1]
+    qa, qb = low.q(a, node), low.q(b, node)
+    if qa.per_channel:
+        raise UnsupportedModelError("per-channel quantized left matmul operand", node=node.origin, tensor=a)
+    b_shape = low.graph.tensors[b].shape
+    trans_b = bool(node.attrs.get("trans_b"))
+    _check_weight_axis(low, qb, b, node, len(b_shape) - 2 if trans_b else len(b_shape) - 1)
+    attrs = {"a_zero": _single_zero(qa, "left operand", node), "b_zero": _single_zero(qb, "right operand", node)}
+    if trans_b:
+        attrs["trans_b"] = 1
+    inputs = [a, b]
+    if len(node.inputs) > 2:
+        bias = node.inputs[2]
+        qbias = low.q(bias, node)
+        expected = (qa.scale * qb.scale).astype(np.float32)
+        if low.graph.tensors[bias].dtype != "int32" or not np.allclose(qbias.scale, expected, rtol=1e-5):
+            raise UnsupportedModelError("matmul bias must be int32 at scale s_a*s_b", node=node.origin, tensor=bias)
+        inputs.append(bias)
+    out = node.outputs[0]
+    acc = low.temp(f"{out}_acc", "int32", low.graph.tensors[out].shape)
+    low.emit("MatMulInt", inputs, [acc], attrs, node)
+    low.requant(acc, np.float64(qa.scale) * qb.scale.astype(np.float64) / float(low.q(out, node).scale), out, node)
+
+
+def _broadcast_channel(low: _Lowering, values: np.ndarray, quant: QuantParams, operand: str) -> np.ndarray:
+    """Per-channel values of a constant operand, shaped like the operand so they broadcast with it."""
+    values = np.asarray(values)
+    if values.size == 1:
+        return values.reshape(())
+    shape = [1] * len(low.graph.tensors[operand].shape)
+    shape[quant.axis] = values.size
+    return values.reshape(shape)
+
+
+def lower_add(low: _Lowering, node: Node, sign: int = 1) -> None:
+    a, b = node.inputs
+    qa, qb = low.q(a, node), low.q(b, node)
+    ref = max(float(np.max(qa.scale)), float(np.max(qb.scale)))
+    mul_a = np.round(qa.scale.astype(np.float64) / ref * 2**ADD_ALIGN_BITS).astype(np.int64)
+    mul_b = sign * np.round(qb.scale.astype(np.float64) / ref * 2**ADD_ALIGN_BITS).astype(np.int64)
+    attrs = {"mul_a": _squeeze(_broadcast_channel(low, mul_a, qa, a)),
+             "mul_b": _squeeze(_broadcast_channel(low, mul_b, qb, b)),
+             "a_zero": _single_zero(qa, "operand", node), "b_zero": _single_zero(qb, "operand", node)}
+    for key in ("mul_a", "mul_b"):
+        if isinstance(attrs[key], np.ndarray):
+            attrs[key] = _squeeze_leading(attrs[key])
+    out = node.outputs[0]
+    acc = low.temp(f"{out}_acc", "int32", low.graph.tensors[out].shape)
+    low.emit("Add", [a, b], [acc], attrs, node)
+    low.requant(acc, ref / 2**ADD_ALIGN_BITS / float(low.q(out, node).scale), out, node)
+
+
+def _squeeze_leading(arr: np.ndarray) -> np.ndarray:
+    while arr.ndim > 1 and arr.shape[0] == 1:
+        arr = arr[0]
+    return arr
+
+
+def lower_sub(low: _Lowering, node: Node) -> None:
+    lower_add(low, node, sign=-1)
+
+
+def lower_mul(low: _Lowering, node: Node) -> None:
+    a, b = node.inputs
+    qa, qb = low.q(a, node), low.q(b, node)
+    if qa.per_channel:
+        a, b, qa, qb = b, a, qb, qa
+    if qa.per_channel:
+        raise UnsupportedModelError("Mul of two per-channel quantized operands", node=node.origin)
+    out = node.outputs[0]
+    out_shape = low.graph.tensors[out].shape
+    if qb.per_channel and (len(low.graph.tensors[b].shape) != 1 or qb.axis != 0):
+        raise UnsupportedModelError("per-channel Mul operand must be a vector over the last axis", node=node.origin)
+    acc = low.temp(f"{out}_acc", "int32", out_shape)
+    low.emit("Mul", [a, b], [acc], {"a_zero": _single_zero(qa, "operand", node),
+                                     "b_zero": _single_zero(qb, "operand", node)}, node)
+    low.requant(acc, float(qa.scale) * qb.scale.astype(np.float64) / float(low.q(out, node).scale), out, node)
+
+
+def lower_div(low: _Lowering, node: Node) -> None:
+    a, b = node.inputs
+    tb = low.graph.tensors[b]
+    if not tb.is_const or tb.size != 1:
+        raise UnsupportedModelError("Div by a non-constant or non-scalar divisor", node=node.origin, tensor=b)
+    qa, qb = low.q(a, node), low.q(b, node)
+    divisor = float(dequantize(tb.data.astype(np.int64), qb.scale, qb.zero_point, None).reshape(-1)[0])
+    if divisor <= 0:
+        raise UnsupportedModelError("Div by a non-positive constant", node=node.origin, tensor=b)
+    out = node.outputs[0]
+    low.requant(a, float(qa.scale) / divisor / float(low.q(out, node).scale), out, node,
+                in_zero=_single_zero(qa, "operand", node))
+
+
+def lower_requant(low: _Lowering, node: Node) -> None:
+    a, out = node.inputs[0], node.outputs[0]
+    qa = low.q(a, node)
+    low.requant(a, float(qa.scale) / float(low.q(out, node).scale), out, node,
+                in_zero=_single_zero(qa, "operand", node))
+
+
+def lower_unary_lut(low: _Lowering, node: Node) -> None:
+    """Exact table: out[i] = quantize(f(dequantize(i))) for every representable input i."""
+    a, out = node.inputs[0], node.outputs[0]
+    qa, qo = low.q(a, node), low.q(out, node)
+    in_lo, in_hi = DTYPE_RANGES[low.graph.tensors[a].dtype]
+    if in_hi - in_lo > 255:
+        raise UnsupportedModelError(f"{node.op[1:]} on a wider than 8-bit input", node=node.origin, tensor=a)
+    codes = np.arange(in_lo, in_hi + 1, dtype=np.int64)
+    real = dequantize(codes, qa.scale, qa.zero_point, None).astype(np.float64)
+    fn: Callable = FLOAT_FUNCS[node.op]
+    lo, hi = DTYPE_RANGES[low.graph.tensors[out].dtype]
+    table = quantize(np.asarray(fn(node, real), dtype=np.float32), qo.scale, qo.zero_point, lo, hi)
+    low.emit("LUT", [a], [out], {"table": table.astype(np.int64), "in_min": in_lo}, node)
+
+
+def lower_softmax(low: _Lowering, node: Node) -> None:
+    a, out = node.inputs[0], node.outputs[0]
+    qa = low.q(a, node)
+    t_out = low.graph.tensors[out]
+    t_out.quant = QuantParams(np.array(1.0 / (SOFTMAX_OUT_LEVELS - 1), np.float32), np.array(0, np.int64))
+    hi = SOFTMAX_OUT_LEVELS - 1
+    if low.target.softmax == "ita":
+        group = int(low.target.section("accelerator").get("softmax_group", 16))
+        if low.graph.tensors[a].shape[-1] % group:
+            raise UnsupportedModelError(f"ITA softmax needs a row length that is a multiple of {group}",
+                                        node=node.origin, tensor=a)
+        logits = low.temp(f"{a}_ita", "int8", low.graph.tensors[a].shape)
+        low.graph.tensors[logits].quant = QuantParams(np.array(ITA_SOFTMAX_SCALE, np.float32), np.array(0))
+        low.requant(a, float(qa.scale) / ITA_SOFTMAX_SCALE, logits, node, in_zero=_single_zero(qa, "input", node))
+        low.emit("ITAPartialMax", [logits], [out], {"group_width": group, "n_levels": 2 * SOFTMAX_OUT_LEVELS,
+                                                    "lo": 0, "hi": hi}, node)
+        return
+    scale = float(qa.scale)
+    if scale < IBERT_MIN_SCALE:  # finer than the output can resolve: coarsen so 32-bit sums suffice
+        coarse = low.temp(f"{a}_coarse", "int8", low.graph.tensors[a].shape)
+        low.graph.tensors[coarse].quant = QuantParams(np.array(IBERT_MIN_SCALE, np.float32), np.array(0))
+        low.requant(a, scale / IBERT_MIN_SCALE, coarse, node, in_zero=_single_zero(qa, "input", node))
+        a, scale = coarse, IBERT_MIN_SCALE
+    log2 = int(np.floor(np.log(2.0) / scale))
+    if log2 < 1:
+        raise UnsupportedModelError(f"softmax input scale {scale:g} is coarser than ln 2", node=node.origin)
+    coeff_b = int(np.floor(IBERT_B / scale))
+    coeff_c = int(np.floor(IBERT_C / (IBERT_A * scale * scale)))
+    row = low.graph.tensors[a].shape[-1]
+    if (coeff_b**2 + coeff_c) * row * hi >= 2**31:
+        raise UnsupportedModelError(f"softmax input scale {scale:g} too fine for 32-bit I-BERT sums",
+                                    node=node.origin)
+    low.emit("ISoftmax", [a], [out], {"coeff_a": 1, "coeff_b": coeff_b, "coeff_c": coeff_c, "log2": log2,
+                                      "n_levels": SOFTMAX_OUT_LEVELS, "lo": 0, "hi": hi}, node)
+
+
+LOWERINGS: dict[str, Callable[[_Lowering, Node], None]] = {
+    "QMatMul": lower_matmul, "QAdd": lower_add, "QSub": lower_sub, "QMul": lower_mul, "QDiv": lower_div,
+    "QRequant": lower_requant, "QRelu": lower_unary_lut, "QTanh": lower_unary_lut, "QSigmoid": lower_unary_lut,
+    "QGelu": lower_unary_lut, "QSoftmax": lower_softmax,
+}
+
+
+def integerize(graph: Graph, target: str | Target) -> Graph:
+    """The integer-only graph for `target`'s arithmetic style; verified (no float, no overflow)."""
+    tgt = load_target(target)
+    if graph.meta.get("integerized") or graph.meta.get("dialect") == "deeploy":
+        result = graph.copy()
+    else:
+        result = _Lowering(graph, tgt).lower()
+    result.meta["target"] = tgt.name
+    result.meta["integerized"] = True
+    verify(result, integer_only=True)
+    return result
