@@ -224,13 +224,16 @@ class _QDQImporter:
         q, dtype = self._params(node, ins, len(shape))
         if isinstance(x, Pending):
             self.env[out] = Act(self.materialize(x, q, dtype, out))
+            self.graph.meta.setdefault("onnx_names", {})[self.env[out].tensor] = out
         elif isinstance(x, Deq):
             if _same_quant(self.quant_of(x.tensor), q):
                 self.env[out] = Act(x.tensor)
+                self.graph.meta.setdefault("onnx_names", {}).setdefault(x.tensor, out)
             else:  # re-quantization of an activation to other parameters
                 t = self.new_tensor(out, dtype, shape, q)
                 self.add_node("QRequant", [x.tensor], [t], self._qattrs([x.tensor], q, dtype), node.name)
                 self.env[out] = Act(t)
+                self.graph.meta.setdefault("onnx_names", {})[t] = out
         else:
             raise UnsupportedModelError("QuantizeLinear of an integer tensor", node=node.name)
 

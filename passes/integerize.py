@@ -20,8 +20,8 @@ from ..ir.ops import FLOAT_FUNCS, dequantize, quantize
 from ..ir.verify import verify
 from ..target import Target, load_target
 
-#: fixed-point bits used to align two operand scales of an Add
-ADD_ALIGN_BITS = 14
+#: most fixed-point bits used to align two operand scales of an Add to the output scale
+ADD_ALIGN_BITS = 16
 #: ITA softmax input scale: 32 integer steps per octave, i.e. log2(e) * s = 1/32
 ITA_SOFTMAX_SCALE = float(np.log(2.0) / 32.0)
 #: I-BERT second-order exp polynomial on (-ln2, 0]: exp(p) ~ A (p + B)^2 + C
@@ -163,22 +163,41 @@ def _broadcast_channel(low: _Lowering, values: np.ndarray, quant: QuantParams, o
     return values.reshape(shape)
 
 
+def _magnitude(low: _Lowering, name: str, quant: QuantParams) -> float:
+    """Largest |real value| an operand can take: from its data for constants, its dtype otherwise."""
+    t = low.graph.tensors[name]
+    zero = int(np.asarray(quant.zero_point).reshape(-1)[0])
+    if t.is_const:
+        codes = np.abs(t.data.astype(np.int64) - zero)
+    else:
+        lo, hi = DTYPE_RANGES[t.dtype]
+        codes = np.array([abs(lo - zero), abs(hi - zero)])
+    return float(codes.max(initial=0)) * float(np.max(quant.scale))
+
+
 def lower_add(low: _Lowering, node: Node, sign: int = 1) -> None:
+    """acc = (a-za)*mul_a + (b-zb)*mul_b with mul_x = round(s_x/s_y * 2^k); y = requant(acc * 2^-k).
+
+    k is the largest exponent (<= ADD_ALIGN_BITS) that keeps |acc| < 2^30 for every admissible input, so
+    an operand with a huge scale but tiny values (an all-zero bias) cannot starve the other one.
+    """
     a, b = node.inputs
     qa, qb = low.q(a, node), low.q(b, node)
-    ref = max(float(np.max(qa.scale)), float(np.max(qb.scale)))
-    mul_a = np.round(qa.scale.astype(np.float64) / ref * 2**ADD_ALIGN_BITS).astype(np.int64)
-    mul_b = sign * np.round(qb.scale.astype(np.float64) / ref * 2**ADD_ALIGN_BITS).astype(np.int64)
+    out = node.outputs[0]
+    s_out = float(low.q(out, node).scale)
+    bound = (_magnitude(low, a, qa) + _magnitude(low, b, qb)) / s_out
+    k = int(min(ADD_ALIGN_BITS, np.floor(np.log2(2.0**30 / max(bound, 1e-30)))))
+    mul_a = np.round(qa.scale.astype(np.float64) / s_out * 2.0**k).astype(np.int64)
+    mul_b = sign * np.round(qb.scale.astype(np.float64) / s_out * 2.0**k).astype(np.int64)
     attrs = {"mul_a": _squeeze(_broadcast_channel(low, mul_a, qa, a)),
              "mul_b": _squeeze(_broadcast_channel(low, mul_b, qb, b)),
              "a_zero": _single_zero(qa, "operand", node), "b_zero": _single_zero(qb, "operand", node)}
     for key in ("mul_a", "mul_b"):
         if isinstance(attrs[key], np.ndarray):
             attrs[key] = _squeeze_leading(attrs[key])
-    out = node.outputs[0]
     acc = low.temp(f"{out}_acc", "int32", low.graph.tensors[out].shape)
     low.emit("Add", [a, b], [acc], attrs, node)
-    low.requant(acc, ref / 2**ADD_ALIGN_BITS / float(low.q(out, node).scale), out, node)
+    low.requant(acc, 2.0**-k, out, node)
 
 
 def _squeeze_leading(arr: np.ndarray) -> np.ndarray:
