@@ -440,4 +440,7 @@ def import_qdq(model: onnx.ModelProto) -> Graph:
     """QDQ ONNX -> quantized IR graph (Q ops with float semantics, integer layout ops)."""
     graph = _QDQImporter(model).run()
     graph.remove_unused()
+    for tensor, onnx_name in list(graph.meta.get("output_names", {}).items()):
+        if tensor != onnx_name and onnx_name not in graph.tensors:
+            graph.rename_tensor(tensor, onnx_name)
     return graph

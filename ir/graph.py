@@ -143,6 +143,23 @@ class Graph:
             new.tensors[name] = Tensor(t.name, t.dtype, t.shape, t.data, copy.deepcopy(t.quant))
         return new
 
+    def rename_tensor(self, old: str, new: str) -> None:
+        """Rename a tensor everywhere (nodes, graph inputs/outputs, name maps in meta)."""
+        if new in self.tensors:
+            raise ValueError(f"tensor '{new}' already exists")
+        t = self.tensors.pop(old)
+        t.name = new
+        self.tensors[new] = t
+        for node in self.nodes:
+            node.inputs = [new if i == old else i for i in node.inputs]
+            node.outputs = [new if o == old else o for o in node.outputs]
+        self.inputs = [new if i == old else i for i in self.inputs]
+        self.outputs = [new if o == old else o for o in self.outputs]
+        for key in ("onnx_names", "output_names"):
+            mapping = self.meta.get(key, {})
+            if old in mapping:
+                mapping[new] = mapping.pop(old)
+
     def remove_unused(self) -> None:
         """Drop nodes whose outputs nobody uses (dead code) and tensors no node references."""
         live = set(self.outputs)

@@ -1,0 +1,74 @@
+"""Every CLI subcommand end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import CONFORMANCE
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinydeploy.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_shows_example():
+    for sub in ("zoo", "golden", "fidelity", "targets", "demo"):
+        proc = run_cli(sub, "--help")
+        assert proc.returncode == 0 and "example: tinydeploy" in proc.stdout
+
+
+def test_targets_lists_known_targets():
+    proc = run_cli("targets")
+    assert proc.returncode == 0
+    for name in ("generic", "cluster8", "cluster8-ita", "cortex-m4"):
+        assert name in proc.stdout
+
+
+def test_zoo_custom_architecture(tmp_path):
+    proc = run_cli("zoo", "mobilebert", "-o", str(tmp_path), "--layers", "1", "--hidden", "64", "--bottleneck",
+                   "16", "--heads", "2", "--seq", "16", "--vocab", "100", "--intermediate", "32", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    ids = np.load(tmp_path / "inputs.npz")["input_ids"]
+    assert ids.shape == (1, 16) and ids.max() < 100
+
+
+def test_golden_writes_outputs_and_all_tensors(tiny_zoo, tmp_path):
+    proc = run_cli("golden", str(tiny_zoo / "model_qdq.onnx"), "--target", "cluster8-ita", "--all",
+                   "-o", str(tmp_path / "g.npz"))
+    assert proc.returncode == 0, proc.stderr
+    values = np.load(tmp_path / "g.npz")
+    assert values["last_hidden_state"].dtype == np.int8
+    assert len(values.files) > 100
+
+
+def test_golden_on_deeploy_network(tmp_path):
+    case = CONFORMANCE / "Softmax_Regular"
+    proc = run_cli("golden", str(case / "network.onnx"), "--inputs", str(case / "inputs.npz"), "--target",
+                   "generic", "-o", str(tmp_path / "g.npz"))
+    assert proc.returncode == 0, proc.stderr
+    got = np.load(tmp_path / "g.npz")["output"]
+    expected = np.load(case / "outputs.npz")
+    assert np.array_equal(got, expected[expected.files[0]].reshape(got.shape))
+
+
+def test_fidelity_json(tiny_zoo, tmp_path):
+    proc = run_cli("fidelity", str(tiny_zoo), "--target", "cluster8-ita", "--json", str(tmp_path / "f.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "ops that lose the most" in proc.stdout
+    report = json.loads((tmp_path / "f.json").read_text())
+    assert report["linear_ops_within_1lsb"] >= 0.999
+
+
+def test_demo_runs_on_existing_zoo_dir(tiny_zoo, tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    for name in ("model_qdq.onnx", "inputs.npz"):
+        (out / name).write_bytes((tiny_zoo / name).read_bytes())
+    proc = run_cli("demo", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "cosine" in proc.stdout and "golden last_hidden_state" in proc.stdout

@@ -1,0 +1,71 @@
+"""Tiny (default) and full (slow) MobileBERT: zoo -> import -> integerize -> golden, fidelity vs onnxruntime."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tinydeploy.frontend.fidelity import fidelity_report
+from tinydeploy.frontend.onnx_loader import import_model
+from tinydeploy.ir.graph import FLOAT_DTYPES
+from tinydeploy.ir.interpreter import run_graph
+from tinydeploy.ir.ops import op_def
+from tinydeploy.passes.integerize import integerize
+from tinydeploy.target import available_targets
+
+
+def _inputs(zoo):
+    return {"input_ids": np.load(zoo / "inputs.npz")["input_ids"]}
+
+
+def test_zoo_writes_models_and_inputs(tiny_zoo):
+    for name in ("model.onnx", "model_qdq.onnx", "inputs.npz", "spec.json"):
+        assert (tiny_zoo / name).stat().st_size > 0
+    ids = _inputs(tiny_zoo)["input_ids"]
+    assert ids.shape == (1, 32) and ids.dtype == np.int64
+
+
+@pytest.mark.parametrize("target", available_targets())
+def test_integerize_leaves_no_float(tiny_zoo, target):
+    graph = integerize(import_model(tiny_zoo / "model_qdq.onnx"), target)
+    assert all(op_def(n).integer for n in graph.nodes)
+    assert not [t.name for t in graph.tensors.values() if t.dtype in FLOAT_DTYPES]
+    outputs = run_graph(graph, _inputs(tiny_zoo))
+    assert set(outputs) == {"logits", "last_hidden_state"}
+    assert outputs["last_hidden_state"].shape == (1, 32, 128)
+
+
+def test_softmax_follows_target_style(tiny_zoo):
+    quant = import_model(tiny_zoo / "model_qdq.onnx")
+    assert integerize(quant, "cluster8-ita").op_counts().get("ITAPartialMax") == 2
+    assert integerize(quant, "cluster8").op_counts().get("ISoftmax") == 2
+    assert "RequantCMSIS" in integerize(quant, "cortex-m4").op_counts()
+
+
+@pytest.mark.parametrize("target", ["cluster8-ita", "cortex-m4"])
+def test_fidelity_vs_onnxruntime_tiny(tiny_zoo, target):
+    quant = import_model(tiny_zoo / "model_qdq.onnx")
+    report = fidelity_report(tiny_zoo / "model_qdq.onnx", quant, integerize(quant, target), _inputs(tiny_zoo))
+    assert len(report["isolated_ops"]) > 50
+    assert report["linear_ops_within_1lsb"] >= 0.999
+    hidden = next(a for a in report["end_to_end"] if a["name"] == "last_hidden_state")
+    assert hidden["cosine"] >= 0.95
+
+
+@pytest.mark.slow
+def test_full_mobilebert_import_integerize_golden_under_60s(full_zoo):
+    start = time.perf_counter()
+    quant = import_model(full_zoo / "model_qdq.onnx")
+    graph = integerize(quant, "cluster8-ita")
+    outputs = run_graph(graph, _inputs(full_zoo))
+    elapsed = time.perf_counter() - start
+    print(f"full MobileBERT import+integerize+golden: {elapsed:.1f}s, {len(graph.nodes)} integer ops")
+    assert outputs["last_hidden_state"].shape == (1, 128, 512)
+    assert elapsed < 60.0
+    report = fidelity_report(full_zoo / "model_qdq.onnx", quant, graph, _inputs(full_zoo))
+    hidden = next(a for a in report["end_to_end"] if a["name"] == "last_hidden_state")
+    print(f"full: linear ops within 1 LSB {report['linear_ops_within_1lsb']:.5f}, hidden cosine {hidden['cosine']:.5f}")
+    assert report["linear_ops_within_1lsb"] >= 0.999
+    assert hidden["cosine"] >= 0.95
