@@ -115,6 +115,7 @@ def detect_dialect(model: onnx.ModelProto) -> str:
 def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] | None = None) -> Graph:
     """ONNX file -> IR graph (quantized for QDQ models, already integer for the Deeploy dialect)."""
     model = load_onnx(path)
+    graph_input_shapes(model)  # static shapes first: the most basic requirement
     dialect = detect_dialect(model)
     if dialect == "deeploy":
         from .deeploy import import_deeploy

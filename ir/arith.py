@@ -160,10 +160,12 @@ def ita_max(x: np.ndarray, n_levels: int = 256) -> np.ndarray:
 
 
 # --- contract 5: integer softmax / GELU / norms on the cores --------------------------------------
-def i_softmax(x: np.ndarray, coeff_a: int, coeff_b: int, coeff_c: int, log2: int, n_levels: int) -> np.ndarray:
+def i_softmax(x: np.ndarray, coeff_a: int, coeff_b: int, coeff_c: int, log2: int, n_levels: int,
+              round_nearest: bool = False) -> np.ndarray:
     """I-BERT integer softmax as in Deeploy's iSoftmax: exp(p) ~ a(p+b)^2 + c, 2^-z by shifting.
 
-    Output in [0, n_levels-1] (unsigned probabilities scaled by n_levels-1).
+    Output in [0, n_levels-1] (unsigned probabilities scaled by n_levels-1); the final division floors
+    (Deeploy) or, with round_nearest, rounds half up (tinydeploy's lowering: 1/seq must not vanish).
     """
     x = as_i64(x)
     x_tilde = x - x.max(axis=-1, keepdims=True)
@@ -171,6 +173,8 @@ def i_softmax(x: np.ndarray, coeff_a: int, coeff_b: int, coeff_c: int, log2: int
     p = x_tilde + z * log2
     y = np.right_shift(coeff_a * (p + coeff_b) ** 2 + coeff_c, z)
     y_sum = y.sum(axis=-1, keepdims=True)
+    if round_nearest:
+        return (y * (n_levels - 1) + y_sum // 2) // y_sum
     return (y * (n_levels - 1)) // y_sum
 
 

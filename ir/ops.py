@@ -197,15 +197,17 @@ def run_itamax(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
 def run_ita_partial_max(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Contract 4, streaming (block-wise running max) ITA softmax."""
     at = node.attrs
-    return [arith.ita_partial_max(xs[0], at["group_width"], at["n_levels"]) + at.get("out_offset", 0)]
+    y = arith.ita_partial_max(xs[0], at["group_width"], at["n_levels"]) + at.get("out_offset", 0)
+    return [arith.clip(y, at["lo"], at["hi"])]
 
 
 @op("ISoftmax", ranges=attr_range)
 def run_isoftmax(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Contract 5: I-BERT integer softmax (Deeploy iSoftmax coefficients)."""
     at = node.attrs
-    y = arith.i_softmax(xs[0], at["coeff_a"], at["coeff_b"], at["coeff_c"], at["log2"], at["n_levels"])
-    return [y + at.get("out_offset", 0)]
+    y = arith.i_softmax(xs[0], at["coeff_a"], at["coeff_b"], at["coeff_c"], at["log2"], at["n_levels"],
+                        bool(at.get("round_nearest", 0)))
+    return [arith.clip(y + at.get("out_offset", 0), at["lo"], at["hi"])]
 
 
 def _igelu_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[Range]:

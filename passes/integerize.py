@@ -28,8 +28,10 @@ ITA_SOFTMAX_SCALE = float(np.log(2.0) / 32.0)
 IBERT_A, IBERT_B, IBERT_C = 0.3585, 1.353, 0.344
 #: finest I-BERT softmax input scale: 64 steps per octave keeps row sums of 512 columns in int32
 IBERT_MIN_SCALE = float(np.log(2.0) / 64.0)
-#: softmax outputs are probabilities * 127 in int8 (zero point 0), the operand of the next matmul
+#: softmax outputs are probabilities * L in int8 (zero point 0, saturating at 127): the next matmul's operand
 SOFTMAX_OUT_LEVELS = 128
+#: largest L: keeps the ITA numerator L*256 and the I-BERT products y*L far inside int32
+SOFTMAX_MAX_LEVELS = 4096
 
 
 class _Lowering:
@@ -263,11 +265,21 @@ def lower_unary_lut(low: _Lowering, node: Node) -> None:
     low.emit("LUT", [a], [out], {"table": table.astype(np.int64), "in_min": in_lo}, node)
 
 
+def softmax_levels(calibrated_scale: float) -> int:
+    """Probability steps L of the softmax output (scale 1/L, saturating at 127).
+
+    Following the calibrated output scale keeps small probabilities (1/seq for near-uniform attention)
+    representable; L = 127 (probabilities up to 1) is the published ITA/Deeploy configuration.
+    """
+    return int(np.clip(np.round(1.0 / calibrated_scale), SOFTMAX_OUT_LEVELS - 1, SOFTMAX_MAX_LEVELS))
+
+
 def lower_softmax(low: _Lowering, node: Node) -> None:
     a, out = node.inputs[0], node.outputs[0]
     qa = low.q(a, node)
     t_out = low.graph.tensors[out]
-    t_out.quant = QuantParams(np.array(1.0 / (SOFTMAX_OUT_LEVELS - 1), np.float32), np.array(0, np.int64))
+    levels = softmax_levels(float(low.q(out, node).scale))
+    t_out.quant = QuantParams(np.array(1.0 / levels, np.float32), np.array(0, np.int64))
     hi = SOFTMAX_OUT_LEVELS - 1
     if low.target.softmax == "ita":
         group = int(low.target.section("accelerator").get("softmax_group", 16))
@@ -277,7 +289,7 @@ def lower_softmax(low: _Lowering, node: Node) -> None:
         logits = low.temp(f"{a}_ita", "int8", low.graph.tensors[a].shape)
         low.graph.tensors[logits].quant = QuantParams(np.array(ITA_SOFTMAX_SCALE, np.float32), np.array(0))
         low.requant(a, float(qa.scale) / ITA_SOFTMAX_SCALE, logits, node, in_zero=_single_zero(qa, "input", node))
-        low.emit("ITAPartialMax", [logits], [out], {"group_width": group, "n_levels": 2 * SOFTMAX_OUT_LEVELS,
+        low.emit("ITAPartialMax", [logits], [out], {"group_width": group, "n_levels": 2 * (levels + 1),
                                                     "lo": 0, "hi": hi}, node)
         return
     scale = float(qa.scale)
@@ -292,11 +304,11 @@ def lower_softmax(low: _Lowering, node: Node) -> None:
     coeff_b = int(np.floor(IBERT_B / scale))
     coeff_c = int(np.floor(IBERT_C / (IBERT_A * scale * scale)))
     row = low.graph.tensors[a].shape[-1]
-    if (coeff_b**2 + coeff_c) * row * hi >= 2**31:
+    if (coeff_b**2 + coeff_c) * max(row, levels) >= 2**31:
         raise UnsupportedModelError(f"softmax input scale {scale:g} too fine for 32-bit I-BERT sums",
                                     node=node.origin)
     low.emit("ISoftmax", [a], [out], {"coeff_a": 1, "coeff_b": coeff_b, "coeff_c": coeff_c, "log2": log2,
-                                      "n_levels": SOFTMAX_OUT_LEVELS, "lo": 0, "hi": hi}, node)
+                                      "n_levels": levels + 1, "round_nearest": 1, "lo": 0, "hi": hi}, node)
 
 
 LOWERINGS: dict[str, Callable[[_Lowering, Node], None]] = {
