@@ -160,7 +160,7 @@ class _QDQImporter:
             self.visit(node)
         for out in self.model.graph.output:
             value = self.env.get(out.name)
-            if isinstance(value, Pending) and op != "QuantizeLinear":
+            if isinstance(value, Pending):
                 raise UnsupportedModelError("graph output is a float result without QuantizeLinear",
                                             node=value.node.name, tensor=out.name)
             if not isinstance(value, Act | Deq):

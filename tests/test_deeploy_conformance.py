@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-
+from conftest import CONFORMANCE
 from tinydeploy.errors import UnsupportedModelError
 from tinydeploy.frontend.onnx_loader import graph_input_shapes, import_model
 from tinydeploy.ir.interpreter import run_graph
 from tinydeploy.passes.integerize import integerize
-
-from conftest import CONFORMANCE
 
 CASES = sorted(p.name for p in CONFORMANCE.iterdir() if p.is_dir()) if CONFORMANCE.exists() else []
 STRETCH = {"Models_ICCT_ITA"}

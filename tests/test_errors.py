@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
 from tinydeploy.errors import ModelFileError, OverflowRiskError, UnsupportedModelError
 from tinydeploy.frontend.onnx_loader import import_model
 
@@ -32,11 +31,13 @@ def _qdq_model_with(op: str) -> onnx.ModelProto:
     """int8 input -> DQ -> <op> -> Q -> int8 output."""
     x = helper.make_tensor_value_info("x", TensorProto.INT8, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.INT8, [1, 4])
-    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z")]
     nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"], name="dq"),
              helper.make_node(op, ["xf"], ["yf"], name="the_unsupported_node"),
              helper.make_node("QuantizeLinear", ["yf", "s", "z"], ["y"], name="q")]
-    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                             opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _overflowing_integer_model() -> onnx.ModelProto:

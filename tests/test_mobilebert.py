@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-
 from tinydeploy.frontend.fidelity import fidelity_report
 from tinydeploy.frontend.onnx_loader import import_model
 from tinydeploy.ir.graph import FLOAT_DTYPES
