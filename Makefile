@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO    := out/demo
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint clean
 
 install: $(STAMP)
 	@command -v verilator >/dev/null 2>&1 || { \
@@ -23,16 +23,14 @@ demo: install
 	$(VENV)/bin/tinydeploy demo -o $(DEMO)
 
 test: install
-	$(VPY) -m pytest -q
+	$(VENV)/bin/ruff check .
+	$(VPY) -m pytest -q -p no:warnings
 
 test-slow: install
-	$(VPY) -m pytest -q -m slow
+	$(VPY) -m pytest -q -p no:warnings -s -m slow
 
 lint: install
 	$(VENV)/bin/ruff check .
-
-bench: install
-	$(VPY) benchmarks/run_all.py
 
 clean:
 	rm -rf out build .pytest_cache

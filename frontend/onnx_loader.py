@@ -125,4 +125,6 @@ def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] |
         graph = import_qdq(model)
     graph.meta["dialect"] = dialect
     graph.meta["source"] = str(path)
+    from ..ir.verify import verify
+    verify(graph, check_ranges=dialect == "deeploy")  # MLIR-style: every stage hands on a verified graph
     return graph
