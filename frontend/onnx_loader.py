@@ -112,11 +112,22 @@ def detect_dialect(model: onnx.ModelProto) -> str:
         "compiles 8-bit models (run `tinydeploy zoo` or onnxruntime.quantization.quantize_static with QDQ)")
 
 
+def check_standard_model(model: onnx.ModelProto, path: str | Path) -> None:
+    """onnx.checker on standard-domain models (the Deeploy dialect has unregistered custom ops)."""
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelFileError(f"'{path}' fails the ONNX checker: {first}") from None
+
+
 def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] | None = None) -> Graph:
     """ONNX file -> IR graph (quantized for QDQ models, already integer for the Deeploy dialect)."""
     model = load_onnx(path)
     graph_input_shapes(model)  # static shapes first: the most basic requirement
     dialect = detect_dialect(model)
+    if dialect == "qdq":
+        check_standard_model(model, path)
     if dialect == "deeploy":
         from .deeploy import import_deeploy
         graph = import_deeploy(model, input_ranges=input_ranges)

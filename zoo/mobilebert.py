@@ -9,6 +9,8 @@ weights, seeded calibration inputs) and writes a seeded test input `inputs.npz`.
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,9 +111,11 @@ def export_onnx(spec: MobileBertSpec, path: Path) -> None:
 
     model = _Wrapper.build(make_torch_model(spec))
     ids = torch.from_numpy(seeded_input_ids(spec, spec.seed))
-    torch.onnx.export(model, (ids,), str(path), input_names=["input_ids"],
-                      output_names=["logits", "last_hidden_state"], opset_version=17,
-                      do_constant_folding=True, dynamo=False)
+    with warnings.catch_warnings():  # tracer chatter about static shapes: intended here
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids,), str(path), input_names=["input_ids"],
+                          output_names=["logits", "last_hidden_state"], opset_version=17,
+                          do_constant_folding=True, dynamo=False)
 
 
 def quantize_qdq(spec: MobileBertSpec, float_path: Path, qdq_path: Path, calib_samples: int = 8) -> None:
@@ -126,10 +130,16 @@ def quantize_qdq(spec: MobileBertSpec, float_path: Path, qdq_path: Path, calib_s
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(
-        str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OP_TYPES,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs pre-processing advice through the root logger
+    try:
+        quantize_static(
+            str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OP_TYPES,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    finally:
+        root.setLevel(level)
 
 
 def build_mobilebert(out_dir: str | Path, spec: MobileBertSpec,
