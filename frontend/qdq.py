@@ -182,6 +182,14 @@ class _QDQImporter:
                     "op_types_to_quantize to quantize_static)", node=node.name)
         if op == "Constant":
             self.env[node.output[0]] = Const(_fold(node, [])[0])
+        elif op in ("IsNaN", "IsInf") and isinstance(ins[0], Act | Deq):  # integers are never NaN/inf
+            shape = self.graph.tensors[ins[0].tensor].shape
+            self.env[node.output[0]] = Const(np.zeros(shape, dtype=bool))
+        elif op == "Where" and isinstance(ins[0], Const) and not all(isinstance(v, Const) for v in ins):
+            self.env[node.output[0]] = self.select(node, ins)
+        elif op == "Shape" and isinstance(ins[0], Act | Deq):  # static shapes: a constant
+            shape = np.array(self.graph.tensors[ins[0].tensor].shape, dtype=np.int64)
+            self.env[node.output[0]] = Const(_fold(node, [np.zeros(shape, np.float32)])[0])
         elif op == "QuantizeLinear":
             self.quantize_linear(node, ins)
         elif op == "DequantizeLinear":
@@ -200,6 +208,26 @@ class _QDQImporter:
             raise UnsupportedModelError(
                 f"unsupported op '{op}' (supported: {', '.join(sorted(set(COMPUTE_OPS) | LAYOUT_OPS))}, "
                 "QuantizeLinear, DequantizeLinear and constant subgraphs)", node=node.name)
+
+    def select(self, node: onnx.NodeProto, ins: list[Value | None]) -> Value:
+        """Where with a constant, uniform condition (a NaN guard, a folded mask) is one of its branches."""
+        cond = np.asarray(ins[0].value, dtype=bool)
+        if cond.all() or not cond.any():
+            chosen = ins[1] if cond.all() else ins[2]
+            out_shape = np.broadcast_shapes(cond.shape, self._shape_of(ins[1]), self._shape_of(ins[2]))
+            if tuple(out_shape) == tuple(self._shape_of(chosen)):
+                return chosen
+        raise UnsupportedModelError("Where with a data-dependent condition", node=node.name)
+
+    @staticmethod
+    def zero_add_operand(p: Pending) -> Value | None:
+        """For Add(x, c) with c a constant of zeros (a folded all-ones attention mask): x."""
+        if p.node.op_type != "Add" or len(p.inputs) != 2:
+            return None
+        for this, other in ((p.inputs[0], p.inputs[1]), (p.inputs[1], p.inputs[0])):
+            if isinstance(this, Const) and not np.any(this.value) and isinstance(other, Deq):
+                return other
+        return None
 
     # -- Q / DQ ----------------------------------------------------------------------------------------
     def _params(self, node: onnx.NodeProto, ins: list[Value | None], ndim: int) -> tuple[QuantParams, str]:
@@ -220,6 +248,8 @@ class _QDQImporter:
             folded = _fold(node, [v.value if v is not None else None for v in ins])[0]
             self.env[out] = Const(folded, folded, q)
             return
+        if isinstance(x, Pending) and self.zero_add_operand(x) is not None:
+            x = self.zero_add_operand(x)
         shape = self._shape_of(x)
         q, dtype = self._params(node, ins, len(shape))
         if isinstance(x, Pending):

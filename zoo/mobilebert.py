@@ -82,7 +82,7 @@ def _randomize_norms(model, seed: int) -> None:
 
 
 class _Wrapper:
-    """Returns (logits, last hidden state) from input ids only: the attention mask is all ones."""
+    """Returns (logits, last hidden state) from input ids only; the attention mask is all ones."""
 
     @staticmethod
     def build(model):
@@ -94,7 +94,9 @@ class _Wrapper:
                 self.inner = inner
 
             def forward(self, input_ids):
-                out = self.inner(input_ids=input_ids, output_hidden_states=True)
+                # An explicit all-ones mask, as BERT exports have: its subgraph is folded by the frontend.
+                mask = torch.ones_like(input_ids)
+                out = self.inner(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
                 return out.logits, out.hidden_states[-1]
 
         return Wrapped(model).eval()
