@@ -190,20 +190,15 @@ def _inonorm(imp: _Importer, node: gs.Node) -> None:
     imp.emit(node, "INoNorm", [imp.value(t, node) for t in node.inputs], attrs)
 
 
-@handles("iLayerNorm")
-def _ilayernorm(imp: _Importer, node: gs.Node) -> None:
-    n_levels = int(_scalar(node.attrs["n_levels"]))
-    lo, hi = _levels_range(n_levels, True)
-    attrs = {"log2d": int(np.log2(int(_scalar(node.attrs["D"])))), "lo": lo, "hi": hi}
-    imp.emit(node, "ILayerNorm", [imp.value(t, node) for t in node.inputs], attrs)
+NORM_OPS = {"iLayerNorm": "ILayerNorm", "iRMSNorm": "IRMSNorm"}
 
 
-@handles("iRMSNorm")
-def _irmsnorm(imp: _Importer, node: gs.Node) -> None:
-    n_levels = int(_scalar(node.attrs["n_levels"]))
-    lo, hi = _levels_range(n_levels, True)
+@handles(*NORM_OPS)
+def _integer_norm(imp: _Importer, node: gs.Node) -> None:
+    """iLayerNorm / iRMSNorm: D = 2^log2d output divisor, signed n_levels output."""
+    lo, hi = _levels_range(int(_scalar(node.attrs["n_levels"])), True)
     attrs = {"log2d": int(np.log2(int(_scalar(node.attrs["D"])))), "lo": lo, "hi": hi}
-    imp.emit(node, "IRMSNorm", [imp.value(t, node) for t in node.inputs], attrs)
+    imp.emit(node, NORM_OPS[node.op], [imp.value(t, node) for t in node.inputs], attrs)
 
 
 @handles("iGELU")
