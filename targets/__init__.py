@@ -1,0 +1,1 @@
+"""Target descriptions (data): one TOML file per target, read by tinydeploy.target."""
