@@ -248,14 +248,18 @@ class _QDQImporter:
             folded = _fold(node, [v.value if v is not None else None for v in ins])[0]
             self.env[out] = Const(folded, folded, q)
             return
-        if isinstance(x, Pending) and self.zero_add_operand(x) is not None:
-            x = self.zero_add_operand(x)
+        if isinstance(x, Pending):
+            x = self.zero_add_operand(x) or x
+        if isinstance(x, Pending):
+            inputs, attrs = self.pending_operands(x)
+            shape = self.op_shape(x, inputs, attrs)
+            q, dtype = self._params(node, ins, len(shape))
+            self.env[out] = Act(self.materialize(x, inputs, attrs, shape, q, dtype))
+            self.graph.meta.setdefault("onnx_names", {})[self.env[out].tensor] = out
+            return
         shape = self._shape_of(x)
         q, dtype = self._params(node, ins, len(shape))
-        if isinstance(x, Pending):
-            self.env[out] = Act(self.materialize(x, q, dtype, out))
-            self.graph.meta.setdefault("onnx_names", {})[self.env[out].tensor] = out
-        elif isinstance(x, Deq):
+        if isinstance(x, Deq):
             if _same_quant(self.quant_of(x.tensor), q):
                 self.env[out] = Act(x.tensor)
                 self.graph.meta.setdefault("onnx_names", {}).setdefault(x.tensor, out)
@@ -313,7 +317,10 @@ class _QDQImporter:
         return attrs
 
     def pending_shape(self, p: Pending) -> tuple[int, ...]:
-        inputs, attrs = self.pending_operands(p)
+        return self.op_shape(p, *self.pending_operands(p))
+
+    def op_shape(self, p: Pending, inputs: list[str], attrs: dict[str, Any]) -> tuple[int, ...]:
+        """Output shape of a pending op on its resolved IR operands."""
         probe = Node("probe", COMPUTE_OPS[p.node.op_type], inputs, [], attrs)
         return tuple(op_def(probe).shape(probe, [self.graph.tensors[i].shape for i in inputs])[0])
 
@@ -348,13 +355,12 @@ class _QDQImporter:
         quant = QuantParams(scale, np.zeros(scale.shape, np.int64), 0 if scale.size > 1 else None)
         return self.const_tensor(name, Const(bias.value, values.astype(np.int32), quant))
 
-    def materialize(self, p: Pending, q: QuantParams, dtype: str, out_name: str) -> str:
-        inputs, attrs = self.pending_operands(p)
-        op = COMPUTE_OPS[p.node.op_type]
-        shape = self.pending_shape(p)
+    def materialize(self, p: Pending, inputs: list[str], attrs: dict[str, Any], shape: tuple[int, ...],
+                    q: QuantParams, dtype: str) -> str:
+        """The quantized IR op for a pending float op, now that its output parameters are known."""
         t = self.new_tensor(p.node.output[0], dtype, shape, q)
-        attrs.update(self._qattrs(inputs, q, dtype))
-        self.add_node(op, inputs, [t], attrs, p.node.name)
+        self.add_node(COMPUTE_OPS[p.node.op_type], inputs, [t], {**attrs, **self._qattrs(inputs, q, dtype)},
+                      p.node.name)
         return t
 
     # -- layout ops on integer data ------------------------------------------------------------------------

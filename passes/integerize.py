@@ -40,7 +40,6 @@ class _Lowering:
         self.target = target
         self.graph = graph.copy()
         self.graph.nodes = []
-        self.counter = 0
 
     # -- helpers -----------------------------------------------------------------------------------------
     def q(self, name: str, node: Node) -> QuantParams:
@@ -50,7 +49,6 @@ class _Lowering:
         return quant
 
     def emit(self, op: str, inputs: list[str], outputs: list[str], attrs: dict, origin: Node) -> None:
-        self.counter += 1
         self.graph.nodes.append(Node(f"{origin.name}/{op}" if op != origin.op else origin.name, op, inputs,
                                      outputs, attrs, origin=origin.origin))
 
@@ -58,13 +56,6 @@ class _Lowering:
         name = self.graph.unique_name(base)
         self.graph.add_tensor(Tensor(name, dtype, shape))
         return name
-
-    def channel_array(self, values: np.ndarray, quant: QuantParams, ndim_out: int, node: Node) -> np.ndarray:
-        """Per-channel values of an operand, shaped to broadcast over the output (channels on the last axis)."""
-        values = np.asarray(values)
-        if values.size == 1:
-            return values.reshape(())
-        return values.reshape(-1)
 
     def requant(self, acc: str, real_scale: np.ndarray | float, out: str, node: Node, in_zero: int = 0) -> None:
         """acc (int32) * real_scale -> out (int8) in the target's requant style."""
@@ -156,13 +147,12 @@ def lower_matmul(low: _Lowering, node: Node) -> None:
 
 
 def _broadcast_channel(low: _Lowering, values: np.ndarray, quant: QuantParams, operand: str) -> np.ndarray:
-    """Per-channel values of a constant operand, shaped like the operand so they broadcast with it."""
+    """Per-channel values of an operand, shaped [C, 1, ...] so they broadcast along its channel axis."""
     values = np.asarray(values)
     if values.size == 1:
         return values.reshape(())
-    shape = [1] * len(low.graph.tensors[operand].shape)
-    shape[quant.axis] = values.size
-    return values.reshape(shape)
+    trailing = len(low.graph.tensors[operand].shape) - quant.axis - 1
+    return values.reshape((values.size,) + (1,) * trailing)
 
 
 def _magnitude(low: _Lowering, name: str, quant: QuantParams) -> float:
@@ -194,18 +184,9 @@ def lower_add(low: _Lowering, node: Node, sign: int = 1) -> None:
     attrs = {"mul_a": _squeeze(_broadcast_channel(low, mul_a, qa, a)),
              "mul_b": _squeeze(_broadcast_channel(low, mul_b, qb, b)),
              "a_zero": _single_zero(qa, "operand", node), "b_zero": _single_zero(qb, "operand", node)}
-    for key in ("mul_a", "mul_b"):
-        if isinstance(attrs[key], np.ndarray):
-            attrs[key] = _squeeze_leading(attrs[key])
     acc = low.temp(f"{out}_acc", "int32", low.graph.tensors[out].shape)
     low.emit("Add", [a, b], [acc], attrs, node)
     low.requant(acc, 2.0**-k, out, node)
-
-
-def _squeeze_leading(arr: np.ndarray) -> np.ndarray:
-    while arr.ndim > 1 and arr.shape[0] == 1:
-        arr = arr[0]
-    return arr
 
 
 def lower_sub(low: _Lowering, node: Node) -> None:
