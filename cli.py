@@ -30,13 +30,13 @@ def _say(msg: str) -> None:
 
 
 # --- shared steps ------------------------------------------------------------------------------------------
-def load_integer_graph(model: str, target: str):
+def load_integer_graph(model: str, target: str, input_ranges: dict[str, tuple[int, int]] | None = None):
     """Import + integerize, with progress lines; returns (quantized graph, integer graph)."""
     from .frontend.onnx_loader import import_model
     from .passes.integerize import integerize
 
     t0 = time.perf_counter()
-    graph = import_model(model)
+    graph = import_model(model, input_ranges=input_ranges)
     _say(f"imported {model} ({graph.meta['dialect']} dialect, {len(graph.nodes)} ops) "
          f"in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
@@ -53,14 +53,49 @@ def load_inputs(path: str | None, model: str, graph) -> dict[str, np.ndarray]:
             data = np.load(candidate)
             if all(name in data.files for name in graph.inputs):
                 return {name: data[name] for name in graph.inputs}
-            if len(data.files) == len(graph.inputs):
-                return {name: data[key] for name, key in zip(graph.inputs, data.files, strict=True)}
+            if len(data.files) >= len(graph.inputs):  # positional; Deeploy appends constant operands
+                return {name: data[key] for name, key in zip(graph.inputs, data.files[:len(graph.inputs)],
+                                                             strict=True)}
             raise TinyDeployError(f"{candidate} holds {data.files}, the model needs inputs {graph.inputs}")
         if path:
             break
     if path:
         raise TinyDeployError(f"inputs file '{path}' does not exist")
     raise TinyDeployError("no inputs: pass --inputs FILE.npz (none found beside the model)")
+
+
+def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tuple[int, int]] | None:
+    """Value ranges of the test inputs, which type a Deeploy-dialect model's inputs (as Deeploy's runner does)."""
+    from .frontend.onnx_loader import detect_dialect, graph_input_shapes, load_onnx
+
+    onnx_model = load_onnx(model)
+    if detect_dialect(onnx_model) != "deeploy":
+        return None
+    names = list(graph_input_shapes(onnx_model))
+    path = Path(inputs_path) if inputs_path else Path(model).parent / "inputs.npz"
+    if not path.is_file():
+        return None
+    data = np.load(path)
+    arrays = [data[n] for n in names] if all(n in data.files for n in names) else \
+        [data[k] for k in data.files[:len(names)]]
+    return {n: (int(a.min()), int(a.max())) for n, a in zip(names, arrays, strict=False) if a.size}
+
+
+def random_inputs(graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs over each input's dtype range; indices feeding a Gather stay inside the gathered axis."""
+    from .ir.graph import DTYPE_RANGES
+
+    rng = np.random.default_rng(seed)
+    result = {}
+    for name in graph.inputs:
+        t = graph.tensors[name]
+        lo, hi = DTYPE_RANGES[t.dtype]
+        for node in graph.nodes:
+            if node.op == "Gather" and len(node.inputs) > 1 and node.inputs[1] == name:
+                data = graph.tensors[node.inputs[0]]
+                lo, hi = 0, data.shape[node.attrs.get("axis", 0)] - 1
+        result[name] = rng.integers(max(lo, -(2**31)), min(hi, 2**31 - 1) + 1, size=t.shape).astype(t.dtype)
+    return result
 
 
 # --- subcommands --------------------------------------------------------------------------------------------
@@ -117,6 +152,49 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .backends import compile_graph
+
+    ranges = observed_input_ranges(args.model, args.inputs)
+    _, int_graph = load_integer_graph(args.model, args.target, ranges)
+    try:
+        inputs = load_inputs(args.inputs, args.model, int_graph)
+    except TinyDeployError:
+        if args.inputs:
+            raise
+        _say("no inputs.npz beside the model: golden vectors use seeded random inputs")
+        inputs = random_inputs(int_graph)
+    t0 = time.perf_counter()
+    project = compile_graph(int_graph, args.target, args.output, inputs, weights=args.weights,
+                            model_path=args.model)
+    _say(f"generated C in {time.perf_counter() - t0:.1f}s")
+    plan = project.plan
+    print(f"wrote {args.output}: {len(int_graph.nodes)} steps, {len(project.kernels)} kernel instances")
+    print(f"  {plan.summary()}")
+    print(f"  weights {project.weights_bytes} B ({project.weights_format}); inputs "
+          f"{sum(s.nbytes for s in project.inputs)} B; outputs {sum(s.nbytes for s in project.outputs)} B")
+    print(f"next: tinydeploy verify {args.output}   (or: make -C {args.output} run)")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import MISMATCH_FILE, verify_build
+
+    t0 = time.perf_counter()
+    result = verify_build(args.build, layers=args.layers, sanitize=args.sanitize, cc=args.cc, say=_say)
+    for name, (total, wrong) in result.outputs.items():
+        print(f"output {name}: {total - wrong}/{total} elements bit-exact")
+    if args.layers:
+        print(f"layers: {result.layers_checked} intermediate tensors compared")
+    if result.first:
+        print(f"FIRST DIVERGENCE: {result.first.describe()}")
+        if args.layers:
+            print(f"both tensors written to {Path(args.build) / MISMATCH_FILE}")
+    verdict = "BIT-EXACT" if result.bit_exact else "MISMATCH"
+    print(f"{verdict} ({time.perf_counter() - t0:.1f}s)")
+    return EXIT_OK if result.bit_exact else EXIT_CHECK_FAILED
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from .target import available_targets, load_target
 
@@ -151,6 +229,8 @@ EXAMPLES = {
     "zoo": "tinydeploy zoo mobilebert -o models/tiny --size tiny",
     "golden": "tinydeploy golden models/tiny/model_qdq.onnx --target cluster8-ita -o out/golden.npz",
     "fidelity": "tinydeploy fidelity models/tiny/model_qdq.onnx --target cluster8-ita --json fid.json",
+    "compile": "tinydeploy compile models/tiny/model_qdq.onnx --target generic -o build/tiny",
+    "verify": "tinydeploy verify build/tiny --layers --sanitize",
     "targets": "tinydeploy targets",
     "demo": "tinydeploy demo -o out/demo",
 }
@@ -189,6 +269,25 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--all", action="store_true", help="also write every intermediate tensor")
         else:
             p.add_argument("--json", help="write the full report as JSON")
+
+    p = add("compile", cmd_compile, "compile a model to a self-contained C project (network, kernels, weights, "
+                                    "golden vectors, harness, Makefile/CMake)")
+    p.add_argument("model", help="ONNX file (QDQ or Deeploy integer dialect)")
+    p.add_argument("--target", default="generic", help="target name (see `tinydeploy targets`)")
+    p.add_argument("-o", "--output", required=True, help="build directory to write")
+    p.add_argument("--inputs", help=".npz with the inputs for the golden vectors (default: inputs.npz beside "
+                                    "the model, else seeded random)")
+    p.add_argument("--weights", choices=["auto", "c", "incbin"], default="auto",
+                   help="constants as C arrays or a binary blob (auto: C up to 2 MiB)")
+
+    p = add("verify", cmd_verify, "build a compiled project, run it, compare with the golden interpreter bit for "
+                                  "bit (exit 1 on mismatch)")
+    p.add_argument("build", help="directory written by `tinydeploy compile`")
+    p.add_argument("--layers", action="store_true", help="compare every intermediate tensor, report the first "
+                                                         "diverging layer and write mismatch.npz")
+    p.add_argument("--sanitize", action="store_true", help="build with AddressSanitizer + UBSan")
+    p.add_argument("--cc", default="gcc", help="host C compiler: gcc, clang (pip ziglang if no system clang), "
+                                               "or a path")
 
     add("targets", cmd_targets, "list the known targets")
     p = add("demo", cmd_demo, "zoo -> integer model -> golden run -> fidelity on tiny MobileBERT")

@@ -1,0 +1,24 @@
+"""Backends: integer graph -> C project. `compile_graph` picks the backend named by the target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TinyDeployError
+from ..ir.graph import Graph
+from ..target import Target, load_target
+
+
+def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, inputs: dict[str, np.ndarray], *,
+                  weights: str = "auto", model_path: str = ""):
+    """Write the C project for `graph` on `target` into out_dir; returns the backends.project.Project."""
+    from .project import ProjectOptions, build_project
+
+    target = load_target(target)
+    if target.backend != "generic":
+        raise TinyDeployError(f"target '{target.name}' needs the '{target.backend}' backend, which is not "
+                              f"implemented yet; use --target generic")
+    options = ProjectOptions(weights=weights, model_path=model_path)
+    return build_project(graph, target, out_dir, inputs, options)

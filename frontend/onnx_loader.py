@@ -136,6 +136,8 @@ def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] |
         graph = import_qdq(model)
     graph.meta["dialect"] = dialect
     graph.meta["source"] = str(path)
+    if input_ranges:
+        graph.meta["input_ranges"] = {k: [int(v[0]), int(v[1])] for k, v in input_ranges.items()}
     from ..ir.verify import verify
     verify(graph, check_ranges=dialect == "deeploy")  # MLIR-style: every stage hands on a verified graph
     return graph

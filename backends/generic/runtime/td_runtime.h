@@ -1,0 +1,133 @@
+/*
+ * tinydeploy portable runtime: types and integer helpers shared by every generated kernel.
+ *
+ * Each helper mirrors one function of tinydeploy/ir/arith.py (the golden contracts); the comment names it.
+ * Plain C99, no allocation, no libc beyond <stdint.h>/<string.h>.
+ */
+#ifndef TD_RUNTIME_H
+#define TD_RUNTIME_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* The kernels rely on arithmetic right shifts of negative values (gcc/clang on every target we build for). */
+typedef char td_assert_arithmetic_shift[((-1) >> 1) == -1 ? 1 : -1];
+
+#define TD_MAX_DIMS 4
+#define TD_MAX_OPERANDS 6
+
+/* A strided loop nest over up to TD_MAX_DIMS dimensions; strides (in elements) per operand, output last. */
+typedef struct {
+    int32_t dims[TD_MAX_DIMS];
+    int32_t strides[TD_MAX_OPERANDS][TD_MAX_DIMS];
+} td_loop;
+
+/* Batched matrix multiply: y[b][m][n] = sum_k (a[b][m][k]-a_zero)*(b[b][k][n]-b_zero) (+ bias[b][m][n]). */
+typedef struct {
+    int32_t m, n, k;
+    int32_t batch[2];
+    int32_t a_batch_stride[2], a_row_stride, a_col_stride, a_zero;
+    int32_t b_batch_stride[2], b_row_stride, b_col_stride, b_zero;
+    int32_t bias_batch_stride[2], bias_row_stride, bias_col_stride;
+} td_matmul_params;
+
+static inline int32_t td_offset(const td_loop *loop, int operand, int32_t i0, int32_t i1, int32_t i2, int32_t i3)
+{
+    const int32_t *s = loop->strides[operand];
+    return i0 * s[0] + i1 * s[1] + i2 * s[2] + i3 * s[3];
+}
+
+static inline int64_t td_clip(int64_t x, int64_t lo, int64_t hi)
+{
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+
+/* floor(num / den) for den > 0 (C division truncates toward zero). */
+static inline int64_t td_floor_div(int64_t num, int64_t den)
+{
+    int64_t q = num / den;
+    return (num % den != 0 && ((num < 0) != (den < 0))) ? q - 1 : q;
+}
+
+/* arith.requant_ita: clip(floor(mul*x/2^shift + add + 1/2)), round half up. */
+static inline int64_t td_requant_ita(int64_t x, int64_t mul, int64_t shift, int64_t add)
+{
+    int64_t acc = mul * x + add * ((int64_t)1 << shift) + (shift > 0 ? ((int64_t)1 << (shift - 1)) : 0);
+    return acc >> shift;
+}
+
+/* arith.saturating_rounding_doubling_high_mul (gemmlowp). */
+static inline int64_t td_srdhm(int64_t a, int64_t b)
+{
+    if (a == INT32_MIN && b == INT32_MIN) {
+        return INT32_MAX;
+    }
+    int64_t ab = a * b;
+    int64_t nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
+    return (ab + nudge) / ((int64_t)1 << 31);
+}
+
+/* arith.rounding_divide_by_pot: x / 2^exponent rounded half away from zero. */
+static inline int64_t td_rdbpot(int64_t x, int64_t exponent)
+{
+    int64_t mask = ((int64_t)1 << exponent) - 1;
+    int64_t remainder = x & mask;
+    int64_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+/* arith.requant_cmsis without the clip: arm_nn_requantize + output zero point. shift > 0 shifts left. */
+static inline int64_t td_requant_cmsis(int64_t x, int64_t multiplier, int64_t shift, int64_t zero_point)
+{
+    int64_t left = shift > 0 ? shift : 0;
+    int64_t right = shift < 0 ? -shift : 0;
+    int64_t shifted = td_clip(x * ((int64_t)1 << left), INT32_MIN, INT32_MAX);
+    return td_rdbpot(td_srdhm(shifted, multiplier), right) + zero_point;
+}
+
+/* arith.ita_shift: power-of-two exponent of a logit difference. */
+static inline int64_t td_ita_shift(int64_t diff)
+{
+    return (diff + 16) >> 5;
+}
+
+/* arith.isqrt_floor: floor(sqrt(x)) for x > 0, else 0 (bitwise, exact for 63-bit values). */
+static inline int64_t td_isqrt(int64_t x)
+{
+    if (x <= 0) {
+        return 0;
+    }
+    uint64_t v = (uint64_t)x, root = 0, bit = (uint64_t)1 << 62;
+    while (bit > v) {
+        bit >>= 2;
+    }
+    while (bit != 0) {
+        if (v >= root + bit) {
+            v -= root + bit;
+            root = (root >> 1) + bit;
+        } else {
+            root >>= 1;
+        }
+        bit >>= 2;
+    }
+    return (int64_t)root;
+}
+
+/* arith.i_gelu: x * (one + sign(x) * (one - (min(|x|, -b) + b)^2)) / 2. */
+static inline int64_t td_i_gelu(int64_t x, int64_t b, int64_t one)
+{
+    int64_t magnitude = x < 0 ? -x : x;
+    int64_t q = magnitude < -b ? magnitude : -b;
+    int64_t sign = x > 0 ? 1 : (x < 0 ? -1 : 0);
+    return x * ((one + sign * (one - (q + b) * (q + b))) >> 1);
+}
+
+/* Per-node trace hook (tinydeploy verify --layers): defined by the harness when TD_TRACE is set. */
+#ifdef TD_TRACE
+void td_trace(int32_t tensor_id, const void *data, int32_t nbytes);
+#define TD_TRACE_TENSOR(id, ptr, nbytes) td_trace((id), (ptr), (nbytes))
+#else
+#define TD_TRACE_TENSOR(id, ptr, nbytes) ((void)0)
+#endif
+
+#endif /* TD_RUNTIME_H */

@@ -1,0 +1,489 @@
+"""Lowering of integer-IR nodes to C kernel calls, shared by every C backend.
+
+Each IR op maps to one kernel *family* (a jinja template under `<backend>/templates/kernels/`); a family is
+specialised per dtype signature into a kernel *instance* (a C function such as `td_requant_s32_s8`). The
+generated project contains only the instances the graph uses. Elementwise ops, layout ops (transpose,
+slice, concat, pad) and broadcasting all go through one strided loop nest (`td_loop`), so broadcasting
+rules live here, in one place, instead of in every kernel.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import TinyDeployError
+from ..ir.graph import DTYPE_RANGES, Graph, Node, Tensor
+
+CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t"}
+SUFFIXES = {"int8": "s8", "uint8": "u8", "int16": "s16", "int32": "s32", "int64": "s64"}
+MAX_LOOP_DIMS = 4
+MAX_BATCH_DIMS = 2
+INT32_LO, INT32_HI = DTYPE_RANGES["int32"]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel instance: the template family that renders it and the fields the template reads."""
+
+    family: str
+    name: str
+    key: str                                   # canonical JSON of the fields: instance identity
+    fields: dict[str, Any] = field(compare=False, hash=False)
+
+    def context(self) -> dict[str, Any]:
+        return {"name": self.name, **self.fields}
+
+
+@dataclass
+class Call:
+    """One statement block in network_run(): optional static descriptors, then kernel calls."""
+
+    node: Node
+    kernels: list[Kernel] = field(default_factory=list)
+    statements: list[str] = field(default_factory=list)
+    descriptors: list[str] = field(default_factory=list)
+    #: constant parameter arrays this call needs (C name -> values), emitted beside the weights.
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    scratch_bytes: int = 0
+
+
+class Refs:
+    """C expressions for tensors (pointer into the arena, the caller's buffers or the weights)."""
+
+    def __init__(self, pointer: Callable[[str], str], scratch: Callable[[int], str],
+                 aliases: dict[str, str] | None = None) -> None:
+        self.pointer = pointer
+        self.scratch = scratch
+        #: Reshape outputs that share their input's bytes (no code needed)
+        self.aliases = aliases or {}
+
+
+def ctype(dtype: str) -> str:
+    return CTYPES[dtype]
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> list[int]:
+    strides, acc = [], 1
+    for dim in reversed(shape):
+        strides.append(acc)
+        acc *= dim
+    return list(reversed(strides))
+
+
+def broadcast_strides(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list[int]:
+    """Element strides of a contiguous `shape` read under numpy broadcasting to `out_shape` (0 = repeated)."""
+    own = contiguous_strides(shape)
+    pad = len(out_shape) - len(shape)
+    result = []
+    for axis, out_dim in enumerate(out_shape):
+        src = axis - pad
+        if src < 0 or shape[src] == 1:
+            result.append(0)
+        elif shape[src] == out_dim:
+            result.append(own[src])
+        else:
+            raise ValueError(f"shape {list(shape)} does not broadcast to {list(out_shape)}")
+    return result
+
+
+def collapse_loops(dims: list[int], strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Drop unit dims and merge adjacent dims that every operand walks contiguously."""
+    keep = [i for i, d in enumerate(dims) if d != 1]
+    dims = [dims[i] for i in keep]
+    strides = [[s[i] for i in keep] for s in strides]
+    axis = len(dims) - 2
+    while axis >= 0:
+        if all(s[axis] == s[axis + 1] * dims[axis + 1] for s in strides):
+            dims[axis:axis + 2] = [dims[axis] * dims[axis + 1]]
+            for s in strides:
+                s[axis:axis + 2] = [s[axis + 1]]
+        axis -= 1
+    return dims, strides
+
+
+def pad_front(values: list[int], count: int, fill: int) -> list[int]:
+    return [fill] * (count - len(values)) + values
+
+
+def loop_descriptor(node: Node, name: str, dims: list[int], strides: list[list[int]],
+                    max_dims: int = MAX_LOOP_DIMS) -> str:
+    """A `static const td_loop` for the strided nest (operands first, the output last)."""
+    dims, strides = collapse_loops(list(dims), [list(s) for s in strides])
+    if len(dims) > max_dims:
+        raise TinyDeployError(f"needs a {len(dims)}-D loop after collapsing, the C kernels support {max_dims}",
+                              node=node.name)
+    dims = pad_front(dims, max_dims, 1)
+    rows = ", ".join("{" + ", ".join(str(v) for v in pad_front(s, max_dims, 0)) + "}" for s in strides)
+    return f"static const td_loop {name} = {{{{{', '.join(str(d) for d in dims)}}}, {{{rows}}}}};"
+
+
+def check_int32(node: Node, what: str, values: np.ndarray | int) -> None:
+    arr = np.asarray(values)
+    if arr.size and (int(arr.min()) < INT32_LO or int(arr.max()) > INT32_HI):
+        raise TinyDeployError(f"parameter '{what}' does not fit int32 (range [{arr.min()}, {arr.max()}])",
+                              node=node.name)
+
+
+# --- lowering context ------------------------------------------------------------------------------------
+class Lowering:
+    """Lowers the nodes of one graph; kernel instances are shared by name across nodes."""
+
+    def __init__(self, graph: Graph, refs: Refs) -> None:
+        self.graph = graph
+        self.refs = refs
+        self.kernels: dict[tuple[str, str], Kernel] = {}
+        self._names: set[str] = set()
+
+    def t(self, name: str) -> Tensor:
+        return self.graph.tensors[name]
+
+    def kernel(self, family: str, base: str, **fields: Any) -> Kernel:
+        """The unique instance for (family, fields); names get a numeric suffix only on a real clash."""
+        key = json.dumps(fields, sort_keys=True)
+        known = self.kernels.get((family, key))
+        if known is not None:
+            return known
+        name, i = base, 2
+        while name in self._names:
+            name, i = f"{base}_v{i}", i + 1
+        kernel = Kernel(family, name, key, fields)
+        self.kernels[(family, key)] = kernel
+        self._names.add(name)
+        return kernel
+
+    def lower(self, index: int, node: Node) -> Call:
+        try:
+            rule = LOWERINGS[node.op]
+        except KeyError:
+            raise TinyDeployError(f"op '{node.op}' has no C kernel (supported: {', '.join(sorted(LOWERINGS))})",
+                                  node=node.name) from None
+        call = Call(node)
+        rule(self, index, node, call)
+        return call
+
+
+# --- elementwise family ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Elementwise:
+    """How an IR op maps onto the strided elementwise kernel."""
+
+    inputs: tuple[str, ...]                      # C names of the tensor inputs, in IR order
+    params: tuple[tuple[str, str, int], ...] = ()  # (C name, IR attr, default): scalar, or array if per-channel
+    tables: tuple[tuple[str, str], ...] = ()    # (C name, IR attr): lookup tables passed as pointers
+
+
+ELEMENTWISE: dict[str, Elementwise] = {
+    "Add": Elementwise(("a", "b"), (("mul_a", "mul_a", 1), ("mul_b", "mul_b", 1), ("a_zero", "a_zero", 0),
+                                    ("b_zero", "b_zero", 0))),
+    "Mul": Elementwise(("a", "b"), (("a_zero", "a_zero", 0), ("b_zero", "b_zero", 0))),
+    "Requant": Elementwise(("x",), (("mul", "mul", 1), ("shift", "shift", 0), ("add", "add", 0), ("lo", "lo", 0),
+                                    ("hi", "hi", 0))),
+    "RequantCMSIS": Elementwise(("x",), (("multiplier", "multiplier", 0), ("shift", "shift", 0),
+                                         ("zero_point", "zero_point", 0), ("lo", "lo", 0), ("hi", "hi", 0))),
+    "RequantShift": Elementwise(("x",), (("mul", "mul", 1), ("add", "add", 0), ("log2d", "log2d", 0),
+                                         ("lo", "lo", 0), ("hi", "hi", 0))),
+    "INoNorm": Elementwise(("x", "w", "b"), (("mul", "mul", 1), ("log2d", "log2d", 0), ("lo", "lo", 0),
+                                             ("hi", "hi", 0))),
+    "LUT": Elementwise(("x",), (("in_min", "in_min", -128),), (("table", "table"),)),
+    "Relu": Elementwise(("x",), (("zero", "zero", 0),)),
+    "IGELU": Elementwise(("x",), (("gelu_b", "b", 0), ("one", "one", 0))),
+    "TrueIntegerDiv": Elementwise(("x",), (("divisor", "y", 1), ("delta", "delta", 0), ("eps", "eps", 0),
+                                           ("eta", "eta", 0))),
+}
+
+
+def lower_elementwise(low: Lowering, index: int, node: Node, call: Call) -> None:
+    spec = ELEMENTWISE[node.op]
+    out = low.t(node.outputs[0])
+    out_shape = out.shape
+    arrays: list[tuple[str, str, str, list[int]]] = []  # (C name, ctype, pointer expr, strides)
+    for cname, tname in zip(spec.inputs, node.inputs, strict=True):
+        tensor = low.t(tname)
+        arrays.append((cname, ctype(tensor.dtype), low.refs.pointer(tname), broadcast_strides(tensor.shape,
+                                                                                             out_shape)))
+    scalars: list[tuple[str, int]] = []
+    for cname, attr, default in spec.params:
+        value = np.asarray(node.attrs.get(attr, default))
+        check_int32(node, attr, value)
+        if value.size == 1:
+            scalars.append((cname, int(value.reshape(-1)[0])))
+            continue
+        param = f"p{index}_{cname}"
+        call.params[param] = value.astype(np.int32)
+        arrays.append((cname, "int32_t", param, broadcast_strides(value.shape, out_shape)))
+    tables = []
+    for cname, attr in spec.tables:
+        param = f"p{index}_{cname}"
+        call.params[param] = np.asarray(node.attrs[attr]).astype(out.dtype)
+        tables.append((cname, ctype(out.dtype), param))
+    loop = f"loop_{index}"
+    call.descriptors.append(loop_descriptor(node, loop, list(out_shape), [a[3] for a in arrays]
+                                            + [contiguous_strides(out_shape)]))
+    suffix = "_".join(SUFFIXES[low.t(i).dtype] for i in node.inputs) + "_" + SUFFIXES[out.dtype]
+    per_channel = "_pc" if len(arrays) > len(spec.inputs) else ""
+    kernel = low.kernel("elementwise", f"td_{node.op.lower()}_{suffix}{per_channel}", op=node.op,
+                        doc=f"{node.op}: elementwise over a strided loop nest",
+                        arrays=[{"name": a[0], "ctype": a[1]} for a in arrays], out_ctype=ctype(out.dtype),
+                        pointers=[{"name": t[0], "ctype": t[1]} for t in tables],
+                        scalars=[s[0] for s in scalars])
+    call.kernels.append(kernel)
+    args = [f"&{loop}", *[a[2] for a in arrays], low.refs.pointer(node.outputs[0]), *[t[2] for t in tables],
+            *[str(s[1]) for s in scalars]]
+    call.statements.append(f"{kernel.name}({', '.join(args)});")
+
+
+def copy_kernel(low: Lowering, dtype: str) -> Kernel:
+    return low.kernel("elementwise", f"td_copy_{SUFFIXES[dtype]}", op="Copy",
+                      doc="strided copy (transpose, slice, concat, pad)",
+                      arrays=[{"name": "x", "ctype": ctype(dtype)}], out_ctype=ctype(dtype), pointers=[], scalars=[])
+
+
+def emit_copy(low: Lowering, call: Call, name: str, src: str, dst: str, dims: list[int], src_strides: list[int],
+              dst_strides: list[int], dtype: str) -> None:
+    """A strided copy of `dims` elements from src to dst (pointer expressions with offsets)."""
+    kernel = copy_kernel(low, dtype)
+    call.kernels.append(kernel)
+    call.descriptors.append(loop_descriptor(call.node, name, dims, [src_strides, dst_strides]))
+    call.statements.append(f"{kernel.name}(&{name}, {src}, {dst});")
+
+
+def offset_ptr(pointer: str, offset: int) -> str:
+    return pointer if offset == 0 else f"{pointer} + {offset}"
+
+
+def lower_transpose(low: Lowering, index: int, node: Node, call: Call) -> None:
+    src, out = low.t(node.inputs[0]), low.t(node.outputs[0])
+    in_strides = contiguous_strides(src.shape)
+    strides = [in_strides[p] for p in node.attrs["perm"]]
+    emit_copy(low, call, f"loop_{index}", low.refs.pointer(src.name), low.refs.pointer(out.name), list(out.shape),
+              strides, contiguous_strides(out.shape), out.dtype)
+
+
+def lower_slice(low: Lowering, index: int, node: Node, call: Call) -> None:
+    src, out = low.t(node.inputs[0]), low.t(node.outputs[0])
+    in_strides = contiguous_strides(src.shape)
+    strides, offset = list(in_strides), 0
+    at = node.attrs
+    for start, end, axis, step in zip(at["starts"], at["ends"], at["axes"], at["steps"], strict=True):
+        axis %= len(src.shape)
+        first, _, _ = slice(start, end, step).indices(src.shape[axis])
+        offset += first * in_strides[axis]
+        strides[axis] = in_strides[axis] * step
+    emit_copy(low, call, f"loop_{index}", offset_ptr(low.refs.pointer(src.name), offset), low.refs.pointer(out.name),
+              list(out.shape), strides, contiguous_strides(out.shape), out.dtype)
+
+
+def lower_concat(low: Lowering, index: int, node: Node, call: Call) -> None:
+    out = low.t(node.outputs[0])
+    axis = node.attrs["axis"] % len(out.shape)
+    out_strides = contiguous_strides(out.shape)
+    position = 0
+    for part, name in enumerate(node.inputs):
+        src = low.t(name)
+        dst = offset_ptr(low.refs.pointer(out.name), position * out_strides[axis])
+        emit_copy(low, call, f"loop_{index}_{part}", low.refs.pointer(name), dst, list(src.shape),
+                  contiguous_strides(src.shape), out_strides, out.dtype)
+        position += src.shape[axis]
+
+
+def lower_pad(low: Lowering, index: int, node: Node, call: Call) -> None:
+    src, out = low.t(node.inputs[0]), low.t(node.outputs[0])
+    check_int32(node, "value", node.attrs["value"])
+    fill = low.kernel("fill", f"td_fill_{SUFFIXES[out.dtype]}", doc="fill a buffer with one value",
+                      out_ctype=ctype(out.dtype))
+    call.kernels.append(fill)
+    out_ptr = low.refs.pointer(out.name)
+    call.statements.append(f"{fill.name}({out_ptr}, {out.size}, {int(node.attrs['value'])});")
+    out_strides = contiguous_strides(out.shape)
+    offset = sum(node.attrs["pads"][axis] * out_strides[axis] for axis in range(len(out.shape)))
+    emit_copy(low, call, f"loop_{index}", low.refs.pointer(src.name), offset_ptr(out_ptr, offset), list(src.shape),
+              contiguous_strides(src.shape), out_strides, out.dtype)
+
+
+def lower_reshape(low: Lowering, index: int, node: Node, call: Call) -> None:
+    """Reshape is free when the planner aliased it; otherwise (graph input/output involved) a memcpy."""
+    if node.outputs[0] in low.refs.aliases:
+        call.statements.append(f"/* aliases {low.refs.pointer(node.inputs[0])}: no data movement */")
+        return
+    src, dst = low.refs.pointer(node.inputs[0]), low.refs.pointer(node.outputs[0])
+    call.statements.append(f"memcpy({dst}, {src}, {low.t(node.outputs[0]).nbytes});")
+
+
+# --- matmul ----------------------------------------------------------------------------------------------
+def _matmul_operand_strides(shape: tuple[int, ...], transposed: bool) -> tuple[int, int]:
+    """(row, col) element strides of the logical (rows x cols) matrix stored as the last two dims of `shape`."""
+    stored_cols = shape[-1]
+    return (1, stored_cols) if transposed else (stored_cols, 1)
+
+
+def _abs_bound(dtype: str, zero: int) -> int:
+    lo, hi = DTYPE_RANGES[dtype]
+    return max(abs(lo - zero), abs(hi - zero))
+
+
+def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
+    a, b, out = low.t(node.inputs[0]), low.t(node.inputs[1]), low.t(node.outputs[0])
+    bias = low.t(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    at = node.attrs
+    a_zero, b_zero = int(at.get("a_zero", 0)), int(at.get("b_zero", 0))
+    m, n = out.shape[-2], out.shape[-1]
+    k = a.shape[-2] if at.get("trans_a") else a.shape[-1]
+    batch_shape = out.shape[:-2]
+    batch_strides = [broadcast_strides(a.shape[:-2], batch_shape), broadcast_strides(b.shape[:-2], batch_shape)]
+    batch_strides = [[s * a.shape[-1] * a.shape[-2] for s in batch_strides[0]],
+                     [s * b.shape[-1] * b.shape[-2] for s in batch_strides[1]]]
+    bias_rc = [0, 0]
+    if bias is not None:
+        full = broadcast_strides(bias.shape, out.shape)
+        batch_strides.append(full[:-2])
+        bias_rc = full[-2:]
+    batch_strides.append(contiguous_strides(batch_shape) if batch_shape else [])
+    batch_strides[-1] = [s * m * n for s in batch_strides[-1]]
+    dims, strides = collapse_loops(list(batch_shape), batch_strides)
+    if len(dims) > MAX_BATCH_DIMS:
+        raise TinyDeployError(f"needs {len(dims)} batch dims after collapsing, the matmul kernel has "
+                              f"{MAX_BATCH_DIMS}", node=node.name)
+    dims = pad_front(dims, MAX_BATCH_DIMS, 1)
+    strides = [pad_front(s, MAX_BATCH_DIMS, 0) for s in strides]
+    a_rc = _matmul_operand_strides(a.shape, bool(at.get("trans_a")))
+    b_rc = _matmul_operand_strides(b.shape, bool(at.get("trans_b")))
+    bound = k * _abs_bound(a.dtype, a_zero) * _abs_bound(b.dtype, b_zero)
+    if bias is not None:
+        bound += _abs_bound(bias.dtype, 0)
+    acc = "int32_t" if bound <= INT32_HI else "int64_t"
+    row_accumulate = b_rc[1] == 1 and out.dtype == "int32" and acc == "int32_t"
+    name = f"td_matmul_{SUFFIXES[a.dtype]}_{SUFFIXES[b.dtype]}_{SUFFIXES[out.dtype]}"
+    if bias is not None:
+        name += f"_bias{SUFFIXES[bias.dtype]}"
+    if not row_accumulate:
+        name += "_dot"
+    kernel = low.kernel("matmul", name, doc="batched integer matrix multiply with zero points and optional bias",
+                        a_ctype=ctype(a.dtype), b_ctype=ctype(b.dtype), out_ctype=ctype(out.dtype),
+                        bias_ctype=ctype(bias.dtype) if bias is not None else "", acc_ctype=acc,
+                        row_accumulate=row_accumulate)
+    call.kernels.append(kernel)
+    fields = {"m": m, "n": n, "k": k, "batch": _c_pair(dims), "a_batch_stride": _c_pair(strides[0]),
+              "a_row_stride": a_rc[0], "a_col_stride": a_rc[1], "a_zero": a_zero,
+              "b_batch_stride": _c_pair(strides[1]), "b_row_stride": b_rc[0], "b_col_stride": b_rc[1],
+              "b_zero": b_zero}
+    if bias is not None:
+        fields.update(bias_batch_stride=_c_pair(strides[2]), bias_row_stride=bias_rc[0], bias_col_stride=bias_rc[1])
+    params = f"mm_{index}"
+    body = ", ".join(f".{k_} = {v}" for k_, v in fields.items())
+    call.descriptors.append(f"static const td_matmul_params {params} = {{{body}}};")
+    args = [low.refs.pointer(a.name), low.refs.pointer(b.name)]
+    if bias is not None:
+        args.append(low.refs.pointer(bias.name))
+    args += [low.refs.pointer(out.name), f"&{params}"]
+    call.statements.append(f"{kernel.name}({', '.join(args)});")
+
+
+def _c_pair(values: list[int]) -> str:
+    return "{" + ", ".join(str(v) for v in values) + "}"
+
+
+# --- row-wise ops (softmax, norms) -----------------------------------------------------------------------
+def _rows_cols(tensor: Tensor) -> tuple[int, int]:
+    cols = tensor.shape[-1]
+    return tensor.size // max(cols, 1), cols
+
+
+def lower_softmax(low: Lowering, index: int, node: Node, call: Call) -> None:
+    x, out = low.t(node.inputs[0]), low.t(node.outputs[0])
+    rows, cols = _rows_cols(x)
+    at = node.attrs
+    kernel = low.kernel("softmax", f"td_{node.op.lower()}_{SUFFIXES[x.dtype]}_{SUFFIXES[out.dtype]}", op=node.op,
+                        doc=f"{node.op} over the last axis", in_ctype=ctype(x.dtype), out_ctype=ctype(out.dtype))
+    call.kernels.append(kernel)
+    head = [low.refs.pointer(x.name), low.refs.pointer(out.name), str(rows), str(cols)]
+    if node.op == "ISoftmax":
+        rest = [at["coeff_a"], at["coeff_b"], at["coeff_c"], at["log2"], at["n_levels"], int(at.get("round_nearest", 0)),
+                at.get("out_offset", 0), at["lo"], at["hi"]]
+        call.scratch_bytes = 8 * cols
+        tail = [f"(int64_t *){low.refs.scratch(index)}"]
+    elif node.op == "ITAPartialMax":
+        if cols % at["group_width"]:
+            raise TinyDeployError(f"row length {cols} is not a multiple of the group width {at['group_width']}",
+                                  node=node.name)
+        rest = [at["group_width"], at["n_levels"], at.get("out_offset", 0), at["lo"], at["hi"]]
+        tail = []
+    else:
+        rest = [at["n_levels"], at.get("out_offset", 0)]
+        tail = []
+    for i, value in enumerate(rest):
+        check_int32(node, f"argument {i}", value)
+    call.statements.append(f"{kernel.name}({', '.join(head + [str(int(v)) for v in rest] + tail)});")
+
+
+def _norm_vector(low: Lowering, node: Node, name: str, cols: int) -> Tensor:
+    tensor = low.t(name)
+    if tensor.size != cols or any(d != 1 for d in tensor.shape[:-1]):
+        raise TinyDeployError(f"norm parameter of shape {list(tensor.shape)} is not a vector over the last axis "
+                              f"({cols})", node=node.name, tensor=name)
+    return tensor
+
+
+def lower_norm(low: Lowering, index: int, node: Node, call: Call) -> None:
+    x, out = low.t(node.inputs[0]), low.t(node.outputs[0])
+    rows, cols = _rows_cols(x)
+    vectors = [_norm_vector(low, node, name, cols) for name in node.inputs[1:]]
+    fields = {"in_ctype": ctype(x.dtype), "out_ctype": ctype(out.dtype), "w_ctype": ctype(vectors[0].dtype),
+              "b_ctype": ctype(vectors[1].dtype) if len(vectors) > 1 else ""}
+    suffix = "_".join(SUFFIXES[t.dtype] for t in [x, *vectors, out])
+    kernel = low.kernel("norm", f"td_{node.op.lower()}_{suffix}", op=node.op, doc=f"{node.op} over the last axis",
+                        **fields)
+    call.kernels.append(kernel)
+    at = node.attrs
+    args = [low.refs.pointer(x.name), *[low.refs.pointer(v.name) for v in vectors], low.refs.pointer(out.name),
+            str(rows), str(cols), str(int(at["log2d"])), str(int(at["lo"])), str(int(at["hi"]))]
+    call.statements.append(f"{kernel.name}({', '.join(args)});")
+
+
+def lower_mean(low: Lowering, index: int, node: Node, call: Call) -> None:
+    x, out = low.t(node.inputs[0]), low.t(node.outputs[0])
+    axes = sorted(a % len(x.shape) for a in node.attrs["axes"])
+    if axes != list(range(axes[0], axes[-1] + 1)):
+        raise TinyDeployError(f"mean over non-adjacent axes {axes} is not supported", node=node.name)
+    outer = int(np.prod(x.shape[:axes[0]], dtype=np.int64))
+    reduced = int(np.prod(x.shape[axes[0]:axes[-1] + 1], dtype=np.int64))
+    inner = int(np.prod(x.shape[axes[-1] + 1:], dtype=np.int64))
+    kernel = low.kernel("reduce", f"td_mean_{SUFFIXES[x.dtype]}_{SUFFIXES[out.dtype]}",
+                        doc="IntegerMean over adjacent axes", in_ctype=ctype(x.dtype), out_ctype=ctype(out.dtype))
+    call.kernels.append(kernel)
+    call.statements.append(f"{kernel.name}({low.refs.pointer(x.name)}, {low.refs.pointer(out.name)}, {outer}, "
+                           f"{reduced}, {inner});")
+
+
+def lower_gather(low: Lowering, index: int, node: Node, call: Call) -> None:
+    data, idx, out = low.t(node.inputs[0]), low.t(node.inputs[1]), low.t(node.outputs[0])
+    axis = node.attrs.get("axis", 0) % len(data.shape)
+    outer = int(np.prod(data.shape[:axis], dtype=np.int64))
+    inner = int(np.prod(data.shape[axis + 1:], dtype=np.int64))
+    kernel = low.kernel("gather", f"td_gather_{SUFFIXES[data.dtype]}_{SUFFIXES[idx.dtype]}",
+                        doc="Gather (embedding lookup)", data_ctype=ctype(data.dtype), index_ctype=ctype(idx.dtype))
+    call.kernels.append(kernel)
+    call.statements.append(f"{kernel.name}({low.refs.pointer(data.name)}, {low.refs.pointer(idx.name)}, "
+                           f"{low.refs.pointer(out.name)}, {outer}, {data.shape[axis]}, {inner}, {idx.size});")
+
+
+LOWERINGS: dict[str, Callable[[Lowering, int, Node, Call], None]] = {
+    **{name: lower_elementwise for name in ELEMENTWISE},
+    "MatMulInt": lower_matmul,
+    "Transpose": lower_transpose,
+    "Slice": lower_slice,
+    "Concat": lower_concat,
+    "Pad": lower_pad,
+    "Reshape": lower_reshape,
+    "ISoftmax": lower_softmax,
+    "ITAPartialMax": lower_softmax,
+    "ITAMax": lower_softmax,
+    "ILayerNorm": lower_norm,
+    "IRMSNorm": lower_norm,
+    "IntegerMean": lower_mean,
+    "Gather": lower_gather,
+}

@@ -1,0 +1,91 @@
+"""Runs a generated project natively: builds it with the host C compiler through its own Makefile and runs the
+harness, returning the packed outputs and (optionally) the per-node tensor trace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import TinyDeployError
+
+SANITIZE_FLAGS = "-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
+ZIG_SANITIZE_FLAGS = "-O1 -g -fsanitize=undefined -fsanitize-trap=undefined"
+
+
+@dataclass
+class HostRun:
+    """What one native run produced."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    outputs: bytes
+    trace: dict[int, bytes] = field(default_factory=dict)
+
+
+def compiler_command(cc: str) -> tuple[str, bool]:
+    """The make CC value for `gcc`, `clang` (system clang, else pip ziglang's clang) or an explicit path.
+
+    Returns (command, is_zig)."""
+    if cc == "clang" and shutil.which("clang") is None:
+        return f"{sys.executable} -m ziglang cc", True
+    if shutil.which(cc) is None and not Path(cc).is_file():
+        raise TinyDeployError(f"C compiler '{cc}' not found (try --cc gcc or --cc clang)")
+    return cc, False
+
+
+def build_host(build_dir: Path, cc: str = "gcc", sanitize: bool = False, trace: bool = False,
+               extra_cflags: str = "") -> Path:
+    """Build the harness with -Wall -Wextra -Werror into build_dir/host-<cc>[-san][-trace]; returns the executable."""
+    command, is_zig = compiler_command(cc)
+    flavour = Path(cc).name + ("-san" if sanitize else "") + ("-trace" if trace else "")
+    out = f"host-{flavour}"
+    flags = [extra_cflags]
+    if trace:
+        flags.append("-DTD_TRACE")
+    make = ["make", "-s", "-C", str(build_dir), f"-j{os.cpu_count() or 1}", f"CC={command}", f"BUILD_DIR={out}",
+            f"EXTRA_CFLAGS={' '.join(f for f in flags if f)}"]
+    if sanitize:
+        make.append(f"OPT={ZIG_SANITIZE_FLAGS if is_zig else SANITIZE_FLAGS}")
+        make.append(f"LDFLAGS={'' if is_zig else '-fsanitize=address,undefined'}")
+    result = subprocess.run(make, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
+        raise TinyDeployError(f"host build with {cc} failed:\n{tail}")
+    return build_dir / out / "network"
+
+
+def run_host(executable: Path, work_dir: Path, trace: bool = False, repeat: int = 1, timeout: float = 1800) -> HostRun:
+    """Run the harness once; reads back the packed outputs and the trace."""
+    outputs_path = work_dir / "outputs.bin"
+    trace_path = work_dir / "trace.bin"
+    args = [str(executable), "--outputs", str(outputs_path), "--repeat", str(repeat)]
+    if trace:
+        args += ["--trace", str(trace_path)]
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+    try:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise TinyDeployError(f"{executable} did not finish within {timeout:.0f}s") from None
+    if result.returncode not in (0, 1):
+        tail = "\n".join(result.stderr.strip().splitlines()[-30:])
+        raise TinyDeployError(f"{executable} crashed (exit {result.returncode}):\n{tail}")
+    outputs = outputs_path.read_bytes() if outputs_path.exists() else b""
+    records = read_trace(trace_path) if trace else {}
+    return HostRun(result.returncode, result.stdout, result.stderr, outputs, records)
+
+
+def read_trace(path: Path) -> dict[int, bytes]:
+    """Parse {int32 id, int32 nbytes, data} records (little endian)."""
+    data = path.read_bytes()
+    records, pos = {}, 0
+    while pos + 8 <= len(data):
+        tensor_id, nbytes = struct.unpack_from("<ii", data, pos)
+        records[tensor_id] = data[pos + 8:pos + 8 + nbytes]
+        pos += 8 + nbytes
+    return records
