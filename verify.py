@@ -94,7 +94,8 @@ def golden_tensors(manifest: dict[str, Any], inputs: dict[str, np.ndarray]) -> d
     if manifest.get("model_sha256") and hashlib.sha256(model.read_bytes()).hexdigest() != manifest["model_sha256"]:
         raise TinyDeployError(f"model '{model}' changed since this build was compiled; recompile first")
     ranges = {k: tuple(v) for k, v in manifest.get("input_ranges", {}).items()} or None
-    graph = integerize(import_model(str(model), input_ranges=ranges), manifest.get("arithmetic_target", manifest["target"]))
+    arithmetic = manifest.get("arithmetic_target", manifest["target"])
+    graph = integerize(import_model(str(model), input_ranges=ranges), arithmetic)
     return run_graph(graph, inputs, keep_all=True)
 
 

@@ -402,8 +402,8 @@ def lower_softmax(low: Lowering, index: int, node: Node, call: Call) -> None:
     call.kernels.append(kernel)
     head = [low.refs.pointer(x.name), low.refs.pointer(out.name), str(rows), str(cols)]
     if node.op == "ISoftmax":
-        rest = [at["coeff_a"], at["coeff_b"], at["coeff_c"], at["log2"], at["n_levels"], int(at.get("round_nearest", 0)),
-                at.get("out_offset", 0), at["lo"], at["hi"]]
+        rest = [at["coeff_a"], at["coeff_b"], at["coeff_c"], at["log2"], at["n_levels"],
+                int(at.get("round_nearest", 0)), at.get("out_offset", 0), at["lo"], at["hi"]]
         call.scratch_bytes = 8 * cols
         tail = [f"(int64_t *){low.refs.scratch(index)}"]
     elif node.op == "ITAPartialMax":

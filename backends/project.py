@@ -243,8 +243,8 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     manifest = _manifest(graph, target, plan, calls, cnames, in_slots, out_slots, constants, weights_format, options)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     weights_bytes = sum(v.nbytes for v in constants.values())
-    return Project(graph, plan, calls, list(lowering.kernels.values()), in_slots, out_slots, weights_bytes, weights_format,
-                   manifest)
+    return Project(graph, plan, calls, list(lowering.kernels.values()), in_slots, out_slots, weights_bytes,
+                   weights_format, manifest)
 
 
 def _environment(template_dirs: list[Path]) -> jinja2.Environment:
@@ -254,7 +254,8 @@ def _environment(template_dirs: list[Path]) -> jinja2.Environment:
 
 
 def _render_kernels(env: jinja2.Environment, lowering: Lowering) -> list[str]:
-    return [env.get_template(f"kernels/{k.family}.c.j2").render(k=k.context()).strip() for k in lowering.kernels.values()]
+    return [env.get_template(f"kernels/{k.family}.c.j2").render(k=k.context()).strip()
+            for k in lowering.kernels.values()]
 
 
 def kernel_prototype(source: str) -> str:
