@@ -16,7 +16,7 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def test_help_shows_example():
-    for sub in ("zoo", "golden", "fidelity", "targets", "demo"):
+    for sub in ("zoo", "golden", "fidelity", "compile", "verify", "targets", "demo"):
         proc = run_cli(sub, "--help")
         assert proc.returncode == 0 and "example: tinydeploy" in proc.stdout
 
@@ -70,4 +70,32 @@ def test_demo_runs_on_existing_zoo_dir(tiny_zoo, tmp_path):
         (out / name).write_bytes((tiny_zoo / name).read_bytes())
     proc = run_cli("demo", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "cosine" in proc.stdout and "golden last_hidden_state" in proc.stdout
+    assert "cosine" in proc.stdout and "BIT-EXACT" in proc.stdout
+
+
+def test_compile_then_verify(tiny_zoo, tmp_path):
+    build = tmp_path / "b"
+    proc = run_cli("compile", str(tiny_zoo / "model_qdq.onnx"), "--target", "generic", "-o", str(build))
+    assert proc.returncode == 0, proc.stderr
+    assert "live-set lower bound" in proc.stdout and (build / "network.c").exists()
+    proc = run_cli("verify", str(build), "--layers")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "BIT-EXACT" in proc.stdout and "intermediate tensors compared" in proc.stdout
+
+
+def test_verify_reports_mismatch_with_exit_1(tmp_path):
+    case = CONFORMANCE / "MatMul_Regular_RQ"
+    build = tmp_path / "b"
+    assert run_cli("compile", str(case / "network.onnx"), "-o", str(build)).returncode == 0
+    network = build / "network.c"
+    text = network.read_text().rstrip()
+    assert text.endswith("}")
+    network.write_text(text[:-1] + "    out[0] ^= 1; /* deliberate corruption */\n}\n")
+    proc = run_cli("verify", str(build))
+    assert proc.returncode == 1
+    assert "MISMATCH" in proc.stdout
+
+
+def test_verify_on_a_non_build_is_a_usage_error(tmp_path):
+    proc = run_cli("verify", str(tmp_path))
+    assert proc.returncode == 2 and "not a tinydeploy build" in proc.stderr

@@ -1,0 +1,168 @@
+"""Ladder rung 3: generated C on the host (gcc and clang, ASan+UBSan) is bit-exact with the golden interpreter."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CONFORMANCE
+from tinydeploy.backends import compile_graph
+from tinydeploy.cli import load_inputs, observed_input_ranges
+from tinydeploy.errors import TinyDeployError
+from tinydeploy.frontend.onnx_loader import import_model
+from tinydeploy.ir.graph import Graph, Node, Tensor
+from tinydeploy.passes.integerize import integerize
+from tinydeploy.verify import load_manifest, verify_build
+
+SOURCES = ("network.c", "network.h", "kernels.c", "kernels.h", "weights.h", "golden.c", "golden.h", "main.c",
+           "Makefile", "CMakeLists.txt", "td_runtime.h")
+CONFORMANCE_CASES = sorted(p.name for p in CONFORMANCE.iterdir() if p.is_dir() and p.name != "Models_ICCT_ITA") \
+    if CONFORMANCE.exists() else []
+
+
+def compile_model(model: Path, out: Path, arithmetic: str = "generic", weights: str = "auto"):
+    graph = integerize(import_model(model, input_ranges=observed_input_ranges(str(model), None)), arithmetic)
+    inputs = load_inputs(None, str(model), graph)
+    return compile_graph(graph, "generic", out, inputs, weights=weights, model_path=str(model))
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tiny_zoo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_build")
+    compile_model(tiny_zoo / "model_qdq.onnx", out)
+    return out
+
+
+# --- bit-exactness ----------------------------------------------------------------------------------------
+def test_tiny_mobilebert_bit_exact_every_layer(tiny_build):
+    result = verify_build(tiny_build, layers=True)
+    assert result.bit_exact, result.first.describe()
+    manifest = load_manifest(tiny_build)
+    assert result.layers_checked == len(manifest["tensors"]) > 150
+    assert result.outputs["last_hidden_state"] == (32 * 128, 0)
+
+
+def test_tiny_mobilebert_sanitizers_clean(tiny_build):
+    result = verify_build(tiny_build, sanitize=True)
+    assert result.bit_exact
+
+
+def test_tiny_mobilebert_clang_warning_free(tiny_build):
+    """-Wall -Wextra -Werror with clang (system clang, else pip ziglang's)."""
+    result = verify_build(tiny_build, cc="clang")
+    assert result.bit_exact
+
+
+@pytest.mark.parametrize("arithmetic", ["cluster8-ita", "cortex-m4"])
+def test_other_arithmetic_styles_bit_exact(tiny_zoo, tmp_path, arithmetic):
+    """ITA streaming softmax + 8-bit requant, and CMSIS doubling-high-mul requant, as portable C."""
+    compile_model(tiny_zoo / "model_qdq.onnx", tmp_path, arithmetic)
+    result = verify_build(tmp_path, layers=True)
+    assert result.bit_exact, result.first.describe()
+
+
+def test_weights_blob_variant_bit_exact(tiny_zoo, tmp_path):
+    project = compile_model(tiny_zoo / "model_qdq.onnx", tmp_path, weights="incbin")
+    assert project.weights_format == "incbin"
+    assert (tmp_path / "weights.bin").stat().st_size >= project.weights_bytes
+    assert not (tmp_path / "weights.c").exists()
+    for cc in ("gcc", "clang"):
+        assert verify_build(tmp_path, cc=cc).bit_exact
+
+
+@pytest.mark.skipif(not CONFORMANCE_CASES, reason="shared/conformance/deeploy not found")
+@pytest.mark.parametrize("case", CONFORMANCE_CASES)
+def test_deeploy_conformance_in_c(case, tmp_path):
+    """Every Deeploy case the golden interpreter passes, as C under ASan+UBSan, every layer compared."""
+    compile_model(CONFORMANCE / case / "network.onnx", tmp_path)
+    result = verify_build(tmp_path, layers=True, sanitize=True)
+    assert result.bit_exact, result.first.describe()
+    # the C outputs equal Deeploy's published outputs too
+    expected = np.load(CONFORMANCE / case / "outputs.npz")
+    golden = np.load(tmp_path / "golden.npz")
+    outs = [k for k in golden.files if k.startswith("output:")]
+    for key, ref in zip(outs, expected.files, strict=True):
+        assert np.array_equal(golden[key].reshape(-1), expected[ref].reshape(-1).astype(golden[key].dtype))
+
+
+# --- the project as a product ------------------------------------------------------------------------------
+def test_generated_sources_are_deterministic(tiny_zoo, tmp_path):
+    compile_model(tiny_zoo / "model_qdq.onnx", tmp_path / "a")
+    compile_model(tiny_zoo / "model_qdq.onnx", tmp_path / "b")
+    for name in (*SOURCES, "weights.c"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_project_is_self_contained_with_make(tiny_build, tmp_path):
+    """The project builds and self-checks with nothing but make and a C compiler (no Python)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_build, copy, ignore=shutil.ignore_patterns("host-*"))
+    proc = subprocess.run(["make", "-s", "-C", str(copy), "run"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS: all outputs bit-exact" in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+def test_project_builds_with_cmake(tiny_zoo, tmp_path):
+    compile_model(tiny_zoo / "model_qdq.onnx", tmp_path / "src", weights="incbin")
+    build = tmp_path / "cmake-build"
+    for cmd in (["cmake", "-S", str(tmp_path / "src"), "-B", str(build)], ["cmake", "--build", str(build)]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run([str(build / "network")], capture_output=True, text=True)
+    assert proc.returncode == 0 and "PASS" in proc.stdout
+
+
+def test_generated_code_names_onnx_nodes(tiny_build):
+    text = (tiny_build / "network.c").read_text()
+    assert "(ONNX /inner/mobilebert/encoder/layer.0/attention/self/query/MatMul)" in text
+    assert "malloc" not in text and "malloc" not in (tiny_build / "kernels.c").read_text()
+
+
+def test_corrupted_kernel_is_localised_to_its_layer(tiny_zoo, tmp_path):
+    """A wrong LUT kernel: verify --layers names the first LUT layer, the element, and writes both tensors."""
+    compile_model(tiny_zoo / "model_qdq.onnx", tmp_path)
+    kernels = tmp_path / "kernels.c"
+    text = kernels.read_text()
+    assert "(table[x - in_min])" in text
+    kernels.write_text(text.replace("(table[x - in_min])", "(table[x - in_min] ^ (x == 3))"))
+    result = verify_build(tmp_path, layers=True)
+    assert not result.bit_exact
+    manifest = load_manifest(tmp_path)
+    first_lut = next(t for t in manifest["tensors"] if t["op"] == "LUT")
+    assert result.first.op == "LUT" and result.first.position == first_lut["id"]
+    assert result.first.got != result.first.expected
+    dump = np.load(tmp_path / "mismatch.npz")
+    assert dump["got"].shape == dump["golden"].shape and (dump["got"] != dump["golden"]).any()
+
+
+# --- errors ---------------------------------------------------------------------------------------------------
+def _graph_with_transpose(shape: tuple[int, ...], perm: list[int]) -> Graph:
+    g = Graph("t")
+    g.add_tensor(Tensor("x", "int8", shape))
+    g.add_tensor(Tensor("y", "int8", tuple(shape[p] for p in perm)))
+    g.nodes.append(Node("odd_transpose", "Transpose", ["x"], ["y"], {"perm": perm}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    return g
+
+
+def test_too_many_loop_dims_names_the_node(tmp_path):
+    graph = _graph_with_transpose((2, 3, 2, 3, 2), [4, 3, 2, 1, 0])
+    with pytest.raises(TinyDeployError, match="odd_transpose.*5-D loop"):
+        compile_graph(graph, "generic", tmp_path, {"x": np.zeros((2, 3, 2, 3, 2), np.int8)})
+
+
+def test_collapsible_transpose_compiles_and_runs(tmp_path):
+    graph = _graph_with_transpose((2, 3, 4, 5, 6), [0, 1, 2, 4, 3])  # collapses to 3 loop dims
+    x = np.arange(720).reshape(2, 3, 4, 5, 6).astype(np.int8)
+    compile_graph(graph, "generic", tmp_path, {"x": x})
+    assert verify_build(tmp_path).bit_exact
+
+
+def test_unimplemented_backend_is_a_clear_error(tiny_zoo, tmp_path):
+    graph = integerize(import_model(tiny_zoo / "model_qdq.onnx"), "cortex-m4")
+    with pytest.raises(TinyDeployError, match="cortex-m4"):
+        compile_graph(graph, "cortex-m4", tmp_path, {})
