@@ -133,8 +133,9 @@ def check_int32(node: Node, what: str, values: np.ndarray | int) -> None:
 class Lowering:
     """Lowers the nodes of one graph; kernel instances are shared by name across nodes."""
 
-    def __init__(self, graph: Graph, refs: Refs) -> None:
+    def __init__(self, graph: Graph, refs: Refs, cores: int = 1) -> None:
         self.graph = graph
+        self.cores = cores
         self.refs = refs
         self.kernels: dict[tuple[str, str], Kernel] = {}
         self._names: set[str] = set()
@@ -311,7 +312,7 @@ def lower_reshape(low: Lowering, index: int, node: Node, call: Call) -> None:
         call.statements.append(f"/* aliases {low.refs.pointer(node.inputs[0])}: no data movement */")
         return
     src, dst = low.refs.pointer(node.inputs[0]), low.refs.pointer(node.outputs[0])
-    call.statements.append(f"memcpy({dst}, {src}, {low.t(node.outputs[0]).nbytes});")
+    call.statements.append(f"if (TD_HART_ID == 0) memcpy({dst}, {src}, {low.t(node.outputs[0]).nbytes});")
 
 
 # --- matmul ----------------------------------------------------------------------------------------------
@@ -404,7 +405,7 @@ def lower_softmax(low: Lowering, index: int, node: Node, call: Call) -> None:
     if node.op == "ISoftmax":
         rest = [at["coeff_a"], at["coeff_b"], at["coeff_c"], at["log2"], at["n_levels"],
                 int(at.get("round_nearest", 0)), at.get("out_offset", 0), at["lo"], at["hi"]]
-        call.scratch_bytes = 8 * cols
+        call.scratch_bytes = 8 * cols * low.cores  # one row of int64 per core
         tail = [f"(int64_t *){low.refs.scratch(index)}"]
     elif node.op == "ITAPartialMax":
         if cols % at["group_width"]:

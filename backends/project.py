@@ -200,7 +200,7 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     cnames = {**io_names, **act_names, **const_names}
     aliases = _reshape_aliases(graph, set(graph.inputs) | set(graph.outputs))
     refs = Refs(pointer=lambda name: cnames[name], scratch=lambda step: f"s_{step}", aliases=aliases)
-    lowering = Lowering(graph, refs)
+    lowering = Lowering(graph, refs, cores=int(target.section("cluster").get("cores", 1)))
     calls = [lowering.lower(i, node) for i, node in enumerate(graph.nodes)]
     plan = plan_arena(graph, {i: c.scratch_bytes for i, c in enumerate(calls) if c.scratch_bytes})
     in_slots = io_slots(graph, graph.inputs, cnames)

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "td_parallel.h"
+
 /* The kernels rely on arithmetic right shifts of negative values (gcc/clang on every target we build for). */
 typedef char td_assert_arithmetic_shift[((-1) >> 1) == -1 ? 1 : -1];
 
@@ -35,6 +37,25 @@ static inline int32_t td_offset(const td_loop *loop, int operand, int32_t i0, in
 {
     const int32_t *s = loop->strides[operand];
     return i0 * s[0] + i1 * s[1] + i2 * s[2] + i3 * s[3];
+}
+
+/* This core's share [*begin, *end) of `count` work items (SPMD: every core runs every kernel). */
+static inline void td_share(int32_t count, int32_t *begin, int32_t *end)
+{
+    *begin = (int32_t)(((int64_t)count * TD_HART_ID) / TD_NUM_CORES);
+    *end = (int32_t)(((int64_t)count * (TD_HART_ID + 1)) / TD_NUM_CORES);
+}
+
+/* Loop bounds of this core: the largest dimension of the nest is shared among the cores. */
+static inline void td_loop_share(const td_loop *loop, int32_t begin[TD_MAX_DIMS], int32_t end[TD_MAX_DIMS])
+{
+    int split = 0;
+    for (int d = 0; d < TD_MAX_DIMS; ++d) {
+        begin[d] = 0;
+        end[d] = loop->dims[d];
+        split = loop->dims[d] > loop->dims[split] ? d : split;
+    }
+    td_share(loop->dims[split], &begin[split], &end[split]);
 }
 
 static inline int64_t td_clip(int64_t x, int64_t lo, int64_t hi)
@@ -125,7 +146,8 @@ static inline int64_t td_i_gelu(int64_t x, int64_t b, int64_t one)
 /* Per-node trace hook (tinydeploy verify --layers): defined by the harness when TD_TRACE is set. */
 #ifdef TD_TRACE
 void td_trace(int32_t tensor_id, const void *data, int32_t nbytes);
-#define TD_TRACE_TENSOR(id, ptr, nbytes) td_trace((id), (ptr), (nbytes))
+#define TD_TRACE_TENSOR(id, ptr, nbytes) \
+    do { if (TD_HART_ID == 0) td_trace((id), (ptr), (nbytes)); } while (0)
 #else
 #define TD_TRACE_TENSOR(id, ptr, nbytes) ((void)0)
 #endif

@@ -1,0 +1,389 @@
+"""The cluster instruction-set simulator: N RV32IMC harts on Unicorn over one shared memory.
+
+Each hart is its own Unicorn engine; all engines map the same host buffers for L1, L2, L3 and the event page,
+so a store by one hart is seen by every other. Harts run round robin in slices of `slice_instructions`
+(Unicorn's instruction count), which makes every run deterministic. Time: one instruction = one cycle, and
+the cluster clock advances by one slice per round, so cycle stamps have slice resolution.
+
+Devices (addresses and register offsets from the target file, [mmio] and [event]):
+- exit / putchar / hart id / cycle counter;
+- a hardware barrier: a hart writes `barrier_arrive`, then spins on `event.barrier_generation` in plain memory,
+  which the ISS increments once every live hart has arrived (spinning on memory runs at JIT speed);
+- a DMA engine (1-D or 2-D copies between any mapped memories): one transfer at a time, each costs the
+  setup latency plus bytes / bandwidth of the slower level; the copy itself happens when the transfer
+  completes, so firmware that reads a destination before waiting gets stale data, as on silicon.
+  Completion is published in `event.dma_done`;
+- per-layer stamps (`layer_begin`/`layer_end`): cycles and DMA bytes per layer.
+
+Faults stop the run with the hart id, PC, symbol and cause: bad address, illegal instruction, a barrier
+nobody can complete (deadlock), no exit within the cycle budget.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import mmap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import TinyDeployError
+from ..target import Target, load_target
+
+LEVELS = ("l1", "l2", "l3")
+
+
+class GuestFault(TinyDeployError):
+    """The simulated firmware did something the hardware cannot do."""
+
+    def __init__(self, cause: str, hart: int, pc: int, symbol: str) -> None:
+        super().__init__(f"hart {hart} at pc 0x{pc:08x} ({symbol}): {cause}")
+        self.cause, self.hart, self.pc, self.symbol = cause, hart, pc, symbol
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Everything the ISS needs from the target file."""
+
+    cores: int
+    regions: dict[str, tuple[int, int]]          # name -> (base, bytes)
+    mmio_base: int
+    mmio_size: int
+    registers: dict[str, int]                     # register name -> offset
+    event_base: int
+    event_size: int
+    events: dict[str, int]
+    bandwidth: dict[tuple[str, str], int]         # (src level, dst level) -> bytes per cycle
+    dma_setup: int
+    slice_instructions: int
+    max_cycles: int
+
+    @classmethod
+    def from_target(cls, target: Target | str) -> ClusterSpec:
+        target = load_target(target)
+        mem, dma, mmio, event = (target.section(k) for k in ("memory", "dma", "mmio", "event"))
+        if not mmio or not event:
+            raise TinyDeployError(f"target '{target.name}' has no [mmio]/[event] map; it is not a cluster target")
+        iss = target.section("iss")
+        l3_l2, l2_l1 = dma["l3_to_l2_bytes_per_cycle"], dma["l2_to_l1_bytes_per_cycle"]
+        l1_l1 = dma.get("l1_to_l1_bytes_per_cycle", l2_l1)
+        bandwidth = {}
+        for a in LEVELS:
+            for b in LEVELS:
+                pair = {a, b}
+                bandwidth[(a, b)] = l3_l2 if "l3" in pair else (l1_l1 if pair == {"l1"} else l2_l1)
+        registers = {k: v for k, v in mmio.items() if k not in ("base", "size")}
+        events = {k: v for k, v in event.items() if k not in ("base", "size")}
+        return cls(int(target.section("cluster")["cores"]),
+                   {lvl: (mem[f"{lvl}_base"], mem[f"{lvl}_bytes"]) for lvl in LEVELS},
+                   mmio["base"], mmio["size"], registers, event["base"], event["size"], events, bandwidth,
+                   int(dma["setup_cycles"]), int(iss.get("slice_instructions", 1000)),
+                   int(iss.get("max_cycles", 20_000_000_000)))
+
+
+@dataclass
+class DmaTransfer:
+    id: int
+    src: int
+    dst: int
+    row_bytes: int
+    rows: int
+    src_stride: int
+    dst_stride: int
+    done_at: int
+    layer: int
+
+
+@dataclass
+class LayerStamp:
+    index: int
+    begin: int
+    end: int = -1
+    dma_bytes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SimResult:
+    exit_code: int
+    cycles: int
+    instructions: list[int]
+    console: str
+    layers: list[LayerStamp]
+    dma_busy_cycles: int
+    guest_instructions: int
+
+
+@dataclass
+class _Hart:
+    id: int
+    uc: Any
+    pc: int
+    running: bool = True
+    instructions: int = 0
+    barrier_waiting: bool = False
+
+
+class Symbols:
+    """Address -> function name from the ELF symbol table."""
+
+    def __init__(self, elf_path: Path) -> None:
+        from elftools.elf.elffile import ELFFile
+
+        entries = []
+        with open(elf_path, "rb") as f:
+            symtab = ELFFile(f).get_section_by_name(".symtab")
+            for sym in symtab.iter_symbols() if symtab else []:
+                if sym["st_info"]["type"] in ("STT_FUNC", "STT_NOTYPE") and sym.name and sym["st_value"]:
+                    entries.append((sym["st_value"], max(sym["st_size"], 1), sym.name))
+        entries.sort()
+        self.addresses = [e[0] for e in entries]
+        self.entries = entries
+        self.by_name = {name: addr for addr, _, name in entries}
+
+    def lookup(self, pc: int) -> str:
+        i = bisect.bisect_right(self.addresses, pc) - 1
+        if i < 0:
+            return "?"
+        addr, _, name = self.entries[i]
+        return f"{name}+0x{pc - addr:x}"
+
+
+class ClusterISS:
+    """Load an ELF into the cluster and run it to the exit of hart 0."""
+
+    def __init__(self, spec: ClusterSpec, elf_path: str | Path, *, slice_instructions: int | None = None) -> None:
+        from unicorn import UC_ARCH_RISCV, UC_MODE_RISCV32
+
+        self.spec = spec
+        self.elf_path = Path(elf_path)
+        self.symbols = Symbols(self.elf_path)
+        self.quantum = slice_instructions or spec.slice_instructions
+        self._buffers: dict[str, tuple[int, int, mmap.mmap, int]] = {}
+        for name, (base, size) in {**spec.regions, "event": (spec.event_base, spec.event_size)}.items():
+            buf = mmap.mmap(-1, size)
+            self._buffers[name] = (base, size, buf, ctypes.addressof(ctypes.c_char.from_buffer(buf)))
+        entry = self._load_elf()
+        self.harts = []
+        for hart_id in range(spec.cores):
+            from unicorn import Uc
+            uc = Uc(UC_ARCH_RISCV, UC_MODE_RISCV32)
+            self._map(uc, hart_id)
+            self.harts.append(_Hart(hart_id, uc, entry))
+        self.time = 0
+        self.finished = False
+        self.exit_code = 0
+        self.console: list[str] = []
+        self.barrier_arrived: set[int] = set()
+        self.barrier_since = 0
+        self.dma_queue: list[DmaTransfer] = []
+        self.dma_regs = {"dma_src": 0, "dma_dst": 0, "dma_bytes": 0, "dma_rows": 1, "dma_src_stride": 0,
+                         "dma_dst_stride": 0}
+        self.dma_next_id = 0
+        self.dma_free_at = 0
+        self.dma_busy = 0
+        self.layers: list[LayerStamp] = []
+        self.open_layer: LayerStamp | None = None
+        self._bad_access: tuple[int, int] | None = None
+        self._register_names = {v: k for k, v in spec.registers.items()}
+
+    # -- memory --------------------------------------------------------------------------------------------
+    def _map(self, uc, hart_id: int) -> None:
+        from unicorn import UC_HOOK_MEM_INVALID, UC_PROT_ALL
+        from unicorn.riscv_const import UC_RISCV_REG_A0
+
+        for base, size, _, ptr in self._buffers.values():
+            uc.mem_map_ptr(base, size, UC_PROT_ALL, ptr)
+        uc.mmio_map(self.spec.mmio_base, self.spec.mmio_size, self._mmio_read, hart_id, self._mmio_write, hart_id)
+        uc.hook_add(UC_HOOK_MEM_INVALID, self._invalid_access)
+        uc.reg_write(UC_RISCV_REG_A0, hart_id)
+
+    def _invalid_access(self, uc, access, address, size, value, user_data) -> bool:
+        self._bad_access = (address, size)
+        return False
+
+    def region_of(self, address: int, size: int = 1) -> tuple[str, memoryview, int] | None:
+        for name, (base, rsize, buf, _) in self._buffers.items():
+            if base <= address and address + size <= base + rsize:
+                return name, memoryview(buf), address - base
+        return None
+
+    def write(self, address: int, data: bytes) -> None:
+        found = self.region_of(address, len(data))
+        if found is None:
+            raise TinyDeployError(f"write of {len(data)} bytes to unmapped 0x{address:08x}")
+        _, view, offset = found
+        view[offset:offset + len(data)] = data
+
+    def read(self, address: int, size: int) -> bytes:
+        found = self.region_of(address, size)
+        if found is None:
+            raise TinyDeployError(f"read of {size} bytes from unmapped 0x{address:08x}")
+        _, view, offset = found
+        return bytes(view[offset:offset + size])
+
+    def _load_elf(self) -> int:
+        from elftools.elf.elffile import ELFFile
+
+        with open(self.elf_path, "rb") as f:
+            elf = ELFFile(f)
+            if elf["e_machine"] != "EM_RISCV" or elf.elfclass != 32:
+                raise TinyDeployError(f"{self.elf_path} is not an RV32 ELF")
+            for seg in elf.iter_segments():
+                if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
+                    continue
+                data = seg.data()
+                if self.region_of(seg["p_paddr"], seg["p_memsz"]) is None:
+                    raise TinyDeployError(f"ELF segment at 0x{seg['p_paddr']:08x} ({seg['p_memsz']} B) does not fit "
+                                          f"the target's memories")
+                self.write(seg["p_paddr"], data + bytes(seg["p_memsz"] - len(data)))
+            return elf.header["e_entry"]
+
+    def _event_write(self, name: str, value: int) -> None:
+        self.write(self.spec.event_base + self.spec.events[name], (value & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    # -- MMIO ---------------------------------------------------------------------------------------------
+    def _mmio_read(self, uc, offset: int, size: int, hart_id: int) -> int:
+        name = self._register_names.get(offset)
+        if name == "cycles":
+            return self.time & 0xFFFFFFFF
+        if name == "hart_id":
+            return hart_id
+        if name == "num_cores":
+            return self.spec.cores
+        if name == "dma_start":
+            return (self.dma_next_id - 1) & 0xFFFFFFFF
+        return 0
+
+    def _mmio_write(self, uc, offset: int, size: int, value: int, hart_id: int) -> None:
+        name = self._register_names.get(offset)
+        if name == "exit":
+            self._exit(uc, hart_id, value)
+        elif name == "putchar":
+            self.console.append(chr(value & 0xFF))
+        elif name == "barrier_arrive":
+            self._barrier_arrive(hart_id)
+        elif name in self.dma_regs:
+            self.dma_regs[name] = value
+        elif name == "dma_start":
+            self._dma_start(hart_id)
+        elif name == "layer_begin":
+            self.open_layer = LayerStamp(value, self.time)
+            self.layers.append(self.open_layer)
+        elif name == "layer_end" and self.open_layer is not None:
+            self.open_layer.end = self.time
+            self.open_layer = None
+
+    def _exit(self, uc, hart_id: int, code: int) -> None:
+        hart = self.harts[hart_id]
+        hart.running = False
+        if hart_id == 0:
+            self.finished = True
+            self.exit_code = code - (1 << 32) if code & 0x80000000 else code
+        uc.emu_stop()
+
+    def _barrier_arrive(self, hart_id: int) -> None:
+        if not self.barrier_arrived:
+            self.barrier_since = self.time
+        self.barrier_arrived.add(hart_id)
+        live = {h.id for h in self.harts if h.running}
+        if live <= self.barrier_arrived:
+            self.barrier_arrived.clear()
+            generation = int.from_bytes(self.read(self.spec.event_base + self.spec.events["barrier_generation"], 4),
+                                        "little")
+            self._event_write("barrier_generation", generation + 1)
+
+    def _dma_start(self, hart_id: int) -> None:
+        r = self.dma_regs
+        rows = max(r["dma_rows"], 1)
+        span_src = (rows - 1) * r["dma_src_stride"] + r["dma_bytes"]
+        span_dst = (rows - 1) * r["dma_dst_stride"] + r["dma_bytes"]
+        src, dst = self.region_of(r["dma_src"], span_src), self.region_of(r["dma_dst"], span_dst)
+        if src is None or dst is None or src[0] == "event" or dst[0] == "event":
+            bad = r["dma_src"] if src is None else r["dma_dst"]
+            self._fault(self.harts[hart_id], f"DMA transfer touches unmapped memory at 0x{bad:08x} "
+                                             f"({rows} x {r['dma_bytes']} B)")
+        total = rows * r["dma_bytes"]
+        duration = self.spec.dma_setup + -(-total // self.spec.bandwidth[(src[0], dst[0])])
+        start = max(self.time, self.dma_free_at)
+        self.dma_free_at = start + duration
+        self.dma_busy += duration
+        transfer = DmaTransfer(self.dma_next_id, r["dma_src"], r["dma_dst"], r["dma_bytes"], rows,
+                               r["dma_src_stride"], r["dma_dst_stride"], self.dma_free_at,
+                               self.open_layer.index if self.open_layer else -1)
+        self.dma_next_id += 1
+        self.dma_queue.append(transfer)
+        if self.open_layer is not None:
+            key = f"{src[0]}->{dst[0]}"
+            self.open_layer.dma_bytes[key] = self.open_layer.dma_bytes.get(key, 0) + total
+
+    def _complete_dma(self) -> None:
+        while self.dma_queue and self.dma_queue[0].done_at <= self.time:
+            t = self.dma_queue.pop(0)
+            for row in range(t.rows):
+                self.write(t.dst + row * t.dst_stride, self.read(t.src + row * t.src_stride, t.row_bytes))
+            self._event_write("dma_done", t.id)
+
+    # -- faults -------------------------------------------------------------------------------------------
+    def _fault(self, hart: _Hart, cause: str, pc: int | None = None) -> None:
+        from unicorn.riscv_const import UC_RISCV_REG_PC
+
+        pc = hart.uc.reg_read(UC_RISCV_REG_PC) if pc is None else pc
+        raise GuestFault(cause, hart.id, pc, self.symbols.lookup(pc))
+
+    def _decode_error(self, hart: _Hart, error) -> None:
+        from unicorn import (UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID, UC_ERR_READ_UNMAPPED,
+                             UC_ERR_WRITE_UNMAPPED)
+
+        bad = f" 0x{self._bad_access[0]:08x}" if self._bad_access else ""
+        causes = {UC_ERR_READ_UNMAPPED: f"load from unmapped address{bad}",
+                  UC_ERR_WRITE_UNMAPPED: f"store to unmapped address{bad}",
+                  UC_ERR_FETCH_UNMAPPED: f"instruction fetch from unmapped address{bad}",
+                  UC_ERR_INSN_INVALID: "illegal instruction",
+                  UC_ERR_EXCEPTION: "illegal instruction or unhandled exception"}
+        self._fault(hart, causes.get(error.errno, str(error)))
+
+    def _check_barrier(self) -> None:
+        """A barrier that can never complete: an arrived hart waits for one that exited, or waits too long."""
+        if not self.barrier_arrived:
+            return
+        missing = [h for h in self.harts if h.id not in self.barrier_arrived]
+        exited = [h for h in missing if not h.running]
+        if exited or self.time - self.barrier_since > self.spec.max_cycles // 10:
+            waiting = sorted(self.barrier_arrived)
+            culprit = exited[0] if exited else missing[0]
+            why = "has exited" if exited else f"has not arrived after {self.time - self.barrier_since} cycles"
+            self._fault(self.harts[waiting[0]], f"deadlock at the barrier: harts {waiting} wait, hart {culprit.id} "
+                                                f"{why} (its pc: {self.symbols.lookup(culprit.pc)})")
+
+    # -- run ----------------------------------------------------------------------------------------------
+    def run(self, max_cycles: int | None = None, progress=None) -> SimResult:
+        from unicorn import UcError
+        from unicorn.riscv_const import UC_RISCV_REG_PC
+
+        budget = max_cycles or self.spec.max_cycles
+        quantum = self.quantum
+        while not self.finished:
+            for hart in self.harts:
+                if not hart.running:
+                    continue
+                self._bad_access = None
+                try:
+                    hart.uc.emu_start(hart.pc, 0, count=quantum)
+                except UcError as error:
+                    self._decode_error(hart, error)
+                hart.pc = hart.uc.reg_read(UC_RISCV_REG_PC)
+                hart.instructions += quantum
+                if self.finished:
+                    break
+            self.time += quantum
+            if self.dma_queue:
+                self._complete_dma()
+            self._check_barrier()
+            if self.time > budget:
+                h0 = self.harts[0]
+                self._fault(h0, f"no exit within {budget} cycles", pc=h0.pc)
+            if progress is not None and self.time % (quantum * 4096) == 0:
+                progress(self.time, sum(h.instructions for h in self.harts))
+        return SimResult(self.exit_code, self.time, [h.instructions for h in self.harts], "".join(self.console),
+                         self.layers, self.dma_busy, sum(h.instructions for h in self.harts))
