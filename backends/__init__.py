@@ -14,11 +14,18 @@ from ..target import Target, load_target
 def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, inputs: dict[str, np.ndarray], *,
                   weights: str = "auto", model_path: str = ""):
     """Write the C project for `graph` on `target` into out_dir; returns the backends.project.Project."""
-    from .project import ProjectOptions, build_project
+    from .project import BACKENDS_DIR, ProjectOptions, build_project
 
     target = load_target(target)
-    if target.backend != "generic":
+    if target.backend == "generic":
+        options = ProjectOptions(weights=weights, model_path=model_path)
+    elif target.backend == "riscv":
+        riscv, generic = BACKENDS_DIR / "riscv", BACKENDS_DIR / "generic"
+        options = ProjectOptions(weights="incbin", model_path=model_path,
+                                 template_dirs=[riscv / "templates", generic / "templates"],
+                                 runtime_dirs=[generic / "runtime", riscv / "runtime"],
+                                 extra_files=["td_platform.h", "link.ld"])
+    else:
         raise TinyDeployError(f"target '{target.name}' needs the '{target.backend}' backend, which is not "
-                              f"implemented yet; use --target generic")
-    options = ProjectOptions(weights=weights, model_path=model_path)
+                              f"implemented yet; use --target generic or a cluster target")
     return build_project(graph, target, out_dir, inputs, options)

@@ -300,6 +300,7 @@ def lower_pad(low: Lowering, index: int, node: Node, call: Call) -> None:
     call.kernels.append(fill)
     out_ptr = low.refs.pointer(out.name)
     call.statements.append(f"{fill.name}({out_ptr}, {out.size}, {int(node.attrs['value'])});")
+    call.statements.append("TD_BARRIER(); /* the fill must finish on every core before the copy overwrites it */")
     out_strides = contiguous_strides(out.shape)
     offset = sum(node.attrs["pads"][axis] * out_strides[axis] for axis in range(len(out.shape)))
     emit_copy(low, call, f"loop_{index}", low.refs.pointer(src.name), offset_ptr(out_ptr, offset), list(src.shape),

@@ -41,6 +41,8 @@ class ProjectOptions:
     template_dirs: list[Path] = field(default_factory=lambda: [BACKENDS_DIR / "generic" / "templates"])
     runtime_dirs: list[Path] = field(default_factory=lambda: [BACKENDS_DIR / "generic" / "runtime"])
     model_path: str = ""
+    #: extra templates rendered into the project (name without .j2), e.g. a linker script
+    extra_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -225,6 +227,8 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
         "CMakeLists.txt": env.get_template("CMakeLists.txt.j2").render(**context),
     }
     files.update(_weights_files(env, context, constants, weights_format))
+    for name in options.extra_files:
+        files[name] = env.get_template(f"{name}.j2").render(**context)
     for stale in ("weights.c", "weights.S", "weights.bin"):
         if stale not in files and (out / stale).exists():
             (out / stale).unlink()
@@ -354,7 +358,13 @@ def _context(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], l
                       "origin": c_comment(node.origin or node.name), "statements": call.statements, "outputs": outs,
                       "descriptors": call.descriptors})
     blob_bytes = (weights[-1]["offset"] + weights[-1]["nbytes"]) if weights else 0
+    placement = _placement(target, plan, sum(v.nbytes for v in constants.values()))
     return {
+        **placement,
+        "cluster": target.section("cluster"), "memory": target.section("memory"), "mmio": target.section("mmio"),
+        "event": target.section("event"),
+        "registers": [(k, v) for k, v in target.section("mmio").items() if k not in ("base", "size")],
+        "events": [(k, v) for k, v in target.section("event").items() if k not in ("base", "size")],
         "model_name": c_comment(Path(options.model_path).name if options.model_path else graph.name),
         "target": target, "plan": plan, "steps": steps, "inputs": in_slots, "outputs": out_slots,
         "buffers": _buffer_table(graph, plan, cnames, in_slots, out_slots, calls),
@@ -365,6 +375,29 @@ def _context(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], l
         "input_bytes": _slots_bytes(in_slots), "output_bytes": _slots_bytes(out_slots),
         "ctypes": CTYPES, "c_comment": c_comment,
     }
+
+
+#: L2 kept free for code, golden vectors, I/O buffers and small constants when deciding where weights go
+L2_RESERVE = 1024 * 1024
+
+
+def _placement(target: Target, plan: ArenaPlan, weight_bytes: int) -> dict[str, Any]:
+    """Which memory holds the arena and the weights (cluster targets); portable targets: default sections."""
+    memory, cluster = target.section("memory"), target.section("cluster")
+    if "l1_bytes" not in memory:
+        return {"arena_section": "", "arena_region": "default", "weights_region": "default"}
+    stacks = int(cluster.get("cores", 1)) * int(memory.get("stack_bytes_per_core", 0))
+    arena_in_l1 = plan.size <= memory["l1_bytes"] - stacks
+    l2_free = memory["l2_bytes"] - L2_RESERVE - (0 if arena_in_l1 else plan.size)
+    weights_region = "L2" if weight_bytes <= l2_free else "L3"
+    if weights_region == "L3" and weight_bytes > memory["l3_bytes"]:
+        raise TinyDeployError(f"model too large for {target.name}: {weight_bytes} B of weights, L2 "
+                              f"{memory['l2_bytes']} B, L3 {memory['l3_bytes']} B")
+    if not arena_in_l1 and plan.size > memory["l2_bytes"] - L2_RESERVE:
+        raise TinyDeployError(f"model too large for {target.name}: activation arena {plan.size} B does not fit "
+                              f"L1 ({memory['l1_bytes']} B) or L2 ({memory['l2_bytes']} B)")
+    return {"arena_section": ".l1.bss" if arena_in_l1 else "", "arena_region": "L1" if arena_in_l1 else "L2",
+            "weights_region": weights_region}
 
 
 def _slots_bytes(slots: list[IoSlot]) -> int:
@@ -393,6 +426,7 @@ def _manifest(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], 
         "inputs": [s.to_json() for s in in_slots], "outputs": [s.to_json() for s in out_slots],
         "tensors": tensors,
         "arena": {"bytes": plan.size, "sum_of_activations": plan.total_bytes, "lower_bound": plan.lower_bound},
+        "placement": _placement(target, plan, sum(v.nbytes for v in constants.values())),
         "weights": {"bytes": sum(v.nbytes for v in constants.values()), "format": weights_format},
         "nodes": len(graph.nodes), "kernels": sorted({k.name for c in calls for k in c.kernels}),
     }

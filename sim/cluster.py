@@ -185,6 +185,8 @@ class ClusterISS:
         self.layers: list[LayerStamp] = []
         self.open_layer: LayerStamp | None = None
         self._bad_access: tuple[int, int] | None = None
+        self.trace_regs = {"trace_ptr": 0, "trace_bytes": 0}
+        self.trace: dict[int, bytes] = {}
         self._register_names = {v: k for k, v in spec.registers.items()}
 
     # -- memory --------------------------------------------------------------------------------------------
@@ -267,6 +269,10 @@ class ClusterISS:
             self.dma_regs[name] = value
         elif name == "dma_start":
             self._dma_start(hart_id)
+        elif name in ("trace_ptr", "trace_bytes"):
+            self.trace_regs[name] = value
+        elif name == "trace_id":
+            self.trace[value] = self.read(self.trace_regs["trace_ptr"], self.trace_regs["trace_bytes"])
         elif name == "layer_begin":
             self.open_layer = LayerStamp(value, self.time)
             self.layers.append(self.open_layer)

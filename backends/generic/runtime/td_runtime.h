@@ -7,8 +7,13 @@
 #ifndef TD_RUNTIME_H
 #define TD_RUNTIME_H
 
+#include <stddef.h>
 #include <stdint.h>
+#if __STDC_HOSTED__
 #include <string.h>
+#else
+void *memcpy(void *dst, const void *src, size_t n); /* provided by the target runtime */
+#endif
 
 #include "td_parallel.h"
 
