@@ -338,8 +338,13 @@ class ClusterISS:
         raise GuestFault(cause, hart.id, pc, self.symbols.lookup(pc))
 
     def _decode_error(self, hart: _Hart, error) -> None:
-        from unicorn import (UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID, UC_ERR_READ_UNMAPPED,
-                             UC_ERR_WRITE_UNMAPPED)
+        from unicorn import (
+            UC_ERR_EXCEPTION,
+            UC_ERR_FETCH_UNMAPPED,
+            UC_ERR_INSN_INVALID,
+            UC_ERR_READ_UNMAPPED,
+            UC_ERR_WRITE_UNMAPPED,
+        )
 
         bad = f" 0x{self._bad_access[0]:08x}" if self._bad_access else ""
         causes = {UC_ERR_READ_UNMAPPED: f"load from unmapped address{bad}",
