@@ -154,6 +154,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .backends import compile_graph
+    from .target import load_target
 
     ranges = observed_input_ranges(args.model, args.inputs)
     _, int_graph = load_integer_graph(args.model, args.target, ranges)
@@ -173,7 +174,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"  {plan.summary()}")
     print(f"  weights {project.weights_bytes} B ({project.weights_format}); inputs "
           f"{sum(s.nbytes for s in project.inputs)} B; outputs {sum(s.nbytes for s in project.outputs)} B")
-    print(f"next: tinydeploy verify {args.output}   (or: make -C {args.output} run)")
+    if load_target(args.target).backend == "riscv":
+        print(f"next: tinydeploy simulate {args.output} && tinydeploy verify {args.output}")
+    else:
+        print(f"next: tinydeploy verify {args.output}   (or: make -C {args.output} run)")
     return EXIT_OK
 
 
@@ -193,6 +197,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verdict = "BIT-EXACT" if result.bit_exact else "MISMATCH"
     print(f"{verdict} ({time.perf_counter() - t0:.1f}s)")
     return EXIT_OK if result.bit_exact else EXIT_CHECK_FAILED
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .sim.firmware import simulate_build
+
+    if args.inputs:
+        raise TinyDeployError("--inputs: the firmware runs the golden input compiled into it; recompile with "
+                              "`tinydeploy compile --inputs FILE` to simulate other inputs")
+    sim = simulate_build(args.build, cc=args.cc, max_cycles=args.max_cycles, say=_say)
+    report = sim.report
+    print(report["console"].rstrip())
+    per_s = report["guest_instructions_per_second"] / 1e6
+    print(f"cycles {report['cycles_total']:,}; guest instructions {report['guest_instructions']:,} "
+          f"({per_s:.0f} M/s, {sim.wall_seconds:.1f} s); {len(report['layers'])} layers stamped")
+    print(f"wrote {Path(args.build) / 'outputs.npz'} and {Path(args.build) / 'report.json'}")
+    print("BIT-EXACT" if report["bit_exact"] else "MISMATCH (run tinydeploy verify --layers to localise)")
+    return EXIT_OK if report["bit_exact"] else EXIT_CHECK_FAILED
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -241,6 +262,8 @@ EXAMPLES = {
     "fidelity": "tinydeploy fidelity models/tiny/model_qdq.onnx --target cluster8-ita --json fid.json",
     "compile": "tinydeploy compile models/tiny/model_qdq.onnx --target generic -o build/tiny",
     "verify": "tinydeploy verify build/tiny --layers --sanitize",
+    "simulate": "tinydeploy compile models/tiny/model_qdq.onnx --target cluster8 -o build/c8 && "
+                "tinydeploy simulate build/c8",
     "targets": "tinydeploy targets",
     "demo": "tinydeploy demo -o out/demo",
 }
@@ -298,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sanitize", action="store_true", help="build with AddressSanitizer + UBSan")
     p.add_argument("--cc", default="gcc", help="host C compiler: gcc, clang (pip ziglang if no system clang), "
                                                "or a path")
+
+    p = add("simulate", cmd_simulate, "cross-build a cluster project and run it in the cluster ISS (writes "
+                                      "outputs.npz and report.json)")
+    p.add_argument("build", help="directory written by `tinydeploy compile --target cluster8`")
+    p.add_argument("--inputs", help="(not yet) other inputs than the golden ones compiled in")
+    p.add_argument("--cc", default=None, help="cross compiler: default pip ziglang's clang; or "
+                                              "riscv64-unknown-elf-gcc")
+    p.add_argument("--max-cycles", type=int, default=None, help="cycle budget before the run is stopped")
 
     add("targets", cmd_targets, "list the known targets")
     p = add("demo", cmd_demo, "tiny MobileBERT: zoo -> integer model -> fidelity -> C -> host run, bit-exact check")

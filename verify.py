@@ -112,22 +112,15 @@ def unpack_outputs(manifest: dict[str, Any], blob: bytes) -> dict[str, np.ndarra
 
 def verify_build(build_dir: str | Path, *, layers: bool = False, sanitize: bool = False, cc: str = "gcc",
                  say: Callable[[str], None] = lambda msg: None) -> VerifyResult:
-    """Build and run `build_dir` on the host, compare with golden; writes mismatch.npz on the first divergence."""
-    from .sim.host import build_host, run_host
-
+    """Run `build_dir` (host build, or the ISS for cluster builds), compare with golden bit for bit; writes
+    mismatch.npz on the first divergence."""
     build = Path(build_dir)
     manifest = load_manifest(build)
-    if manifest.get("backend") != "generic":
-        raise TinyDeployError(f"verify of '{manifest.get('backend')}' builds needs its simulator (not implemented "
-                              f"yet); this build targets {manifest.get('target')}")
     inputs, expected = golden_outputs(build)
-    exe = build_host(build, cc=cc, sanitize=sanitize, trace=layers)
-    say(f"built {exe.relative_to(build)} with {cc}{' (ASan+UBSan)' if sanitize else ''}")
-    run = run_host(exe, exe.parent, trace=layers)
-    got = unpack_outputs(manifest, run.outputs)
+    got, trace, log = _run(build, manifest, layers, sanitize, cc, say)
     info = {t["name"]: t for t in manifest["tensors"]}
     result = VerifyResult(True, {})
-    result.log.append(run.stdout.strip())
+    result.log.append(log)
     for name, value in expected.items():
         mismatch = compare_arrays(name, got[name], value, info.get(name, {}))
         result.outputs[name] = (value.size, mismatch.wrong if mismatch else 0)
@@ -135,12 +128,38 @@ def verify_build(build_dir: str | Path, *, layers: bool = False, sanitize: bool 
             result.bit_exact = False
             result.first = result.first or mismatch
     if layers:
-        layer_mismatch = _first_layer_mismatch(build, manifest, inputs, run.trace, say)
-        result.layers_checked = len(run.trace)
+        layer_mismatch = _first_layer_mismatch(build, manifest, inputs, trace, say)
+        result.layers_checked = len(trace)
         if layer_mismatch:
             result.bit_exact = False
             result.first = layer_mismatch
     return result
+
+
+def _run(build: Path, manifest: dict[str, Any], layers: bool, sanitize: bool, cc: str,
+         say: Callable[[str], None]) -> tuple[dict[str, np.ndarray], dict[int, bytes], str]:
+    """(outputs, trace, console) from the host harness (generic builds) or the cluster ISS (riscv builds)."""
+    if manifest.get("backend") == "riscv":
+        from .sim.firmware import simulate_build
+
+        if sanitize:
+            raise TinyDeployError("--sanitize builds for the host; cluster firmware runs in the ISS (use a "
+                                  "generic build to sanitize the kernels)")
+        outputs_file = build / "outputs.npz"
+        if not layers and outputs_file.is_file():
+            say(f"using {outputs_file} from tinydeploy simulate")
+            data = np.load(outputs_file)
+            return {k: data[k] for k in data.files}, {}, ""
+        sim = simulate_build(build, cc=None if cc == "gcc" else cc, trace=layers, say=say)
+        return sim.outputs, sim.trace, sim.result.console
+    if manifest.get("backend") != "generic":
+        raise TinyDeployError(f"verify of '{manifest.get('backend')}' builds is not implemented yet")
+    from .sim.host import build_host, run_host
+
+    exe = build_host(build, cc=cc, sanitize=sanitize, trace=layers)
+    say(f"built {exe.relative_to(build)} with {cc}{' (ASan+UBSan)' if sanitize else ''}")
+    run = run_host(exe, exe.parent, trace=layers)
+    return unpack_outputs(manifest, run.outputs), run.trace, run.stdout.strip()
 
 
 def _first_layer_mismatch(build: Path, manifest: dict[str, Any], inputs: dict[str, np.ndarray],

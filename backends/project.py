@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import TinyDeployError
 from ..ir.graph import Graph
 from ..ir.interpreter import cast_outputs, run_graph
+from ..ir.ops import node_macs
 from ..passes.memory import ArenaPlan, _reshape_aliases, plan_arena, scratch_name
 from ..target import Target
 from .lowering import CTYPES, Call, Kernel, Lowering, Refs
@@ -229,7 +230,7 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     files.update(_weights_files(env, context, constants, weights_format))
     for name in options.extra_files:
         files[name] = env.get_template(f"{name}.j2").render(**context)
-    for stale in ("weights.c", "weights.S", "weights.bin"):
+    for stale in ("weights.c", "weights.S", "weights.bin", "outputs.npz", "report.json", "mismatch.npz"):
         if stale not in files and (out / stale).exists():
             (out / stale).unlink()
     for name, text in files.items():
@@ -429,4 +430,6 @@ def _manifest(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], 
         "placement": _placement(target, plan, sum(v.nbytes for v in constants.values())),
         "weights": {"bytes": sum(v.nbytes for v in constants.values()), "format": weights_format},
         "nodes": len(graph.nodes), "kernels": sorted({k.name for c in calls for k in c.kernels}),
+        "steps": [{"index": i, "name": c.node.name, "op": c.node.op, "origin": c.node.origin,
+                   "macs": node_macs(graph, c.node)} for i, c in enumerate(calls)],
     }

@@ -131,15 +131,18 @@ class Symbols:
         from elftools.elf.elffile import ELFFile
 
         entries = []
+        self.by_name: dict[str, int] = {}
         with open(elf_path, "rb") as f:
             symtab = ELFFile(f).get_section_by_name(".symtab")
             for sym in symtab.iter_symbols() if symtab else []:
-                if sym["st_info"]["type"] in ("STT_FUNC", "STT_NOTYPE") and sym.name and sym["st_value"]:
+                if not sym.name or not sym["st_value"]:
+                    continue
+                self.by_name[sym.name] = sym["st_value"]
+                if sym["st_info"]["type"] in ("STT_FUNC", "STT_NOTYPE"):
                     entries.append((sym["st_value"], max(sym["st_size"], 1), sym.name))
         entries.sort()
         self.addresses = [e[0] for e in entries]
         self.entries = entries
-        self.by_name = {name: addr for addr, _, name in entries}
 
     def lookup(self, pc: int) -> str:
         i = bisect.bisect_right(self.addresses, pc) - 1

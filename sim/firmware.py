@@ -1,0 +1,103 @@
+"""`tinydeploy simulate BUILD`: cross-build a cluster project's firmware and run it in the cluster ISS.
+
+Writes BUILD/outputs.npz (the packed outputs read back from the firmware's `td_output`) and BUILD/report.json:
+bit_exact (against the golden vectors of compile), cycles_total, instructions per hart, guest instructions/s,
+and `layers`: one entry per IR step {name, op, engine, macs, cycles, bytes_dma}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import TinyDeployError
+from .cluster import ClusterISS, ClusterSpec, SimResult
+
+GCC_ARCH_FLAGS = "-march=rv32imc -mabi=ilp32"
+
+
+@dataclass
+class Simulation:
+    result: SimResult
+    outputs: dict[str, np.ndarray]
+    trace: dict[int, bytes]
+    report: dict[str, Any]
+    wall_seconds: float
+
+
+def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False) -> Path:
+    """make the firmware with pip ziglang's clang (default) or a riscv gcc; returns the ELF path."""
+    out = "fw-trace" if trace else "fw"
+    make = ["make", "-s", "-C", str(build_dir), f"-j{os.cpu_count() or 1}", f"BUILD_DIR={out}"]
+    if cc is None or cc in ("zig", "clang"):
+        make.append(f"CC={sys.executable} -m ziglang cc")
+    else:
+        make += [f"CC={cc}", f"ARCH_FLAGS={GCC_ARCH_FLAGS}", "LDFLAGS=-nostartfiles -static -Wl,--gc-sections -lgcc"]
+    if trace:
+        make.append("EXTRA_CFLAGS=-DTD_TRACE")
+    result = subprocess.run(make, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
+        raise TinyDeployError(f"firmware build failed:\n{tail}")
+    return build_dir / out / "firmware.elf"
+
+
+def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool = False,
+                   max_cycles: int | None = None, say: Callable[[str], None] = lambda m: None) -> Simulation:
+    """Build, run in the ISS, write outputs.npz and report.json (report only for the untraced run)."""
+    from ..verify import golden_outputs, load_manifest, unpack_outputs
+
+    build = Path(build_dir)
+    manifest = load_manifest(build)
+    if manifest.get("backend") != "riscv":
+        raise TinyDeployError(f"simulate runs cluster builds; this one is for {manifest.get('target')} "
+                              f"(use tinydeploy verify for host builds)")
+    elf = build_firmware(build, cc, trace)
+    say(f"built {elf.relative_to(build)}")
+    iss = ClusterISS(ClusterSpec.from_target(manifest["target"]), elf)
+    t0 = time.perf_counter()
+    result = iss.run(max_cycles, progress=lambda cycles, instr: say(
+        f"{cycles / 1e6:.0f} M cycles, {instr / max(time.perf_counter() - t0, 1e-9) / 1e6:.0f} M guest instr/s"))
+    wall = time.perf_counter() - t0
+    address = iss.symbols.by_name.get("td_output")
+    if address is None:
+        raise TinyDeployError(f"{elf} has no td_output symbol")
+    outputs = unpack_outputs(manifest, iss.read(address, _output_bytes(manifest)))
+    _, golden = golden_outputs(build)
+    bit_exact = all(np.array_equal(outputs[k], v) for k, v in golden.items())
+    report = _report(manifest, result, bit_exact, wall)
+    if not trace:
+        np.savez(build / "outputs.npz", **outputs)
+        (build / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return Simulation(result, outputs, iss.trace, report, wall)
+
+
+def _output_bytes(manifest: dict[str, Any]) -> int:
+    slots = manifest["outputs"]
+    return slots[-1]["offset"] + slots[-1]["nbytes"] if slots else 0
+
+
+def _report(manifest: dict[str, Any], result: SimResult, bit_exact: bool, wall: float) -> dict[str, Any]:
+    steps = manifest.get("steps", [])
+    layers = []
+    for stamp in result.layers:
+        step = steps[stamp.index] if 0 <= stamp.index < len(steps) else {}
+        layers.append({"index": stamp.index, "name": step.get("name", ""), "op": step.get("op", ""),
+                       "origin": step.get("origin", ""), "engine": "cores", "macs": step.get("macs", 0),
+                       "cycles": (stamp.end - stamp.begin) if stamp.end >= 0 else None,
+                       "bytes_dma": sum(stamp.dma_bytes.values()), "dma": stamp.dma_bytes})
+    return {"target": manifest["target"], "bit_exact": bit_exact, "exit_code": result.exit_code,
+            "cycles_total": result.cycles, "instructions": result.instructions,
+            "guest_instructions": result.guest_instructions,
+            "guest_instructions_per_second": result.guest_instructions / wall if wall else 0.0,
+            "wall_seconds": wall, "dma_busy_cycles": result.dma_busy_cycles, "console": result.console,
+            "cycle_resolution": "one ISS slice", "layers": layers}
