@@ -7,8 +7,8 @@ the cluster clock advances by one slice per round, so cycle stamps have slice re
 
 Devices (addresses and register offsets from the target file, [mmio] and [event]):
 - exit / putchar / hart id / cycle counter;
-- a hardware barrier: a hart writes `barrier_arrive`, then spins on `event.barrier_generation` in plain memory,
-  which the ISS increments once every live hart has arrived (spinning on memory runs at JIT speed);
+- a hardware barrier over all cores: a hart writes `barrier_arrive`, then spins on `event.barrier_generation`
+  in plain memory, which the ISS increments once every core has arrived (spinning on memory runs at JIT speed);
 - a DMA engine (1-D or 2-D copies between any mapped memories): one transfer at a time, each costs the
   setup latency plus bytes / bandwidth of the slower level; the copy itself happens when the transfer
   completes, so firmware that reads a destination before waiting gets stale data, as on silicon.
@@ -295,8 +295,7 @@ class ClusterISS:
         if not self.barrier_arrived:
             self.barrier_since = self.time
         self.barrier_arrived.add(hart_id)
-        live = {h.id for h in self.harts if h.running}
-        if live <= self.barrier_arrived:
+        if len(self.barrier_arrived) == self.spec.cores:  # the team is every core, as on the cluster
             self.barrier_arrived.clear()
             generation = int.from_bytes(self.read(self.spec.event_base + self.spec.events["barrier_generation"], 4),
                                         "little")

@@ -16,7 +16,7 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def test_help_shows_example():
-    for sub in ("zoo", "golden", "fidelity", "compile", "verify", "targets", "demo"):
+    for sub in ("zoo", "golden", "fidelity", "compile", "verify", "simulate", "targets", "demo"):
         proc = run_cli(sub, "--help")
         assert proc.returncode == 0 and "example: tinydeploy" in proc.stdout
 
@@ -99,3 +99,16 @@ def test_verify_reports_mismatch_with_exit_1(tmp_path):
 def test_verify_on_a_non_build_is_a_usage_error(tmp_path):
     proc = run_cli("verify", str(tmp_path))
     assert proc.returncode == 2 and "not a tinydeploy build" in proc.stderr
+
+
+def test_compile_simulate_verify_on_cluster8(tmp_path):
+    case = CONFORMANCE / "GEMM_Regular_RQPerColumn"
+    build = tmp_path / "c8"
+    assert run_cli("compile", str(case / "network.onnx"), "--target", "cluster8", "-o", str(build)).returncode == 0
+    proc = run_cli("simulate", str(build))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "BIT-EXACT" in proc.stdout and "M/s" in proc.stdout
+    report = json.loads((build / "report.json").read_text())
+    assert report["bit_exact"] and report["cycles_total"] > 0
+    proc = run_cli("verify", str(build))
+    assert proc.returncode == 0 and "BIT-EXACT" in proc.stdout

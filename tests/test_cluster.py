@@ -1,0 +1,85 @@
+"""Ladder rung 4 on the cluster: firmware in the ISS vs golden, and every class of guest fault reported clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import CONFORMANCE
+from tinydeploy.backends import compile_graph
+from tinydeploy.cli import load_inputs, observed_input_ranges
+from tinydeploy.frontend.onnx_loader import import_model
+from tinydeploy.passes.integerize import integerize
+from tinydeploy.sim.cluster import ClusterISS, ClusterSpec, GuestFault
+from tinydeploy.sim.firmware import build_firmware, simulate_build
+from tinydeploy.verify import verify_build
+
+
+def compile_for(model, out, target="cluster8"):
+    graph = integerize(import_model(model, input_ranges=observed_input_ranges(str(model), None)), target)
+    return compile_graph(graph, target, out, load_inputs(None, str(model), graph), model_path=str(model))
+
+
+@pytest.fixture(scope="module")
+def tiny_cluster_build(tiny_zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_cluster8")
+    compile_for(tiny_zoo / "model_qdq.onnx", out)
+    return out
+
+
+def test_tiny_mobilebert_bit_exact_on_8_harts(tiny_cluster_build):
+    sim = simulate_build(tiny_cluster_build)
+    report = json.loads((tiny_cluster_build / "report.json").read_text())
+    assert sim.result.exit_code == 0 and "PASS" in sim.result.console
+    assert report["bit_exact"] is True
+    assert len(report["instructions"]) == 8 and min(report["instructions"]) > 0
+    matmuls = [layer for layer in report["layers"] if layer["op"] == "MatMulInt"]
+    assert matmuls and all(layer["cycles"] > 0 and layer["macs"] > 0 for layer in matmuls)
+    assert report["cycles_total"] >= sum(layer["cycles"] for layer in report["layers"])
+
+
+def test_tiny_mobilebert_every_layer_in_the_iss(tiny_cluster_build):
+    result = verify_build(tiny_cluster_build, layers=True)
+    assert result.bit_exact, result.first.describe()
+    assert result.layers_checked > 150
+
+
+@pytest.mark.parametrize("case", ["Attention", "GEMM_Batch_RQ", "RMSNorm", "iNoNorm"])
+def test_deeploy_cases_on_the_cluster(case, tmp_path):
+    compile_for(CONFORMANCE / case / "network.onnx", tmp_path)
+    result = verify_build(tmp_path, layers=True)
+    assert result.bit_exact, result.first.describe()
+
+
+# --- faults: each class stops the run with hart, pc, symbol and cause ---------------------------------------
+FAULTY_MAIN = {
+    "bad_address": ("int main(void) { if (td_hart_id() == 3) { return *(volatile int *)0x40000000; } "
+                    "td_barrier(); return 0; }", r"hart 3 .*main.*load from unmapped address 0x40000000"),
+    "illegal_instruction": ("int main(void) { if (td_hart_id() == 0) { __asm__ volatile(\".word 0x00000000\"); } "
+                            "return 0; }", r"hart 0 .*illegal instruction"),
+    "barrier_deadlock": ("int main(void) { if (td_hart_id() == 5) { return 0; } td_barrier(); return 0; }",
+                         r"deadlock at the barrier: harts \[0, 1, 2, 3, 4, 6, 7\] wait, hart 5 has exited"),
+    "no_exit": ("int main(void) { for (;;) { } }", r"no exit within 200000 cycles"),
+}
+
+
+@pytest.fixture(scope="module")
+def small_cluster_project(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small_cluster")
+    compile_for(CONFORMANCE / "MatMul_Regular" / "network.onnx", out)
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(FAULTY_MAIN))
+def test_guest_faults_are_reported(small_cluster_project, tmp_path, kind):
+    project = tmp_path / "p"
+    shutil.copytree(small_cluster_project, project, ignore=shutil.ignore_patterns("fw*"))
+    source, expected = FAULTY_MAIN[kind]
+    (project / "main.c").write_text('#include "td_parallel.h"\n#include "network.h"\n#include "golden.h"\n'
+                                    "union { long long a; char b[8]; } td_output;\n" + source + "\n")
+    elf = build_firmware(project)
+    iss = ClusterISS(ClusterSpec.from_target("cluster8"), elf)
+    with pytest.raises(GuestFault, match=expected) as info:
+        iss.run(max_cycles=200_000)
+    assert info.value.symbol != "?"
