@@ -240,13 +240,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     graph, int_graph = load_integer_graph(str(model), args.target)
     inputs = load_inputs(None, str(model), graph)
     print(format_report(fidelity_report(model, graph, int_graph, inputs)))
-    backend_target = args.target if load_target(args.target).backend == "generic" else "generic"
+    backend = load_target(args.target).backend
+    backend_target = args.target if backend in ("generic", "riscv") else "generic"
     if backend_target != args.target:
-        _say(f"the {load_target(args.target).backend} backend is not implemented yet: generating portable C with "
-             f"{args.target}'s arithmetic and running it on this host")
+        _say(f"the {backend} backend is not implemented yet: generating portable C with {args.target}'s "
+             f"arithmetic and running it on this host")
     build = out / "build"
     project = compile_graph(int_graph, backend_target, build, inputs, model_path=str(model))
     print(f"C project: {build} ({len(project.kernels)} kernels; {project.plan.summary()})")
+    if load_target(backend_target).backend == "riscv":
+        from .sim.firmware import simulate_build
+
+        sim = simulate_build(build, say=_say)
+        print(sim.result.console.rstrip())
+        print(f"ISS ({backend_target}, {len(sim.result.instructions)} harts): {sim.result.cycles:,} cycles, "
+              f"{sim.report['guest_instructions_per_second'] / 1e6:.0f} M guest instructions/s")
     result = verify_build(build, layers=True, say=_say)
     for name, (total, wrong) in result.outputs.items():
         print(f"output {name}: {total - wrong}/{total} elements bit-exact")
