@@ -45,17 +45,24 @@ def load_integer_graph(model: str, target: str, input_ranges: dict[str, tuple[in
     return graph, int_graph
 
 
+def select_inputs(data, names: list[str]) -> list[np.ndarray] | None:
+    """Arrays for `names` from an .npz: by name, else positionally (Deeploy appends constant operands)."""
+    if all(name in data.files for name in names):
+        return [data[name] for name in names]
+    if len(data.files) >= len(names):
+        return [data[key] for key in data.files[:len(names)]]
+    return None
+
+
 def load_inputs(path: str | None, model: str, graph) -> dict[str, np.ndarray]:
     """Inputs from an .npz (by graph-input name, or positional arr_0...), else inputs.npz beside the model."""
     candidates = [Path(path)] if path else [Path(model).parent / "inputs.npz", Path(model) / "inputs.npz"]
     for candidate in candidates:
         if candidate.is_file():
             data = np.load(candidate)
-            if all(name in data.files for name in graph.inputs):
-                return {name: data[name] for name in graph.inputs}
-            if len(data.files) >= len(graph.inputs):  # positional; Deeploy appends constant operands
-                return {name: data[key] for name, key in zip(graph.inputs, data.files[:len(graph.inputs)],
-                                                             strict=True)}
+            arrays = select_inputs(data, graph.inputs)
+            if arrays is not None:
+                return dict(zip(graph.inputs, arrays, strict=True))
             raise TinyDeployError(f"{candidate} holds {data.files}, the model needs inputs {graph.inputs}")
         if path:
             break
@@ -75,10 +82,10 @@ def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tupl
     path = Path(inputs_path) if inputs_path else Path(model).parent / "inputs.npz"
     if not path.is_file():
         return None
-    data = np.load(path)
-    arrays = [data[n] for n in names] if all(n in data.files for n in names) else \
-        [data[k] for k in data.files[:len(names)]]
-    return {n: (int(a.min()), int(a.max())) for n, a in zip(names, arrays, strict=False) if a.size}
+    arrays = select_inputs(np.load(path), names)
+    if arrays is None:
+        return None
+    return {n: (int(a.min()), int(a.max())) for n, a in zip(names, arrays, strict=True) if a.size}
 
 
 def random_inputs(graph, seed: int = 0) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from ..errors import TinyDeployError
 from ..ir.graph import Graph
 from ..ir.interpreter import cast_outputs, run_graph
 from ..ir.ops import node_macs
-from ..passes.memory import ArenaPlan, _reshape_aliases, plan_arena, scratch_name
+from ..passes.memory import ArenaPlan, plan_arena, reshape_aliases, scratch_name
 from ..target import Target
 from .lowering import CTYPES, Call, Kernel, Lowering, Refs
 
@@ -146,17 +146,11 @@ def io_slots(graph: Graph, names: list[str], cnames: dict[str, str]) -> list[IoS
 
 
 def pack(slots: list[IoSlot], values: dict[str, np.ndarray]) -> bytes:
-    total = slots[-1].offset + slots[-1].nbytes if slots else 0
-    blob = bytearray(total)
+    blob = bytearray(_slots_bytes(slots))
     for slot in slots:
         data = np.ascontiguousarray(values[slot.name].astype(np.dtype(slot.dtype).newbyteorder("<"))).tobytes()
         blob[slot.offset:slot.offset + slot.nbytes] = data
     return bytes(blob)
-
-
-def unpack(slots: list[IoSlot], blob: bytes) -> dict[str, np.ndarray]:
-    return {s.name: np.frombuffer(blob[s.offset:s.offset + s.nbytes], dtype=np.dtype(s.dtype).newbyteorder("<"))
-            .astype(s.dtype).reshape(s.shape) for s in slots}
 
 
 # --- C text helpers -------------------------------------------------------------------------------------------
@@ -201,25 +195,28 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     act_names = unique_identifiers(activations, "t_", taken)
     const_names = unique_identifiers([t.name for t in graph.constants()], "w_", taken)
     cnames = {**io_names, **act_names, **const_names}
-    aliases = _reshape_aliases(graph, set(graph.inputs) | set(graph.outputs))
+    aliases = reshape_aliases(graph)
     refs = Refs(pointer=lambda name: cnames[name], scratch=lambda step: f"s_{step}", aliases=aliases)
     lowering = Lowering(graph, refs, cores=int(target.section("cluster").get("cores", 1)))
     calls = [lowering.lower(i, node) for i, node in enumerate(graph.nodes)]
-    plan = plan_arena(graph, {i: c.scratch_bytes for i, c in enumerate(calls) if c.scratch_bytes})
+    plan = plan_arena(graph, {i: c.scratch_bytes for i, c in enumerate(calls) if c.scratch_bytes}, aliases=aliases)
     in_slots = io_slots(graph, graph.inputs, cnames)
     out_slots = io_slots(graph, graph.outputs, cnames)
     golden = cast_outputs(graph, run_graph(graph, inputs))
     constants = _constant_arrays(graph, calls, cnames)
     weights_format = _weights_format(options.weights, constants)
-    context = _context(graph, target, plan, calls, lowering, cnames, in_slots, out_slots, constants, weights_format,
-                       options)
-    out.mkdir(parents=True, exist_ok=True)
+    weights_bytes = sum(v.nbytes for v in constants.values())
+    placement = _placement(target, plan, weights_bytes)
     env = _environment(options.template_dirs)
+    rendered = _render_kernels(env, lowering)
+    context = _context(graph, target, plan, calls, rendered, cnames, in_slots, out_slots, constants, weights_format,
+                       placement, options)
+    out.mkdir(parents=True, exist_ok=True)
     files = {
         "network.h": env.get_template("network.h.j2").render(**context),
         "network.c": env.get_template("network.c.j2").render(**context),
         "kernels.h": env.get_template("kernels.h.j2").render(**context),
-        "kernels.c": env.get_template("kernels.c.j2").render(**context, rendered=_render_kernels(env, lowering)),
+        "kernels.c": env.get_template("kernels.c.j2").render(**context, rendered=rendered),
         "weights.h": env.get_template("weights.h.j2").render(**context),
         "golden.h": env.get_template("golden.h.j2").render(**context),
         "golden.c": _golden_c(env, context, pack(in_slots, inputs), pack(out_slots, golden)),
@@ -245,9 +242,9 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
                 shutil.copyfile(src, out / src.name)
     np.savez(out / "golden.npz", **{f"input:{k}": v for k, v in inputs.items()},
              **{f"output:{k}": v for k, v in golden.items()})
-    manifest = _manifest(graph, target, plan, calls, cnames, in_slots, out_slots, constants, weights_format, options)
+    manifest = _manifest(graph, target, plan, calls, cnames, in_slots, out_slots, weights_bytes, weights_format,
+                         placement, options)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    weights_bytes = sum(v.nbytes for v in constants.values())
     return Project(graph, plan, calls, list(lowering.kernels.values()), in_slots, out_slots, weights_bytes,
                    weights_format, manifest)
 
@@ -345,9 +342,10 @@ def _trace_ids(graph: Graph) -> list[str]:
     return [o for node in graph.nodes for o in node.outputs]
 
 
-def _context(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], lowering: Lowering,
+def _context(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], rendered_kernels: list[str],
              cnames: dict[str, str], in_slots: list[IoSlot], out_slots: list[IoSlot],
-             constants: dict[str, np.ndarray], weights_format: str, options: ProjectOptions) -> dict[str, Any]:
+             constants: dict[str, np.ndarray], weights_format: str, placement: dict[str, Any],
+             options: ProjectOptions) -> dict[str, Any]:
     weights = _weights_layout(constants)
     trace = {name: i for i, name in enumerate(_trace_ids(graph))}
     steps = []
@@ -359,7 +357,6 @@ def _context(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], l
                       "origin": c_comment(node.origin or node.name), "statements": call.statements, "outputs": outs,
                       "descriptors": call.descriptors})
     blob_bytes = (weights[-1]["offset"] + weights[-1]["nbytes"]) if weights else 0
-    placement = _placement(target, plan, sum(v.nbytes for v in constants.values()))
     return {
         **placement,
         "cluster": target.section("cluster"), "memory": target.section("memory"), "mmio": target.section("mmio"),
@@ -369,8 +366,7 @@ def _context(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], l
         "model_name": c_comment(Path(options.model_path).name if options.model_path else graph.name),
         "target": target, "plan": plan, "steps": steps, "inputs": in_slots, "outputs": out_slots,
         "buffers": _buffer_table(graph, plan, cnames, in_slots, out_slots, calls),
-        "kernel_prototypes": [kernel_prototype(src) for src in _render_kernels(_environment(options.template_dirs),
-                                                                               lowering)],
+        "kernel_prototypes": [kernel_prototype(src) for src in rendered_kernels],
         "weights": weights, "weights_format": weights_format, "weights_blob_bytes": blob_bytes,
         "weights_total": sum(v.nbytes for v in constants.values()),
         "input_bytes": _slots_bytes(in_slots), "output_bytes": _slots_bytes(out_slots),
@@ -406,8 +402,8 @@ def _slots_bytes(slots: list[IoSlot]) -> int:
 
 
 def _manifest(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], cnames: dict[str, str],
-              in_slots: list[IoSlot], out_slots: list[IoSlot], constants: dict[str, np.ndarray],
-              weights_format: str, options: ProjectOptions) -> dict[str, Any]:
+              in_slots: list[IoSlot], out_slots: list[IoSlot], weights_bytes: int, weights_format: str,
+              placement: dict[str, Any], options: ProjectOptions) -> dict[str, Any]:
     producers = graph.producers()
     onnx_names = graph.meta.get("onnx_names", {})
     tensors = []
@@ -427,8 +423,8 @@ def _manifest(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], 
         "inputs": [s.to_json() for s in in_slots], "outputs": [s.to_json() for s in out_slots],
         "tensors": tensors,
         "arena": {"bytes": plan.size, "sum_of_activations": plan.total_bytes, "lower_bound": plan.lower_bound},
-        "placement": _placement(target, plan, sum(v.nbytes for v in constants.values())),
-        "weights": {"bytes": sum(v.nbytes for v in constants.values()), "format": weights_format},
+        "placement": placement,
+        "weights": {"bytes": weights_bytes, "format": weights_format},
         "nodes": len(graph.nodes), "kernels": sorted({k.name for c in calls for k in c.kernels}),
         "steps": [{"index": i, "name": c.node.name, "op": c.node.op, "origin": c.node.origin,
                    "macs": node_macs(graph, c.node)} for i, c in enumerate(calls)],

@@ -96,10 +96,11 @@ def live_lower_bound(buffers: list[Buffer], alignment: int = DEFAULT_ALIGNMENT) 
     return best
 
 
-def activation_buffers(graph: Graph, scratch: dict[int, int] | None = None) -> tuple[list[Buffer], dict[str, str]]:
+def activation_buffers(graph: Graph, scratch: dict[int, int] | None = None,
+                       aliases: dict[str, str] | None = None) -> tuple[list[Buffer], dict[str, str]]:
     """Buffers for the graph's activations (+ per-node scratch) and the Reshape alias map."""
     external = set(graph.inputs) | set(graph.outputs)
-    aliases = _reshape_aliases(graph, external)
+    aliases = reshape_aliases(graph) if aliases is None else aliases
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     for step, node in enumerate(graph.nodes):
@@ -123,8 +124,9 @@ def scratch_name(step: int) -> str:
     return f"__scratch_{step}"
 
 
-def _reshape_aliases(graph: Graph, external: set[str]) -> dict[str, str]:
-    """Reshape outputs that can share their input's bytes (neither side external nor constant)."""
+def reshape_aliases(graph: Graph) -> dict[str, str]:
+    """Reshape outputs that can share their input's bytes (neither side a graph input/output nor constant)."""
+    external = set(graph.inputs) | set(graph.outputs)
     aliases: dict[str, str] = {}
     for node in graph.nodes:
         if node.op != "Reshape":
@@ -136,10 +138,11 @@ def _reshape_aliases(graph: Graph, external: set[str]) -> dict[str, str]:
     return aliases
 
 
-def plan_arena(graph: Graph, scratch: dict[int, int] | None = None,
-               alignment: int = DEFAULT_ALIGNMENT) -> ArenaPlan:
-    """Plan the activation arena of `graph` (node step -> scratch bytes for kernels that need a work area)."""
-    buffers, aliases = activation_buffers(graph, scratch)
+def plan_arena(graph: Graph, scratch: dict[int, int] | None = None, alignment: int = DEFAULT_ALIGNMENT,
+               aliases: dict[str, str] | None = None) -> ArenaPlan:
+    """Plan the activation arena of `graph` (node step -> scratch bytes for kernels that need a work area;
+    `aliases` when the caller already computed reshape_aliases)."""
+    buffers, aliases = activation_buffers(graph, scratch, aliases)
     plan = plan_buffers(buffers, alignment)
     plan.aliases = aliases
     return plan

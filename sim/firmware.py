@@ -8,8 +8,6 @@ and `layers`: one entry per IR step {name, op, engine, macs, cycles, bytes_dma}.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ import numpy as np
 
 from ..errors import TinyDeployError
 from .cluster import ClusterISS, ClusterSpec, SimResult
+from .host import run_make
 
 GCC_ARCH_FLAGS = "-march=rv32imc -mabi=ilp32"
 
@@ -37,17 +36,14 @@ class Simulation:
 def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False) -> Path:
     """make the firmware with pip ziglang's clang (default) or a riscv gcc; returns the ELF path."""
     out = "fw-trace" if trace else "fw"
-    make = ["make", "-s", "-C", str(build_dir), f"-j{os.cpu_count() or 1}", f"BUILD_DIR={out}"]
     if cc is None or cc in ("zig", "clang"):
-        make.append(f"CC={sys.executable} -m ziglang cc")
+        variables = [f"CC={sys.executable} -m ziglang cc"]
     else:
-        make += [f"CC={cc}", f"ARCH_FLAGS={GCC_ARCH_FLAGS}", "LDFLAGS=-nostartfiles -static -Wl,--gc-sections -lgcc"]
+        variables = [f"CC={cc}", f"ARCH_FLAGS={GCC_ARCH_FLAGS}",
+                     "LDFLAGS=-nostartfiles -static -Wl,--gc-sections -lgcc"]
     if trace:
-        make.append("EXTRA_CFLAGS=-DTD_TRACE")
-    result = subprocess.run(make, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
-        raise TinyDeployError(f"firmware build failed:\n{tail}")
+        variables.append("EXTRA_CFLAGS=-DTD_TRACE")
+    run_make(build_dir, out, variables, "firmware build")
     return build_dir / out / "firmware.elf"
 
 

@@ -39,6 +39,15 @@ def compiler_command(cc: str) -> tuple[str, bool]:
     return cc, False
 
 
+def run_make(build_dir: Path, out: str, variables: list[str], what: str) -> None:
+    """Run the project's Makefile into build_dir/out with `variables` (VAR=value); failure shows the tail."""
+    make = ["make", "-s", "-C", str(build_dir), f"-j{os.cpu_count() or 1}", f"BUILD_DIR={out}", *variables]
+    result = subprocess.run(make, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
+        raise TinyDeployError(f"{what} failed:\n{tail}")
+
+
 def build_host(build_dir: Path, cc: str = "gcc", sanitize: bool = False, trace: bool = False,
                extra_cflags: str = "") -> Path:
     """Build the harness with -Wall -Wextra -Werror into build_dir/host-<cc>[-san][-trace]; returns the executable."""
@@ -48,15 +57,11 @@ def build_host(build_dir: Path, cc: str = "gcc", sanitize: bool = False, trace: 
     flags = [extra_cflags]
     if trace:
         flags.append("-DTD_TRACE")
-    make = ["make", "-s", "-C", str(build_dir), f"-j{os.cpu_count() or 1}", f"CC={command}", f"BUILD_DIR={out}",
-            f"EXTRA_CFLAGS={' '.join(f for f in flags if f)}"]
+    variables = [f"CC={command}", f"EXTRA_CFLAGS={' '.join(f for f in flags if f)}"]
     if sanitize:
-        make.append(f"OPT={ZIG_SANITIZE_FLAGS if is_zig else SANITIZE_FLAGS}")
-        make.append(f"LDFLAGS={'' if is_zig else '-fsanitize=address,undefined'}")
-    result = subprocess.run(make, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
-        raise TinyDeployError(f"host build with {cc} failed:\n{tail}")
+        variables.append(f"OPT={ZIG_SANITIZE_FLAGS if is_zig else SANITIZE_FLAGS}")
+        variables.append(f"LDFLAGS={'' if is_zig else '-fsanitize=address,undefined'}")
+    run_make(build_dir, out, variables, f"host build with {cc}")
     return build_dir / out / "network"
 
 
