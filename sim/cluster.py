@@ -1,18 +1,22 @@
 """The cluster instruction-set simulator: N RV32IMC harts on Unicorn over one shared memory.
 
 Each hart is its own Unicorn engine; all engines map the same host buffers for L1, L2, L3 and the event page,
-so a store by one hart is seen by every other. Harts run round robin in slices of `slice_instructions`
-(Unicorn's instruction count), which makes every run deterministic. Time: one instruction = one cycle, and
-the cluster clock advances by one slice per round, so cycle stamps have slice resolution.
+so a store by one hart is seen by every other. Harts run round robin in slices of about `slice_instructions`
+instructions, cut at block boundaries by a native block hook (sim/native) that also counts every hart's
+retired instructions exactly; every run is deterministic. Time: each hart has its own clock, one instruction =
+one cycle plus the cycles it stalls. Synchronisation blocks instead of spinning: a hart arriving at the
+barrier stops until every core has arrived (all leave at the latest arrival + `barrier_cycles`), and a hart
+waiting for a DMA transfer stalls until its completion time, so cycle counts do not depend on slice length.
 
 Devices (addresses and register offsets from the target file, [mmio] and [event]):
 - exit / putchar / hart id / cycle counter;
-- a hardware barrier over all cores: a hart writes `barrier_arrive`, then spins on `event.barrier_generation`
-  in plain memory, which the ISS increments once every core has arrived (spinning on memory runs at JIT speed);
+- a hardware barrier over all cores: a hart writes `barrier_arrive` (and then re-checks
+  `event.barrier_generation`, which the ISS increments once every core has arrived);
 - a DMA engine (1-D or 2-D copies between any mapped memories): one transfer at a time, each costs the
   setup latency plus bytes / bandwidth of the slower level; the copy itself happens when the transfer
   completes, so firmware that reads a destination before waiting gets stale data, as on silicon.
-  Completion is published in `event.dma_done`;
+  `dma_wait` (write a transfer id) stalls the hart until that transfer is done; completion is also published
+  in `event.dma_done`. Stalled cycles count as exposed DMA time (the report's DMA overlap);
 - per-layer stamps (`layer_begin`/`layer_end`): cycles and DMA bytes per layer.
 
 Faults stop the run with the hart id, PC, symbol and cause: bad address, illegal instruction, a barrier
@@ -30,6 +34,7 @@ from typing import Any
 
 from ..errors import TinyDeployError
 from ..target import Target, load_target
+from .native import NO_BLOCK, HartCounter, hooks_library
 
 LEVELS = ("l1", "l2", "l3")
 
@@ -56,6 +61,7 @@ class ClusterSpec:
     events: dict[str, int]
     bandwidth: dict[tuple[str, str], int]         # (src level, dst level) -> bytes per cycle
     dma_setup: int
+    barrier_cycles: int
     slice_instructions: int
     max_cycles: int
 
@@ -75,10 +81,12 @@ class ClusterSpec:
                 bandwidth[(a, b)] = l3_l2 if "l3" in pair else (l1_l1 if pair == {"l1"} else l2_l1)
         registers = {k: v for k, v in mmio.items() if k not in ("base", "size")}
         events = {k: v for k, v in event.items() if k not in ("base", "size")}
-        return cls(int(target.section("cluster")["cores"]),
+        cluster = target.section("cluster")
+        return cls(int(cluster["cores"]),
                    {lvl: (mem[f"{lvl}_base"], mem[f"{lvl}_bytes"]) for lvl in LEVELS},
                    mmio["base"], mmio["size"], registers, event["base"], event["size"], events, bandwidth,
-                   int(dma["setup_cycles"]), int(iss.get("slice_instructions", 1000)),
+                   int(dma["setup_cycles"]), int(cluster.get("barrier_cycles", 8)),
+                   int(iss.get("slice_instructions", 100_000)),
                    int(iss.get("max_cycles", 20_000_000_000)))
 
 
@@ -101,6 +109,8 @@ class LayerStamp:
     begin: int
     end: int = -1
     dma_bytes: dict[str, int] = field(default_factory=dict)
+    dma_busy: int = 0                 # cycles the DMA engine worked for this layer
+    dma_stall: int = 0                # cycles hart 0 waited for DMA in this layer (exposed DMA time)
 
 
 @dataclass
@@ -111,6 +121,7 @@ class SimResult:
     console: str
     layers: list[LayerStamp]
     dma_busy_cycles: int
+    dma_stall_cycles: list[int]
     guest_instructions: int
 
 
@@ -119,9 +130,21 @@ class _Hart:
     id: int
     uc: Any
     pc: int
+    counter: HartCounter
     running: bool = True
-    instructions: int = 0
-    barrier_waiting: bool = False
+    waiting: bool = False            # stopped at the barrier
+    stall: int = 0                   # cycles spent waiting (barrier, DMA)
+    dma_stall: int = 0               # of which waiting for DMA
+    arrival: int = 0                 # clock when it arrived at the barrier
+    mmio_stop: bool = False          # the slice ended in an MMIO callback (at the store)
+
+    @property
+    def clock(self) -> int:
+        return self.counter.instructions + self.stall
+
+    @property
+    def instructions(self) -> int:
+        return self.counter.instructions
 
 
 class Symbols:
@@ -167,12 +190,16 @@ class ClusterISS:
             buf = mmap.mmap(-1, size)
             self._buffers[name] = (base, size, buf, ctypes.addressof(ctypes.c_char.from_buffer(buf)))
         entry = self._load_elf()
-        self.harts = []
+        from unicorn import Uc
+
+        self._hooks = hooks_library()
+        self.harts: list[_Hart] = []
         for hart_id in range(spec.cores):
-            from unicorn import Uc
             uc = Uc(UC_ARCH_RISCV, UC_MODE_RISCV32)
             self._map(uc, hart_id)
-            self.harts.append(_Hart(hart_id, uc, entry))
+            hart = _Hart(hart_id, uc, entry, self._counter())
+            self._install_counter(hart)
+            self.harts.append(hart)
         self.time = 0
         self.finished = False
         self.exit_code = 0
@@ -182,7 +209,8 @@ class ClusterISS:
         self.dma_queue: list[DmaTransfer] = []
         self.dma_regs = {"dma_src": 0, "dma_dst": 0, "dma_bytes": 0, "dma_rows": 1, "dma_src_stride": 0,
                          "dma_dst_stride": 0}
-        self.dma_next_id = 0
+        self.dma_next_id = 1
+        self.dma_done_at: dict[int, int] = {}
         self.dma_free_at = 0
         self.dma_busy = 0
         self.layers: list[LayerStamp] = []
@@ -202,6 +230,36 @@ class ClusterISS:
         uc.mmio_map(self.spec.mmio_base, self.spec.mmio_size, self._mmio_read, hart_id, self._mmio_write, hart_id)
         uc.hook_add(UC_HOOK_MEM_INVALID, self._invalid_access)
         uc.reg_write(UC_RISCV_REG_A0, hart_id)
+
+    def _counter(self) -> HartCounter:
+        from unicorn.unicorn_py3 import unicorn as ucmod
+
+        counter = HartCounter(0, self.quantum, NO_BLOCK, 0, 0, 0, ctypes.cast(ucmod.uclib.uc_emu_stop, ctypes.c_void_p))
+        for i, name in enumerate(LEVELS):
+            base, size, _, ptr = self._buffers[name]
+            counter.regions[i].base, counter.regions[i].size, counter.regions[i].host = base, size, ptr
+        return counter
+
+    def _install_counter(self, hart: _Hart) -> None:
+        """The native block hook: exact instruction counts and slice ends (sim/native/td_iss_hooks.c)."""
+        from unicorn import UC_HOOK_BLOCK
+        from unicorn.unicorn_py3 import unicorn as ucmod
+
+        handle = ucmod.uc_hook_h()
+        status = ucmod.uclib.uc_hook_add(hart.uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK,
+                                         ctypes.cast(self._hooks.td_block_hook, ctypes.c_void_p),
+                                         ctypes.cast(ctypes.pointer(hart.counter), ctypes.c_void_p), 1, 0)
+        if status != 0:
+            raise TinyDeployError(f"cannot install the ISS block hook (unicorn error {status})")
+
+    def _stop(self, hart: _Hart) -> None:
+        """End this hart's slice at the MMIO store being executed (it blocks or exits).
+
+        Unicorn stops *at* the store (its pc is not advanced) after the callback ran; _run_slice resumes after
+        it and un-counts the rest of the block, which will be counted again when it runs."""
+        hart.counter.limit = 0
+        hart.mmio_stop = True
+        hart.uc.emu_stop()
 
     def _invalid_access(self, uc, access, address, size, value, user_data) -> bool:
         self._bad_access = (address, size)
@@ -251,7 +309,7 @@ class ClusterISS:
     def _mmio_read(self, uc, offset: int, size: int, hart_id: int) -> int:
         name = self._register_names.get(offset)
         if name == "cycles":
-            return self.time & 0xFFFFFFFF
+            return self.harts[hart_id].clock & 0xFFFFFFFF
         if name == "hart_id":
             return hart_id
         if name == "num_cores":
@@ -272,15 +330,17 @@ class ClusterISS:
             self.dma_regs[name] = value
         elif name == "dma_start":
             self._dma_start(hart_id)
+        elif name == "dma_wait":
+            self._dma_wait(hart_id, value)
         elif name in ("trace_ptr", "trace_bytes"):
             self.trace_regs[name] = value
         elif name == "trace_id":
             self.trace[value] = self.read(self.trace_regs["trace_ptr"], self.trace_regs["trace_bytes"])
         elif name == "layer_begin":
-            self.open_layer = LayerStamp(value, self.time)
+            self.open_layer = LayerStamp(value, self.harts[hart_id].clock)
             self.layers.append(self.open_layer)
         elif name == "layer_end" and self.open_layer is not None:
-            self.open_layer.end = self.time
+            self.open_layer.end = self.harts[hart_id].clock
             self.open_layer = None
 
     def _exit(self, uc, hart_id: int, code: int) -> None:
@@ -289,17 +349,28 @@ class ClusterISS:
         if hart_id == 0:
             self.finished = True
             self.exit_code = code - (1 << 32) if code & 0x80000000 else code
-        uc.emu_stop()
+        self._stop(hart)
 
     def _barrier_arrive(self, hart_id: int) -> None:
+        """Stop the arriving hart; when the last core arrives, every hart leaves at the latest arrival."""
+        hart = self.harts[hart_id]
+        hart.arrival = hart.clock
         if not self.barrier_arrived:
-            self.barrier_since = self.time
+            self.barrier_since = hart.arrival
         self.barrier_arrived.add(hart_id)
-        if len(self.barrier_arrived) == self.spec.cores:  # the team is every core, as on the cluster
-            self.barrier_arrived.clear()
-            generation = int.from_bytes(self.read(self.spec.event_base + self.spec.events["barrier_generation"], 4),
-                                        "little")
-            self._event_write("barrier_generation", generation + 1)
+        if len(self.barrier_arrived) < self.spec.cores:  # the team is every core, as on the cluster
+            hart.waiting = True
+            self._stop(hart)
+            return
+        release = max(self.harts[i].arrival for i in self.barrier_arrived) + self.spec.barrier_cycles
+        for i in self.barrier_arrived:
+            member = self.harts[i]
+            member.stall += release - member.clock
+            member.waiting = False
+        self.barrier_arrived.clear()
+        generation = int.from_bytes(self.read(self.spec.event_base + self.spec.events["barrier_generation"], 4),
+                                    "little")
+        self._event_write("barrier_generation", generation + 1)
 
     def _dma_start(self, hart_id: int) -> None:
         r = self.dma_regs
@@ -313,9 +384,10 @@ class ClusterISS:
                                              f"({rows} x {r['dma_bytes']} B)")
         total = rows * r["dma_bytes"]
         duration = self.spec.dma_setup + -(-total // self.spec.bandwidth[(src[0], dst[0])])
-        start = max(self.time, self.dma_free_at)
+        start = max(self.harts[hart_id].clock, self.dma_free_at)
         self.dma_free_at = start + duration
         self.dma_busy += duration
+        self.dma_done_at[self.dma_next_id] = self.dma_free_at
         transfer = DmaTransfer(self.dma_next_id, r["dma_src"], r["dma_dst"], r["dma_bytes"], rows,
                                r["dma_src_stride"], r["dma_dst_stride"], self.dma_free_at,
                                self.open_layer.index if self.open_layer else -1)
@@ -324,12 +396,34 @@ class ClusterISS:
         if self.open_layer is not None:
             key = f"{src[0]}->{dst[0]}"
             self.open_layer.dma_bytes[key] = self.open_layer.dma_bytes.get(key, 0) + total
+            self.open_layer.dma_busy += duration
 
-    def _complete_dma(self) -> None:
-        while self.dma_queue and self.dma_queue[0].done_at <= self.time:
+    def _dma_wait(self, hart_id: int, transfer: int) -> None:
+        """Stall the hart until `transfer` has completed (transfers complete in order)."""
+        hart = self.harts[hart_id]
+        if not 0 < transfer < self.dma_next_id:
+            self._fault(hart, f"waits for DMA transfer {transfer}, but only {self.dma_next_id - 1} were started")
+        done_at = self.dma_done_at[transfer]
+        self._complete_dma(done_at)
+        if done_at > hart.clock:
+            waited = done_at - hart.clock
+            hart.stall += waited
+            hart.dma_stall += waited
+            if self.open_layer is not None and hart_id == 0:
+                self.open_layer.dma_stall += waited
+
+    def _complete_dma(self, now: int) -> None:
+        """Perform (copy) every queued transfer that has completed by cycle `now`."""
+        while self.dma_queue and self.dma_queue[0].done_at <= now:
             t = self.dma_queue.pop(0)
-            for row in range(t.rows):
-                self.write(t.dst + row * t.dst_stride, self.read(t.src + row * t.src_stride, t.row_bytes))
+            src, dst = self.region_of(t.src, (t.rows - 1) * t.src_stride + t.row_bytes), \
+                self.region_of(t.dst, (t.rows - 1) * t.dst_stride + t.row_bytes)
+            if src is not None and dst is not None and t.src_stride == t.row_bytes == t.dst_stride:
+                (_, sview, soff), (_, dview, doff) = src, dst
+                dview[doff:doff + t.rows * t.row_bytes] = sview[soff:soff + t.rows * t.row_bytes]
+            else:
+                for row in range(t.rows):
+                    self.write(t.dst + row * t.dst_stride, self.read(t.src + row * t.src_stride, t.row_bytes))
             self._event_write("dma_done", t.id)
 
     # -- faults -------------------------------------------------------------------------------------------
@@ -375,28 +469,54 @@ class ClusterISS:
         from unicorn.riscv_const import UC_RISCV_REG_PC
 
         budget = max_cycles or self.spec.max_cycles
-        quantum = self.quantum
+        rounds = 0
         while not self.finished:
             for hart in self.harts:
-                if not hart.running:
+                if not hart.running or hart.waiting:
                     continue
-                self._bad_access = None
-                try:
-                    hart.uc.emu_start(hart.pc, 0, count=quantum)
-                except UcError as error:
-                    self._decode_error(hart, error)
-                hart.pc = hart.uc.reg_read(UC_RISCV_REG_PC)
-                hart.instructions += quantum
+                self._run_slice(hart, UcError, UC_RISCV_REG_PC)
                 if self.finished:
                     break
-            self.time += quantum
-            if self.dma_queue:
-                self._complete_dma()
+            active = [h.clock for h in self.harts if h.running and not h.waiting]
+            self.time = max([h.clock for h in self.harts if h.running] or [self.time])
+            if self.dma_queue and active:
+                self._complete_dma(min(active))
             self._check_barrier()
-            if self.time > budget:
+            if not self.finished and self.time > budget:
                 h0 = self.harts[0]
                 self._fault(h0, f"no exit within {budget} cycles", pc=h0.pc)
-            if progress is not None and self.time % (quantum * 4096) == 0:
+            rounds += 1
+            if progress is not None and rounds % 64 == 0:
                 progress(self.time, sum(h.instructions for h in self.harts))
-        return SimResult(self.exit_code, self.time, [h.instructions for h in self.harts], "".join(self.console),
-                         self.layers, self.dma_busy, sum(h.instructions for h in self.harts))
+        self._complete_dma(self.dma_free_at)
+        h0 = self.harts[0]
+        return SimResult(self.exit_code, h0.clock, [h.instructions for h in self.harts], "".join(self.console),
+                         self.layers, self.dma_busy, [h.dma_stall for h in self.harts],
+                         sum(h.instructions for h in self.harts))
+
+    def _run_slice(self, hart: _Hart, uc_error: type, pc_register: int) -> None:
+        """Run one hart for about one quantum (to a block boundary, or until it blocks or exits)."""
+        counter = hart.counter
+        counter.limit = counter.instructions + self.quantum
+        counter.stop_block = NO_BLOCK
+        self._bad_access = None
+        hart.mmio_stop = False
+        try:
+            hart.uc.emu_start(hart.pc, 0)
+        except uc_error as error:
+            self._decode_error(hart, error)
+        hart.pc = hart.uc.reg_read(pc_register)
+        if hart.mmio_stop:
+            hart.pc += self._instruction_length(hart.pc)
+            block_end = counter.last_block + counter.last_size
+            counter.instructions -= self._count_instructions(hart.pc, block_end)
+
+    def _instruction_length(self, address: int) -> int:
+        return 4 if self.read(address, 1)[0] & 3 == 3 else 2
+
+    def _count_instructions(self, begin: int, end: int) -> int:
+        count = 0
+        while begin < end:
+            begin += self._instruction_length(begin)
+            count += 1
+        return count

@@ -90,10 +90,19 @@ def _report(manifest: dict[str, Any], result: SimResult, bit_exact: bool, wall: 
         layers.append({"index": stamp.index, "name": step.get("name", ""), "op": step.get("op", ""),
                        "origin": step.get("origin", ""), "engine": "cores", "macs": step.get("macs", 0),
                        "cycles": (stamp.end - stamp.begin) if stamp.end >= 0 else None,
-                       "bytes_dma": sum(stamp.dma_bytes.values()), "dma": stamp.dma_bytes})
+                       "bytes_dma": sum(stamp.dma_bytes.values()), "dma": stamp.dma_bytes,
+                       "dma_busy_cycles": stamp.dma_busy, "dma_stall_cycles": stamp.dma_stall})
     return {"target": manifest["target"], "bit_exact": bit_exact, "exit_code": result.exit_code,
             "cycles_total": result.cycles, "instructions": result.instructions,
             "guest_instructions": result.guest_instructions,
             "guest_instructions_per_second": result.guest_instructions / wall if wall else 0.0,
             "wall_seconds": wall, "dma_busy_cycles": result.dma_busy_cycles, "console": result.console,
-            "cycle_resolution": "one ISS slice", "layers": layers}
+            "dma_stall_cycles": result.dma_stall_cycles, "dma_overlap": dma_overlap(result),
+            "layers": layers}
+
+
+def dma_overlap(result: SimResult) -> float:
+    """Fraction of the DMA engine's busy cycles hidden behind compute (1.0 = hart 0 never waited for DMA)."""
+    if not result.dma_busy_cycles:
+        return 1.0
+    return max(0.0, 1.0 - result.dma_stall_cycles[0] / result.dma_busy_cycles)
