@@ -24,7 +24,7 @@ def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, input
         options = ProjectOptions(weights="incbin", model_path=model_path,
                                  template_dirs=[riscv / "templates", generic / "templates"],
                                  runtime_dirs=[generic / "runtime", riscv / "runtime"],
-                                 extra_files=["td_platform.h", "link.ld"])
+                                 extra_files=["td_platform.h", "link.ld"], tiled=True)
     else:
         raise TinyDeployError(f"target '{target.name}' needs the '{target.backend}' backend, which is not "
                               f"implemented yet; use --target generic or a cluster target")

@@ -10,6 +10,7 @@ rules live here, in one place, instead of in every kernel.
 from __future__ import annotations
 
 import json
+from collections import ChainMap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,11 +57,13 @@ class Refs:
     """C expressions for tensors (pointer into the arena, the caller's buffers or the weights)."""
 
     def __init__(self, pointer: Callable[[str], str], scratch: Callable[[int], str],
-                 aliases: dict[str, str] | None = None) -> None:
+                 aliases: dict[str, str] | None = None, param: Callable[[str], str] | None = None) -> None:
         self.pointer = pointer
         self.scratch = scratch
         #: Reshape outputs that share their input's bytes (no code needed)
         self.aliases = aliases or {}
+        #: where a kernel constant array (per-channel parameters, lookup tables) is read from
+        self.param = param or (lambda name: name)
 
 
 def ctype(dtype: str) -> str:
@@ -157,6 +160,15 @@ class Lowering:
         self._names.add(name)
         return kernel
 
+    def lower_view(self, index: int, node: Node, refs: Refs, tensors: dict[str, Tensor]) -> Call:
+        """Lower `node` as if its tensors had the shapes in `tensors` and lived where `refs` says (an L1 tile)."""
+        saved = self.graph, self.refs
+        self.graph, self.refs = _GraphView(self.graph, tensors), refs
+        try:
+            return self.lower(index, node)
+        finally:
+            self.graph, self.refs = saved
+
     def lower(self, index: int, node: Node) -> Call:
         try:
             rule = LOWERINGS[node.op]
@@ -166,6 +178,30 @@ class Lowering:
         call = Call(node)
         rule(self, index, node, call)
         return call
+
+
+class _GraphView:
+    """A graph whose tensors are overridden by tile-shaped stand-ins (only `.tensors` is read when lowering)."""
+
+    def __init__(self, graph: Graph, overrides: dict[str, Tensor]) -> None:
+        self.tensors = ChainMap(overrides, graph.tensors)
+
+
+def kernel_constants(graph: Graph, node: Node, index: int) -> list[tuple[str, str, np.ndarray]]:
+    """(C name, kind, values) of the constant arrays an elementwise kernel reads: per-channel parameters
+    ("param", broadcast over the output) and lookup tables ("table")."""
+    spec = ELEMENTWISE.get(node.op)
+    if spec is None:
+        return []
+    found = []
+    for cname, attr, default in spec.params:
+        value = np.asarray(node.attrs.get(attr, default))
+        if value.size > 1:
+            found.append((f"p{index}_{cname}", "param", value.astype(np.int32)))
+    for cname, attr in spec.tables:
+        out_dtype = graph.tensors[node.outputs[0]].dtype
+        found.append((f"p{index}_{cname}", "table", np.asarray(node.attrs[attr]).astype(out_dtype)))
+    return found
 
 
 # --- elementwise family ----------------------------------------------------------------------------------
@@ -216,12 +252,12 @@ def lower_elementwise(low: Lowering, index: int, node: Node, call: Call) -> None
             continue
         param = f"p{index}_{cname}"
         call.params[param] = value.astype(np.int32)
-        arrays.append((cname, "int32_t", param, broadcast_strides(value.shape, out_shape)))
+        arrays.append((cname, "int32_t", low.refs.param(param), broadcast_strides(value.shape, out_shape)))
     tables = []
     for cname, attr in spec.tables:
         param = f"p{index}_{cname}"
         call.params[param] = np.asarray(node.attrs[attr]).astype(out.dtype)
-        tables.append((cname, ctype(out.dtype), param))
+        tables.append((cname, ctype(out.dtype), low.refs.param(param)))
     loop = f"loop_{index}"
     call.descriptors.append(loop_descriptor(node, loop, list(out_shape), [a[3] for a in arrays]
                                             + [contiguous_strides(out_shape)]))

@@ -44,6 +44,8 @@ class ProjectOptions:
     model_path: str = ""
     #: extra templates rendered into the project (name without .j2), e.g. a linker script
     extra_files: list[str] = field(default_factory=list)
+    #: run every kernel on L1 tiles moved by DMA (passes/tile.py; cluster targets)
+    tiled: bool = False
 
 
 @dataclass
@@ -198,19 +200,30 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     aliases = reshape_aliases(graph)
     refs = Refs(pointer=lambda name: cnames[name], scratch=lambda step: f"s_{step}", aliases=aliases)
     lowering = Lowering(graph, refs, cores=int(target.section("cluster").get("cores", 1)))
-    calls = [lowering.lower(i, node) for i, node in enumerate(graph.nodes)]
-    plan = plan_arena(graph, {i: c.scratch_bytes for i, c in enumerate(calls) if c.scratch_bytes}, aliases=aliases)
+    tiling = None
+    if options.tiled:
+        from .riscv.tiled import lower_tiled
+
+        plan = plan_arena(graph, {}, aliases=aliases)   # kernel scratch lives in the L1 tiles
+        constant_bytes = sum(t.nbytes for t in graph.constants())
+        weights_level = _placement(target, plan, constant_bytes, tiled=True)["weights_region"].lower()
+        calls, tiling = lower_tiled(graph, target, lowering, refs, weights_level)
+    else:
+        calls = [lowering.lower(i, node) for i, node in enumerate(graph.nodes)]
+        plan = plan_arena(graph, {i: c.scratch_bytes for i, c in enumerate(calls) if c.scratch_bytes},
+                          aliases=aliases)
     in_slots = io_slots(graph, graph.inputs, cnames)
     out_slots = io_slots(graph, graph.outputs, cnames)
     golden = cast_outputs(graph, run_graph(graph, inputs))
     constants = _constant_arrays(graph, calls, cnames)
     weights_format = _weights_format(options.weights, constants)
     weights_bytes = sum(v.nbytes for v in constants.values())
-    placement = _placement(target, plan, weights_bytes)
+    placement = _placement(target, plan, weights_bytes, tiled=options.tiled)
     env = _environment(options.template_dirs)
     rendered = _render_kernels(env, lowering)
     context = _context(graph, target, plan, calls, rendered, cnames, in_slots, out_slots, constants, weights_format,
                        placement, options)
+    context["l1_tiles_bytes"] = tiling.l1_peak if tiling else 0
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "network.h": env.get_template("network.h.j2").render(**context),
@@ -244,6 +257,9 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
              **{f"output:{k}": v for k, v in golden.items()})
     manifest = _manifest(graph, target, plan, calls, cnames, in_slots, out_slots, weights_bytes, weights_format,
                          placement, options)
+    if tiling is not None:
+        manifest["tiling"] = {"l1_budget": tiling.l1_budget, "l1_peak": tiling.l1_peak,
+                              "steps": [tiling.steps[i].to_json() for i in sorted(tiling.steps)]}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return Project(graph, plan, calls, list(lowering.kernels.values()), in_slots, out_slots, weights_bytes,
                    weights_format, manifest)
@@ -378,13 +394,15 @@ def _context(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], r
 L2_RESERVE = 1024 * 1024
 
 
-def _placement(target: Target, plan: ArenaPlan, weight_bytes: int) -> dict[str, Any]:
-    """Which memory holds the arena and the weights (cluster targets); portable targets: default sections."""
+def _placement(target: Target, plan: ArenaPlan, weight_bytes: int, tiled: bool = False) -> dict[str, Any]:
+    """Which memory holds the arena and the weights (cluster targets); portable targets: default sections.
+
+    Tiled builds keep the arena in L2: L1 holds the tiles."""
     memory, cluster = target.section("memory"), target.section("cluster")
     if "l1_bytes" not in memory:
         return {"arena_section": "", "arena_region": "default", "weights_region": "default"}
     stacks = int(cluster.get("cores", 1)) * int(memory.get("stack_bytes_per_core", 0))
-    arena_in_l1 = plan.size <= memory["l1_bytes"] - stacks
+    arena_in_l1 = not tiled and plan.size <= memory["l1_bytes"] - stacks
     l2_free = memory["l2_bytes"] - L2_RESERVE - (0 if arena_in_l1 else plan.size)
     weights_region = "L2" if weight_bytes <= l2_free else "L3"
     if weights_region == "L3" and weight_bytes > memory["l3_bytes"]:

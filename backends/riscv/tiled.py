@@ -1,0 +1,104 @@
+"""Tiled steps for the RISC-V cluster: every kernel runs on L1 tiles that DMA moves (passes/tile.py decides).
+
+A step becomes a table of DMA descriptors (`td_xfer`, one per operand) and a tile loop around the kernel call;
+the kernel call itself comes from the shared lowering, applied to tile-shaped stand-ins of the node's tensors
+whose pointers are the L1 buffers. Loads from L2/L3 therefore happen through DMA only, as on the hardware.
+"""
+
+from __future__ import annotations
+
+from ...ir.graph import Graph, Node, Tensor
+from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, tile_graph
+from ...target import Target
+from ..lowering import CTYPES, Call, Lowering, Refs, kernel_constants
+
+L1_SYMBOL = "td_l1"
+
+
+def step_operands(graph: Graph, index: int, node: Node, weights_level: str) -> list[Operand]:
+    """What the step reads and writes, in kernel order: tensor inputs, constant arrays, outputs."""
+    operands, seen = [], set()
+    for position, name in enumerate(node.inputs):
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        tensor = graph.tensors[name]
+        role = "indirect" if node.op == "Gather" and position == 0 else "in"
+        operands.append(Operand(name, role, tensor.shape, tensor.dtype, weights_level if tensor.is_const else "l2"))
+    for cname, kind, values in kernel_constants(graph, node, index):
+        operands.append(Operand(cname, "in", values.shape, str(values.dtype), weights_level, kind))
+    for name in node.outputs:
+        tensor = graph.tensors[name]
+        operands.append(Operand(name, "out", tensor.shape, tensor.dtype))
+    return operands
+
+
+def _l1_pointer(tile: OperandTile) -> str:
+    ctype = CTYPES[tile.operand.dtype]
+    base = f"{L1_SYMBOL} + {tile.l1_offset}" if tile.l1_offset else L1_SYMBOL
+    if tile.buffers == 2:
+        base += f" + (t & 1) * {tile.buffer_bytes}"
+    return f"(({ctype} *)({base}))"
+
+
+def _xfer_row(tile: OperandTile, l2: str) -> str:
+    o = tile.operand
+    l1 = f"{L1_SYMBOL} + {tile.l1_offset}" if tile.l1_offset else L1_SYMBOL
+    l1_step = tile.buffer_bytes if tile.buffers == 2 else 0
+    what = "out" if o.role == "out" else ("resident" if tile.step == 0 else "in")
+    label = o.key
+    return (f"{{(int8_t *){l2}, {l1}, {tile.step}, {l1_step}, {tile.rows}, {tile.row_bytes}, {tile.stride}, "
+            f"{int(o.role == 'out')}}}, /* {what} {label} {o.dtype}{list(tile.tile_shape)} */")
+
+
+def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, refs: Refs, full: Call) -> Call:
+    """The step's C: DMA descriptor table, tile loop, and the kernel call on L1 pointers.
+
+    `full` is the untiled lowering of the node: its constant arrays are what the weights hold."""
+    staged = [t for t in step.operands if t.operand.role != "indirect"]
+    pointers = {t.operand.key: _l1_pointer(t) for t in staged if t.operand.kind == "tensor"}
+    constants = {t.operand.key: _l1_pointer(t) for t in staged if t.operand.kind != "tensor"}
+    tensors = {t.operand.key: Tensor(t.operand.key, t.operand.dtype, t.tile_shape) for t in step.operands
+               if t.operand.kind == "tensor"}
+    tile_refs = Refs(pointer=lambda name: pointers.get(name) or refs.pointer(name),
+                     scratch=lambda _: f"({L1_SYMBOL} + {step.scratch_offset})", aliases=refs.aliases,
+                     param=lambda cname: constants.get(cname, cname))
+    view = lowering.lower_view(index, node, tile_refs, tensors)
+    rows = []
+    for tile in staged:
+        key = tile.operand.key
+        rows.append(_xfer_row(tile, refs.pointer(key) if tile.operand.kind == "tensor" else key))
+    name, count = f"x{index}", len(rows)
+    statements = [f"/* L1 tiles: {step.describe()} */", "{", f"    const td_xfer {name}[{count}] = {{",
+                  *[f"        {row}" for row in rows], "    };", f"    td_tiles_begin({name}, {count});",
+                  f"    for (int32_t t = 0; t < {step.tiles}; ++t) {{",
+                  f"        td_tile_ready({name}, {count}, t, {step.tiles});",
+                  *[f"        {s}" for s in view.statements], "    }", f"    td_tiles_end({name}, {count}, "
+                  f"{step.tiles});", "}"]
+    call = Call(node, kernels=view.kernels, statements=statements, descriptors=view.descriptors, params=full.params)
+    return call
+
+
+def reshape_call(lowering: Lowering, index: int, node: Node, refs: Refs) -> Call:
+    """A Reshape is free when aliased; otherwise (graph input/output involved) one L2 -> L2 DMA."""
+    if node.outputs[0] in refs.aliases:
+        return lowering.lower(index, node)
+    nbytes = lowering.graph.tensors[node.outputs[0]].nbytes
+    src, dst = refs.pointer(node.inputs[0]), refs.pointer(node.outputs[0])
+    return Call(node, statements=[f"if (TD_HART_ID == 0) {{ td_dma_wait(td_dma_2d({dst}, {src}, {nbytes}, 1, "
+                                  f"{nbytes}, {nbytes})); }}"])
+
+
+def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
+                weights_level: str) -> tuple[list[Call], TilePlan]:
+    """Tile every step (passes/tile.py) and lower it to a DMA tile loop."""
+    full = {i: lowering.lower(i, node) for i, node in enumerate(graph.nodes) if node.op != "Reshape"}
+    operands = {i: step_operands(graph, i, graph.nodes[i], weights_level) for i in full}
+    plan = tile_graph(graph, target, operands, {i: c.scratch_bytes for i, c in full.items() if c.scratch_bytes})
+    calls = []
+    for index, node in enumerate(graph.nodes):
+        if index in full:
+            calls.append(tiled_call(lowering, index, node, plan.steps[index], refs, full[index]))
+        else:
+            calls.append(reshape_call(lowering, index, node, refs))
+    return calls, plan

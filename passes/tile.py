@@ -1,0 +1,359 @@
+"""L1 tiling: every op of the integer graph runs on tiles that DMA brings into L1 and takes back to L2.
+
+For each node the pass splits the output along one axis into equal tiles and maps that axis onto every operand
+(an elementwise input along the same axis, a matmul's A along M, a transposed input along the permuted axis, ...).
+Operands the axis does not touch (weights of a row-tiled matmul, broadcast parameters) are loaded once and stay
+resident. With more than one tile, tiled operands get two L1 buffers, so the DMA of tile t+1 overlaps the
+compute of tile t (double buffering). Among all axes and tile sizes whose working set fits the L1 budget, the
+pass keeps the one with the fewest modelled cycles (compute on the cores vs DMA at the target's bandwidths).
+
+The pass only decides; `backends/riscv` turns a StepTiling into DMA descriptors and a tile loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import TinyDeployError
+from ..ir.graph import Graph, Node
+from ..ir.ops import node_macs
+from ..target import Target
+
+ALIGNMENT = 16
+#: modelled core cycles per output element (per MAC for matmuls), before dividing by the cores
+CYCLES_PER_ELEMENT = {"Copy": 6, "Requant": 14, "RequantShift": 14, "RequantCMSIS": 20, "Add": 16, "Mul": 14,
+                      "INoNorm": 16, "LUT": 10, "Relu": 8, "IGELU": 24, "TrueIntegerDiv": 40, "ISoftmax": 60,
+                      "ITAPartialMax": 24, "ITAMax": 30, "ILayerNorm": 40, "IRMSNorm": 30, "IntegerMean": 6,
+                      "Gather": 2}
+CYCLES_PER_MAC = 2.7
+#: per tile: DMA programming, the barrier and loop bookkeeping on hart 0
+TILE_OVERHEAD_CYCLES = 120
+COPY_OPS = ("Transpose", "Slice", "Concat", "Pad")
+ROW_OPS = ("ISoftmax", "ITAPartialMax", "ITAMax", "ILayerNorm", "IRMSNorm")
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One array a step reads or writes: an IR tensor, or a kernel constant array (by its C name)."""
+
+    key: str
+    role: str                      # "in" | "out" | "indirect" (read by the kernel itself, e.g. a gather table)
+    shape: tuple[int, ...]
+    dtype: str
+    level: str = "l2"              # memory the full operand lives in: l2 | l3
+    kind: str = "tensor"           # tensor | param (broadcast over the output) | table (looked up)
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
+
+
+@dataclass(frozen=True)
+class OperandTile:
+    """Where one operand's tile lives in L1 and the 2-D DMA that moves it."""
+
+    operand: Operand
+    axis: int | None               # operand axis split by the tiling; None: the whole operand (resident)
+    tile_shape: tuple[int, ...]
+    rows: int                      # one tile = rows x row_bytes, `stride` bytes apart in L2/L3
+    row_bytes: int
+    stride: int
+    step: int                      # bytes between consecutive tiles' first rows in L2/L3 (0: resident)
+    buffers: int                   # 2 = double-buffered
+    l1_offset: int = 0
+
+    @property
+    def buffer_bytes(self) -> int:
+        return _align(self.rows * self.row_bytes)
+
+    @property
+    def l1_bytes(self) -> int:
+        return self.buffer_bytes * self.buffers
+
+
+@dataclass
+class StepTiling:
+    """The tiling of one step: `tiles` tiles of `tile` along output `axis` (None: one tile)."""
+
+    index: int
+    node: str
+    op: str
+    axis: int | None
+    tile: int
+    tiles: int
+    operands: list[OperandTile]
+    scratch_offset: int = 0
+    scratch_bytes: int = 0
+    l1_bytes: int = 0
+    model: dict[str, int] = field(default_factory=dict)
+
+    def tile_shape(self, key: str) -> tuple[int, ...]:
+        return next(o.tile_shape for o in self.operands if o.operand.key == key)
+
+    def describe(self) -> str:
+        where = "one tile" if self.tiles == 1 else f"{self.tiles} tiles of {self.tile} along axis {self.axis}"
+        return (f"{where}, L1 {self.l1_bytes} B, modelled {self.model.get('cycles', 0)} cycles "
+                f"(compute {self.model.get('compute', 0)}, DMA {self.model.get('dma', 0)})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "node": self.node, "op": self.op, "axis": self.axis, "tile": self.tile,
+                "tiles": self.tiles, "l1_bytes": self.l1_bytes, "model": self.model,
+                "operands": [{"key": o.operand.key, "kind": o.operand.kind, "role": o.operand.role,
+                              "level": o.operand.level,
+                              "axis": o.axis, "tile_shape": list(o.tile_shape), "buffers": o.buffers,
+                              "l1_offset": o.l1_offset, "bytes": o.rows * o.row_bytes} for o in self.operands]}
+
+
+@dataclass
+class TilePlan:
+    steps: dict[int, StepTiling]
+    l1_budget: int
+    l1_peak: int
+
+    def summary(self) -> str:
+        tiled = sum(1 for s in self.steps.values() if s.tiles > 1)
+        return (f"{len(self.steps)} steps in L1 tiles ({tiled} split), peak L1 {self.l1_peak} of "
+                f"{self.l1_budget} B budget")
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """The target's DMA model: bytes per cycle from a level into L1, and the setup cost per transfer."""
+
+    per_cycle: dict[str, int]
+    setup: int
+
+    @classmethod
+    def from_target(cls, target: Target) -> Bandwidth:
+        dma = target.section("dma")
+        l2 = int(dma.get("l2_to_l1_bytes_per_cycle", 8))
+        return cls({"l1": int(dma.get("l1_to_l1_bytes_per_cycle", l2)), "l2": l2,
+                    "l3": int(dma.get("l3_to_l2_bytes_per_cycle", 4))}, int(dma.get("setup_cycles", 30)))
+
+    def cycles(self, level: str, nbytes: int) -> int:
+        return self.setup + -(-nbytes // self.per_cycle[level])
+
+
+def _align(n: int) -> int:
+    return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+# --- which operand axis each output axis maps onto ------------------------------------------------------
+AxisMap = dict[int, list[int | None]]   # output axis -> per operand: operand axis, or None (whole operand)
+
+
+def _broadcast_axis(shape: tuple[int, ...], out_shape: tuple[int, ...], axis: int) -> int | None:
+    src = axis - (len(out_shape) - len(shape))
+    if src < 0 or shape[src] != out_shape[axis]:
+        return None
+    return src
+
+
+def _elementwise_axes(node: Node, operands: list[Operand], out_shape: tuple[int, ...]) -> AxisMap:
+    result: AxisMap = {}
+    for axis in range(len(out_shape)):
+        mapped = [_broadcast_axis(o.shape, out_shape, axis) if o.kind != "table" else None for o in operands]
+        params = [m for o, m in zip(operands, mapped, strict=True) if o.kind == "param"]
+        if any(m is not None for m in params):
+            continue  # per-channel parameters stay whole: never split their axis
+        result[axis] = mapped
+    return result
+
+
+def _copy_axes(graph: Graph, node: Node, operands: list[Operand], out_shape: tuple[int, ...]) -> AxisMap:
+    rank = len(out_shape)
+    at = node.attrs
+    if node.op == "Transpose":
+        allowed = {axis: at["perm"][axis] for axis in range(rank)}
+    elif node.op == "Slice":
+        sliced = {a % rank for a in at["axes"]}
+        allowed = {axis: axis for axis in range(rank) if axis not in sliced}
+    elif node.op == "Concat":
+        allowed = {axis: axis for axis in range(rank) if axis != at["axis"] % rank}
+    else:  # Pad
+        pads = at["pads"]
+        allowed = {axis: axis for axis in range(rank) if pads[axis] == 0 and pads[axis + rank] == 0}
+    result: AxisMap = {}
+    for axis, src_axis in allowed.items():
+        result[axis] = [src_axis if o.role == "in" else axis for o in operands]
+    return result
+
+
+def _matmul_axes(node: Node, operands: list[Operand], out_shape: tuple[int, ...]) -> AxisMap:
+    rank = len(out_shape)
+    a, b = operands[0], operands[1]
+    at = node.attrs
+    result: AxisMap = {}
+    for axis in range(rank):
+        mapped: list[int | None] = []
+        for i, o in enumerate(operands):
+            if o.role == "out":
+                mapped.append(axis)
+            elif axis < rank - 2 and i < 2:
+                batch_out, batch_in = out_shape[:-2], o.shape[:-2]
+                mapped.append(_broadcast_axis(batch_in, batch_out, axis))
+            elif axis == rank - 2 and i == 0:
+                mapped.append(len(a.shape) - (1 if at.get("trans_a") else 2))
+            elif axis == rank - 1 and i == 1:
+                mapped.append(len(b.shape) - (2 if at.get("trans_b") else 1))
+            elif i >= 2:  # bias: broadcast over the output
+                mapped.append(_broadcast_axis(o.shape, out_shape, axis))
+            else:
+                mapped.append(None)
+        result[axis] = mapped
+    return result
+
+
+def _row_axes(node: Node, operands: list[Operand], out_shape: tuple[int, ...]) -> AxisMap:
+    first, out = operands[0], operands[-1]
+    return {axis: [axis if o is first or o is out else None for o in operands] for axis in range(len(out_shape) - 1)}
+
+
+def _mean_axes(node: Node, operands: list[Operand], out_shape: tuple[int, ...]) -> AxisMap:
+    rank_in = len(operands[0].shape)
+    first_reduced = min(a % rank_in for a in node.attrs["axes"])
+    return {axis: [axis for _ in operands] for axis in range(first_reduced)}
+
+
+def axis_maps(graph: Graph, node: Node, operands: list[Operand]) -> AxisMap:
+    """Output axes this node can be split along, each with the operand axes it maps onto."""
+    from ..backends.lowering import ELEMENTWISE  # the op table of the C kernels
+
+    out_shape = graph.tensors[node.outputs[0]].shape
+    if node.op in ELEMENTWISE:
+        return _elementwise_axes(node, operands, out_shape)
+    if node.op in COPY_OPS:
+        return _copy_axes(graph, node, operands, out_shape)
+    if node.op == "MatMulInt":
+        return _matmul_axes(node, operands, out_shape)
+    if node.op in ROW_OPS:
+        return _row_axes(node, operands, out_shape)
+    if node.op == "IntegerMean":
+        return _mean_axes(node, operands, out_shape)
+    return {}
+
+
+# --- geometry and cost ---------------------------------------------------------------------------------
+def operand_tile(operand: Operand, axis: int | None, tile: int, tiles: int) -> OperandTile:
+    """The 2-D DMA of one tile: an axis slab is `outer` rows of `tile * inner` contiguous bytes."""
+    shape = operand.shape
+    if axis is None or operand.role == "indirect":
+        return OperandTile(operand, None, shape, 1, operand.nbytes, operand.nbytes, 0,
+                           1 if operand.role != "out" or tiles == 1 else 2)
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64)) * operand.itemsize
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    tile_shape = shape[:axis] + (tile,) + shape[axis + 1:]
+    return OperandTile(operand, axis, tile_shape, outer, tile * inner, shape[axis] * inner, tile * inner,
+                       2 if tiles > 1 else 1)
+
+
+def _compute_cycles(graph: Graph, node: Node, tiles: int, out_tile: tuple[int, ...], cores: int) -> int:
+    """Core cycles for one tile: the work per element times the share of the most loaded core."""
+    if node.op == "MatMulInt":
+        m = out_tile[-2] if len(out_tile) >= 2 else 1
+        per_row = node_macs(graph, node) / tiles / max(int(np.prod(out_tile[:-1], dtype=np.int64)), 1)
+        rows = int(np.prod(out_tile[:-1], dtype=np.int64))
+        share = -(-rows // cores) if m >= cores or rows >= cores else 1
+        return int(share * per_row * CYCLES_PER_MAC)
+    elements = int(np.prod(out_tile, dtype=np.int64))
+    per = CYCLES_PER_ELEMENT.get(node.op if node.op not in COPY_OPS else "Copy", 16)
+    if node.op in ROW_OPS:
+        cols = out_tile[-1]
+        rows = elements // max(cols, 1)
+        return int(-(-rows // cores) * cols * per)
+    largest = max(out_tile) if out_tile else 1
+    share = -(-largest // cores) / largest if largest else 1.0
+    return int(elements * share * per)
+
+
+def _model(tiles: list[OperandTile], count: int, compute: int, bw: Bandwidth) -> dict[str, int]:
+    """Modelled cycles of the tile loop: resident loads, then per tile max(compute, DMA) with overlap."""
+    resident = sum(bw.cycles(t.operand.level, t.rows * t.row_bytes) for t in tiles
+                   if t.step == 0 and t.operand.role == "in")
+    per_in = sum(bw.cycles(t.operand.level, t.rows * t.row_bytes) for t in tiles
+                 if t.step != 0 and t.operand.role == "in")
+    per_out = sum(bw.cycles("l2", t.rows * t.row_bytes) for t in tiles if t.operand.role == "out")
+    dma = resident + count * (per_in + per_out)
+    if count == 1:
+        cycles = resident + per_in + compute + per_out
+    else:
+        steady = max(compute, per_in + per_out)
+        cycles = resident + per_in + (count - 1) * steady + compute + per_out
+    cycles += count * TILE_OVERHEAD_CYCLES
+    return {"cycles": int(cycles), "compute": int(compute * count), "dma": int(dma)}
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def tile_node(graph: Graph, index: int, node: Node, operands: list[Operand], *, budget: int, cores: int,
+              bw: Bandwidth, scratch_bytes: int = 0) -> StepTiling:
+    """The cheapest feasible tiling of one node (error naming the node when none fits)."""
+    out_shape = graph.tensors[node.outputs[0]].shape
+    candidates: list[tuple[int | None, int]] = [(None, 1)]
+    for axis in axis_maps(graph, node, operands):
+        candidates += [(axis, size) for size in _divisors(out_shape[axis]) if size < out_shape[axis]]
+    best: StepTiling | None = None
+    smallest = None
+    maps = axis_maps(graph, node, operands)
+    for axis, size in candidates:
+        count = 1 if axis is None else out_shape[axis] // size
+        mapped = [None] * len(operands) if axis is None else maps[axis]
+        tiles = [operand_tile(o, a, size, count) for o, a in zip(operands, mapped, strict=True)]
+        l1 = sum(t.l1_bytes for t in tiles if t.operand.role != "indirect") + _align(scratch_bytes)
+        smallest = l1 if smallest is None else min(smallest, l1)
+        if l1 > budget:
+            continue
+        out_tile = out_shape if axis is None else out_shape[:axis] + (size,) + out_shape[axis + 1:]
+        model = _model(tiles, count, _compute_cycles(graph, node, count, out_tile, cores), bw)
+        if best is None or model["cycles"] < best.model["cycles"]:
+            best = StepTiling(index, node.name, node.op, axis, size if axis is not None else 1, count, tiles,
+                              l1_bytes=l1, model=model, scratch_bytes=scratch_bytes)
+    if best is None:
+        raise TinyDeployError(f"no tiling of this {node.op} fits L1: the smallest tile needs {smallest} B, the L1 "
+                              f"budget is {budget} B", node=node.name)
+    _place(best)
+    return best
+
+
+def _place(step: StepTiling) -> None:
+    """Assign L1 offsets: operands in order, then the kernel scratch."""
+    offset, placed = 0, []
+    for t in step.operands:
+        if t.operand.role == "indirect":
+            placed.append(t)
+            continue
+        placed.append(OperandTile(t.operand, t.axis, t.tile_shape, t.rows, t.row_bytes, t.stride, t.step,
+                                  t.buffers, offset))
+        offset += t.l1_bytes
+    step.operands = placed
+    step.scratch_offset = offset
+
+
+def l1_budget(target: Target) -> int:
+    """L1 bytes available to tiles: all of L1 but the per-hart stacks."""
+    memory, cluster = target.section("memory"), target.section("cluster")
+    stacks = int(cluster.get("cores", 1)) * int(memory.get("stack_bytes_per_core", 0))
+    return int(memory["l1_bytes"]) - stacks
+
+
+def tile_graph(graph: Graph, target: Target, operands: dict[int, list[Operand]],
+               scratch: dict[int, int] | None = None) -> TilePlan:
+    """Tile every step listed in `operands` (step index -> its operands, from the backend)."""
+    budget = l1_budget(target)
+    cores = int(target.section("cluster").get("cores", 1))
+    bw = Bandwidth.from_target(target)
+    scratch = scratch or {}
+    steps = {index: tile_node(graph, index, graph.nodes[index], ops, budget=budget, cores=cores, bw=bw,
+                              scratch_bytes=scratch.get(index, 0))
+             for index, ops in operands.items()}
+    peak = max((s.l1_bytes for s in steps.values()), default=0)
+    return TilePlan(steps, budget, peak)
