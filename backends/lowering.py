@@ -136,9 +136,11 @@ def check_int32(node: Node, what: str, values: np.ndarray | int) -> None:
 class Lowering:
     """Lowers the nodes of one graph; kernel instances are shared by name across nodes."""
 
-    def __init__(self, graph: Graph, refs: Refs, cores: int = 1) -> None:
+    def __init__(self, graph: Graph, refs: Refs, cores: int = 1, blocked_matmul: bool = False) -> None:
         self.graph = graph
         self.cores = cores
+        #: the backend has a register-blocked int8 GEMM specialised on K and the row strides (riscv)
+        self.blocked_matmul = blocked_matmul
         self.refs = refs
         self.kernels: dict[tuple[str, str], Kernel] = {}
         self._names: set[str] = set()
@@ -395,15 +397,21 @@ def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
         bound += _abs_bound(bias.dtype, 0)
     acc = "int32_t" if bound <= INT32_HI else "int64_t"
     row_accumulate = b_rc[1] == 1 and out.dtype == "int32" and acc == "int32_t"
+    blocked = (low.blocked_matmul and a.dtype == b.dtype == "int8" and out.dtype == "int32" and acc == "int32_t"
+               and a_zero == 0 and b_zero == 0 and a_rc[1] == 1 and b_rc[1] == 1)
     name = f"td_matmul_{SUFFIXES[a.dtype]}_{SUFFIXES[b.dtype]}_{SUFFIXES[out.dtype]}"
     if bias is not None:
         name += f"_bias{SUFFIXES[bias.dtype]}"
-    if not row_accumulate:
+    shape_fields = {}
+    if blocked:
+        name += f"_4x4_k{k}_a{a_rc[0]}_b{b_rc[0]}_y{n}"
+        shape_fields = {"k_const": k, "a_row_const": a_rc[0], "b_row_const": b_rc[0], "y_row_const": n}
+    elif not row_accumulate:
         name += "_dot"
     kernel = low.kernel("matmul", name, doc="batched integer matrix multiply with zero points and optional bias",
                         a_ctype=ctype(a.dtype), b_ctype=ctype(b.dtype), out_ctype=ctype(out.dtype),
                         bias_ctype=ctype(bias.dtype) if bias is not None else "", acc_ctype=acc,
-                        row_accumulate=row_accumulate)
+                        row_accumulate=row_accumulate, blocked=blocked, **shape_fields)
     call.kernels.append(kernel)
     fields = {"m": m, "n": n, "k": k, "batch": _c_pair(dims), "a_batch_stride": _c_pair(strides[0]),
               "a_row_stride": a_rc[0], "a_col_stride": a_rc[1], "a_zero": a_zero,

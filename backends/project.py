@@ -199,7 +199,8 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     cnames = {**io_names, **act_names, **const_names}
     aliases = reshape_aliases(graph)
     refs = Refs(pointer=lambda name: cnames[name], scratch=lambda step: f"s_{step}", aliases=aliases)
-    lowering = Lowering(graph, refs, cores=int(target.section("cluster").get("cores", 1)))
+    lowering = Lowering(graph, refs, cores=int(target.section("cluster").get("cores", 1)),
+                        blocked_matmul=options.tiled)
     tiling = None
     if options.tiled:
         from .riscv.tiled import lower_tiled
@@ -277,9 +278,15 @@ def _render_kernels(env: jinja2.Environment, lowering: Lowering) -> list[str]:
 
 
 def kernel_prototype(source: str) -> str:
-    """The declaration of a rendered kernel: its signature up to the opening brace."""
+    """The declaration of a rendered kernel: the signature of its last (public) function up to the brace.
+
+    Helpers a template defines before the kernel are `static` and stay private to kernels.c."""
     body = re.sub(r"/\*.*?\*/", "", source, flags=re.S).strip()
-    return body[:body.index("\n{")].strip() + ";"
+    end = body.rindex("\n{")
+    previous = body.rfind("\n}", 0, end)
+    start = previous + 2 if previous >= 0 else 0
+    lines = [line for line in body[start:end].strip().splitlines() if not line.startswith("#")]
+    return "\n".join(lines).strip() + ";"
 
 
 def _constant_arrays(graph: Graph, calls: list[Call], cnames: dict[str, str]) -> dict[str, np.ndarray]:

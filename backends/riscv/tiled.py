@@ -92,7 +92,10 @@ def reshape_call(lowering: Lowering, index: int, node: Node, refs: Refs) -> Call
 def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
                 weights_level: str) -> tuple[list[Call], TilePlan]:
     """Tile every step (passes/tile.py) and lower it to a DMA tile loop."""
-    full = {i: lowering.lower(i, node) for i, node in enumerate(graph.nodes) if node.op != "Reshape"}
+    # untiled lowering (its own instance, so whole-tensor kernel instances do not end up in kernels.c):
+    # the constant arrays the weights hold and the kernel scratch sizes
+    whole = Lowering(graph, refs, cores=lowering.cores, blocked_matmul=lowering.blocked_matmul)
+    full = {i: whole.lower(i, node) for i, node in enumerate(graph.nodes) if node.op != "Reshape"}
     operands = {i: step_operands(graph, i, graph.nodes[i], weights_level) for i in full}
     plan = tile_graph(graph, target, operands, {i: c.scratch_bytes for i, c in full.items() if c.scratch_bytes})
     calls = []
