@@ -31,6 +31,28 @@ def available_targets() -> list[str]:
     return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
 
 
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return merged
+
+
+def _read_raw(path: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The TOML of a target; `extends = "other"` starts from another target's file (tables merged by key)."""
+    raw = tomllib.loads(path.read_text())
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if parent in seen:
+        raise TinyDeployError(f"target '{path.stem}' extends itself through {' -> '.join(seen)}")
+    parent_path = TARGETS_DIR / f"{parent}.toml"
+    if not parent_path.exists():
+        raise TinyDeployError(f"target '{path.stem}' extends unknown target '{parent}'")
+    return _merge(_read_raw(parent_path, (*seen, parent)), raw)
+
+
 def load_target(name: str | Target) -> Target:
     """A target by name (or a path to a TOML file); unknown names list the known ones."""
     if isinstance(name, Target):
@@ -38,7 +60,7 @@ def load_target(name: str | Target) -> Target:
     path = Path(name) if str(name).endswith(".toml") else TARGETS_DIR / f"{name}.toml"
     if not path.exists():
         raise TinyDeployError(f"unknown target '{name}' (known: {', '.join(available_targets())})")
-    raw = tomllib.loads(path.read_text())
+    raw = _read_raw(path)
     arith = raw.get("arithmetic", {})
     requant, softmax = arith.get("requant", "ita"), arith.get("softmax", "ibert")
     if requant not in ("ita", "cmsis") or softmax not in ("ita", "ibert"):

@@ -13,8 +13,8 @@ Devices (addresses and register offsets from the target file, [mmio] and [event]
 - a hardware barrier over all cores: a hart writes `barrier_arrive` (and then re-checks
   `event.barrier_generation`, which the ISS increments once every core has arrived);
 - a DMA engine (1-D or 2-D copies between any mapped memories): one transfer at a time, each costs the
-  setup latency plus bytes / bandwidth of the slower level; the copy itself happens when the transfer
-  completes, so firmware that reads a destination before waiting gets stale data, as on silicon.
+  setup latency, a burst cost per row, plus bytes / bandwidth of the slower level; the copy itself
+  happens when the transfer completes, so firmware that reads a destination before waiting gets stale data, as on silicon.
   `dma_wait` (write a transfer id) stalls the hart until that transfer is done; completion is also published
   in `event.dma_done`. Stalled cycles count as exposed DMA time (the report's DMA overlap);
 - per-layer stamps (`layer_begin`/`layer_end`): cycles and DMA bytes per layer.
@@ -61,6 +61,7 @@ class ClusterSpec:
     events: dict[str, int]
     bandwidth: dict[tuple[str, str], int]         # (src level, dst level) -> bytes per cycle
     dma_setup: int
+    dma_row: int
     barrier_cycles: int
     slice_instructions: int
     max_cycles: int
@@ -85,7 +86,7 @@ class ClusterSpec:
         return cls(int(cluster["cores"]),
                    {lvl: (mem[f"{lvl}_base"], mem[f"{lvl}_bytes"]) for lvl in LEVELS},
                    mmio["base"], mmio["size"], registers, event["base"], event["size"], events, bandwidth,
-                   int(dma["setup_cycles"]), int(cluster.get("barrier_cycles", 8)),
+                   int(dma["setup_cycles"]), int(dma.get("row_cycles", 2)), int(cluster.get("barrier_cycles", 8)),
                    int(iss.get("slice_instructions", 100_000)),
                    int(iss.get("max_cycles", 20_000_000_000)))
 
@@ -111,6 +112,7 @@ class LayerStamp:
     dma_bytes: dict[str, int] = field(default_factory=dict)
     dma_busy: int = 0                 # cycles the DMA engine worked for this layer
     dma_stall: int = 0                # cycles hart 0 waited for DMA in this layer (exposed DMA time)
+    instructions: int = 0             # retired by all harts between the stamps
 
 
 @dataclass
@@ -338,10 +340,16 @@ class ClusterISS:
             self.trace[value] = self.read(self.trace_regs["trace_ptr"], self.trace_regs["trace_bytes"])
         elif name == "layer_begin":
             self.open_layer = LayerStamp(value, self.harts[hart_id].clock)
+            self.open_layer.instructions = -self._all_instructions()
             self.layers.append(self.open_layer)
         elif name == "layer_end" and self.open_layer is not None:
             self.open_layer.end = self.harts[hart_id].clock
+            self.open_layer.instructions += self._all_instructions()
             self.open_layer = None
+
+    def _all_instructions(self) -> int:
+        """Instructions retired by every hart (exact at layer stamps: the other harts wait at a barrier)."""
+        return sum(h.instructions for h in self.harts)
 
     def _exit(self, uc, hart_id: int, code: int) -> None:
         hart = self.harts[hart_id]
@@ -383,7 +391,8 @@ class ClusterISS:
             self._fault(self.harts[hart_id], f"DMA transfer touches unmapped memory at 0x{bad:08x} "
                                              f"({rows} x {r['dma_bytes']} B)")
         total = rows * r["dma_bytes"]
-        duration = self.spec.dma_setup + -(-total // self.spec.bandwidth[(src[0], dst[0])])
+        duration = (self.spec.dma_setup + rows * self.spec.dma_row
+                    + -(-total // self.spec.bandwidth[(src[0], dst[0])]))
         start = max(self.harts[hart_id].clock, self.dma_free_at)
         self.dma_free_at = start + duration
         self.dma_busy += duration
@@ -468,8 +477,10 @@ class ClusterISS:
         from unicorn import UcError
         from unicorn.riscv_const import UC_RISCV_REG_PC
 
+        import time
+
         budget = max_cycles or self.spec.max_cycles
-        rounds = 0
+        reported = time.perf_counter()
         while not self.finished:
             for hart in self.harts:
                 if not hart.running or hart.waiting:
@@ -485,9 +496,9 @@ class ClusterISS:
             if not self.finished and self.time > budget:
                 h0 = self.harts[0]
                 self._fault(h0, f"no exit within {budget} cycles", pc=h0.pc)
-            rounds += 1
-            if progress is not None and rounds % 64 == 0:
-                progress(self.time, sum(h.instructions for h in self.harts))
+            if progress is not None and time.perf_counter() - reported >= 2.0:
+                reported = time.perf_counter()
+                progress(self.time, self._all_instructions())
         self._complete_dma(self.dma_free_at)
         h0 = self.harts[0]
         return SimResult(self.exit_code, h0.clock, [h.instructions for h in self.harts], "".join(self.console),

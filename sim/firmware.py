@@ -91,7 +91,8 @@ def _report(manifest: dict[str, Any], result: SimResult, bit_exact: bool, wall: 
                        "origin": step.get("origin", ""), "engine": "cores", "macs": step.get("macs", 0),
                        "cycles": (stamp.end - stamp.begin) if stamp.end >= 0 else None,
                        "bytes_dma": sum(stamp.dma_bytes.values()), "dma": stamp.dma_bytes,
-                       "dma_busy_cycles": stamp.dma_busy, "dma_stall_cycles": stamp.dma_stall})
+                       "dma_busy_cycles": stamp.dma_busy, "dma_stall_cycles": stamp.dma_stall,
+                       "instructions": stamp.instructions})
     return {"target": manifest["target"], "bit_exact": bit_exact, "exit_code": result.exit_code,
             "cycles_total": result.cycles, "instructions": result.instructions,
             "guest_instructions": result.guest_instructions,

@@ -46,7 +46,7 @@ def _xfer_row(tile: OperandTile, l2: str) -> str:
     l1 = f"{L1_SYMBOL} + {tile.l1_offset}" if tile.l1_offset else L1_SYMBOL
     l1_step = tile.buffer_bytes if tile.buffers == 2 else 0
     what = "out" if o.role == "out" else ("resident" if tile.step == 0 else "in")
-    label = o.key
+    label = o.key.replace("*/", "* /")
     return (f"{{(int8_t *){l2}, {l1}, {tile.step}, {l1_step}, {tile.rows}, {tile.row_bytes}, {tile.stride}, "
             f"{int(o.role == 'out')}}}, /* {what} {label} {o.dtype}{list(tile.tile_shape)} */")
 

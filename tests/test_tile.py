@@ -1,0 +1,65 @@
+"""L1 tiling (passes/tile.py): feasible tiles fit the budget, weights stay resident, infeasible ops fail clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tinydeploy.errors import TinyDeployError
+from tinydeploy.ir.graph import Graph, Node, Tensor
+from tinydeploy.passes.tile import Bandwidth, Operand, operand_tile, tile_node
+
+BW = Bandwidth({"l1": 8, "l2": 8, "l3": 4}, 30)
+
+
+def matmul_graph(m: int, k: int, n: int) -> tuple[Graph, Node, list[Operand]]:
+    graph = Graph()
+    graph.add_tensor(Tensor("a", "int8", (1, m, k)))
+    graph.add_const("w", np.ones((k, n), dtype=np.int8), "int8")
+    graph.add_tensor(Tensor("y", "int32", (1, m, n)))
+    node = Node("mm", "MatMulInt", ["a", "w"], ["y"], {})
+    graph.nodes.append(node)
+    operands = [Operand("a", "in", (1, m, k), "int8"), Operand("w", "in", (k, n), "int8", "l3"),
+                Operand("y", "out", (1, m, n), "int32")]
+    return graph, node, operands
+
+
+def test_slab_geometry_is_one_2d_transfer():
+    """A slab along axis 1 of [4, 6, 5] int16: 4 rows of tile*5*2 bytes, 6*5*2 bytes apart."""
+    tile = operand_tile(Operand("x", "in", (4, 6, 5), "int16"), 1, 2, 3)
+    assert (tile.rows, tile.row_bytes, tile.stride, tile.step, tile.buffers) == (4, 20, 60, 20, 2)
+    assert tile.tile_shape == (4, 2, 5)
+
+
+def test_row_tiled_matmul_keeps_the_weights_resident_and_fits():
+    graph, node, operands = matmul_graph(128, 512, 128)
+    step = tile_node(graph, 0, node, operands, budget=160 * 1024, cores=8, bw=BW)
+    assert step.l1_bytes <= 160 * 1024
+    assert step.tiles > 1 and step.axis == 1                 # split along M
+    weights = next(t for t in step.operands if t.operand.key == "w")
+    assert weights.axis is None and weights.step == 0 and weights.buffers == 1
+    a = next(t for t in step.operands if t.operand.key == "a")
+    assert a.buffers == 2 and a.tile_shape == (1, step.tile, 512)
+    offsets = sorted((t.l1_offset, t.l1_bytes) for t in step.operands)
+    assert all(o1 + b1 <= o2 for (o1, b1), (o2, _) in zip(offsets, offsets[1:], strict=False))
+
+
+def test_weights_too_large_for_l1_are_split_along_n():
+    graph, node, operands = matmul_graph(128, 512, 512)      # 256 KiB of weights
+    step = tile_node(graph, 0, node, operands, budget=200 * 1024, cores=8, bw=BW)
+    assert step.axis == 2
+    weights = next(t for t in step.operands if t.operand.key == "w")
+    assert weights.axis == 1 and weights.rows == 512 and weights.stride == 512
+
+
+def test_no_feasible_tiling_names_the_node():
+    graph, node, operands = matmul_graph(128, 4096, 128)     # one row of A plus one column of W > budget
+    with pytest.raises(TinyDeployError, match=r"mm.*no tiling of this MatMulInt fits L1"):
+        tile_node(graph, 0, node, operands, budget=4 * 1024, cores=8, bw=BW)
+
+
+def test_more_bandwidth_never_models_slower():
+    graph, node, operands = matmul_graph(64, 256, 256)
+    slow = tile_node(graph, 0, node, operands, budget=96 * 1024, cores=8, bw=Bandwidth({"l1": 1, "l2": 1, "l3": 1}, 30))
+    fast = tile_node(graph, 0, node, operands, budget=96 * 1024, cores=8, bw=BW)
+    assert fast.model["cycles"] <= slow.model["cycles"]
+    assert slow.model["cycles"] >= slow.model["dma"] // 2
