@@ -218,6 +218,7 @@ class ClusterISS:
         self.layers: list[LayerStamp] = []
         self.open_layer: LayerStamp | None = None
         self._bad_access: tuple[int, int] | None = None
+        self._pending_fault: GuestFault | None = None
         self.trace_regs = {"trace_ptr": 0, "trace_bytes": 0}
         self.trace: dict[int, bytes] = {}
         self._register_names = {v: k for k, v in spec.registers.items()}
@@ -388,8 +389,9 @@ class ClusterISS:
         src, dst = self.region_of(r["dma_src"], span_src), self.region_of(r["dma_dst"], span_dst)
         if src is None or dst is None or src[0] == "event" or dst[0] == "event":
             bad = r["dma_src"] if src is None else r["dma_dst"]
-            self._fault(self.harts[hart_id], f"DMA transfer touches unmapped memory at 0x{bad:08x} "
-                                             f"({rows} x {r['dma_bytes']} B)")
+            self._callback_fault(self.harts[hart_id], f"DMA transfer touches unmapped memory at 0x{bad:08x} "
+                                                      f"({rows} x {r['dma_bytes']} B)")
+            return
         total = rows * r["dma_bytes"]
         duration = (self.spec.dma_setup + rows * self.spec.dma_row
                     + -(-total // self.spec.bandwidth[(src[0], dst[0])]))
@@ -411,7 +413,9 @@ class ClusterISS:
         """Stall the hart until `transfer` has completed (transfers complete in order)."""
         hart = self.harts[hart_id]
         if not 0 < transfer < self.dma_next_id:
-            self._fault(hart, f"waits for DMA transfer {transfer}, but only {self.dma_next_id - 1} were started")
+            self._callback_fault(hart, f"waits for DMA transfer {transfer}, but only {self.dma_next_id - 1} were "
+                                       f"started")
+            return
         done_at = self.dma_done_at[transfer]
         self._complete_dma(done_at)
         if done_at > hart.clock:
@@ -441,6 +445,15 @@ class ClusterISS:
 
         pc = hart.uc.reg_read(UC_RISCV_REG_PC) if pc is None else pc
         raise GuestFault(cause, hart.id, pc, self.symbols.lookup(pc))
+
+    def _callback_fault(self, hart: _Hart, cause: str) -> None:
+        """A fault detected in an MMIO callback: Unicorn swallows exceptions there, so stop the hart and raise
+        after emu_start returns (in _run_slice)."""
+        from unicorn.riscv_const import UC_RISCV_REG_PC
+
+        pc = hart.uc.reg_read(UC_RISCV_REG_PC)
+        self._pending_fault = GuestFault(cause, hart.id, pc, self.symbols.lookup(pc))
+        self._stop(hart)
 
     def _decode_error(self, hart: _Hart, error) -> None:
         from unicorn import (
@@ -516,6 +529,8 @@ class ClusterISS:
             hart.uc.emu_start(hart.pc, 0)
         except uc_error as error:
             self._decode_error(hart, error)
+        if self._pending_fault is not None:
+            raise self._pending_fault
         hart.pc = hart.uc.reg_read(pc_register)
         if hart.mmio_stop:
             hart.pc += self._instruction_length(hart.pc)

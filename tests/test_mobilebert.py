@@ -88,3 +88,18 @@ def test_full_mobilebert_c_bit_exact_every_layer_and_sanitized(full_zoo, tmp_pat
     for kwargs in ({"layers": True}, {"sanitize": True}, {"cc": "clang"}):
         result = verify_build(tmp_path, **kwargs)
         assert result.bit_exact, (kwargs, result.first and result.first.describe())
+
+
+@pytest.mark.slow
+def test_full_mobilebert_bit_exact_on_the_cluster_iss(full_zoo, tmp_path):
+    """compile --target cluster8 -> simulate -> verify: seq 128, 24 layers, every kernel on DMA-fed L1 tiles."""
+    from tinydeploy.backends import compile_graph
+    from tinydeploy.sim.firmware import simulate_build
+
+    model = full_zoo / "model_qdq.onnx"
+    graph = integerize(import_model(model), "cluster8")
+    inputs = dict(np.load(full_zoo / "inputs.npz"))
+    compile_graph(graph, "cluster8", tmp_path, {n: inputs[n] for n in graph.inputs}, model_path=str(model))
+    sim = simulate_build(tmp_path)
+    assert sim.report["bit_exact"] is True and sim.result.exit_code == 0
+    assert len(sim.report["layers"]) == len(graph.nodes)

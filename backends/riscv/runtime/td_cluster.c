@@ -123,6 +123,9 @@ void td_tiles_begin(const td_xfer *x, int32_t n)
 
 void td_tile_ready(const td_xfer *x, int32_t n, int32_t t, int32_t tiles)
 {
+    if (t > 0) {
+        td_barrier(); /* every hart is done with tile t-1: its output may be stored, its input buffers reused */
+    }
     if (td_hart_id() == 0) {
         if (t > 0) {
             (void)td_tile_outputs(x, n, t - 1);

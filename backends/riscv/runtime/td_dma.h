@@ -5,14 +5,17 @@
  *
  *     td_tiles_begin(x, n);                 hart 0: load resident operands and tile 0's inputs
  *     for (t = 0; t < tiles; ++t) {
- *         td_tile_ready(x, n, t, tiles);    hart 0: store tile t-1, prefetch tile t+1, wait for tile t; barrier
+ *         td_tile_ready(x, n, t, tiles);    barrier (tile t-1 done everywhere); hart 0: store tile t-1,
+ *                                           prefetch tile t+1, wait for tile t's inputs; barrier
  *         kernel(L1 buffers of parity t & 1);
  *     }
  *     td_tiles_end(x, n, tiles);            barrier; hart 0: store the last tile and wait for it
  *
- * so the DMA of neighbouring tiles overlaps the compute of tile t (double buffering). Transfers complete in
- * order (one engine), which is what makes the two-buffer protocol safe: waiting for tile t's inputs implies
- * that the store of tile t-2, issued earlier from the same output buffer, is done.
+ * so the DMA of neighbouring tiles overlaps the compute of tile t (double buffering). Tile t-1's buffers are
+ * only stored or refilled after the barrier that proves every hart has finished with them (a hart with less
+ * work must not let hart 0 store a tile another hart is still writing: the cluster ISS caught exactly that).
+ * Transfers complete in order (one engine): waiting for tile t's inputs implies that the store of tile t-2,
+ * issued earlier from the same output buffer, is done.
  */
 #ifndef TD_DMA_H
 #define TD_DMA_H
