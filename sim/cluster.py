@@ -14,7 +14,8 @@ Devices (addresses and register offsets from the target file, [mmio] and [event]
   `event.barrier_generation`, which the ISS increments once every core has arrived);
 - a DMA engine (1-D or 2-D copies between any mapped memories): one transfer at a time, each costs the
   setup latency, a burst cost per row, plus bytes / bandwidth of the slower level; the copy itself
-  happens when the transfer completes, so firmware that reads a destination before waiting gets stale data, as on silicon.
+  happens when the transfer completes, so firmware that reads a destination before waiting gets stale
+  data, as on silicon.
   `dma_wait` (write a transfer id) stalls the hart until that transfer is done; completion is also published
   in `event.dma_done`. Stalled cycles count as exposed DMA time (the report's DMA overlap);
 - per-layer stamps (`layer_begin`/`layer_end`): cycles and DMA bytes per layer.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -489,8 +491,6 @@ class ClusterISS:
     def run(self, max_cycles: int | None = None, progress=None) -> SimResult:
         from unicorn import UcError
         from unicorn.riscv_const import UC_RISCV_REG_PC
-
-        import time
 
         budget = max_cycles or self.spec.max_cycles
         reported = time.perf_counter()

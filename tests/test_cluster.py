@@ -89,7 +89,8 @@ def test_waiting_for_a_dma_transfer_never_started_is_a_fault(small_cluster_proje
     project = tmp_path / "p"
     shutil.copytree(small_cluster_project, project, ignore=shutil.ignore_patterns("fw*"))
     (project / "main.c").write_text('#include "td_parallel.h"\nunion { long long a; char b[8]; } td_output;\n'
-                                    "int main(void) { if (td_hart_id() == 2) { td_dma_wait(5); } td_barrier(); return 0; }\n")
+                                    "int main(void) { if (td_hart_id() == 2) { td_dma_wait(5); }\n"
+                                    "td_barrier(); return 0; }\n")
     iss = ClusterISS(ClusterSpec.from_target("cluster8"), build_firmware(project))
     with pytest.raises(GuestFault, match=r"hart 2 .*waits for DMA transfer 5, but only 0 were started"):
         iss.run(max_cycles=200_000)
