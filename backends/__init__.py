@@ -20,6 +20,9 @@ def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, input
     if target.backend == "generic":
         options = ProjectOptions(weights=weights, model_path=model_path)
     elif target.backend == "riscv":
+        from ..passes.fuse_attention import fuse_attention
+
+        graph, _ = fuse_attention(graph, target)
         riscv, generic = BACKENDS_DIR / "riscv", BACKENDS_DIR / "generic"
         options = ProjectOptions(weights="incbin", model_path=model_path,
                                  template_dirs=[riscv / "templates", generic / "templates"],

@@ -192,6 +192,10 @@ class _GraphView:
 def kernel_constants(graph: Graph, node: Node, index: int) -> list[tuple[str, str, np.ndarray]]:
     """(C name, kind, values) of the constant arrays an elementwise kernel reads: per-channel parameters
     ("param", broadcast over the output) and lookup tables ("table")."""
+    if node.op == "ITAGemm":   # the LUT of an activation stage
+        out_dtype = graph.tensors[node.outputs[0]].dtype
+        return [(f"p{index}_table", "table", np.asarray(st["table"]).astype(out_dtype))
+                for st in node.attrs.get("stages", []) if st["op"] == "LUT"]
     spec = ELEMENTWISE.get(node.op)
     if spec is None:
         return []
@@ -366,11 +370,11 @@ def _abs_bound(dtype: str, zero: int) -> int:
     return max(abs(lo - zero), abs(hi - zero))
 
 
-def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
+def matmul_params(low: Lowering, node: Node) -> dict[str, Any]:
+    """The td_matmul_params fields of a (batched, possibly transposed, broadcast) matmul node."""
     a, b, out = low.t(node.inputs[0]), low.t(node.inputs[1]), low.t(node.outputs[0])
     bias = low.t(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     at = node.attrs
-    a_zero, b_zero = int(at.get("a_zero", 0)), int(at.get("b_zero", 0))
     m, n = out.shape[-2], out.shape[-1]
     k = a.shape[-2] if at.get("trans_a") else a.shape[-1]
     batch_shape = out.shape[:-2]
@@ -392,6 +396,28 @@ def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
     strides = [pad_front(s, MAX_BATCH_DIMS, 0) for s in strides]
     a_rc = _matmul_operand_strides(a.shape, bool(at.get("trans_a")))
     b_rc = _matmul_operand_strides(b.shape, bool(at.get("trans_b")))
+    fields: dict[str, Any] = {
+        "m": m, "n": n, "k": k, "batch": dims, "a_batch_stride": strides[0], "a_row_stride": a_rc[0],
+        "a_col_stride": a_rc[1], "a_zero": int(at.get("a_zero", 0)), "b_batch_stride": strides[1],
+        "b_row_stride": b_rc[0], "b_col_stride": b_rc[1], "b_zero": int(at.get("b_zero", 0))}
+    if bias is not None:
+        fields.update(bias_batch_stride=strides[2], bias_row_stride=bias_rc[0], bias_col_stride=bias_rc[1])
+    return fields
+
+
+def params_descriptor(ctype_name: str, name: str, fields: dict[str, Any]) -> str:
+    """`static const <type> <name> = {.field = value, ...};` (lists become C brace lists)."""
+    body = ", ".join(f".{k} = {_c_pair(v) if isinstance(v, list) else v}" for k, v in fields.items())
+    return f"static const {ctype_name} {name} = {{{body}}};"
+
+
+def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
+    a, b, out = low.t(node.inputs[0]), low.t(node.inputs[1]), low.t(node.outputs[0])
+    bias = low.t(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    fields = matmul_params(low, node)
+    a_zero, b_zero, k, n = fields["a_zero"], fields["b_zero"], fields["k"], fields["n"]
+    a_rc = (fields["a_row_stride"], fields["a_col_stride"])
+    b_rc = (fields["b_row_stride"], fields["b_col_stride"])
     bound = k * _abs_bound(a.dtype, a_zero) * _abs_bound(b.dtype, b_zero)
     if bias is not None:
         bound += _abs_bound(bias.dtype, 0)
@@ -413,19 +439,59 @@ def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
                         bias_ctype=ctype(bias.dtype) if bias is not None else "", acc_ctype=acc,
                         row_accumulate=row_accumulate, blocked=blocked, **shape_fields)
     call.kernels.append(kernel)
-    fields = {"m": m, "n": n, "k": k, "batch": _c_pair(dims), "a_batch_stride": _c_pair(strides[0]),
-              "a_row_stride": a_rc[0], "a_col_stride": a_rc[1], "a_zero": a_zero,
-              "b_batch_stride": _c_pair(strides[1]), "b_row_stride": b_rc[0], "b_col_stride": b_rc[1],
-              "b_zero": b_zero}
-    if bias is not None:
-        fields.update(bias_batch_stride=_c_pair(strides[2]), bias_row_stride=bias_rc[0], bias_col_stride=bias_rc[1])
     params = f"mm_{index}"
-    body = ", ".join(f".{k_} = {v}" for k_, v in fields.items())
-    call.descriptors.append(f"static const td_matmul_params {params} = {{{body}}};")
+    call.descriptors.append(params_descriptor("td_matmul_params", params, fields))
     args = [low.refs.pointer(a.name), low.refs.pointer(b.name)]
     if bias is not None:
         args.append(low.refs.pointer(bias.name))
     args += [low.refs.pointer(out.name), f"&{params}"]
+    call.statements.append(f"{kernel.name}({', '.join(args)});")
+
+
+# --- accelerator -----------------------------------------------------------------------------------------
+def _clip_word(lo: int, hi: int) -> str:
+    """Two int16 clip bounds packed in one 32-bit register value (lo in the low half)."""
+    return f"0x{((hi & 0xFFFF) << 16) | (lo & 0xFFFF):08X}u"
+
+
+def ita_job_fields(node: Node) -> dict[str, Any]:
+    """The accelerator's epilogue registers for one ITAGemm (td_ita_job): mode bits and stage parameters."""
+    at = node.attrs
+    fields: dict[str, Any] = {"mode": 0, "rq_clip": _clip_word(at["lo"], at["hi"])}
+    mode = ITA_MODE_TRANS_B if at.get("trans_b") else 0
+    for stage in at.get("stages", []):
+        if stage["op"] == "Requant":
+            mode |= ITA_MODE_REQUANT2
+            fields.update(rq2_mul=int(stage["mul"]), rq2_shift=int(stage["shift"]), rq2_add=int(stage["add"]),
+                          rq2_clip=_clip_word(stage["lo"], stage["hi"]))
+        elif stage["op"] == "LUT":
+            mode |= ITA_MODE_LUT
+            fields.update(lut_min=int(stage.get("in_min", -128)))
+        elif stage["op"] == "ITAPartialMax":
+            mode |= ITA_MODE_SOFTMAX
+            fields.update(sm_group=int(stage["group_width"]), sm_levels=int(stage["n_levels"]),
+                          sm_offset=int(stage.get("out_offset", 0)), sm_clip=_clip_word(stage["lo"], stage["hi"]))
+    fields["mode"] = mode
+    return fields
+
+
+#: td_ita_job.mode bits (mirrored by the accelerator model and the RTL)
+ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX = 1, 2, 4, 8
+
+
+def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
+    """ITAGemm -> one driver call that programs the accelerator per matrix of the batch (hart 0)."""
+    a, b, bias, rq = (low.t(name) for name in node.inputs)
+    kernel = low.kernel("ita_gemm", "td_ita_gemm", doc="GEMM + requant + epilogue on the ITA-like accelerator")
+    call.kernels.append(kernel)
+    call.descriptors.append(params_descriptor("td_matmul_params", f"mm_{index}", matmul_params(low, node)))
+    call.descriptors.append(params_descriptor("td_ita_job", f"ita_{index}", ita_job_fields(node)))
+    table = "NULL"
+    for cname, kind, values in kernel_constants(low.graph, node, index):
+        call.params[cname] = values
+        table = low.refs.param(cname)
+    args = [low.refs.pointer(t.name) for t in (a, b, bias, rq)]
+    args += [table, low.refs.pointer(node.outputs[0]), f"&mm_{index}", f"&ita_{index}"]
     call.statements.append(f"{kernel.name}({', '.join(args)});")
 
 
@@ -520,6 +586,7 @@ def lower_gather(low: Lowering, index: int, node: Node, call: Call) -> None:
 LOWERINGS: dict[str, Callable[[Lowering, int, Node, Call], None]] = {
     **{name: lower_elementwise for name in ELEMENTWISE},
     "MatMulInt": lower_matmul,
+    "ITAGemm": lower_ita_gemm,
     "Transpose": lower_transpose,
     "Slice": lower_slice,
     "Concat": lower_concat,

@@ -186,6 +186,40 @@ def run_requant_shift(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [arith.requant_shift_deeploy(xs[0], at["mul"], at["add"], at["log2d"], at["lo"], at["hi"])]
 
 
+# --- accelerator ----------------------------------------------------------------------------------
+#: epilogue stages the ITA-like accelerator can run after its GEMM and requant (passes/fuse_attention.py)
+ITA_STAGES = ("Requant", "LUT", "ITAPartialMax")
+
+
+def _ita_gemm_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[Range]:
+    stages = node.attrs.get("stages", [])
+    last = stages[-1] if stages else node.attrs
+    if last.get("op") == "LUT":
+        table = np.asarray(last["table"])
+        return [(int(table.min()), int(table.max()))]
+    return [(int(last["lo"]), int(last["hi"]))]
+
+
+def _ita_gemm_macs(node: Node, shapes: list[Shape]) -> int:
+    return _matmul_macs(node, shapes[:2])
+
+
+@op("ITAGemm", shape=lambda node, shapes: _matmul_shape(node, shapes[:2]), ranges=_ita_gemm_range,
+    macs=_ita_gemm_macs)
+def run_ita_gemm(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """The accelerator's fused op: int8 GEMM + int32 bias, requant per output column (contract 1; `rq` rows are
+    mul, shift, add), then the epilogue `stages` (a second Requant, a LUT activation, the streaming softmax).
+
+    Defined by composing the unfused ops, so fusion cannot change a single bit."""
+    a, b, bias, rq = xs
+    y = exact_matmul(*_matmul_operands(node, a, b)) + bias
+    y = arith.requant_ita(y, rq[0], rq[1], rq[2], node.attrs["lo"], node.attrs["hi"])
+    for stage in node.attrs.get("stages", []):
+        inner = Node(node.name, stage["op"], [], [], {k: v for k, v in stage.items() if k != "op"})
+        y = OPS[stage["op"]].run(inner, [y])[0]
+    return [y]
+
+
 # --- nonlinear ----------------------------------------------------------------------------------------
 @op("ITAMax", ranges=attr_range)
 def run_itamax(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import TinyDeployError
 from ..ir.graph import Graph, Node
 from ..ir.ops import node_macs
+from ..sim.accel.model import AccelSpec, job_cycles
 from ..target import Target
 
 ALIGNMENT = 16
@@ -236,6 +237,15 @@ def axis_maps(graph: Graph, node: Node, operands: list[Operand]) -> AxisMap:
         return _copy_axes(graph, node, operands, out_shape)
     if node.op == "MatMulInt":
         return _matmul_axes(node, operands, out_shape)
+    if node.op == "ITAGemm":   # rows of the softmax stay whole; rq [3, n] follows the columns
+        maps = _matmul_axes(node, operands, out_shape)
+        rank = len(out_shape)
+        for axis, mapped in maps.items():
+            rq = operands.index(next(o for o in operands if o.key == node.inputs[3]))
+            mapped[rq] = 1 if axis == rank - 1 else None
+        if any(st["op"] == "ITAPartialMax" for st in node.attrs.get("stages", [])):
+            maps.pop(rank - 1, None)
+        return maps
     if node.op in ROW_OPS:
         return _row_axes(node, operands, out_shape)
     if node.op == "IntegerMean":
@@ -257,8 +267,14 @@ def operand_tile(operand: Operand, axis: int | None, tile: int, tiles: int) -> O
                        2 if tiles > 1 else 1)
 
 
-def _compute_cycles(graph: Graph, node: Node, tiles: int, out_tile: tuple[int, ...], cores: int) -> int:
+def _compute_cycles(graph: Graph, node: Node, tiles: int, out_tile: tuple[int, ...], cores: int,
+                    accel: AccelSpec | None = None) -> int:
     """Core cycles for one tile: the work per element times the share of the most loaded core."""
+    if node.op == "ITAGemm":   # one accelerator job per matrix (sim/accel/model.py: job_cycles)
+        spec = accel or AccelSpec()
+        batch = int(np.prod(out_tile[:-2], dtype=np.int64))
+        k = node_macs(graph, node) // max(graph.tensors[node.outputs[0]].size, 1)
+        return batch * job_cycles(spec, out_tile[-2], k, out_tile[-1]) + 40 * batch
     if node.op == "MatMulInt":  # the cores share 4x4 output blocks (backends/riscv matmul_blocked)
         k = node_macs(graph, node) / max(graph.tensors[node.outputs[0]].size, 1)
         blocks = int(np.prod(out_tile[:-2], dtype=np.int64)) * -(-out_tile[-2] // 4) * -(-out_tile[-1] // 4)
@@ -296,7 +312,7 @@ def _divisors(n: int) -> list[int]:
 
 
 def tile_node(graph: Graph, index: int, node: Node, operands: list[Operand], *, budget: int, cores: int,
-              bw: Bandwidth, scratch_bytes: int = 0) -> StepTiling:
+              bw: Bandwidth, scratch_bytes: int = 0, accel: AccelSpec | None = None) -> StepTiling:
     """The cheapest feasible tiling of one node (error naming the node when none fits)."""
     out_shape = graph.tensors[node.outputs[0]].shape
     maps = axis_maps(graph, node, operands) if len(node.outputs) == 1 else {}
@@ -314,7 +330,7 @@ def tile_node(graph: Graph, index: int, node: Node, operands: list[Operand], *, 
         if l1 > budget:
             continue
         out_tile = out_shape if axis is None else out_shape[:axis] + (size,) + out_shape[axis + 1:]
-        model = _model(tiles, count, _compute_cycles(graph, node, count, out_tile, cores), bw)
+        model = _model(tiles, count, _compute_cycles(graph, node, count, out_tile, cores, accel), bw)
         feasible.append(StepTiling(index, node.name, node.op, axis, size if axis is not None else 1, count, tiles,
                                    l1_bytes=l1, model=model, scratch_bytes=scratch_bytes))
     best = _cheapest(feasible)
@@ -362,8 +378,10 @@ def tile_graph(graph: Graph, target: Target, operands: dict[int, list[Operand]],
     cores = int(target.section("cluster").get("cores", 1))
     bw = Bandwidth.from_target(target)
     scratch = scratch or {}
+    section = target.section("accelerator")
+    accel = AccelSpec.from_section(section) if section else None
     steps = {index: tile_node(graph, index, graph.nodes[index], ops, budget=budget, cores=cores, bw=bw,
-                              scratch_bytes=scratch.get(index, 0))
+                              scratch_bytes=scratch.get(index, 0), accel=accel)
              for index, ops in operands.items()}
     peak = max((s.l1_bytes for s in steps.values()), default=0)
     return TilePlan(steps, budget, peak)

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..errors import TinyDeployError
 from ..target import Target, load_target
+from .accel.model import JOB_REGISTERS, AccelSpec, Job, job_cycles, operand_spans, run_job
 from .native import NO_BLOCK, HartCounter, hooks_library
 
 LEVELS = ("l1", "l2", "l3")
@@ -67,6 +68,11 @@ class ClusterSpec:
     barrier_cycles: int
     slice_instructions: int
     max_cycles: int
+    accel: AccelSpec | None = None
+
+    @property
+    def has_accel(self) -> bool:
+        return self.accel is not None and "accel_start" in self.registers
 
     @classmethod
     def from_target(cls, target: Target | str) -> ClusterSpec:
@@ -90,7 +96,8 @@ class ClusterSpec:
                    mmio["base"], mmio["size"], registers, event["base"], event["size"], events, bandwidth,
                    int(dma["setup_cycles"]), int(dma.get("row_cycles", 2)), int(cluster.get("barrier_cycles", 8)),
                    int(iss.get("slice_instructions", 100_000)),
-                   int(iss.get("max_cycles", 20_000_000_000)))
+                   int(iss.get("max_cycles", 20_000_000_000)),
+                   AccelSpec.from_section(target.section("accelerator")) if target.section("accelerator") else None)
 
 
 @dataclass
@@ -114,6 +121,8 @@ class LayerStamp:
     dma_bytes: dict[str, int] = field(default_factory=dict)
     dma_busy: int = 0                 # cycles the DMA engine worked for this layer
     dma_stall: int = 0                # cycles hart 0 waited for DMA in this layer (exposed DMA time)
+    accel_busy: int = 0               # cycles the accelerator worked for this layer
+    accel_macs: int = 0
     instructions: int = 0             # retired by all harts between the stamps
 
 
@@ -126,6 +135,7 @@ class SimResult:
     layers: list[LayerStamp]
     dma_busy_cycles: int
     dma_stall_cycles: list[int]
+    accel_busy_cycles: int
     guest_instructions: int
 
 
@@ -224,6 +234,12 @@ class ClusterISS:
         self.trace_regs = {"trace_ptr": 0, "trace_bytes": 0}
         self.trace: dict[int, bytes] = {}
         self._register_names = {v: k for k, v in spec.registers.items()}
+        self.accel_regs = dict.fromkeys(JOB_REGISTERS, 0)
+        self.accel_queue: list[Job] = []
+        self.accel_next_id = 1
+        self.accel_free_at = 0
+        self.accel_busy = 0
+        self.accel_done_at: dict[int, int] = {}
 
     # -- memory --------------------------------------------------------------------------------------------
     def _map(self, uc, hart_id: int) -> None:
@@ -321,6 +337,8 @@ class ClusterISS:
             return self.spec.cores
         if name == "dma_start":
             return (self.dma_next_id - 1) & 0xFFFFFFFF
+        if name == "accel_start":
+            return (self.accel_next_id - 1) & 0xFFFFFFFF
         return 0
 
     def _mmio_write(self, uc, offset: int, size: int, value: int, hart_id: int) -> None:
@@ -337,6 +355,12 @@ class ClusterISS:
             self._dma_start(hart_id)
         elif name == "dma_wait":
             self._dma_wait(hart_id, value)
+        elif name == "accel_start":
+            self._accel_start(hart_id)
+        elif name == "accel_wait":
+            self._accel_wait(hart_id, value)
+        elif name is not None and name.startswith("accel_"):
+            self.accel_regs[name[len("accel_"):]] = value
         elif name in ("trace_ptr", "trace_bytes"):
             self.trace_regs[name] = value
         elif name == "trace_id":
@@ -427,6 +451,46 @@ class ClusterISS:
             if self.open_layer is not None and hart_id == 0:
                 self.open_layer.dma_stall += waited
 
+    # -- accelerator ----------------------------------------------------------------------------------------
+    def _accel_start(self, hart_id: int) -> None:
+        """Snapshot the registers into a job: operands are read now, the result lands at completion."""
+        hart = self.harts[hart_id]
+        regs = dict(self.accel_regs)
+        l1_base, l1_size = self.spec.regions["l1"]
+        for operand, (address, nbytes) in operand_spans(regs).items():
+            if not (l1_base <= address and address + nbytes <= l1_base + l1_size):
+                self._callback_fault(hart, f"accelerator operand {operand} at 0x{address:08x} ({nbytes} B) is not "
+                                           f"in L1")
+                return
+        job = Job(self.accel_next_id, regs, layer=self.open_layer.index if self.open_layer else -1)
+        job.result = run_job(job, self.read)
+        job.cycles = job_cycles(self.spec.accel, regs["m"], regs["k"], regs["n"])
+        job.done_at = max(hart.clock, self.accel_free_at) + job.cycles
+        self.accel_free_at = job.done_at
+        self.accel_busy += job.cycles
+        self.accel_done_at[job.id] = job.done_at
+        self.accel_next_id += 1
+        self.accel_queue.append(job)
+        if self.open_layer is not None:
+            self.open_layer.accel_busy += job.cycles
+            self.open_layer.accel_macs += job.macs
+
+    def _accel_wait(self, hart_id: int, job_id: int) -> None:
+        hart = self.harts[hart_id]
+        if not 0 < job_id < self.accel_next_id:
+            self._callback_fault(hart, f"waits for accelerator job {job_id}, but only {self.accel_next_id - 1} "
+                                       f"were started")
+            return
+        done_at = self.accel_done_at[job_id]
+        self._complete_accel(done_at)
+        if done_at > hart.clock:
+            hart.stall += done_at - hart.clock
+
+    def _complete_accel(self, now: int) -> None:
+        while self.accel_queue and self.accel_queue[0].done_at <= now:
+            job = self.accel_queue.pop(0)
+            self.write(job.regs["y"], job.result)
+
     def _complete_dma(self, now: int) -> None:
         """Perform (copy) every queued transfer that has completed by cycle `now`."""
         while self.dma_queue and self.dma_queue[0].done_at <= now:
@@ -505,6 +569,8 @@ class ClusterISS:
             self.time = max([h.clock for h in self.harts if h.running] or [self.time])
             if self.dma_queue and active:
                 self._complete_dma(min(active))
+            if self.accel_queue and active:
+                self._complete_accel(min(active))
             self._check_barrier()
             if not self.finished and self.time > budget:
                 h0 = self.harts[0]
@@ -513,9 +579,10 @@ class ClusterISS:
                 reported = time.perf_counter()
                 progress(self.time, self._all_instructions())
         self._complete_dma(self.dma_free_at)
+        self._complete_accel(self.accel_free_at)
         h0 = self.harts[0]
         return SimResult(self.exit_code, h0.clock, [h.instructions for h in self.harts], "".join(self.console),
-                         self.layers, self.dma_busy, [h.dma_stall for h in self.harts],
+                         self.layers, self.dma_busy, [h.dma_stall for h in self.harts], self.accel_busy,
                          sum(h.instructions for h in self.harts))
 
     def _run_slice(self, hart: _Hart, uc_error: type, pc_register: int) -> None:

@@ -88,17 +88,19 @@ def _report(manifest: dict[str, Any], result: SimResult, bit_exact: bool, wall: 
     for stamp in result.layers:
         step = steps[stamp.index] if 0 <= stamp.index < len(steps) else {}
         layers.append({"index": stamp.index, "name": step.get("name", ""), "op": step.get("op", ""),
-                       "origin": step.get("origin", ""), "engine": "cores", "macs": step.get("macs", 0),
+                       "origin": step.get("origin", ""), "engine": "accel" if stamp.accel_busy else "cores",
+                       "macs": step.get("macs", 0),
                        "cycles": (stamp.end - stamp.begin) if stamp.end >= 0 else None,
                        "bytes_dma": sum(stamp.dma_bytes.values()), "dma": stamp.dma_bytes,
                        "dma_busy_cycles": stamp.dma_busy, "dma_stall_cycles": stamp.dma_stall,
-                       "instructions": stamp.instructions})
+                       "instructions": stamp.instructions, "accel_busy_cycles": stamp.accel_busy})
     return {"target": manifest["target"], "bit_exact": bit_exact, "exit_code": result.exit_code,
             "cycles_total": result.cycles, "instructions": result.instructions,
             "guest_instructions": result.guest_instructions,
             "guest_instructions_per_second": result.guest_instructions / wall if wall else 0.0,
             "wall_seconds": wall, "dma_busy_cycles": result.dma_busy_cycles, "console": result.console,
             "dma_stall_cycles": result.dma_stall_cycles, "dma_overlap": dma_overlap(result),
+            "accel_busy_cycles": result.accel_busy_cycles,
             "layers": layers}
 
 

@@ -34,6 +34,7 @@ static inline void td_barrier(void)
 #define TD_LAYER_BEGIN(index) do { if (td_hart_id() == 0) TD_MMIO(TD_REG_LAYER_BEGIN) = (uint32_t)(index); } while (0)
 #define TD_LAYER_END(index) do { if (td_hart_id() == 0) TD_MMIO(TD_REG_LAYER_END) = (uint32_t)(index); } while (0)
 
-#include "td_dma.h" /* DMA and the tile loop (needs the definitions above) */
+#include "td_dma.h"   /* DMA and the tile loop (needs the definitions above) */
+#include "td_accel.h" /* the accelerator driver, on targets that have one */
 
 #endif /* TD_PARALLEL_H */

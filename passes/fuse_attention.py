@@ -1,0 +1,152 @@
+"""Map GEMMs and attention onto the ITA-like accelerator: MatMulInt -> Requant [-> stages] becomes ITAGemm.
+
+The accelerator computes an int8 x int8 GEMM with an int32 bias, requantizes per output column (contract 1) and
+can continue with a second per-tensor Requant, a 256-entry LUT activation (GELU, tanh, ...) or the streaming
+ITA softmax (contract 4) before writing int8 results. So every chain
+
+    MatMulInt(int8, int8, zero points 0) -> Requant (per tensor or per output column)
+        [-> Requant (per tensor)] [-> LUT | ITAPartialMax over the last axis]
+
+whose intermediate tensors have a single consumer becomes one ITAGemm node. Multi-head attention needs nothing
+special: the per-head Q/K/V projections, QK^T (+ softmax) and A.V are batched GEMMs in the integer graph, and
+the output projection and feed-forward layers are plain GEMMs. What stays on the cores: NoNorm (Mul/Add),
+residual adds, embeddings, layout ops.
+
+ITAGemm is defined by composing the ops it replaces (ir/ops.py), so the fused graph's golden outputs equal the
+unfused graph's bit for bit; a verifier runs after the pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir.graph import Graph, Node
+from ..ir.verify import verify
+from ..target import Target, load_target
+
+
+@dataclass
+class FusionReport:
+    fused: int = 0
+    with_softmax: int = 0
+    with_activation: int = 0
+    skipped: dict[str, int] | None = None
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted((self.skipped or {}).items()))
+        return (f"{self.fused} GEMMs on the accelerator ({self.with_softmax} with softmax, {self.with_activation} "
+                f"with an activation)" + (f"; left on the cores: {skipped}" if skipped else ""))
+
+
+def has_accelerator(target: Target | str) -> bool:
+    return load_target(target).section("accelerator").get("kind") == "ita"
+
+
+def _column_vector(value, n: int) -> np.ndarray | None:
+    """A requant parameter as one value per output column, or None when it varies along another axis."""
+    arr = np.asarray(value, dtype=np.int64)
+    if arr.size == 1:
+        return np.full(n, int(arr.reshape(-1)[0]), dtype=np.int64)
+    if arr.shape[-1] == n and arr.size == n:
+        return arr.reshape(n)
+    return None
+
+
+def _why_not(graph: Graph, mm: Node) -> str | None:
+    a, b = (graph.tensors[name] for name in mm.inputs[:2])
+    if a.dtype != "int8" or b.dtype != "int8":
+        return "operands not int8"
+    if mm.attrs.get("a_zero", 0) or mm.attrs.get("b_zero", 0):
+        return "zero points"
+    if mm.attrs.get("trans_a"):
+        return "transposed A"
+    if len(mm.inputs) > 2 and mm.inputs[2] and graph.tensors[mm.inputs[2]].dtype != "int32":
+        return "bias not int32"
+    return None
+
+
+def _single_consumer(graph: Graph, consumers: dict[str, list[Node]], name: str) -> Node | None:
+    users = consumers.get(name, [])
+    if len(users) != 1 or name in graph.outputs:
+        return None
+    return users[0]
+
+
+def _stage(node: Node) -> dict:
+    return {"op": node.op, **node.attrs}
+
+
+def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node) -> tuple[list[Node], str] | None:
+    """The nodes one ITAGemm replaces (MatMulInt first) and why not, when it cannot."""
+    requant = _single_consumer(graph, consumers, mm.outputs[0])
+    if requant is None or requant.op != "Requant":
+        return None
+    chain = [mm, requant]
+    nxt = _single_consumer(graph, consumers, requant.outputs[0])
+    if nxt is not None and nxt.op == "Requant" and all(np.asarray(nxt.attrs[k]).size == 1
+                                                     for k in ("mul", "shift", "add")):
+        chain.append(nxt)
+        nxt = _single_consumer(graph, consumers, nxt.outputs[0])
+    if nxt is not None and nxt.op in ("LUT", "ITAPartialMax"):
+        chain.append(nxt)
+    return chain, ""
+
+
+def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionReport]:
+    """A new graph with every eligible GEMM chain replaced by ITAGemm (see the module docstring)."""
+    report = FusionReport(skipped={})
+    if not has_accelerator(target):
+        return graph, report
+    graph = graph.copy()
+    consumers = graph.consumers()
+    replaced: dict[str, Node] = {}       # first node of a chain -> its ITAGemm
+    dropped: set[str] = set()
+    for mm in [n for n in graph.nodes if n.op == "MatMulInt"]:
+        reason = _why_not(graph, mm)
+        found = None if reason else fuse_chain(graph, consumers, mm)
+        if found is None:
+            reason = reason or "no Requant after it"
+            report.skipped[reason] = report.skipped.get(reason, 0) + 1
+            continue
+        chain, _ = found
+        fused = _fused_node(graph, chain)
+        if fused is None:
+            report.skipped["requant varies along rows"] = report.skipped.get("requant varies along rows", 0) + 1
+            continue
+        replaced[mm.name] = fused
+        dropped.update(n.name for n in chain)
+        report.fused += 1
+        report.with_softmax += chain[-1].op == "ITAPartialMax"
+        report.with_activation += chain[-1].op == "LUT"
+    nodes = []
+    for node in graph.nodes:
+        if node.name in replaced:
+            nodes.append(replaced[node.name])
+        elif node.name not in dropped:
+            nodes.append(node)
+    graph.nodes = nodes
+    graph.remove_unused()
+    verify(graph, integer_only=True)
+    return graph, report
+
+
+def _fused_node(graph: Graph, chain: list[Node]) -> Node | None:
+    mm, requant, *rest = chain
+    out = graph.tensors[mm.outputs[0]]
+    n = out.shape[-1]
+    vectors = [_column_vector(requant.attrs[k], n) for k in ("mul", "shift", "add")]
+    if any(v is None for v in vectors):
+        return None
+    rq = graph.add_const(graph.unique_name(f"{mm.name}/rq"), np.stack(vectors).astype(np.int32), "int32")
+    if len(mm.inputs) > 2 and mm.inputs[2]:
+        bias = mm.inputs[2]
+        if graph.tensors[bias].shape[-1] != n or graph.tensors[bias].size != n:
+            return None
+    else:
+        bias = graph.add_const(graph.unique_name(f"{mm.name}/bias"), np.zeros(n, dtype=np.int32), "int32").name
+    attrs = {"trans_b": int(mm.attrs.get("trans_b", 0)), "lo": int(requant.attrs["lo"]),
+             "hi": int(requant.attrs["hi"]), "stages": [_stage(node) for node in rest]}
+    return Node(f"{mm.name}/ita", "ITAGemm", [mm.inputs[0], mm.inputs[1], bias, rq.name], [chain[-1].outputs[0]],
+                attrs, origin=mm.origin)

@@ -1,0 +1,112 @@
+"""Functional and timing model of the ITA-like accelerator, as the cluster ISS sees it through MMIO.
+
+A job is a snapshot of the registers at `accel_start` (see targets/cluster8-ita.toml [mmio]). Functionally the
+job is the IR op ITAGemm (ir/ops.py) applied to the operands read from L1: int8 GEMM + int32 bias, per-column
+requant (contract 1), then optionally a second requant, a LUT activation or the ITA streaming softmax
+(contract 4) — the same functions the golden interpreter runs, so model and golden agree by construction.
+Timing: `setup + m * ceil(n / PEs) * ceil(k / dot_width) + pipeline` cycles: 16 PEs each reduce 64 int8
+products per cycle (1024 MAC/cycle), plus fill/drain. The RTL's cycle counts are to calibrate the constants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...ir.graph import Node
+from ...ir.ops import OPS
+
+MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX = 1, 2, 4, 8
+#: registers a job snapshots (names from the target's [mmio] table without the `accel_` prefix)
+JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
+                 "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip")
+
+
+@dataclass(frozen=True)
+class AccelSpec:
+    processing_elements: int = 16
+    dot_width: int = 64
+    pipeline_cycles: int = 24
+    setup_cycles: int = 10
+
+    @classmethod
+    def from_section(cls, section: dict) -> AccelSpec:
+        return cls(int(section.get("processing_elements", 16)), int(section.get("dot_width", 64)),
+                   int(section.get("pipeline_cycles", 24)), int(section.get("setup_cycles", 10)))
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.processing_elements * self.dot_width
+
+
+def _s32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _clip(word: int) -> tuple[int, int]:
+    lo, hi = word & 0xFFFF, (word >> 16) & 0xFFFF
+    return (lo - 0x10000 if lo & 0x8000 else lo), (hi - 0x10000 if hi & 0x8000 else hi)
+
+
+@dataclass
+class Job:
+    id: int
+    regs: dict[str, int]
+    done_at: int = 0
+    result: bytes = b""
+    layer: int = -1
+    cycles: int = 0
+    macs: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.macs = self.regs["m"] * self.regs["k"] * self.regs["n"]
+
+    def node(self, lut: np.ndarray | None) -> Node:
+        """The ITAGemm this job computes."""
+        r = self.regs
+        lo, hi = _clip(r["rq_clip"])
+        stages: list[dict] = []
+        if r["mode"] & MODE_REQUANT2:
+            lo2, hi2 = _clip(r["rq2_clip"])
+            stages.append({"op": "Requant", "mul": _s32(r["rq2_mul"]), "shift": _s32(r["rq2_shift"]),
+                           "add": _s32(r["rq2_add"]), "lo": lo2, "hi": hi2})
+        if r["mode"] & MODE_LUT:
+            stages.append({"op": "LUT", "table": lut, "in_min": _s32(r["lut_min"])})
+        if r["mode"] & MODE_SOFTMAX:
+            slo, shi = _clip(r["sm_clip"])
+            stages.append({"op": "ITAPartialMax", "group_width": r["sm_group"], "n_levels": r["sm_levels"],
+                           "out_offset": _s32(r["sm_offset"]), "lo": slo, "hi": shi})
+        return Node(f"job{self.id}", "ITAGemm", [], [], {"trans_b": int(bool(r["mode"] & MODE_TRANS_B)), "lo": lo,
+                                                          "hi": hi, "stages": stages})
+
+
+def job_cycles(spec: AccelSpec, m: int, k: int, n: int) -> int:
+    return (spec.setup_cycles + m * -(-n // spec.processing_elements) * -(-k // spec.dot_width)
+            + spec.pipeline_cycles)
+
+
+def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """(address, bytes) of every operand a job reads or writes."""
+    m, k, n = regs["m"], regs["k"], regs["n"]
+    spans = {"a": (regs["a"], m * k), "b": (regs["b"], k * n), "bias": (regs["bias"], 4 * n),
+             "rq": (regs["rq"], 12 * n), "y": (regs["y"], m * n)}
+    if regs["mode"] & MODE_LUT:
+        spans["lut"] = (regs["lut"], 256)
+    return spans
+
+
+def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
+    """Compute the job's int8 output from the operands in memory (read(address, bytes))."""
+    r = job.regs
+    m, k, n = r["m"], r["k"], r["n"]
+    a = np.frombuffer(read(r["a"], m * k), dtype=np.int8).reshape(m, k)
+    b_shape = (n, k) if r["mode"] & MODE_TRANS_B else (k, n)
+    b = np.frombuffer(read(r["b"], k * n), dtype=np.int8).reshape(b_shape)
+    bias = np.frombuffer(read(r["bias"], 4 * n), dtype="<i4")
+    rq = np.frombuffer(read(r["rq"], 12 * n), dtype="<i4").reshape(3, n)
+    lut = np.frombuffer(read(r["lut"], 256), dtype=np.int8) if r["mode"] & MODE_LUT else None
+    y = OPS["ITAGemm"].run(job.node(lut), [a, b, bias, rq])[0]
+    return np.asarray(y).astype(np.int8).tobytes()
