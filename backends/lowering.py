@@ -487,7 +487,7 @@ def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     call.descriptors.append(params_descriptor("td_matmul_params", f"mm_{index}", matmul_params(low, node)))
     call.descriptors.append(params_descriptor("td_ita_job", f"ita_{index}", ita_job_fields(node)))
     table = "NULL"
-    for cname, kind, values in kernel_constants(low.graph, node, index):
+    for cname, _kind, values in kernel_constants(low.graph, node, index):
         call.params[cname] = values
         table = low.refs.param(cname)
     args = [low.refs.pointer(t.name) for t in (a, b, bias, rq)]
