@@ -212,9 +212,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.inputs:
         raise TinyDeployError("--inputs: the firmware runs the golden input compiled into it; recompile with "
                               "`tinydeploy compile --inputs FILE` to simulate other inputs")
-    sim = simulate_build(args.build, cc=args.cc, max_cycles=args.max_cycles, say=_say)
+    sim = simulate_build(args.build, cc=args.cc, max_cycles=args.max_cycles, accel=args.accel, say=_say)
     report = sim.report
     print(report["console"].rstrip())
+    if report["accel_busy_cycles"]:
+        macs = sum(layer["macs"] for layer in report["layers"] if layer["engine"] == "accel")
+        print(f"accelerator ({args.accel}): busy {report['accel_busy_cycles']:,} cycles, {macs:,} MACs "
+              f"-> {macs / 1024 / max(report['accel_busy_cycles'], 1):.0%} utilisation while busy, "
+              f"{macs / 1024 / report['cycles_total']:.1%} end to end"
+              + (f"; {report['accel_jobs_checked_against_rtl']} jobs ran on the RTL, each equal to the model"
+                 if args.accel == "rtl" else ""))
     per_s = report["guest_instructions_per_second"] / 1e6
     print(f"cycles {report['cycles_total']:,}; guest instructions {report['guest_instructions']:,} "
           f"({per_s:.0f} M/s, {sim.wall_seconds:.1f} s); {len(report['layers'])} layers stamped")
@@ -344,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cc", default=None, help="cross compiler: default pip ziglang's clang; or "
                                               "riscv64-unknown-elf-gcc")
     p.add_argument("--max-cycles", type=int, default=None, help="cycle budget before the run is stopped")
+    p.add_argument("--accel", default="model", choices=["model", "rtl"],
+                   help="accelerator engine: functional+timing model (default) or the Verilated RTL (each job "
+                        "is also checked against the model)")
 
     add("targets", cmd_targets, "list the known targets")
     p = add("demo", cmd_demo, "tiny MobileBERT: zoo -> integer model -> fidelity -> C -> host run, bit-exact check")

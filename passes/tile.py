@@ -274,7 +274,8 @@ def _compute_cycles(graph: Graph, node: Node, tiles: int, out_tile: tuple[int, .
         spec = accel or AccelSpec()
         batch = int(np.prod(out_tile[:-2], dtype=np.int64))
         k = node_macs(graph, node) // max(graph.tensors[node.outputs[0]].size, 1)
-        return batch * job_cycles(spec, out_tile[-2], k, out_tile[-1]) + 40 * batch
+        softmax = any(st["op"] == "ITAPartialMax" for st in node.attrs.get("stages", []))
+        return batch * (job_cycles(spec, out_tile[-2], k, out_tile[-1], softmax) + 40)
     if node.op == "MatMulInt":  # the cores share 4x4 output blocks (backends/riscv matmul_blocked)
         k = node_macs(graph, node) / max(graph.tensors[node.outputs[0]].size, 1)
         blocks = int(np.prod(out_tile[:-2], dtype=np.int64)) * -(-out_tile[-2] // 4) * -(-out_tile[-1] // 4)

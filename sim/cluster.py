@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import TinyDeployError
 from ..target import Target, load_target
-from .accel.model import JOB_REGISTERS, AccelSpec, Job, job_cycles, operand_spans, run_job
+from .accel.model import JOB_REGISTERS, MODE_SOFTMAX, AccelSpec, Job, job_cycles, operand_spans, run_job
 from .native import NO_BLOCK, HartCounter, hooks_library
 
 LEVELS = ("l1", "l2", "l3")
@@ -192,7 +192,8 @@ class Symbols:
 class ClusterISS:
     """Load an ELF into the cluster and run it to the exit of hart 0."""
 
-    def __init__(self, spec: ClusterSpec, elf_path: str | Path, *, slice_instructions: int | None = None) -> None:
+    def __init__(self, spec: ClusterSpec, elf_path: str | Path, *, slice_instructions: int | None = None,
+                 accel: str = "model") -> None:
         from unicorn import UC_ARCH_RISCV, UC_MODE_RISCV32
 
         self.spec = spec
@@ -240,6 +241,11 @@ class ClusterISS:
         self.accel_free_at = 0
         self.accel_busy = 0
         self.accel_done_at: dict[int, int] = {}
+        if accel not in ("model", "rtl"):
+            raise TinyDeployError(f"--accel must be model or rtl (got '{accel}')")
+        self.accel_engine = accel
+        self._rtl = None
+        self.accel_jobs_checked = 0
 
     # -- memory --------------------------------------------------------------------------------------------
     def _map(self, uc, hart_id: int) -> None:
@@ -464,7 +470,9 @@ class ClusterISS:
                 return
         job = Job(self.accel_next_id, regs, layer=self.open_layer.index if self.open_layer else -1)
         job.result = run_job(job, self.read)
-        job.cycles = job_cycles(self.spec.accel, regs["m"], regs["k"], regs["n"])
+        job.cycles = job_cycles(self.spec.accel, regs["m"], regs["k"], regs["n"], bool(regs["mode"] & MODE_SOFTMAX))
+        if self.accel_engine == "rtl" and not self._rtl_job(hart, job):
+            return
         job.done_at = max(hart.clock, self.accel_free_at) + job.cycles
         self.accel_free_at = job.done_at
         self.accel_busy += job.cycles
@@ -474,6 +482,24 @@ class ClusterISS:
         if self.open_layer is not None:
             self.open_layer.accel_busy += job.cycles
             self.open_layer.accel_macs += job.macs
+
+    def _rtl_job(self, hart: _Hart, job: Job) -> bool:
+        """Run the job on the Verilated RTL: its output and cycle count are used; any difference from the model
+        stops the run (every accelerator job of a simulation is then an RTL-vs-model check)."""
+        if self._rtl is None:
+            from .accel.rtl import RtlAccelerator
+
+            self._rtl = RtlAccelerator()
+        result, cycles = self._rtl.run(job, self.read)
+        r = job.regs
+        if result != job.result or cycles != job.cycles:
+            diff = next((i for i, (a, b) in enumerate(zip(result, job.result, strict=True)) if a != b), None)
+            self._callback_fault(hart, f"accelerator RTL and model differ on job {job.id} ({r['m']}x{r['k']}x{r['n']}, "
+                                       f"mode {r['mode']}): first output byte {diff}, cycles {cycles} vs {job.cycles}")
+            return False
+        job.result, job.cycles = result, cycles
+        self.accel_jobs_checked += 1
+        return True
 
     def _accel_wait(self, hart_id: int, job_id: int) -> None:
         hart = self.harts[hart_id]

@@ -48,7 +48,8 @@ def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False) 
 
 
 def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool = False,
-                   max_cycles: int | None = None, say: Callable[[str], None] = lambda m: None) -> Simulation:
+                   max_cycles: int | None = None, accel: str = "model",
+                   say: Callable[[str], None] = lambda m: None) -> Simulation:
     """Build, run in the ISS, write outputs.npz and report.json (report only for the untraced run)."""
     from ..verify import golden_outputs, load_manifest, unpack_outputs
 
@@ -59,7 +60,7 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
                               f"(use tinydeploy verify for host builds)")
     elf = build_firmware(build, cc, trace)
     say(f"built {elf.relative_to(build)}")
-    iss = ClusterISS(ClusterSpec.from_target(manifest["target"]), elf)
+    iss = ClusterISS(ClusterSpec.from_target(manifest["target"]), elf, accel=accel)
     t0 = time.perf_counter()
     result = iss.run(max_cycles, progress=lambda cycles, instr: say(
         f"{cycles / 1e6:.0f} M cycles, {instr / max(time.perf_counter() - t0, 1e-9) / 1e6:.0f} M guest instr/s"))
@@ -71,6 +72,8 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
     _, golden = golden_outputs(build)
     bit_exact = all(np.array_equal(outputs[k], v) for k, v in golden.items())
     report = _report(manifest, result, bit_exact, wall)
+    report["accel_engine"] = accel
+    report["accel_jobs_checked_against_rtl"] = iss.accel_jobs_checked
     if not trace:
         np.savez(build / "outputs.npz", **outputs)
         (build / "report.json").write_text(json.dumps(report, indent=1) + "\n")

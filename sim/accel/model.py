@@ -4,8 +4,11 @@ A job is a snapshot of the registers at `accel_start` (see targets/cluster8-ita.
 job is the IR op ITAGemm (ir/ops.py) applied to the operands read from L1: int8 GEMM + int32 bias, per-column
 requant (contract 1), then optionally a second requant, a LUT activation or the ITA streaming softmax
 (contract 4) — the same functions the golden interpreter runs, so model and golden agree by construction.
-Timing: `setup + m * ceil(n / PEs) * ceil(k / dot_width) + pipeline` cycles: 16 PEs each reduce 64 int8
-products per cycle (1024 MAC/cycle), plus fill/drain. The RTL's cycle counts are to calibrate the constants.
+Timing mirrors the RTL's schedule (sim/accel/rtl/ita_tile.v): `setup + m * (G*C + row + softmax)` cycles with
+G = ceil(n / PEs) column groups and C = ceil(k / dot_width) chunks (16 PEs each reduce 64 int8 products per
+cycle: 1024 MAC/cycle), `row` cycles to drain each row's last group and, with the softmax, a divider of
+`divider_cycles` plus one normalisation pass of G cycles per row. tests/test_accel.py checks model cycles
+against the RTL's counter.
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", 
 class AccelSpec:
     processing_elements: int = 16
     dot_width: int = 64
-    pipeline_cycles: int = 24
-    setup_cycles: int = 10
+    setup_cycles: int = 1
+    row_cycles: int = 1
+    divider_cycles: int = 16
 
     @classmethod
     def from_section(cls, section: dict) -> AccelSpec:
         return cls(int(section.get("processing_elements", 16)), int(section.get("dot_width", 64)),
-                   int(section.get("pipeline_cycles", 24)), int(section.get("setup_cycles", 10)))
+                   int(section.get("setup_cycles", 1)), int(section.get("row_cycles", 1)),
+                   int(section.get("divider_cycles", 16)))
 
     @property
     def macs_per_cycle(self) -> int:
@@ -83,9 +88,10 @@ class Job:
                                                           "hi": hi, "stages": stages})
 
 
-def job_cycles(spec: AccelSpec, m: int, k: int, n: int) -> int:
-    return (spec.setup_cycles + m * -(-n // spec.processing_elements) * -(-k // spec.dot_width)
-            + spec.pipeline_cycles)
+def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False) -> int:
+    groups, chunks = -(-n // spec.processing_elements), -(-k // spec.dot_width)
+    per_row = groups * chunks + spec.row_cycles + ((spec.divider_cycles + groups) if softmax else 0)
+    return spec.setup_cycles + m * per_row
 
 
 def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:

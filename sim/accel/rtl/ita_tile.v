@@ -1,0 +1,259 @@
+// ITA-like accelerator datapath for one job (one tile): Y[m, n] = epilogue(requant(A[m, k] x B + bias)).
+//
+// Synthesizable Verilog-2005, simulated with Verilator through pyverilator (sim/accel/rtl.py).
+//  - dot-product array: PE lanes, each reducing W int8 products per cycle (PE x W MACs per cycle), int32
+//    accumulators; B is [k, n] or, with mode bit 0, [n, k];
+//  - requantizer per lane (contract 1): clip((mul*x + add*2^shift + 2^(shift-1)) >> shift), per-column mul,
+//    shift, add from the rq table (rows mul, shift, add), computed in 64 bits;
+//  - epilogue per lane: optional second per-tensor requant (mode bit 1), optional 256-entry LUT (bit 2);
+//  - streaming softmax unit (bit 3, contract 4): per block of PE columns a running max and a denominator
+//    renormalised when the max grows, then a 16-step restoring divider and a normalisation pass over the row;
+//  - control FSM: rows x column groups x k chunks; the epilogue of group g overlaps the MACs of group g+1.
+// Operands are written through a 32-bit port (wr_sel: 0 A, 1 B, 2 bias, 3 rq, 4 LUT) and Y is read back
+// through a 32-bit port; `cycles` counts from start to done. Cycle count per job:
+//   1 + m * (G*C + 1 + (softmax ? 16 + G : 0)),  G = ceil(n / PE), C = ceil(k / W)
+// which sim/accel/model.py (job_cycles) mirrors.
+// Index expressions are wider than the memories they address (parameterised sizes): WIDTH is expected.
+/* verilator lint_off WIDTH */
+module ita_tile #(
+    parameter PE = 16,
+    parameter W = 64,
+    parameter A_BYTES = 8192,
+    parameter B_BYTES = 65536,
+    parameter Y_BYTES = 8192,
+    parameter N_MAX = 512
+) (
+    input  wire        clk,
+    input  wire        rst,
+    // job registers (held while busy)
+    input  wire [3:0]  mode,
+    input  wire [15:0] m,
+    input  wire [15:0] k,
+    input  wire [15:0] n,
+    input  wire [31:0] rq_clip,      // lo (int16) | hi << 16
+    input  wire [31:0] rq2_mul,
+    input  wire [31:0] rq2_shift,
+    input  wire [31:0] rq2_add,
+    input  wire [31:0] rq2_clip,
+    input  wire [31:0] lut_min,
+    input  wire [31:0] sm_levels,
+    input  wire [31:0] sm_offset,
+    input  wire [31:0] sm_clip,
+    // operand memories
+    input  wire        wr_en,
+    input  wire [2:0]  wr_sel,
+    input  wire [15:0] wr_addr,      // 32-bit word address
+    input  wire [31:0] wr_data,
+    input  wire [15:0] rd_addr,      // Y, 32-bit word address
+    output wire [31:0] rd_data,
+    // control
+    input  wire        start,
+    output reg         busy,
+    output reg         done,
+    output reg  [31:0] cycles
+);
+    localparam S_IDLE = 3'd0, S_MAC = 3'd1, S_DRAIN = 3'd2, S_DIV = 3'd3, S_NORM = 3'd4;
+
+    reg [7:0]  amem [0:A_BYTES-1];
+    reg [7:0]  bmem [0:B_BYTES-1];
+    reg [7:0]  ymem [0:Y_BYTES-1];
+    reg [31:0] bias [0:N_MAX-1];
+    reg [31:0] rq   [0:3*N_MAX-1];
+    reg [7:0]  lut  [0:255];
+    reg signed [15:0] row [0:N_MAX-1];   // epilogue outputs of the current row (softmax input)
+
+    assign rd_data = {ymem[{rd_addr, 2'b11}], ymem[{rd_addr, 2'b10}], ymem[{rd_addr, 2'b01}], ymem[{rd_addr, 2'b00}]};
+
+    // ---- operand write port ---------------------------------------------------------------------------
+    always @(posedge clk) begin
+        if (wr_en) begin
+            case (wr_sel)
+                3'd0: begin amem[{wr_addr, 2'b00}] <= wr_data[7:0];   amem[{wr_addr, 2'b01}] <= wr_data[15:8];
+                            amem[{wr_addr, 2'b10}] <= wr_data[23:16]; amem[{wr_addr, 2'b11}] <= wr_data[31:24]; end
+                3'd1: begin bmem[{wr_addr, 2'b00}] <= wr_data[7:0];   bmem[{wr_addr, 2'b01}] <= wr_data[15:8];
+                            bmem[{wr_addr, 2'b10}] <= wr_data[23:16]; bmem[{wr_addr, 2'b11}] <= wr_data[31:24]; end
+                3'd2: bias[wr_addr] <= wr_data;
+                3'd3: rq[wr_addr] <= wr_data;
+                default: begin lut[{wr_addr[5:0], 2'b00}] <= wr_data[7:0];   lut[{wr_addr[5:0], 2'b01}] <= wr_data[15:8];
+                               lut[{wr_addr[5:0], 2'b10}] <= wr_data[23:16]; lut[{wr_addr[5:0], 2'b11}] <= wr_data[31:24]; end
+            endcase
+        end
+    end
+
+    // ---- control state --------------------------------------------------------------------------------
+    reg [2:0]  state;
+    reg [15:0] i, g, c;              // row, column group, k chunk
+    wire [15:0] groups = (n + PE - 1) / PE;
+    wire [15:0] chunks = (k + W - 1) / W;
+    reg signed [31:0] acc [0:PE-1];
+    reg signed [31:0] res [0:PE-1];  // finished dot products of group res_g, waiting for the epilogue
+    reg        res_valid;
+    reg [15:0] res_g;
+
+    // ---- dot-product array (combinational partial sums of this cycle's chunk) ---------------------------
+    reg signed [31:0] partial [0:PE-1];
+    integer p, kk;
+    reg [31:0] a_idx, b_idx, col, kpos;
+    always @(*) begin
+        for (p = 0; p < PE; p = p + 1) begin
+            partial[p] = 32'sd0;
+            col = g * PE + p;
+            for (kk = 0; kk < W; kk = kk + 1) begin
+                kpos = c * W + kk;
+                a_idx = i * k + kpos;
+                b_idx = mode[0] ? col * k + kpos : kpos * n + col;
+                if (kpos < k && col < n)
+                    partial[p] = partial[p] + $signed({{24{amem[a_idx][7]}}, amem[a_idx]})
+                                            * $signed({{24{bmem[b_idx][7]}}, bmem[b_idx]});
+            end
+        end
+    end
+
+    // ---- requantizer and epilogue (per lane, on res) ---------------------------------------------------
+    function signed [63:0] requant;   // contract 1 with clip
+        input signed [63:0] x;
+        input signed [31:0] mul, shift, add;
+        input signed [15:0] lo, hi;
+        reg signed [63:0] t, half;
+        begin
+            half = (shift > 0) ? (64'sd1 <<< (shift - 1)) : 64'sd0;
+            t = (x * mul + ($signed({{32{add[31]}}, add}) <<< shift) + half) >>> shift;
+            requant = (t < lo) ? lo : ((t > hi) ? hi : t);
+        end
+    endfunction
+
+    reg signed [15:0] epi [0:PE-1];
+    reg [31:0] ecol;
+    reg signed [63:0] e;
+    integer q;
+    always @(*) begin
+        for (q = 0; q < PE; q = q + 1) begin
+            ecol = res_g * PE + q;
+            e = requant($signed(res[q]) + $signed(bias[ecol[8:0]]), rq[ecol[8:0]], rq[N_MAX + ecol[8:0]],
+                        rq[2 * N_MAX + ecol[8:0]], rq_clip[15:0], rq_clip[31:16]);
+            if (mode[1])
+                e = requant(e, rq2_mul, rq2_shift, rq2_add, rq2_clip[15:0], rq2_clip[31:16]);
+            if (mode[2])
+                e = $signed({{56{lut[e[7:0] - lut_min[7:0]][7]}}, lut[e[7:0] - lut_min[7:0]]});
+            epi[q] = e[15:0];
+        end
+    end
+
+    // ---- streaming softmax: block max, renormalised denominator --------------------------------------
+    function [4:0] ita_shift;          // (d + 16) >> 5 for a non-negative difference d
+        input [15:0] d;
+        begin
+            ita_shift = (d + 16) >> 5;
+        end
+    endfunction
+
+    reg signed [15:0] gmax;            // running max of the row
+    reg [31:0] denom;
+    reg signed [15:0] bmax, new_max;
+    reg [31:0] contrib;
+    integer r;
+    always @(*) begin
+        bmax = epi[0];
+        for (r = 1; r < PE; r = r + 1)
+            if (epi[r] > bmax) bmax = epi[r];
+        new_max = (bmax > gmax) ? bmax : gmax;
+        contrib = 32'd0;
+        for (r = 0; r < PE; r = r + 1)
+            contrib = contrib + (32'd256 >> ita_shift(new_max - epi[r]));
+    end
+
+    // ---- divider and normalisation --------------------------------------------------------------------
+    reg [31:0] rem, quot, numer;
+    reg [4:0]  dstep;
+    integer t;
+    wire [31:0] inv_num = ((sm_levels >> 1) - 1) * 256;
+
+    always @(posedge clk) begin
+        if (rst) begin
+            state <= S_IDLE; busy <= 1'b0; done <= 1'b0; res_valid <= 1'b0; cycles <= 32'd0;
+        end else begin
+            if (busy) cycles <= cycles + 1;
+            // epilogue of the previous group, overlapping this cycle's MACs
+            if (res_valid) begin
+                for (t = 0; t < PE; t = t + 1) begin
+                    if (res_g * PE + t < n) begin
+                        if (mode[3]) row[res_g * PE + t] <= epi[t];
+                        else ymem[i * n + res_g * PE + t] <= epi[t][7:0];
+                    end
+                end
+                if (mode[3]) begin
+                    gmax <= new_max;
+                    denom <= ((bmax > gmax) ? (denom >> ita_shift(bmax - gmax)) : denom) + contrib;
+                end
+                res_valid <= 1'b0;
+            end
+            case (state)
+                S_IDLE: begin
+                    done <= 1'b0;
+                    if (start) begin
+                        busy <= 1'b1; cycles <= 32'd1; state <= S_MAC;
+                        i <= 0; g <= 0; c <= 0; gmax <= -16'sd128; denom <= 32'd0;
+                    end
+                end
+                S_MAC: begin
+                    for (t = 0; t < PE; t = t + 1)
+                        acc[t] <= (c == 0) ? partial[t] : acc[t] + partial[t];
+                    if (c == chunks - 1) begin
+                        for (t = 0; t < PE; t = t + 1)
+                            res[t] <= (c == 0) ? partial[t] : acc[t] + partial[t];
+                        res_valid <= 1'b1; res_g <= g; c <= 0;
+                        if (g == groups - 1) state <= S_DRAIN;
+                        else g <= g + 1;
+                    end else begin
+                        c <= c + 1;
+                    end
+                end
+                S_DRAIN: begin   // the last group's epilogue runs in this cycle
+                    if (mode[3]) begin
+                        state <= S_DIV; dstep <= 5'd0; rem <= 32'd0; quot <= 32'd0; numer <= inv_num;
+                    end else begin
+                        g <= 0;
+                        if (i == m - 1) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
+                        else begin i <= i + 1; state <= S_MAC; end
+                    end
+                end
+                S_DIV: begin     // restoring division, one quotient bit per cycle (16-bit numerator)
+                    if ({rem[30:0], numer[15]} >= denom) begin
+                        rem <= {rem[30:0], numer[15]} - denom; quot <= {quot[30:0], 1'b1};
+                    end else begin
+                        rem <= {rem[30:0], numer[15]}; quot <= {quot[30:0], 1'b0};
+                    end
+                    numer <= {numer[30:0], 1'b0};
+                    dstep <= dstep + 1;
+                    if (dstep == 5'd15) begin state <= S_NORM; g <= 0; end
+                end
+                S_NORM: begin    // out = clip((inverse >> ita_shift(max - x)) + offset)
+                    for (t = 0; t < PE; t = t + 1) begin
+                        if (g * PE + t < n)
+                            ymem[i * n + g * PE + t] <= sm_out(quot, gmax, row[g * PE + t]);
+                    end
+                    if (g == groups - 1) begin
+                        g <= 0; gmax <= -16'sd128; denom <= 32'd0;
+                        if (i == m - 1) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
+                        else begin i <= i + 1; state <= S_MAC; end
+                    end else begin
+                        g <= g + 1;
+                    end
+                end
+                default: state <= S_IDLE;
+            endcase
+        end
+    end
+
+    function [7:0] sm_out;
+        input [31:0] inverse;
+        input signed [15:0] mx, x;
+        reg signed [31:0] v;
+        reg signed [15:0] lo, hi;
+        begin
+            lo = sm_clip[15:0]; hi = sm_clip[31:16];
+            v = $signed(inverse >> ita_shift(mx - x)) + $signed(sm_offset);
+            sm_out = (v < lo) ? lo[7:0] : ((v > hi) ? hi[7:0] : v[7:0]);
+        end
+    endfunction
+endmodule

@@ -1,0 +1,148 @@
+"""The ITA-like accelerator: fusion keeps every bit, RTL == model on random tiles (outputs and cycles), MobileBERT
+on cluster8-ita bit-exact in the ISS with the model and with the Verilated RTL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from test_cluster import compile_for
+from tinydeploy.frontend.onnx_loader import import_model
+from tinydeploy.ir.interpreter import run_graph
+from tinydeploy.passes.fuse_attention import fuse_attention
+from tinydeploy.passes.integerize import integerize
+from tinydeploy.sim.accel.model import (
+    MODE_LUT,
+    MODE_REQUANT2,
+    MODE_SOFTMAX,
+    MODE_TRANS_B,
+    AccelSpec,
+    Job,
+    job_cycles,
+    run_job,
+)
+from tinydeploy.sim.cluster import ClusterISS, ClusterSpec, GuestFault
+from tinydeploy.sim.firmware import build_firmware, simulate_build
+from tinydeploy.verify import verify_build
+
+needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator not installed")
+MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQUANT2, "gemm_lut": MODE_LUT,
+         "qk_softmax": MODE_SOFTMAX, "qk_softmax_requant2_transposed": MODE_SOFTMAX | MODE_REQUANT2 | MODE_TRANS_B}
+
+
+def clip_word(lo: int, hi: int) -> int:
+    return ((hi & 0xFFFF) << 16) | (lo & 0xFFFF)
+
+
+def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
+    """A random tile (shapes, operands, requant and epilogue parameters) and a reader over its memory."""
+    m, k = int(rng.integers(1, 6)), int(rng.integers(1, 200))
+    n = 16 * int(rng.integers(1, 5)) if mode & MODE_SOFTMAX else int(rng.integers(1, 70))
+    base = {"a": 0x1000, "b": 0x10000, "bias": 0x30000, "rq": 0x31000, "lut": 0x33000, "y": 0x34000}
+    memory = {
+        base["a"]: rng.integers(-128, 128, m * k).astype(np.int8).tobytes(),
+        base["b"]: rng.integers(-128, 128, k * n).astype(np.int8).tobytes(),
+        base["bias"]: rng.integers(-20000, 20000, n).astype("<i4").tobytes(),
+        base["rq"]: np.stack([rng.integers(0, 256, n), rng.integers(0, 24, n),
+                              rng.integers(-64, 64, n)]).astype("<i4").tobytes(),
+        base["lut"]: rng.integers(-128, 128, 256).astype(np.int8).tobytes(),
+    }
+    regs = {"mode": mode, **base, "m": m, "k": k, "n": n, "rq_clip": clip_word(-128, 127),
+            "rq2_mul": int(rng.integers(0, 256)), "rq2_shift": int(rng.integers(0, 12)),
+            "rq2_add": int(rng.integers(-20, 20)) & 0xFFFFFFFF, "rq2_clip": clip_word(-128, 127),
+            "lut_min": -128 & 0xFFFFFFFF, "sm_group": 16, "sm_levels": 256, "sm_offset": 0,
+            "sm_clip": clip_word(-128, 127)}
+
+    def read(address: int, nbytes: int) -> bytes:
+        for start, data in memory.items():
+            if start <= address < start + len(data):
+                return data[address - start:address - start + nbytes]
+        raise KeyError(hex(address))
+
+    return Job(1, regs), read
+
+
+def check_rtl_against_model(mode: int, tiles: int, seed: int) -> None:
+    from tinydeploy.sim.accel.rtl import RtlAccelerator
+
+    rtl, rng = RtlAccelerator(), np.random.default_rng(seed)
+    for tile in range(tiles):
+        job, read = random_job(rng, mode)
+        r = job.regs
+        got, cycles = rtl.run(job, read)
+        assert got == run_job(job, read), f"tile {tile}: {r['m']}x{r['k']}x{r['n']} outputs differ"
+        assert cycles == job_cycles(AccelSpec(), r["m"], r["k"], r["n"], bool(mode & MODE_SOFTMAX)), f"tile {tile}"
+
+
+@needs_verilator
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_rtl_equals_model_on_random_tiles(mode):
+    check_rtl_against_model(MODES[mode], tiles=100, seed=len(mode))
+
+
+@pytest.mark.slow
+@needs_verilator
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_rtl_equals_model_on_1000_random_tiles(mode):
+    check_rtl_against_model(MODES[mode], tiles=1000, seed=1000 + len(mode))
+
+
+def test_fusion_keeps_every_bit(tiny_zoo):
+    graph = integerize(import_model(tiny_zoo / "model_qdq.onnx"), "cluster8-ita")
+    fused, report = fuse_attention(graph, "cluster8-ita")
+    assert report.fused == sum(1 for n in graph.nodes if n.op == "MatMulInt") and report.with_softmax == 2
+    assert not any(n.op == "MatMulInt" for n in fused.nodes)
+    inputs = {k: v for k, v in np.load(tiny_zoo / "inputs.npz").items() if k in graph.inputs}
+    before, after = run_graph(graph, inputs), run_graph(fused, inputs)
+    assert all(np.array_equal(before[name], after[name]) for name in graph.outputs)
+
+
+def test_no_fusion_without_an_accelerator(tiny_zoo):
+    graph = integerize(import_model(tiny_zoo / "model_qdq.onnx"), "cluster8")
+    fused, report = fuse_attention(graph, "cluster8")
+    assert fused is graph and report.fused == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_ita_build(tiny_zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_cluster8_ita")
+    compile_for(tiny_zoo / "model_qdq.onnx", out, target="cluster8-ita")
+    return out
+
+
+def test_tiny_mobilebert_on_the_accelerator_every_layer(tiny_ita_build):
+    report = simulate_build(tiny_ita_build).report
+    assert report["bit_exact"] is True
+    accel = [layer for layer in report["layers"] if layer["engine"] == "accel"]
+    assert len(accel) == 29 and all(layer["op"] == "ITAGemm" and layer["accel_busy_cycles"] > 0 for layer in accel)
+    assert report["accel_busy_cycles"] > 0
+    result = verify_build(tiny_ita_build, layers=True)
+    assert result.bit_exact, result.first.describe()
+
+
+@needs_verilator
+def test_tiny_mobilebert_on_the_accelerator_rtl(tiny_ita_build):
+    """Every accelerator job of the inference runs on the RTL, is compared with the model, and the outputs are
+    bit-exact against the golden interpreter."""
+    report = simulate_build(tiny_ita_build, accel="rtl").report
+    assert report["bit_exact"] is True
+    assert report["accel_jobs_checked_against_rtl"] >= 29
+
+
+def test_accelerator_operand_outside_l1_is_a_fault(tiny_ita_build, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(tiny_ita_build, project, ignore=shutil.ignore_patterns("fw*"))
+    (project / "main.c").write_text(
+        '#include "td_parallel.h"\nunion { long long a; char b[8]; } td_output;\nstatic int8_t l2_buffer[64];\n'
+        "int main(void) { if (td_hart_id() == 0) { td_accel_wait(td_accel_gemm(l2_buffer, l2_buffer, 0, 0, "
+        "l2_buffer, 1, 1, 1)); }\ntd_barrier(); return 0; }\n")
+    iss = ClusterISS(ClusterSpec.from_target("cluster8-ita"), build_firmware(project))
+    with pytest.raises(GuestFault, match=r"hart 0 .*accelerator operand a at 0x1c[0-9a-f]+ \(1 B\) is not in L1"):
+        iss.run(max_cycles=1_000_000)
+
+
+def test_manifest_and_report_name_the_engine(tiny_ita_build):
+    manifest = json.loads((tiny_ita_build / "tinydeploy.json").read_text())
+    assert any(step["op"] == "ITAGemm" for step in manifest["steps"])
