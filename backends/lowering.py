@@ -141,6 +141,10 @@ class Lowering:
         self.cores = cores
         #: the backend has a register-blocked int8 GEMM specialised on K and the row strides (riscv)
         self.blocked_matmul = blocked_matmul
+        #: requant-family kernels in 32-bit arithmetic where the value ranges allow it (32-bit targets)
+        self.narrow = blocked_matmul
+        self._graph = graph
+        self._ranges: dict[str, tuple[int, int]] | None = None
         self.refs = refs
         self.kernels: dict[tuple[str, str], Kernel] = {}
         self._names: set[str] = set()
@@ -161,6 +165,16 @@ class Lowering:
         self.kernels[(family, key)] = kernel
         self._names.add(name)
         return kernel
+
+    def narrow_requant(self, node: Node) -> bool:
+        """True when a requant-family op provably computes in 32 bits (faster on RV32 cores than int64)."""
+        if not self.narrow or node.op not in NARROW_OPS:
+            return False
+        if self._ranges is None:
+            from ..ir.verify import value_ranges
+
+            self._ranges = value_ranges(self._graph, check=False)
+        return requant_fits_int32(self._graph, node, self._ranges)
 
     def lower_view(self, index: int, node: Node, refs: Refs, tensors: dict[str, Tensor]) -> Call:
         """Lower `node` as if its tensors had the shapes in `tensors` and lived where `refs` says (an L1 tile)."""
@@ -187,6 +201,37 @@ class _GraphView:
 
     def __init__(self, graph: Graph, overrides: dict[str, Tensor]) -> None:
         self.tensors = ChainMap(overrides, graph.tensors)
+
+
+NARROW_OPS = ("Requant", "AddRequant", "MulRequant")
+
+
+def requant_fits_int32(graph: Graph, node: Node, ranges: dict[str, tuple[int, int]]) -> bool:
+    """Whether every intermediate of a requant-family op fits int32: the requantized value x (for the fused ops,
+    each Add/Mul term bounded by the operand ranges) and mul*x + add*2^shift + 2^(shift-1)."""
+    in_ranges = [ranges.get(name) for name in node.inputs]
+    if any(r is None for r in in_ranges):
+        return False
+    at = node.attrs
+    if node.op == "Requant":
+        x_lo, x_hi = in_ranges[0]
+    else:  # every partial term of the Add/Mul must fit too: bound by the sum of absolute terms
+        def span(r: tuple[int, int], zero: str) -> int:
+            return max(abs(r[0] - int(at.get(zero, 0))), abs(r[1] - int(at.get(zero, 0))))
+
+        def scale(name: str) -> int:
+            return int(np.abs(np.asarray(at.get(name, 1), dtype=np.int64)).max())
+
+        a, b = span(in_ranges[0], "a_zero"), span(in_ranges[1], "b_zero")
+        x_hi = a * scale("mul_a") + b * scale("mul_b") if node.op == "AddRequant" else a * b
+        x_lo = -x_hi
+    mul = int(np.abs(np.asarray(at["mul"], dtype=np.int64)).max())
+    add = int(np.abs(np.asarray(at["add"], dtype=np.int64)).max())
+    shift = int(np.asarray(at["shift"], dtype=np.int64).max())
+    if int(np.asarray(at["shift"], dtype=np.int64).min()) < 0 or shift > 30:
+        return False
+    bound = mul * max(abs(x_lo), abs(x_hi)) + (add << shift) + (1 << shift)
+    return max(abs(x_lo), abs(x_hi)) <= INT32_HI and bound <= INT32_HI
 
 
 def kernel_constants(graph: Graph, node: Node, index: int) -> list[tuple[str, str, np.ndarray]]:
@@ -226,6 +271,12 @@ ELEMENTWISE: dict[str, Elementwise] = {
     "Mul": Elementwise(("a", "b"), (("a_zero", "a_zero", 0), ("b_zero", "b_zero", 0))),
     "Requant": Elementwise(("x",), (("mul", "mul", 1), ("shift", "shift", 0), ("add", "add", 0), ("lo", "lo", 0),
                                     ("hi", "hi", 0))),
+    "AddRequant": Elementwise(("a", "b"), (("mul_a", "mul_a", 1), ("mul_b", "mul_b", 1), ("a_zero", "a_zero", 0),
+                                           ("b_zero", "b_zero", 0), ("mul", "mul", 1), ("shift", "shift", 0),
+                                           ("add", "add", 0), ("lo", "lo", 0), ("hi", "hi", 0))),
+    "MulRequant": Elementwise(("a", "b"), (("a_zero", "a_zero", 0), ("b_zero", "b_zero", 0), ("mul", "mul", 1),
+                                           ("shift", "shift", 0), ("add", "add", 0), ("lo", "lo", 0),
+                                           ("hi", "hi", 0))),
     "RequantCMSIS": Elementwise(("x",), (("multiplier", "multiplier", 0), ("shift", "shift", 0),
                                          ("zero_point", "zero_point", 0), ("lo", "lo", 0), ("hi", "hi", 0))),
     "RequantShift": Elementwise(("x",), (("mul", "mul", 1), ("add", "add", 0), ("log2d", "log2d", 0),
@@ -269,7 +320,9 @@ def lower_elementwise(low: Lowering, index: int, node: Node, call: Call) -> None
                                             + [contiguous_strides(out_shape)]))
     suffix = "_".join(SUFFIXES[low.t(i).dtype] for i in node.inputs) + "_" + SUFFIXES[out.dtype]
     per_channel = "_pc" if len(arrays) > len(spec.inputs) else ""
-    kernel = low.kernel("elementwise", f"td_{node.op.lower()}_{suffix}{per_channel}", op=node.op,
+    narrow = low.narrow_requant(node)
+    kernel = low.kernel("elementwise", f"td_{node.op.lower()}_{suffix}{per_channel}{'_n32' if narrow else ''}",
+                        op=node.op, narrow=narrow,
                         doc=f"{node.op}: elementwise over a strided loop nest",
                         arrays=[{"name": a[0], "ctype": a[1]} for a in arrays], out_ctype=ctype(out.dtype),
                         pointers=[{"name": t[0], "ctype": t[1]} for t in tables],

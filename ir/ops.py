@@ -220,6 +220,19 @@ def run_ita_gemm(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [y]
 
 
+# --- fused elementwise (passes/fuse_elementwise.py) -------------------------------------------------
+def _then_requant(first: str) -> Callable:
+    def run(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+        y = OPS[first].run(node, xs)[0]
+        return OPS["Requant"].run(node, [y])
+    run.__doc__ = f"{first} followed by Requant (contract 1): one pass over the data on the cores."
+    return run
+
+
+for _first in ("Add", "Mul"):
+    OPS[f"{_first}Requant"] = OpDef(f"{_first}Requant", _then_requant(_first), broadcast_shape, attr_range)
+
+
 # --- nonlinear ----------------------------------------------------------------------------------------
 @op("ITAMax", ranges=attr_range)
 def run_itamax(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:

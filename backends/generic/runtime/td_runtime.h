@@ -82,6 +82,18 @@ static inline int64_t td_requant_ita(int64_t x, int64_t mul, int64_t shift, int6
     return acc >> shift;
 }
 
+/* td_requant_ita in 32 bits, for kernels whose operand ranges prove mul*x + add*2^shift + 2^(shift-1) fits. */
+static inline int32_t td_requant_ita32(int32_t x, int32_t mul, int32_t shift, int32_t add)
+{
+    int32_t acc = mul * x + add * ((int32_t)1 << shift) + (shift > 0 ? ((int32_t)1 << (shift - 1)) : 0);
+    return acc >> shift;
+}
+
+static inline int32_t td_clip32(int32_t x, int32_t lo, int32_t hi)
+{
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+
 /* arith.saturating_rounding_doubling_high_mul (gemmlowp). */
 static inline int64_t td_srdhm(int64_t a, int64_t b)
 {
