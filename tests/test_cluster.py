@@ -42,7 +42,7 @@ def test_tiny_mobilebert_bit_exact_on_8_harts(tiny_cluster_build):
 def test_tiny_mobilebert_every_layer_in_the_iss(tiny_cluster_build):
     result = verify_build(tiny_cluster_build, layers=True)
     assert result.bit_exact, result.first.describe()
-    assert result.layers_checked > 150
+    assert result.layers_checked > 120          # fused Add/Mul -> Requant pairs have one output
 
 
 CASES = sorted(p.name for p in CONFORMANCE.iterdir() if p.is_dir() and p.name != "Models_ICCT_ITA") \
