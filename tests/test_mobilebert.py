@@ -103,3 +103,19 @@ def test_full_mobilebert_bit_exact_on_the_cluster_iss(full_zoo, tmp_path):
     sim = simulate_build(tmp_path)
     assert sim.report["bit_exact"] is True and sim.result.exit_code == 0
     assert len(sim.report["layers"]) == len(graph.nodes)
+
+
+@pytest.mark.slow
+def test_full_mobilebert_bit_exact_on_cluster8_ita(full_zoo, tmp_path):
+    """Every GEMM (projections, QK^T with the streaming softmax, A.V, feed-forward) on the accelerator model."""
+    from tinydeploy.backends import compile_graph
+    from tinydeploy.sim.firmware import simulate_build
+
+    model = full_zoo / "model_qdq.onnx"
+    graph = integerize(import_model(model), "cluster8-ita")
+    inputs = dict(np.load(full_zoo / "inputs.npz"))
+    compile_graph(graph, "cluster8-ita", tmp_path, {n: inputs[n] for n in graph.inputs}, model_path=str(model))
+    report = simulate_build(tmp_path).report
+    assert report["bit_exact"] is True
+    assert sum(layer["macs"] for layer in report["layers"] if layer["engine"] == "accel") == \
+        sum(layer["macs"] for layer in report["layers"])

@@ -1,0 +1,95 @@
+"""Benchmark: MobileBERT on cluster8-ita (cores + ITA-like accelerator) in the ISS.
+
+Prints for full MobileBERT seq 128 (weights stream from L3) and for a variant whose weights fit L2 (same layer
+shapes, fewer layers and a small vocabulary): cycles per inference, inferences/s and GOp/s at 500 MHz,
+accelerator utilisation while busy and end to end (MACs / (1024 x cycles)), the speedup over cluster8 (cores
+only), and where the cycles go (accelerator steps, core steps, exposed DMA) — beside the published ITA + Deeploy
+result (154 GOp/s, 32.5 inferences/s).
+
+usage: python benchmarks/bench_accel.py [--model MODEL_QDQ.onnx] [--skip-cores]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cluster import compile_and_simulate  # noqa: E402
+from bench_compile import zoo_model  # noqa: E402
+
+CLOCK_HZ = 500e6
+PUBLISHED = "ITA + Deeploy (published): 154 GOp/s, 32.5 inferences/s"
+UTILISATION_GOAL = 0.5
+
+
+def l2_model() -> Path:
+    """MobileBERT layer shapes (hidden 512, bottleneck 128, 4 FFNs, seq 128) with 2 layers and a 2048-word
+    vocabulary: ~2 MB of weights, which fit L2 beside the arena."""
+    from tinydeploy.zoo.mobilebert import MobileBertSpec, build_mobilebert
+
+    out = Path.home() / ".cache" / "tinydeploy" / "bench" / "l2"
+    model = out / "model_qdq.onnx"
+    if not model.exists():
+        spec = MobileBertSpec.preset("full")
+        spec.layers, spec.vocab = 2, 2048
+        print(f"building the L2-resident MobileBERT variant into {out} (once)...", flush=True)
+        build_mobilebert(out, spec)
+    return model
+
+
+def summarise(name: str, report: dict) -> dict:
+    cycles = report["cycles_total"]
+    macs = sum(layer["macs"] for layer in report["layers"])
+    accel_macs = sum(layer["macs"] for layer in report["layers"] if layer["engine"] == "accel")
+    busy = max(report["accel_busy_cycles"], 1)
+    share: dict[str, int] = {}
+    for layer in report["layers"]:
+        key = "accelerator steps" if layer["engine"] == "accel" else f"cores: {layer['op']}"
+        share[key] = share.get(key, 0) + (layer["cycles"] or 0)
+    accel_steps = share.get("accelerator steps", 0)
+    accel_stall = sum(layer["dma_stall_cycles"] for layer in report["layers"] if layer["engine"] == "accel")
+    inf_s = CLOCK_HZ / cycles
+    print(f"{name}: {cycles:,} cycles per inference -> {inf_s:.1f} inferences/s, "
+          f"{2 * macs * inf_s / 1e9:.1f} GOp/s at 500 MHz; bit-exact {report['bit_exact']}; "
+          f"weights in {report.get('weights_region', '?')}")
+    print(f"  accelerator: {accel_macs:,} MACs, busy {busy:,} cycles -> utilisation {accel_macs / 1024 / busy:.0%} "
+          f"while busy, {accel_macs / 1024 / cycles:.1%} end to end (goal > {UTILISATION_GOAL:.0%} with weights in L2)")
+    cores = sorted(((k.split(": ")[1], v) for k, v in share.items() if k.startswith("cores")), key=lambda kv: -kv[1])
+    print(f"  accelerator steps {accel_steps / cycles:.0%} of the time (of which waiting for DMA "
+          f"{accel_stall / max(accel_steps, 1):.0%}); top core steps: "
+          + ", ".join(f"{op} {v / cycles:.0%}" for op, v in cores[:4]))
+    return {"cycles": cycles, "inferences_per_s": inf_s, "utilisation_e2e": accel_macs / 1024 / cycles}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="full MobileBERT model_qdq.onnx (default: zoo build)")
+    parser.add_argument("--skip-cores", action="store_true", help="skip the cluster8 (cores only) comparison")
+    args = parser.parse_args()
+    print(PUBLISHED)
+    model = args.model or zoo_model("full")
+    with tempfile.TemporaryDirectory() as tmp:
+        ita = compile_and_simulate(model, "cluster8-ita", Path(tmp) / "ita")
+        ita["weights_region"] = _placement(Path(tmp) / "ita")
+        full = summarise("full MobileBERT seq 128, cluster8-ita", ita)
+        if not args.skip_cores:
+            cores = compile_and_simulate(model, "cluster8", Path(tmp) / "cores")
+            print(f"  speedup over cluster8 (cores only, {cores['cycles_total']:,} cycles): "
+                  f"{cores['cycles_total'] / full['cycles']:.1f}x")
+        small = compile_and_simulate(l2_model(), "cluster8-ita", Path(tmp) / "l2")
+        small["weights_region"] = _placement(Path(tmp) / "l2")
+        summarise("MobileBERT shapes, 2 layers, weights in L2, cluster8-ita", small)
+    return 0
+
+
+def _placement(build: Path) -> str:
+    import json
+
+    return json.loads((build / "tinydeploy.json").read_text())["placement"]["weights_region"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
