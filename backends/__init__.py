@@ -23,8 +23,8 @@ def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, input
         from ..passes.fuse_attention import fuse_attention
         from ..passes.fuse_elementwise import fuse_elementwise
 
+        graph, _ = fuse_elementwise(graph)             # first: its AddRequant/MulRequant can join an ITAGemm
         graph, _ = fuse_attention(graph, target)
-        graph, _ = fuse_elementwise(graph)
         riscv, generic = BACKENDS_DIR / "riscv", BACKENDS_DIR / "generic"
         options = ProjectOptions(weights="incbin", model_path=model_path,
                                  template_dirs=[riscv / "templates", generic / "templates"],

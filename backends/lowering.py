@@ -237,10 +237,14 @@ def requant_fits_int32(graph: Graph, node: Node, ranges: dict[str, tuple[int, in
 def kernel_constants(graph: Graph, node: Node, index: int) -> list[tuple[str, str, np.ndarray]]:
     """(C name, kind, values) of the constant arrays an elementwise kernel reads: per-channel parameters
     ("param", broadcast over the output) and lookup tables ("table")."""
-    if node.op == "ITAGemm":   # the LUT of an activation stage
+    if node.op == "ITAGemm":   # the LUT of an activation stage, the epilogue stage table
         out_dtype = graph.tensors[node.outputs[0]].dtype
-        return [(f"p{index}_table", "table", np.asarray(st["table"]).astype(out_dtype))
-                for st in node.attrs.get("stages", []) if st["op"] == "LUT"]
+        found = [(f"p{index}_table", "table", np.asarray(st["table"]).astype(out_dtype))
+                 for st in node.attrs.get("stages", []) if st["op"] == "LUT"]
+        stages = ita_stage_table(graph, node)
+        if stages.size:
+            found.append((f"p{index}_stages", "table", stages))
+        return found
     spec = ELEMENTWISE.get(node.op)
     if spec is None:
         return []
@@ -528,23 +532,57 @@ def ita_job_fields(node: Node) -> dict[str, Any]:
     return fields
 
 
+def ita_stage_sources(graph: Graph, node: Node) -> dict[int, int]:
+    """ITAGemm input index -> stage source code: 0 the residual tile (accel_r), 1..3 vectors (accel_v0..v2)."""
+    out_shape = graph.tensors[node.outputs[0]].shape
+    sources, vectors = {}, 0
+    for position in range(4, len(node.inputs)):
+        if tuple(graph.tensors[node.inputs[position]].shape) == tuple(out_shape):
+            sources[position] = 0
+        else:
+            vectors += 1
+            sources[position] = vectors
+    return sources
+
+
+def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
+    """The int32 stage table the accelerator reads from L1 (sim/accel/model.py: STAGE_FIELDS)."""
+    from ..sim.accel.model import STAGE_FIELDS
+
+    sources = ita_stage_sources(graph, node)
+    rows = []
+    for stage in node.attrs.get("stages", []):
+        if "operand" not in stage:
+            continue
+        values = {**stage, "kind": 1 if stage["op"] == "AddRequant" else 2, "src": sources[stage["operand"]],
+                  "chain": stage.get("chain", 0)}
+        rows.append([int(np.asarray(values.get(f, 1 if f.startswith("mul") else 0)).reshape(-1)[0])
+                     for f in STAGE_FIELDS])
+    return np.asarray(rows, dtype=np.int32).reshape(len(rows), len(STAGE_FIELDS))
+
+
 #: td_ita_job.mode bits (mirrored by the accelerator model and the RTL)
 ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX = 1, 2, 4, 8
 
 
 def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     """ITAGemm -> one driver call that programs the accelerator per matrix of the batch (hart 0)."""
-    a, b, bias, rq = (low.t(name) for name in node.inputs)
     kernel = low.kernel("ita_gemm", "td_ita_gemm", doc="GEMM + requant + epilogue on the ITA-like accelerator")
     call.kernels.append(kernel)
     call.descriptors.append(params_descriptor("td_matmul_params", f"mm_{index}", matmul_params(low, node)))
-    call.descriptors.append(params_descriptor("td_ita_job", f"ita_{index}", ita_job_fields(node)))
-    table = "NULL"
+    fields = ita_job_fields(node)
+    constants = {}
     for cname, _kind, values in kernel_constants(low.graph, node, index):
         call.params[cname] = values
-        table = low.refs.param(cname)
-    args = [low.refs.pointer(t.name) for t in (a, b, bias, rq)]
-    args += [table, low.refs.pointer(node.outputs[0]), f"&mm_{index}", f"&ita_{index}"]
+        constants[cname.rsplit("_", 1)[-1]] = low.refs.param(cname)
+    fields["stage_count"] = int(ita_stage_table(low.graph, node).shape[0])
+    call.descriptors.append(params_descriptor("td_ita_job", f"ita_{index}", fields))
+    operands = ["NULL"] * 4                     # r, v0, v1, v2
+    for position, source in ita_stage_sources(low.graph, node).items():
+        operands[source] = low.refs.pointer(node.inputs[position])
+    args = [low.refs.pointer(name) for name in node.inputs[:4]]
+    args += [constants.get("table", "NULL"), constants.get("stages", "NULL"), *operands,
+             low.refs.pointer(node.outputs[0]), f"&mm_{index}", f"&ita_{index}"]
     call.statements.append(f"{kernel.name}({', '.join(args)});")
 
 

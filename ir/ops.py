@@ -187,8 +187,9 @@ def run_requant_shift(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 # --- accelerator ----------------------------------------------------------------------------------
-#: epilogue stages the ITA-like accelerator can run after its GEMM and requant (passes/fuse_attention.py)
-ITA_STAGES = ("Requant", "LUT", "ITAPartialMax")
+#: epilogue stages the ITA-like accelerator can run after its GEMM and requant (passes/fuse_attention.py);
+#: AddRequant/MulRequant combine the running value with another input (a residual tile or a per-column vector)
+ITA_STAGES = ("Requant", "LUT", "ITAPartialMax", "AddRequant", "MulRequant")
 
 
 def _ita_gemm_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[Range]:
@@ -208,15 +209,22 @@ def _ita_gemm_macs(node: Node, shapes: list[Shape]) -> int:
     macs=_ita_gemm_macs)
 def run_ita_gemm(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """The accelerator's fused op: int8 GEMM + int32 bias, requant per output column (contract 1; `rq` rows are
-    mul, shift, add), then the epilogue `stages` (a second Requant, a LUT activation, the streaming softmax).
+    mul, shift, add), then the epilogue `stages` (a second Requant, a LUT activation, the streaming softmax,
+    AddRequant/MulRequant with input `operand` — a residual or a per-column vector — on side `chain` 0 or 1).
 
     Defined by composing the unfused ops, so fusion cannot change a single bit."""
-    a, b, bias, rq = xs
+    a, b, bias, rq = xs[:4]
     y = exact_matmul(*_matmul_operands(node, a, b)) + bias
     y = arith.requant_ita(y, rq[0], rq[1], rq[2], node.attrs["lo"], node.attrs["hi"])
     for stage in node.attrs.get("stages", []):
-        inner = Node(node.name, stage["op"], [], [], {k: v for k, v in stage.items() if k != "op"})
-        y = OPS[stage["op"]].run(inner, [y])[0]
+        attrs = {k: v for k, v in stage.items() if k not in ("op", "operand", "chain")}
+        inner = Node(node.name, stage["op"], [], [], attrs)
+        if "operand" in stage:
+            other = xs[stage["operand"]]
+            operands = [y, other] if stage.get("chain", 0) == 0 else [other, y]
+            y = OPS[stage["op"]].run(inner, operands)[0]
+        else:
+            y = OPS[stage["op"]].run(inner, [y])[0]
     return [y]
 
 

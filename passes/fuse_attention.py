@@ -32,12 +32,13 @@ class FusionReport:
     fused: int = 0
     with_softmax: int = 0
     with_activation: int = 0
+    with_epilogue: int = 0            # residual add / NoNorm stages fused
     skipped: dict[str, int] | None = None
 
     def summary(self) -> str:
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted((self.skipped or {}).items()))
         return (f"{self.fused} GEMMs on the accelerator ({self.with_softmax} with softmax, {self.with_activation} "
-                f"with an activation)" + (f"; left on the cores: {skipped}" if skipped else ""))
+                f"with an activation, {self.with_epilogue} with residual/NoNorm stages)" + (f"; left on the cores: {skipped}" if skipped else ""))
 
 
 def has_accelerator(target: Target | str) -> bool:
@@ -78,8 +79,10 @@ def _stage(node: Node) -> dict:
     return {"op": node.op, **node.attrs}
 
 
-def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node) -> tuple[list[Node], str] | None:
-    """The nodes one ITAGemm replaces (MatMulInt first) and why not, when it cannot."""
+def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
+               claimed: set[str] | None = None) -> tuple[list[Node], str] | None:
+    """The nodes one ITAGemm replaces (MatMulInt first), never a node another chain already `claimed`."""
+    claimed = claimed or set()
     requant = _single_consumer(graph, consumers, mm.outputs[0])
     if requant is None or requant.op != "Requant":
         return None
@@ -91,7 +94,38 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node) -> tupl
         nxt = _single_consumer(graph, consumers, nxt.outputs[0])
     if nxt is not None and nxt.op in ("LUT", "ITAPartialMax"):
         chain.append(nxt)
+        nxt = _single_consumer(graph, consumers, nxt.outputs[0])
+    matrices = binary = 0
+    while (nxt is not None and nxt.op in BINARY_STAGES and chain[-1].op != "ITAPartialMax"
+           and binary < MAX_BINARY_STAGES and nxt.name not in claimed):
+        operand = _binary_operand(graph, nxt, chain[-1].outputs[0], graph.tensors[mm.outputs[0]].shape)
+        if operand is None or (operand == "matrix" and matrices):
+            break
+        matrices += operand == "matrix"
+        binary += 1
+        chain.append(nxt)
+        nxt = _single_consumer(graph, consumers, nxt.outputs[0])
     return chain, ""
+
+
+#: residual adds and MobileBERT's NoNorm (x * gamma + beta) run in the accelerator's epilogue
+BINARY_STAGES = ("AddRequant", "MulRequant")
+MAX_BINARY_STAGES = 3
+
+
+def _binary_operand(graph: Graph, node: Node, running: str, out_shape: tuple[int, ...]) -> str | None:
+    """'matrix' (an int8 tile of the output's shape) or 'vector' (an int8 constant per output column) when
+    `node` can be an epilogue stage of the accelerator, else None. Its parameters must be per tensor."""
+    if node.inputs.count(running) != 1 or any(np.asarray(v).size != 1 for v in node.attrs.values()):
+        return None
+    other = graph.tensors[node.inputs[1 - node.inputs.index(running)]]
+    if other.dtype != "int8":
+        return None
+    if tuple(other.shape) == tuple(out_shape):
+        return "matrix"
+    if other.is_const and other.size == out_shape[-1] and other.shape[-1] == out_shape[-1]:
+        return "vector"
+    return None
 
 
 def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionReport]:
@@ -105,7 +139,7 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
     dropped: set[str] = set()
     for mm in [n for n in graph.nodes if n.op == "MatMulInt"]:
         reason = _why_not(graph, mm)
-        found = None if reason else fuse_chain(graph, consumers, mm)
+        found = None if reason else fuse_chain(graph, consumers, mm, dropped)
         if found is None:
             reason = reason or "no Requant after it"
             report.skipped[reason] = report.skipped.get(reason, 0) + 1
@@ -115,13 +149,14 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
         if fused is None:
             report.skipped["requant varies along rows"] = report.skipped.get("requant varies along rows", 0) + 1
             continue
-        replaced[mm.name] = fused
+        replaced[chain[-1].name] = fused
         dropped.update(n.name for n in chain)
         report.fused += 1
         report.with_softmax += chain[-1].op == "ITAPartialMax"
-        report.with_activation += chain[-1].op == "LUT"
+        report.with_activation += any(n.op == "LUT" for n in chain)
+        report.with_epilogue += any(n.op in BINARY_STAGES for n in chain)
     nodes = []
-    for node in graph.nodes:
+    for node in graph.nodes:   # a fused node takes the place of its chain's last node: every input exists there
         if node.name in replaced:
             nodes.append(replaced[node.name])
         elif node.name not in dropped:
@@ -146,7 +181,16 @@ def _fused_node(graph: Graph, chain: list[Node]) -> Node | None:
             return None
     else:
         bias = graph.add_const(graph.unique_name(f"{mm.name}/bias"), np.zeros(n, dtype=np.int32), "int32").name
+    inputs = [mm.inputs[0], mm.inputs[1], bias, rq.name]
+    stages, running = [], requant.outputs[0]
+    for node in rest:
+        stage = _stage(node)
+        if node.op in BINARY_STAGES:
+            side = node.inputs.index(running)
+            inputs.append(node.inputs[1 - side])
+            stage.update(operand=len(inputs) - 1, chain=side)
+        stages.append(stage)
+        running = node.outputs[0]
     attrs = {"trans_b": int(mm.attrs.get("trans_b", 0)), "lo": int(requant.attrs["lo"]),
-             "hi": int(requant.attrs["hi"]), "stages": [_stage(node) for node in rest]}
-    return Node(f"{mm.name}/ita", "ITAGemm", [mm.inputs[0], mm.inputs[1], bias, rq.name], [chain[-1].outputs[0]],
-                attrs, origin=mm.origin)
+             "hi": int(requant.attrs["hi"]), "stages": stages}
+    return Node(f"{mm.name}/ita", "ITAGemm", inputs, [chain[-1].outputs[0]], attrs, origin=mm.origin)

@@ -28,12 +28,27 @@ from tinydeploy.sim.firmware import build_firmware, simulate_build
 from tinydeploy.verify import verify_build
 
 needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator not installed")
-MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQUANT2, "gemm_lut": MODE_LUT,
-         "qk_softmax": MODE_SOFTMAX, "qk_softmax_requant2_transposed": MODE_SOFTMAX | MODE_REQUANT2 | MODE_TRANS_B}
-
-
 def clip_word(lo: int, hi: int) -> int:
     return ((hi & 0xFFFF) << 16) | (lo & 0xFFFF)
+
+
+STAGES = 1 << 8   # test-only flag: add AddRequant/MulRequant epilogue stages (not a mode bit)
+
+
+MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQUANT2, "gemm_lut": MODE_LUT,
+         "qk_softmax": MODE_SOFTMAX, "qk_softmax_requant2_transposed": MODE_SOFTMAX | MODE_REQUANT2 | MODE_TRANS_B,
+         "gemm_residual_nonorm": STAGES, "gemm_lut_two_stages": MODE_LUT | STAGES}
+
+
+def random_stages(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Stage table rows (STAGE_FIELDS): stage 0 reads the residual tile, the others per-column vectors."""
+    rows = []
+    for s in range(count):
+        kind = int(rng.integers(1, 3))
+        rows.append([kind, 0 if s == 0 else s, int(rng.integers(0, 2)), int(rng.integers(-300, 300)),
+                     int(rng.integers(-300, 300)), int(rng.integers(-3, 3)), int(rng.integers(-3, 3)),
+                     int(rng.integers(0, 256)), int(rng.integers(4, 16)), int(rng.integers(-8, 8)), -128, 127])
+    return np.asarray(rows, dtype="<i4")
 
 
 def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
@@ -49,11 +64,21 @@ def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
                               rng.integers(-64, 64, n)]).astype("<i4").tobytes(),
         base["lut"]: rng.integers(-128, 128, 256).astype(np.int8).tobytes(),
     }
+    stage_count = int(rng.integers(1, 4)) if mode & STAGES else 0
+    extra = {"stages": 0, "stage_count": stage_count, "r": 0, "v0": 0, "v1": 0, "v2": 0}
+    if stage_count:
+        extra.update(stages=0x36000, r=0x37000)
+        memory[0x36000] = random_stages(rng, stage_count).tobytes()
+        memory[0x37000] = rng.integers(-128, 128, m * n).astype(np.int8).tobytes()
+        for j in range(1, stage_count):
+            extra[f"v{j - 1}"] = 0x38000 + 0x1000 * j
+            memory[extra[f"v{j - 1}"]] = rng.integers(-128, 128, n).astype(np.int8).tobytes()
     regs = {"mode": mode, **base, "m": m, "k": k, "n": n, "rq_clip": clip_word(-128, 127),
             "rq2_mul": int(rng.integers(0, 256)), "rq2_shift": int(rng.integers(0, 12)),
             "rq2_add": int(rng.integers(-20, 20)) & 0xFFFFFFFF, "rq2_clip": clip_word(-128, 127),
             "lut_min": -128 & 0xFFFFFFFF, "sm_group": 16, "sm_levels": 256, "sm_offset": 0,
-            "sm_clip": clip_word(-128, 127)}
+            "sm_clip": clip_word(-128, 127), **extra}
+    regs["mode"] = mode & 0xFF
 
     def read(address: int, nbytes: int) -> bytes:
         for start, data in memory.items():
@@ -136,7 +161,7 @@ def test_accelerator_operand_outside_l1_is_a_fault(tiny_ita_build, tmp_path):
     shutil.copytree(tiny_ita_build, project, ignore=shutil.ignore_patterns("fw*"))
     (project / "main.c").write_text(
         '#include "td_parallel.h"\nunion { long long a; char b[8]; } td_output;\nstatic int8_t l2_buffer[64];\n'
-        "int main(void) { if (td_hart_id() == 0) { td_accel_wait(td_accel_gemm(l2_buffer, l2_buffer, 0, 0, "
+        "int main(void) { if (td_hart_id() == 0) { td_accel_wait(td_accel_gemm(l2_buffer, l2_buffer, 0, 0, 0, "
         "l2_buffer, 1, 1, 1)); }\ntd_barrier(); return 0; }\n")
     iss = ClusterISS(ClusterSpec.from_target("cluster8-ita"), build_firmware(project))
     with pytest.raises(GuestFault, match=r"hart 0 .*accelerator operand a at 0x1c[0-9a-f]+ \(1 B\) is not in L1"):

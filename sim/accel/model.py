@@ -24,7 +24,13 @@ from ...ir.ops import OPS
 MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX = 1, 2, 4, 8
 #: registers a job snapshots (names from the target's [mmio] table without the `accel_` prefix)
 JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
-                 "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip")
+                 "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
+                 "stage_count", "r", "v0", "v1", "v2")
+#: epilogue stage table: STAGE_WORDS int32 per stage, in this order (backends/lowering.py writes it)
+STAGE_FIELDS = ("kind", "src", "chain", "mul_a", "mul_b", "a_zero", "b_zero", "mul", "shift", "add", "lo", "hi")
+STAGE_WORDS = len(STAGE_FIELDS)
+STAGE_KINDS = {1: "AddRequant", 2: "MulRequant"}
+MAX_STAGES = 3
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,8 @@ class Job:
     def __post_init__(self) -> None:
         self.macs = self.regs["m"] * self.regs["k"] * self.regs["n"]
 
-    def node(self, lut: np.ndarray | None) -> Node:
-        """The ITAGemm this job computes."""
+    def node(self, lut: np.ndarray | None, stage_table: np.ndarray | None = None) -> Node:
+        """The ITAGemm this job computes (binary stages read operand 4 + src: R, v0, v1, v2)."""
         r = self.regs
         lo, hi = _clip(r["rq_clip"])
         stages: list[dict] = []
@@ -84,6 +90,14 @@ class Job:
             slo, shi = _clip(r["sm_clip"])
             stages.append({"op": "ITAPartialMax", "group_width": r["sm_group"], "n_levels": r["sm_levels"],
                            "out_offset": _s32(r["sm_offset"]), "lo": slo, "hi": shi})
+        for row in stage_table if stage_table is not None else []:
+            fields = dict(zip(STAGE_FIELDS, (int(v) for v in row), strict=True))
+            stage = {"op": STAGE_KINDS[fields["kind"]], "operand": 4 + fields["src"], "chain": fields["chain"],
+                     "a_zero": fields["a_zero"], "b_zero": fields["b_zero"], "mul": fields["mul"],
+                     "shift": fields["shift"], "add": fields["add"], "lo": fields["lo"], "hi": fields["hi"]}
+            if fields["kind"] == 1:
+                stage.update(mul_a=fields["mul_a"], mul_b=fields["mul_b"])
+            stages.append(stage)
         return Node(f"job{self.id}", "ITAGemm", [], [], {"trans_b": int(bool(r["mode"] & MODE_TRANS_B)), "lo": lo,
                                                           "hi": hi, "stages": stages})
 
@@ -101,7 +115,17 @@ def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:
              "rq": (regs["rq"], 12 * n), "y": (regs["y"], m * n)}
     if regs["mode"] & MODE_LUT:
         spans["lut"] = (regs["lut"], 256)
+    if regs["stage_count"]:
+        spans["stages"] = (regs["stages"], 4 * STAGE_WORDS * regs["stage_count"])
+        for src in _stage_sources(regs):
+            spans[src] = (regs[src], m * n if src == "r" else n)
     return spans
+
+
+def _stage_sources(regs: dict[str, int]) -> list[str]:
+    """The operand registers the job's stages read (from the table's src words), without reading memory:
+    every stage source register that is non-zero."""
+    return [name for name in ("r", "v0", "v1", "v2") if regs[name]]
 
 
 def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
@@ -114,5 +138,16 @@ def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
     bias = np.frombuffer(read(r["bias"], 4 * n), dtype="<i4")
     rq = np.frombuffer(read(r["rq"], 12 * n), dtype="<i4").reshape(3, n)
     lut = np.frombuffer(read(r["lut"], 256), dtype=np.int8) if r["mode"] & MODE_LUT else None
-    y = OPS["ITAGemm"].run(job.node(lut), [a, b, bias, rq])[0]
+    table, extra = None, []
+    if r["stage_count"]:
+        if r["stage_count"] > MAX_STAGES:
+            raise ValueError(f"{r['stage_count']} epilogue stages (the accelerator has {MAX_STAGES})")
+        table = np.frombuffer(read(r["stages"], 4 * STAGE_WORDS * r["stage_count"]), dtype="<i4")
+        table = table.reshape(r["stage_count"], STAGE_WORDS)
+        for name, shape in (("r", (m, n)), ("v0", (n,)), ("v1", (n,)), ("v2", (n,))):
+            size = int(np.prod(shape))
+            extra.append(np.frombuffer(read(r[name], size), dtype=np.int8).reshape(shape) if r[name] else None)
+    # the IR ops compute on int64 values, as the golden interpreter holds them (int8 arithmetic would wrap)
+    operands = [None if x is None else x.astype(np.int64) for x in (a, b, bias, rq, *extra)]
+    y = OPS["ITAGemm"].run(job.node(lut, table), operands)[0]
     return np.asarray(y).astype(np.int8).tobytes()

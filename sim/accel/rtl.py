@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import TinyDeployError
-from .model import MODE_LUT, MODE_TRANS_B, Job
+from .model import MODE_LUT, MODE_TRANS_B, STAGE_WORDS, Job
 
 SOURCE = Path(__file__).resolve().parent / "rtl" / "ita_tile.v"
 #: memory sizes of the RTL build (parameters of ita_tile.v)
 A_BYTES, B_BYTES, Y_BYTES, N_MAX = 8192, 65536, 8192, 512
-SELECT = {"a": 0, "b": 1, "bias": 2, "rq": 3, "lut": 4}
+SELECT = {"a": 0, "b": 1, "bias": 2, "rq": 3, "lut": 4, "stages": 5, "r": 6, "vectors": 7}
 CONFIG = ("rq_clip", "rq2_mul", "rq2_shift", "rq2_add", "rq2_clip", "lut_min", "sm_levels", "sm_offset", "sm_clip")
 
 
@@ -92,8 +92,16 @@ class RtlAccelerator:
             self._load("rq", rq[row].tobytes(), row * N_MAX)
         if r["mode"] & MODE_LUT:
             self._load("lut", read(r["lut"], 256))
+        if r["stage_count"]:
+            self._load("stages", read(r["stages"], 4 * STAGE_WORDS * r["stage_count"]))
+            if r["r"]:
+                self._load("r", read(r["r"], m * n))
+            for j, name in enumerate(("v0", "v1", "v2")):
+                if r[name]:
+                    self._load("vectors", read(r[name], n), j * N_MAX // 4)
         io = self.io
         io.mode, io.m, io.k, io.n = r["mode"] & 0xF, m, k, n
+        io.stage_count = r["stage_count"]
         for name in CONFIG:
             io[name] = r[name] & 0xFFFFFFFF
         io.start = 1

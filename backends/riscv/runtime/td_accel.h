@@ -20,14 +20,21 @@ typedef struct {
     int32_t lut_min;
     int32_t sm_group, sm_levels, sm_offset;
     uint32_t sm_clip;
+    int32_t stage_count;   /* AddRequant/MulRequant stages in the L1 stage table */
 } td_ita_job;
 
 #ifdef TD_REG_ACCEL_START
 #define TD_ACCEL_ADDR(p) ((uint32_t)(uintptr_t)(p))
 
 /* Program the epilogue registers (they keep their values for the following jobs). */
-static inline void td_accel_epilogue(const td_ita_job *job, const void *lut)
+static inline void td_accel_epilogue(const td_ita_job *job, const void *lut, const int32_t *stages,
+                                     const int8_t *v0, const int8_t *v1, const int8_t *v2)
 {
+    TD_MMIO(TD_REG_ACCEL_STAGES) = TD_ACCEL_ADDR(stages);
+    TD_MMIO(TD_REG_ACCEL_STAGE_COUNT) = (uint32_t)job->stage_count;
+    TD_MMIO(TD_REG_ACCEL_V0) = TD_ACCEL_ADDR(v0);
+    TD_MMIO(TD_REG_ACCEL_V1) = TD_ACCEL_ADDR(v1);
+    TD_MMIO(TD_REG_ACCEL_V2) = TD_ACCEL_ADDR(v2);
     TD_MMIO(TD_REG_ACCEL_MODE) = job->mode;
     TD_MMIO(TD_REG_ACCEL_RQ_CLIP) = job->rq_clip;
     TD_MMIO(TD_REG_ACCEL_RQ2_MUL) = (uint32_t)job->rq2_mul;
@@ -44,8 +51,9 @@ static inline void td_accel_epilogue(const td_ita_job *job, const void *lut)
 
 /* Queue one GEMM job; returns its id. */
 static inline uint32_t td_accel_gemm(const int8_t *a, const int8_t *b, const int32_t *bias, const int32_t *rq,
-                                     int8_t *y, int32_t m, int32_t k, int32_t n)
+                                     const int8_t *r, int8_t *y, int32_t m, int32_t k, int32_t n)
 {
+    TD_MMIO(TD_REG_ACCEL_R) = TD_ACCEL_ADDR(r);
     TD_MMIO(TD_REG_ACCEL_A) = TD_ACCEL_ADDR(a);
     TD_MMIO(TD_REG_ACCEL_B) = TD_ACCEL_ADDR(b);
     TD_MMIO(TD_REG_ACCEL_BIAS) = TD_ACCEL_ADDR(bias);

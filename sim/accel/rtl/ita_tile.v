@@ -5,11 +5,14 @@
 //    accumulators; B is [k, n] or, with mode bit 0, [n, k];
 //  - requantizer per lane (contract 1): clip((mul*x + add*2^shift + 2^(shift-1)) >> shift), per-column mul,
 //    shift, add from the rq table (rows mul, shift, add), computed in 64 bits;
-//  - epilogue per lane: optional second per-tensor requant (mode bit 1), optional 256-entry LUT (bit 2);
+//  - epilogue per lane: optional second per-tensor requant (mode bit 1), optional 256-entry LUT (bit 2), then
+//    up to 3 AddRequant/MulRequant stages (residual add, NoNorm) combining the running value with the residual
+//    tile R or a per-column vector V0..V2, parameters from a 12-word-per-stage table;
 //  - streaming softmax unit (bit 3, contract 4): per block of PE columns a running max and a denominator
 //    renormalised when the max grows, then a 16-step restoring divider and a normalisation pass over the row;
 //  - control FSM: rows x column groups x k chunks; the epilogue of group g overlaps the MACs of group g+1.
-// Operands are written through a 32-bit port (wr_sel: 0 A, 1 B, 2 bias, 3 rq, 4 LUT) and Y is read back
+// Operands are written through a 32-bit port (wr_sel: 0 A, 1 B, 2 bias, 3 rq, 4 LUT, 5 stage table, 6 R,
+// 7 vectors, V_j at byte j * N_MAX) and Y is read back
 // through a 32-bit port; `cycles` counts from start to done. Cycle count per job:
 //   1 + m * (G*C + 1 + (softmax ? 16 + G : 0)),  G = ceil(n / PE), C = ceil(k / W)
 // which sim/accel/model.py (job_cycles) mirrors.
@@ -39,6 +42,7 @@ module ita_tile #(
     input  wire [31:0] sm_levels,
     input  wire [31:0] sm_offset,
     input  wire [31:0] sm_clip,
+    input  wire [1:0]  stage_count,
     // operand memories
     input  wire        wr_en,
     input  wire [2:0]  wr_sel,
@@ -60,6 +64,9 @@ module ita_tile #(
     reg [31:0] bias [0:N_MAX-1];
     reg [31:0] rq   [0:3*N_MAX-1];
     reg [7:0]  lut  [0:255];
+    reg [7:0]  rmem [0:Y_BYTES-1];      // residual tile
+    reg [7:0]  vmem [0:3*N_MAX-1];      // per-column vectors V0..V2
+    reg [31:0] stg  [0:35];             // stage table: 3 stages x 12 words
     reg signed [15:0] row [0:N_MAX-1];   // epilogue outputs of the current row (softmax input)
 
     assign rd_data = {ymem[{rd_addr, 2'b11}], ymem[{rd_addr, 2'b10}], ymem[{rd_addr, 2'b01}], ymem[{rd_addr, 2'b00}]};
@@ -74,6 +81,11 @@ module ita_tile #(
                             bmem[{wr_addr, 2'b10}] <= wr_data[23:16]; bmem[{wr_addr, 2'b11}] <= wr_data[31:24]; end
                 3'd2: bias[wr_addr] <= wr_data;
                 3'd3: rq[wr_addr] <= wr_data;
+                3'd5: stg[wr_addr[5:0]] <= wr_data;
+                3'd6: begin rmem[{wr_addr, 2'b00}] <= wr_data[7:0];   rmem[{wr_addr, 2'b01}] <= wr_data[15:8];
+                            rmem[{wr_addr, 2'b10}] <= wr_data[23:16]; rmem[{wr_addr, 2'b11}] <= wr_data[31:24]; end
+                3'd7: begin vmem[{wr_addr, 2'b00}] <= wr_data[7:0];   vmem[{wr_addr, 2'b01}] <= wr_data[15:8];
+                            vmem[{wr_addr, 2'b10}] <= wr_data[23:16]; vmem[{wr_addr, 2'b11}] <= wr_data[31:24]; end
                 default: begin lut[{wr_addr[5:0], 2'b00}] <= wr_data[7:0];   lut[{wr_addr[5:0], 2'b01}] <= wr_data[15:8];
                                lut[{wr_addr[5:0], 2'b10}] <= wr_data[23:16]; lut[{wr_addr[5:0], 2'b11}] <= wr_data[31:24]; end
             endcase
@@ -124,9 +136,10 @@ module ita_tile #(
 
     reg signed [15:0] epi [0:PE-1];
     reg [31:0] ecol;
-    reg signed [63:0] e;
-    integer q;
+    reg signed [63:0] e, sv, t0, t1, sx;
+    integer q, st;
     always @(*) begin
+        sv = 64'sd0; t0 = 64'sd0; t1 = 64'sd0; sx = 64'sd0;
         for (q = 0; q < PE; q = q + 1) begin
             ecol = res_g * PE + q;
             e = requant($signed(res[q]) + $signed(bias[ecol[8:0]]), rq[ecol[8:0]], rq[N_MAX + ecol[8:0]],
@@ -135,6 +148,22 @@ module ita_tile #(
                 e = requant(e, rq2_mul, rq2_shift, rq2_add, rq2_clip[15:0], rq2_clip[31:16]);
             if (mode[2])
                 e = $signed({{56{lut[e[7:0] - lut_min[7:0]][7]}}, lut[e[7:0] - lut_min[7:0]]});
+            for (st = 0; st < 3; st = st + 1) begin
+                if (st < stage_count) begin
+                    sv = (stg[st * 12 + 1] == 0) ? $signed({{56{rmem[i * n + ecol][7]}}, rmem[i * n + ecol]})
+                       : $signed({{56{vmem[(stg[st * 12 + 1] - 1) * N_MAX + ecol][7]}},
+                                  vmem[(stg[st * 12 + 1] - 1) * N_MAX + ecol]});
+                    t0 = (stg[st * 12 + 2] == 0) ? e : sv;
+                    t1 = (stg[st * 12 + 2] == 0) ? sv : e;
+                    if (stg[st * 12] == 1)   // AddRequant: (t0 - za) * mul_a + (t1 - zb) * mul_b
+                        sx = (t0 - $signed(stg[st * 12 + 5])) * $signed(stg[st * 12 + 3])
+                           + (t1 - $signed(stg[st * 12 + 6])) * $signed(stg[st * 12 + 4]);
+                    else                     // MulRequant: (t0 - za) * (t1 - zb)
+                        sx = (t0 - $signed(stg[st * 12 + 5])) * (t1 - $signed(stg[st * 12 + 6]));
+                    e = requant(sx, stg[st * 12 + 7], stg[st * 12 + 8], stg[st * 12 + 9], stg[st * 12 + 10][15:0],
+                                stg[st * 12 + 11][15:0]);
+                end
+            end
             epi[q] = e[15:0];
         end
     end
