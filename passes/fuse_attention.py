@@ -37,8 +37,9 @@ class FusionReport:
 
     def summary(self) -> str:
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted((self.skipped or {}).items()))
-        return (f"{self.fused} GEMMs on the accelerator ({self.with_softmax} with softmax, {self.with_activation} "
-                f"with an activation, {self.with_epilogue} with residual/NoNorm stages)" + (f"; left on the cores: {skipped}" if skipped else ""))
+        text = (f"{self.fused} GEMMs on the accelerator ({self.with_softmax} with softmax, {self.with_activation} "
+                f"with an activation, {self.with_epilogue} with residual/NoNorm stages)")
+        return text + (f"; left on the cores: {skipped}" if skipped else "")
 
 
 def has_accelerator(target: Target | str) -> bool:
