@@ -177,7 +177,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
                             model_path=args.model)
     _say(f"generated C in {time.perf_counter() - t0:.1f}s")
     plan = project.plan
-    print(f"wrote {args.output}: {len(int_graph.nodes)} steps, {len(project.kernels)} kernel instances")
+    print(f"wrote {args.output}: {len(project.graph.nodes)} steps, {len(project.kernels)} kernel instances")
+    for note in project.notes:
+        print(f"  {note}")
     print(f"  {plan.summary()}")
     print(f"  weights {project.weights_bytes} B ({project.weights_format}); inputs "
           f"{sum(s.nbytes for s in project.inputs)} B; outputs {sum(s.nbytes for s in project.outputs)} B")

@@ -17,14 +17,18 @@ def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, input
     from .project import BACKENDS_DIR, ProjectOptions, build_project
 
     target = load_target(target)
+    notes: list[str] = []
     if target.backend == "generic":
         options = ProjectOptions(weights=weights, model_path=model_path)
     elif target.backend == "riscv":
         from ..passes.fuse_attention import fuse_attention
         from ..passes.fuse_elementwise import fuse_elementwise
 
-        graph, _ = fuse_elementwise(graph)             # first: its AddRequant/MulRequant can join an ITAGemm
-        graph, _ = fuse_attention(graph, target)
+        graph, pairs = fuse_elementwise(graph)         # first: its AddRequant/MulRequant can join an ITAGemm
+        graph, fusion = fuse_attention(graph, target)
+        notes = [f"fused {pairs} Add/Mul -> Requant pairs on the cores"]
+        if fusion.fused:
+            notes.append(fusion.summary())
         riscv, generic = BACKENDS_DIR / "riscv", BACKENDS_DIR / "generic"
         options = ProjectOptions(weights="incbin", model_path=model_path,
                                  template_dirs=[riscv / "templates", generic / "templates"],
@@ -33,4 +37,6 @@ def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, input
     else:
         raise TinyDeployError(f"target '{target.name}' needs the '{target.backend}' backend, which is not "
                               f"implemented yet; use --target generic or a cluster target")
-    return build_project(graph, target, out_dir, inputs, options)
+    project = build_project(graph, target, out_dir, inputs, options)
+    project.notes = notes
+    return project

@@ -184,6 +184,7 @@ class Project:
     weights_bytes: int
     weights_format: str
     manifest: dict[str, Any]
+    notes: list[str] = field(default_factory=list)    # what the backend's passes did, for the user
 
 
 def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dict[str, np.ndarray],
