@@ -533,7 +533,7 @@ def ita_job_fields(node: Node) -> dict[str, Any]:
 
 
 def ita_stage_sources(graph: Graph, node: Node) -> dict[int, int]:
-    """ITAGemm input index -> stage source code: 0 the residual tile (accel_r), 1..3 vectors (accel_v0..v2)."""
+    """ITAGemm input index -> stage source code: 0 the residual tile (accel_r), 1..4 vectors (accel_v0..v3)."""
     out_shape = graph.tensors[node.outputs[0]].shape
     sources, vectors = {}, 0
     for position in range(4, len(node.inputs)):
@@ -577,7 +577,7 @@ def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
         constants[cname.rsplit("_", 1)[-1]] = low.refs.param(cname)
     fields["stage_count"] = int(ita_stage_table(low.graph, node).shape[0])
     call.descriptors.append(params_descriptor("td_ita_job", f"ita_{index}", fields))
-    operands = ["NULL"] * 4                     # r, v0, v1, v2
+    operands = ["NULL"] * 5                     # r, v0, v1, v2, v3
     for position, source in ita_stage_sources(low.graph, node).items():
         operands[source] = low.refs.pointer(node.inputs[position])
     args = [low.refs.pointer(name) for name in node.inputs[:4]]

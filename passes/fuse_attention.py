@@ -96,13 +96,14 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
     if nxt is not None and nxt.op in ("LUT", "ITAPartialMax"):
         chain.append(nxt)
         nxt = _single_consumer(graph, consumers, nxt.outputs[0])
-    matrices = binary = 0
+    matrices = vectors = binary = 0
     while (nxt is not None and nxt.op in BINARY_STAGES and chain[-1].op != "ITAPartialMax"
            and binary < MAX_BINARY_STAGES and nxt.name not in claimed):
         operand = _binary_operand(graph, nxt, chain[-1].outputs[0], graph.tensors[mm.outputs[0]].shape)
-        if operand is None or (operand == "matrix" and matrices):
+        if operand is None or (operand == "matrix" and matrices) or (operand == "vector" and vectors == MAX_VECTORS):
             break
         matrices += operand == "matrix"
+        vectors += operand == "vector"
         binary += 1
         chain.append(nxt)
         nxt = _single_consumer(graph, consumers, nxt.outputs[0])
@@ -111,7 +112,8 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
 
 #: residual adds and MobileBERT's NoNorm (x * gamma + beta) run in the accelerator's epilogue
 BINARY_STAGES = ("AddRequant", "MulRequant")
-MAX_BINARY_STAGES = 3
+MAX_BINARY_STAGES = 5          # the accelerator's stage table (sim/accel/model.py)
+MAX_VECTORS = 4
 
 
 def _binary_operand(graph: Graph, node: Node, running: str, out_shape: tuple[int, ...]) -> str | None:

@@ -64,8 +64,8 @@ def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
                               rng.integers(-64, 64, n)]).astype("<i4").tobytes(),
         base["lut"]: rng.integers(-128, 128, 256).astype(np.int8).tobytes(),
     }
-    stage_count = int(rng.integers(1, 4)) if mode & STAGES else 0
-    extra = {"stages": 0, "stage_count": stage_count, "r": 0, "v0": 0, "v1": 0, "v2": 0}
+    stage_count = int(rng.integers(1, 6)) if mode & STAGES else 0
+    extra = {"stages": 0, "stage_count": stage_count, "r": 0, "v0": 0, "v1": 0, "v2": 0, "v3": 0}
     if stage_count:
         extra.update(stages=0x36000, r=0x37000)
         memory[0x36000] = random_stages(rng, stage_count).tobytes()

@@ -25,12 +25,13 @@ MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX = 1, 2, 4, 8
 #: registers a job snapshots (names from the target's [mmio] table without the `accel_` prefix)
 JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
                  "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
-                 "stage_count", "r", "v0", "v1", "v2")
+                 "stage_count", "r", "v0", "v1", "v2", "v3")
 #: epilogue stage table: STAGE_WORDS int32 per stage, in this order (backends/lowering.py writes it)
 STAGE_FIELDS = ("kind", "src", "chain", "mul_a", "mul_b", "a_zero", "b_zero", "mul", "shift", "add", "lo", "hi")
 STAGE_WORDS = len(STAGE_FIELDS)
 STAGE_KINDS = {1: "AddRequant", 2: "MulRequant"}
-MAX_STAGES = 3
+MAX_STAGES = 5
+VECTOR_REGISTERS = ("v0", "v1", "v2", "v3")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Job:
         self.macs = self.regs["m"] * self.regs["k"] * self.regs["n"]
 
     def node(self, lut: np.ndarray | None, stage_table: np.ndarray | None = None) -> Node:
-        """The ITAGemm this job computes (binary stages read operand 4 + src: R, v0, v1, v2)."""
+        """The ITAGemm this job computes (binary stages read operand 4 + src: R, v0 .. v3)."""
         r = self.regs
         lo, hi = _clip(r["rq_clip"])
         stages: list[dict] = []
@@ -125,7 +126,7 @@ def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:
 def _stage_sources(regs: dict[str, int]) -> list[str]:
     """The operand registers the job's stages read (from the table's src words), without reading memory:
     every stage source register that is non-zero."""
-    return [name for name in ("r", "v0", "v1", "v2") if regs[name]]
+    return [name for name in ("r", *VECTOR_REGISTERS) if regs[name]]
 
 
 def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
@@ -144,7 +145,7 @@ def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
             raise ValueError(f"{r['stage_count']} epilogue stages (the accelerator has {MAX_STAGES})")
         table = np.frombuffer(read(r["stages"], 4 * STAGE_WORDS * r["stage_count"]), dtype="<i4")
         table = table.reshape(r["stage_count"], STAGE_WORDS)
-        for name, shape in (("r", (m, n)), ("v0", (n,)), ("v1", (n,)), ("v2", (n,))):
+        for name, shape in (("r", (m, n)), *((v, (n,)) for v in VECTOR_REGISTERS)):
             size = int(np.prod(shape))
             extra.append(np.frombuffer(read(r[name], size), dtype=np.int8).reshape(shape) if r[name] else None)
     # the IR ops compute on int64 values, as the golden interpreter holds them (int8 arithmetic would wrap)

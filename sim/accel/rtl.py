@@ -96,7 +96,7 @@ class RtlAccelerator:
             self._load("stages", read(r["stages"], 4 * STAGE_WORDS * r["stage_count"]))
             if r["r"]:
                 self._load("r", read(r["r"], m * n))
-            for j, name in enumerate(("v0", "v1", "v2")):
+            for j, name in enumerate(("v0", "v1", "v2", "v3")):
                 if r[name]:
                     self._load("vectors", read(r[name], n), j * N_MAX // 4)
         io = self.io

@@ -28,13 +28,14 @@ typedef struct {
 
 /* Program the epilogue registers (they keep their values for the following jobs). */
 static inline void td_accel_epilogue(const td_ita_job *job, const void *lut, const int32_t *stages,
-                                     const int8_t *v0, const int8_t *v1, const int8_t *v2)
+                                     const int8_t *v0, const int8_t *v1, const int8_t *v2, const int8_t *v3)
 {
     TD_MMIO(TD_REG_ACCEL_STAGES) = TD_ACCEL_ADDR(stages);
     TD_MMIO(TD_REG_ACCEL_STAGE_COUNT) = (uint32_t)job->stage_count;
     TD_MMIO(TD_REG_ACCEL_V0) = TD_ACCEL_ADDR(v0);
     TD_MMIO(TD_REG_ACCEL_V1) = TD_ACCEL_ADDR(v1);
     TD_MMIO(TD_REG_ACCEL_V2) = TD_ACCEL_ADDR(v2);
+    TD_MMIO(TD_REG_ACCEL_V3) = TD_ACCEL_ADDR(v3);
     TD_MMIO(TD_REG_ACCEL_MODE) = job->mode;
     TD_MMIO(TD_REG_ACCEL_RQ_CLIP) = job->rq_clip;
     TD_MMIO(TD_REG_ACCEL_RQ2_MUL) = (uint32_t)job->rq2_mul;

@@ -6,8 +6,8 @@
 //  - requantizer per lane (contract 1): clip((mul*x + add*2^shift + 2^(shift-1)) >> shift), per-column mul,
 //    shift, add from the rq table (rows mul, shift, add), computed in 64 bits;
 //  - epilogue per lane: optional second per-tensor requant (mode bit 1), optional 256-entry LUT (bit 2), then
-//    up to 3 AddRequant/MulRequant stages (residual add, NoNorm) combining the running value with the residual
-//    tile R or a per-column vector V0..V2, parameters from a 12-word-per-stage table;
+//    up to 5 AddRequant/MulRequant stages (residual add, NoNorm) combining the running value with the residual
+//    tile R or a per-column vector V0..V3, parameters from a 12-word-per-stage table;
 //  - streaming softmax unit (bit 3, contract 4): per block of PE columns a running max and a denominator
 //    renormalised when the max grows, then a 16-step restoring divider and a normalisation pass over the row;
 //  - control FSM: rows x column groups x k chunks; the epilogue of group g overlaps the MACs of group g+1.
@@ -42,7 +42,7 @@ module ita_tile #(
     input  wire [31:0] sm_levels,
     input  wire [31:0] sm_offset,
     input  wire [31:0] sm_clip,
-    input  wire [1:0]  stage_count,
+    input  wire [2:0]  stage_count,
     // operand memories
     input  wire        wr_en,
     input  wire [2:0]  wr_sel,
@@ -65,8 +65,8 @@ module ita_tile #(
     reg [31:0] rq   [0:3*N_MAX-1];
     reg [7:0]  lut  [0:255];
     reg [7:0]  rmem [0:Y_BYTES-1];      // residual tile
-    reg [7:0]  vmem [0:3*N_MAX-1];      // per-column vectors V0..V2
-    reg [31:0] stg  [0:35];             // stage table: 3 stages x 12 words
+    reg [7:0]  vmem [0:4*N_MAX-1];      // per-column vectors V0..V3
+    reg [31:0] stg  [0:59];             // stage table: 5 stages x 12 words
     reg signed [15:0] row [0:N_MAX-1];   // epilogue outputs of the current row (softmax input)
 
     assign rd_data = {ymem[{rd_addr, 2'b11}], ymem[{rd_addr, 2'b10}], ymem[{rd_addr, 2'b01}], ymem[{rd_addr, 2'b00}]};
@@ -148,7 +148,7 @@ module ita_tile #(
                 e = requant(e, rq2_mul, rq2_shift, rq2_add, rq2_clip[15:0], rq2_clip[31:16]);
             if (mode[2])
                 e = $signed({{56{lut[e[7:0] - lut_min[7:0]][7]}}, lut[e[7:0] - lut_min[7:0]]});
-            for (st = 0; st < 3; st = st + 1) begin
+            for (st = 0; st < 5; st = st + 1) begin
                 if (st < stage_count) begin
                     sv = (stg[st * 12 + 1] == 0) ? $signed({{56{rmem[i * n + ecol][7]}}, rmem[i * n + ecol]})
                        : $signed({{56{vmem[(stg[st * 12 + 1] - 1) * N_MAX + ecol][7]}},
