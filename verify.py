@@ -84,6 +84,7 @@ def golden_outputs(build_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np
 
 def golden_tensors(manifest: dict[str, Any], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every intermediate tensor from the golden interpreter, re-deriving the integer graph from the model."""
+    from .backends import backend_passes
     from .frontend.onnx_loader import import_model
     from .ir.interpreter import run_graph
     from .passes.integerize import integerize
@@ -96,6 +97,7 @@ def golden_tensors(manifest: dict[str, Any], inputs: dict[str, np.ndarray]) -> d
     ranges = {k: tuple(v) for k, v in manifest.get("input_ranges", {}).items()} or None
     arithmetic = manifest.get("arithmetic_target", manifest["target"])
     graph = integerize(import_model(str(model), input_ranges=ranges), arithmetic)
+    graph, _ = backend_passes(graph, manifest["target"])     # the same rewrites as compile: same tensor names
     return run_graph(graph, inputs, keep_all=True)
 
 

@@ -11,24 +11,35 @@ from ..ir.graph import Graph
 from ..target import Target, load_target
 
 
+def backend_passes(graph: Graph, target: str | Target) -> tuple[Graph, list[str]]:
+    """The graph rewrites the target's backend runs before lowering (bit-exact by construction), with notes.
+
+    `verify --layers` runs the same passes to name the golden tensors the firmware traces."""
+    target = load_target(target)
+    if target.backend != "riscv":
+        return graph, []
+    from ..passes.fuse_attention import fuse_attention
+    from ..passes.fuse_elementwise import fuse_elementwise, hoist_scalar_ops
+
+    graph, pairs = fuse_elementwise(graph)         # first: its AddRequant/MulRequant can join an ITAGemm
+    graph, hoisted = hoist_scalar_ops(graph)
+    graph, fusion = fuse_attention(graph, target)
+    notes = [f"fused {pairs} Add/Mul -> Requant pairs on the cores; moved {hoisted} scalar ops above layout ops"]
+    if fusion.fused:
+        notes.append(fusion.summary())
+    return graph, notes
+
+
 def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, inputs: dict[str, np.ndarray], *,
                   weights: str = "auto", model_path: str = ""):
     """Write the C project for `graph` on `target` into out_dir; returns the backends.project.Project."""
     from .project import BACKENDS_DIR, ProjectOptions, build_project
 
     target = load_target(target)
-    notes: list[str] = []
+    graph, notes = backend_passes(graph, target)
     if target.backend == "generic":
         options = ProjectOptions(weights=weights, model_path=model_path)
     elif target.backend == "riscv":
-        from ..passes.fuse_attention import fuse_attention
-        from ..passes.fuse_elementwise import fuse_elementwise
-
-        graph, pairs = fuse_elementwise(graph)         # first: its AddRequant/MulRequant can join an ITAGemm
-        graph, fusion = fuse_attention(graph, target)
-        notes = [f"fused {pairs} Add/Mul -> Requant pairs on the cores"]
-        if fusion.fused:
-            notes.append(fusion.summary())
         riscv, generic = BACKENDS_DIR / "riscv", BACKENDS_DIR / "generic"
         options = ProjectOptions(weights="incbin", model_path=model_path,
                                  template_dirs=[riscv / "templates", generic / "templates"],

@@ -126,8 +126,8 @@ def _binary_operand(graph: Graph, node: Node, running: str, out_shape: tuple[int
         return None
     if tuple(other.shape) == tuple(out_shape):
         return "matrix"
-    if other.is_const and other.size == out_shape[-1] and other.shape[-1] == out_shape[-1]:
-        return "vector"
+    if other.is_const and (other.size == 1 or (other.size == out_shape[-1] and other.shape[-1] == out_shape[-1])):
+        return "vector"                        # a scalar becomes a constant vector
     return None
 
 
@@ -190,7 +190,11 @@ def _fused_node(graph: Graph, chain: list[Node]) -> Node | None:
         stage = _stage(node)
         if node.op in BINARY_STAGES:
             side = node.inputs.index(running)
-            inputs.append(node.inputs[1 - side])
+            other = graph.tensors[node.inputs[1 - side]]
+            if other.size == 1 and n > 1:        # the accelerator reads vectors: broadcast the scalar
+                other = graph.add_const(graph.unique_name(f"{other.name}/x{n}"),
+                                        np.full(n, other.data.reshape(-1)[0], dtype=other.data.dtype), other.dtype)
+            inputs.append(other.name)
             stage.update(operand=len(inputs) - 1, chain=side)
         stages.append(stage)
         running = node.outputs[0]

@@ -7,7 +7,7 @@ The fused ops are defined by composition (ir/ops.py), so results are unchanged; 
 
 from __future__ import annotations
 
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph, Node, Tensor
 from ..ir.verify import verify
 
 FUSABLE = ("Add", "Mul")
@@ -36,3 +36,55 @@ def fuse_elementwise(graph: Graph) -> tuple[Graph, int]:
     graph.remove_unused()
     verify(graph, integer_only=True)
     return graph, len(replaced)
+
+
+LAYOUT_OPS = ("Reshape", "Transpose")
+SCALAR_OPS = ("AddRequant", "MulRequant")
+
+
+def _scalar_side(graph: Graph, node: Node) -> int | None:
+    """Index of the input that is a one-element constant, when the op is elementwise with a scalar."""
+    for position, name in enumerate(node.inputs):
+        tensor = graph.tensors[name]
+        if tensor.is_const and tensor.size == 1 and graph.tensors[node.inputs[1 - position]].size > 1:
+            return position
+    return None
+
+
+def hoist_scalar_ops(graph: Graph) -> tuple[Graph, int]:
+    """Move `AddRequant/MulRequant(x, scalar)` above the Reshape/Transpose chain that produced x.
+
+    An elementwise op with a scalar commutes exactly with pure data movement; hoisted, it lands right after the
+    op that computed x (MobileBERT: the 1/sqrt(d) scaling of Q and K after the head split, which then joins the
+    projection's accelerator epilogue)."""
+    graph = graph.copy()
+    producers, consumers = graph.producers(), graph.consumers()
+    moved = 0
+    for node in list(graph.nodes):
+        side = _scalar_side(graph, node) if node.op in SCALAR_OPS else None
+        if side is None:
+            continue
+        layout, name = [], node.inputs[1 - side]
+        while name in producers and producers[name].op in LAYOUT_OPS and len(consumers.get(name, [])) == 1 \
+                and name not in graph.outputs:
+            layout.append(producers[name])
+            name = producers[name].inputs[0]
+        if not layout or graph.tensors[name].dtype != graph.tensors[node.outputs[0]].dtype:
+            continue
+        layout.reverse()                               # first layout op first
+        final = node.outputs[0]
+        hoisted = graph.unique_name(f"{final}_before_layout")
+        source = graph.tensors[name]
+        graph.add_tensor(Tensor(hoisted, graph.tensors[final].dtype, source.shape))
+        node.inputs[1 - side] = name
+        node.outputs = [hoisted]
+        layout[0].inputs[0] = hoisted
+        old_last = layout[-1].outputs[0]
+        layout[-1].outputs = [final]
+        del graph.tensors[old_last]
+        graph.nodes.remove(node)
+        graph.nodes.insert(graph.nodes.index(layout[0]), node)
+        producers, consumers = graph.producers(), graph.consumers()
+        moved += 1
+    verify(graph, integer_only=True)
+    return graph, moved

@@ -124,6 +124,22 @@ def test_fusion_keeps_every_bit(tiny_zoo):
     assert all(np.array_equal(before[name], after[name]) for name in graph.outputs)
 
 
+def test_all_backend_rewrites_keep_every_bit(tiny_zoo):
+    """Elementwise fusion, scalar ops hoisted above the head split, accelerator fusion: outputs unchanged and
+    no scalar MulRequant is left behind a Transpose."""
+    from tinydeploy.backends import backend_passes
+
+    graph = integerize(import_model(tiny_zoo / "model_qdq.onnx"), "cluster8-ita")
+    rewritten, notes = backend_passes(graph, "cluster8-ita")
+    assert any("moved 4 scalar ops" in note for note in notes)
+    producers = rewritten.producers()
+    assert not any(n.op == "MulRequant" and producers.get(n.inputs[0]) is not None
+                   and producers[n.inputs[0]].op == "Transpose" for n in rewritten.nodes)
+    inputs = {k: v for k, v in np.load(tiny_zoo / "inputs.npz").items() if k in graph.inputs}
+    before, after = run_graph(graph, inputs), run_graph(rewritten, inputs)
+    assert all(np.array_equal(before[name], after[name]) for name in graph.outputs)
+
+
 def test_no_fusion_without_an_accelerator(tiny_zoo):
     graph = integerize(import_model(tiny_zoo / "model_qdq.onnx"), "cluster8")
     fused, report = fuse_attention(graph, "cluster8")
