@@ -517,7 +517,11 @@ def ita_job_fields(node: Node) -> dict[str, Any]:
     fields: dict[str, Any] = {"mode": 0, "rq_clip": _clip_word(at["lo"], at["hi"])}
     mode = ITA_MODE_TRANS_B if at.get("trans_b") else 0
     for stage in at.get("stages", []):
-        if stage["op"] == "Requant":
+        if stage["op"] == "Requant" and mode & ITA_MODE_SOFTMAX:     # after the softmax
+            mode |= ITA_MODE_REQUANT3
+            fields.update(rq3_mul=int(stage["mul"]), rq3_shift=int(stage["shift"]), rq3_add=int(stage["add"]),
+                          rq3_clip=_clip_word(stage["lo"], stage["hi"]))
+        elif stage["op"] == "Requant":
             mode |= ITA_MODE_REQUANT2
             fields.update(rq2_mul=int(stage["mul"]), rq2_shift=int(stage["shift"]), rq2_add=int(stage["add"]),
                           rq2_clip=_clip_word(stage["lo"], stage["hi"]))
@@ -562,7 +566,7 @@ def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
 
 
 #: td_ita_job.mode bits (mirrored by the accelerator model and the RTL)
-ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX = 1, 2, 4, 8
+ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX, ITA_MODE_REQUANT3 = 1, 2, 4, 8, 16
 
 
 def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:

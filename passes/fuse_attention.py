@@ -76,6 +76,10 @@ def _single_consumer(graph: Graph, consumers: dict[str, list[Node]], name: str) 
     return users[0]
 
 
+def _per_tensor(requant: Node) -> bool:
+    return all(np.asarray(requant.attrs[k]).size == 1 for k in ("mul", "shift", "add"))
+
+
 def _stage(node: Node) -> dict:
     return {"op": node.op, **node.attrs}
 
@@ -89,15 +93,17 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
         return None
     chain = [mm, requant]
     nxt = _single_consumer(graph, consumers, requant.outputs[0])
-    if nxt is not None and nxt.op == "Requant" and all(np.asarray(nxt.attrs[k]).size == 1
-                                                     for k in ("mul", "shift", "add")):
+    if nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
         chain.append(nxt)
         nxt = _single_consumer(graph, consumers, nxt.outputs[0])
     if nxt is not None and nxt.op in ("LUT", "ITAPartialMax"):
         chain.append(nxt)
         nxt = _single_consumer(graph, consumers, nxt.outputs[0])
+        if chain[-1].op == "ITAPartialMax" and nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
+            chain.append(nxt)                   # the requant after the softmax (A.V operand scale)
+            nxt = _single_consumer(graph, consumers, nxt.outputs[0])
     matrices = vectors = binary = 0
-    while (nxt is not None and nxt.op in BINARY_STAGES and chain[-1].op != "ITAPartialMax"
+    while (nxt is not None and nxt.op in BINARY_STAGES and "ITAPartialMax" not in (n.op for n in chain)
            and binary < MAX_BINARY_STAGES and nxt.name not in claimed):
         operand = _binary_operand(graph, nxt, chain[-1].outputs[0], graph.tensors[mm.outputs[0]].shape)
         if operand is None or (operand == "matrix" and matrices) or (operand == "vector" and vectors == MAX_VECTORS):
@@ -155,7 +161,7 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
         replaced[chain[-1].name] = fused
         dropped.update(n.name for n in chain)
         report.fused += 1
-        report.with_softmax += chain[-1].op == "ITAPartialMax"
+        report.with_softmax += any(n.op == "ITAPartialMax" for n in chain)
         report.with_activation += any(n.op == "LUT" for n in chain)
         report.with_epilogue += any(n.op in BINARY_STAGES for n in chain)
     nodes = []

@@ -16,6 +16,7 @@ from tinydeploy.passes.integerize import integerize
 from tinydeploy.sim.accel.model import (
     MODE_LUT,
     MODE_REQUANT2,
+    MODE_REQUANT3,
     MODE_SOFTMAX,
     MODE_TRANS_B,
     AccelSpec,
@@ -37,6 +38,7 @@ STAGES = 1 << 8   # test-only flag: add AddRequant/MulRequant epilogue stages (n
 
 MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQUANT2, "gemm_lut": MODE_LUT,
          "qk_softmax": MODE_SOFTMAX, "qk_softmax_requant2_transposed": MODE_SOFTMAX | MODE_REQUANT2 | MODE_TRANS_B,
+         "qk_softmax_requant3": MODE_SOFTMAX | MODE_REQUANT2 | MODE_REQUANT3,
          "gemm_residual_nonorm": STAGES, "gemm_lut_two_stages": MODE_LUT | STAGES}
 
 
@@ -77,7 +79,9 @@ def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
             "rq2_mul": int(rng.integers(0, 256)), "rq2_shift": int(rng.integers(0, 12)),
             "rq2_add": int(rng.integers(-20, 20)) & 0xFFFFFFFF, "rq2_clip": clip_word(-128, 127),
             "lut_min": -128 & 0xFFFFFFFF, "sm_group": 16, "sm_levels": 256, "sm_offset": 0,
-            "sm_clip": clip_word(-128, 127), **extra}
+            "sm_clip": clip_word(-128, 127), "rq3_mul": int(rng.integers(0, 256)),
+            "rq3_shift": int(rng.integers(0, 10)), "rq3_add": int(rng.integers(-20, 20)) & 0xFFFFFFFF,
+            "rq3_clip": clip_word(-128, 127), **extra}
     regs["mode"] = mode & 0xFF
 
     def read(address: int, nbytes: int) -> bytes:

@@ -21,11 +21,12 @@ import numpy as np
 from ...ir.graph import Node
 from ...ir.ops import OPS
 
-MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX = 1, 2, 4, 8
+MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3 = 1, 2, 4, 8, 16
 #: registers a job snapshots (names from the target's [mmio] table without the `accel_` prefix)
 JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
                  "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
-                 "stage_count", "r", "v0", "v1", "v2", "v3")
+                 "stage_count", "r", "v0", "v1", "v2", "v3", "rq3_mul", "rq3_shift",
+                 "rq3_add", "rq3_clip")
 #: epilogue stage table: STAGE_WORDS int32 per stage, in this order (backends/lowering.py writes it)
 STAGE_FIELDS = ("kind", "src", "chain", "mul_a", "mul_b", "a_zero", "b_zero", "mul", "shift", "add", "lo", "hi")
 STAGE_WORDS = len(STAGE_FIELDS)
@@ -91,6 +92,10 @@ class Job:
             slo, shi = _clip(r["sm_clip"])
             stages.append({"op": "ITAPartialMax", "group_width": r["sm_group"], "n_levels": r["sm_levels"],
                            "out_offset": _s32(r["sm_offset"]), "lo": slo, "hi": shi})
+        if r["mode"] & MODE_REQUANT3:
+            lo3, hi3 = _clip(r["rq3_clip"])
+            stages.append({"op": "Requant", "mul": _s32(r["rq3_mul"]), "shift": _s32(r["rq3_shift"]),
+                           "add": _s32(r["rq3_add"]), "lo": lo3, "hi": hi3})
         for row in stage_table if stage_table is not None else []:
             fields = dict(zip(STAGE_FIELDS, (int(v) for v in row), strict=True))
             stage = {"op": STAGE_KINDS[fields["kind"]], "operand": 4 + fields["src"], "chain": fields["chain"],

@@ -23,7 +23,8 @@ SOURCE = Path(__file__).resolve().parent / "rtl" / "ita_tile.v"
 #: memory sizes of the RTL build (parameters of ita_tile.v)
 A_BYTES, B_BYTES, Y_BYTES, N_MAX = 8192, 65536, 8192, 512
 SELECT = {"a": 0, "b": 1, "bias": 2, "rq": 3, "lut": 4, "stages": 5, "r": 6, "vectors": 7}
-CONFIG = ("rq_clip", "rq2_mul", "rq2_shift", "rq2_add", "rq2_clip", "lut_min", "sm_levels", "sm_offset", "sm_clip")
+CONFIG = ("rq_clip", "rq2_mul", "rq2_shift", "rq2_add", "rq2_clip", "lut_min", "sm_levels", "sm_offset", "sm_clip",
+          "rq3_mul", "rq3_shift", "rq3_add", "rq3_clip")
 
 
 def _build_dir() -> Path:
@@ -100,7 +101,7 @@ class RtlAccelerator:
                 if r[name]:
                     self._load("vectors", read(r[name], n), j * N_MAX // 4)
         io = self.io
-        io.mode, io.m, io.k, io.n = r["mode"] & 0xF, m, k, n
+        io.mode, io.m, io.k, io.n = r["mode"] & 0x1F, m, k, n
         io.stage_count = r["stage_count"]
         for name in CONFIG:
             io[name] = r[name] & 0xFFFFFFFF

@@ -21,6 +21,8 @@ typedef struct {
     int32_t sm_group, sm_levels, sm_offset;
     uint32_t sm_clip;
     int32_t stage_count;   /* AddRequant/MulRequant stages in the L1 stage table */
+    int32_t rq3_mul, rq3_shift, rq3_add;
+    uint32_t rq3_clip;     /* requant after the softmax (mode bit 4) */
 } td_ita_job;
 
 #ifdef TD_REG_ACCEL_START
@@ -48,6 +50,10 @@ static inline void td_accel_epilogue(const td_ita_job *job, const void *lut, con
     TD_MMIO(TD_REG_ACCEL_SM_LEVELS) = (uint32_t)job->sm_levels;
     TD_MMIO(TD_REG_ACCEL_SM_OFFSET) = (uint32_t)job->sm_offset;
     TD_MMIO(TD_REG_ACCEL_SM_CLIP) = job->sm_clip;
+    TD_MMIO(TD_REG_ACCEL_RQ3_MUL) = (uint32_t)job->rq3_mul;
+    TD_MMIO(TD_REG_ACCEL_RQ3_SHIFT) = (uint32_t)job->rq3_shift;
+    TD_MMIO(TD_REG_ACCEL_RQ3_ADD) = (uint32_t)job->rq3_add;
+    TD_MMIO(TD_REG_ACCEL_RQ3_CLIP) = job->rq3_clip;
 }
 
 /* Queue one GEMM job; returns its id. */

@@ -8,7 +8,7 @@
 //  - epilogue per lane: optional second per-tensor requant (mode bit 1), optional 256-entry LUT (bit 2), then
 //    up to 5 AddRequant/MulRequant stages (residual add, NoNorm) combining the running value with the residual
 //    tile R or a per-column vector V0..V3, parameters from a 12-word-per-stage table;
-//  - streaming softmax unit (bit 3, contract 4): per block of PE columns a running max and a denominator
+//  - streaming softmax unit (bit 3, contract 4; bit 4 requantizes its output): per block of PE columns a running max and a denominator
 //    renormalised when the max grows, then a 16-step restoring divider and a normalisation pass over the row;
 //  - control FSM: rows x column groups x k chunks; the epilogue of group g overlaps the MACs of group g+1.
 // Operands are written through a 32-bit port (wr_sel: 0 A, 1 B, 2 bias, 3 rq, 4 LUT, 5 stage table, 6 R,
@@ -29,7 +29,7 @@ module ita_tile #(
     input  wire        clk,
     input  wire        rst,
     // job registers (held while busy)
-    input  wire [3:0]  mode,
+    input  wire [4:0]  mode,
     input  wire [15:0] m,
     input  wire [15:0] k,
     input  wire [15:0] n,
@@ -43,6 +43,10 @@ module ita_tile #(
     input  wire [31:0] sm_offset,
     input  wire [31:0] sm_clip,
     input  wire [2:0]  stage_count,
+    input  wire [31:0] rq3_mul,
+    input  wire [31:0] rq3_shift,
+    input  wire [31:0] rq3_add,
+    input  wire [31:0] rq3_clip,
     // operand memories
     input  wire        wr_en,
     input  wire [2:0]  wr_sel,
@@ -274,15 +278,18 @@ module ita_tile #(
         end
     end
 
-    function [7:0] sm_out;
+    function [7:0] sm_out;   // clip((inverse >> ita_shift(max - x)) + offset), then the optional requant (bit 4)
         input [31:0] inverse;
         input signed [15:0] mx, x;
         reg signed [31:0] v;
+        reg signed [63:0] w;
         reg signed [15:0] lo, hi;
         begin
             lo = sm_clip[15:0]; hi = sm_clip[31:16];
             v = $signed(inverse >> ita_shift(mx - x)) + $signed(sm_offset);
-            sm_out = (v < lo) ? lo[7:0] : ((v > hi) ? hi[7:0] : v[7:0]);
+            v = (v < lo) ? lo : ((v > hi) ? hi : v);
+            w = mode[4] ? requant(v, rq3_mul, rq3_shift, rq3_add, rq3_clip[15:0], rq3_clip[31:16]) : v;
+            sm_out = w[7:0];
         end
     endfunction
 endmodule
