@@ -91,8 +91,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         one = compile_and_simulate(tiny, "cluster1", Path(tmp) / "c1")
         eight = compile_and_simulate(tiny, "cluster8", Path(tmp) / "c8")
-    speedup = one["cycles_total"] / eight["cycles_total"]
-    print(f"tiny MobileBERT: 1 core {one['cycles_total']:,} cycles, 8 cores {eight['cycles_total']:,} cycles "
+    speedup = one["cycles_inference"] / eight["cycles_inference"]
+    print(f"tiny MobileBERT: 1 core {one['cycles_inference']:,} cycles, 8 cores {eight['cycles_inference']:,} cycles "
           f"-> speedup {speedup:.2f}x (goal >= {SPEEDUP_GOAL}x); bit-exact {one['bit_exact'] and eight['bit_exact']}")
 
     if args.skip_full:
@@ -103,13 +103,15 @@ def main() -> int:
         full = compile_and_simulate(model, "cluster8", Path(tmp) / "full")
         wall = time.perf_counter() - t0
         single = compile_and_simulate(model, "cluster1", Path(tmp) / "full1")
-    full_speedup = single["cycles_total"] / full["cycles_total"]
+    full_speedup = single["cycles_inference"] / full["cycles_inference"]
     ips = full["guest_instructions_per_second"]
     macs = sum(layer["macs"] for layer in full["layers"])
-    print(f"{args.size} MobileBERT on cluster8: {full['cycles_total']:,} cycles per inference "
-          f"({full['cycles_total'] / 500e6 * 1e3:.1f} ms at 500 MHz), {macs / full['cycles_total']:.2f} MAC/cycle, "
+    cycles = full["cycles_inference"]
+    print(f"{args.size} MobileBERT on cluster8: {cycles:,} cycles per inference (network_run; "
+          f"{full['cycles_total']:,} with the harness's self-check) = {cycles / 500e6 * 1e3:.1f} ms at 500 MHz, "
+          f"{macs / cycles:.2f} MAC/cycle, "
           f"bit-exact {full['bit_exact']}")
-    print(f"{args.size} MobileBERT: 1 core {single['cycles_total']:,} cycles -> 8-core speedup {full_speedup:.2f}x "
+    print(f"{args.size} MobileBERT: 1 core {single['cycles_inference']:,} cycles -> 8-core speedup {full_speedup:.2f}x "
           f"(goal >= {SPEEDUP_GOAL}x); bit-exact {single['bit_exact']}")
     print(f"DMA: busy {full['dma_busy_cycles']:,} cycles, hart 0 waited {full['dma_stall_cycles'][0]:,} "
           f"-> overlap {full['dma_overlap']:.1%}")
@@ -121,10 +123,10 @@ def main() -> int:
         by_op.setdefault(layer["op"], [0, 0])
         by_op[layer["op"]][0] += layer["cycles"] or 0
         by_op[layer["op"]][1] += layer["macs"]
-    print("cycles by op: " + ", ".join(f"{op} {c / full['cycles_total']:.0%}" for op, (c, _) in
+    print("cycles by op: " + ", ".join(f"{op} {c / cycles:.0%}" for op, (c, _) in
                                        sorted(by_op.items(), key=lambda kv: -kv[1][0])[:6]))
     print(json.dumps({"gemm_instr_per_mac": ipm, "speedup_8_vs_1_tiny": speedup, "speedup_8_vs_1": full_speedup,
-                      "cycles": full["cycles_total"],
+                      "cycles": cycles,
                       "dma_overlap": full["dma_overlap"], "iss_instr_per_s": ips, "wall_s": wall}))
     return 0
 

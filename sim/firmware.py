@@ -97,8 +97,10 @@ def _report(manifest: dict[str, Any], result: SimResult, bit_exact: bool, wall: 
                        "bytes_dma": sum(stamp.dma_bytes.values()), "dma": stamp.dma_bytes,
                        "dma_busy_cycles": stamp.dma_busy, "dma_stall_cycles": stamp.dma_stall,
                        "instructions": stamp.instructions, "accel_busy_cycles": stamp.accel_busy})
+    stamped = [s for s in result.layers if s.end >= 0]
+    inference = (stamped[-1].end - stamped[0].begin) if stamped else result.cycles
     return {"target": manifest["target"], "bit_exact": bit_exact, "exit_code": result.exit_code,
-            "cycles_total": result.cycles, "instructions": result.instructions,
+            "cycles_total": result.cycles, "cycles_inference": inference, "instructions": result.instructions,
             "guest_instructions": result.guest_instructions,
             "guest_instructions_per_second": result.guest_instructions / wall if wall else 0.0,
             "wall_seconds": wall, "dma_busy_cycles": result.dma_busy_cycles, "console": result.console,
