@@ -233,6 +233,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK if report["bit_exact"] else EXIT_CHECK_FAILED
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    files = write_report(args.build, args.output)
+    print(f"wrote {files[0]} (self-contained) and {', '.join(str(f.name) for f in files[1:])}")
+    return EXIT_OK
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from .target import available_targets, load_target
 
@@ -289,6 +297,7 @@ EXAMPLES = {
     "verify": "tinydeploy verify build/tiny --layers --sanitize",
     "simulate": "tinydeploy compile models/tiny/model_qdq.onnx --target cluster8 -o build/c8 && "
                 "tinydeploy simulate build/c8",
+    "report": "tinydeploy simulate build/ita && tinydeploy report build/ita -o out/report.html",
     "targets": "tinydeploy targets",
     "demo": "tinydeploy demo -o out/demo",
 }
@@ -358,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accelerator engine: functional+timing model (default) or the Verilated RTL (each job "
                         "is also checked against the model)")
 
+    p = add("report", cmd_report, "one HTML page for a simulated build: per-layer table, cycle bars, roofline, "
+                                  "memory map (PNGs beside it)")
+    p.add_argument("build", help="directory written by `tinydeploy compile` and run by `tinydeploy simulate`")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (PNGs go beside it)")
     add("targets", cmd_targets, "list the known targets")
     p = add("demo", cmd_demo, "tiny MobileBERT: zoo -> integer model -> fidelity -> C -> host run, bit-exact check")
     p.add_argument("-o", "--output", default="out/demo")

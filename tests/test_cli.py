@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def test_help_shows_example():
-    for sub in ("zoo", "golden", "fidelity", "compile", "verify", "simulate", "targets", "demo"):
+    for sub in ("zoo", "golden", "fidelity", "compile", "verify", "simulate", "report", "targets", "demo"):
         proc = run_cli(sub, "--help")
         assert proc.returncode == 0 and "example: tinydeploy" in proc.stdout
 
@@ -112,3 +113,27 @@ def test_compile_simulate_verify_on_cluster8(tmp_path):
     assert report["bit_exact"] and report["cycles_total"] > 0
     proc = run_cli("verify", str(build))
     assert proc.returncode == 0 and "BIT-EXACT" in proc.stdout
+
+
+def test_report_of_tiny_mobilebert_on_cluster8_ita(tiny_zoo, tmp_path):
+    """compile -> simulate -> report: a self-contained page with three plots; if Chromium is installed, the
+    page renders headless to a screenshot."""
+    build = tmp_path / "ita"
+    assert run_cli("compile", str(tiny_zoo / "model_qdq.onnx"), "--target", "cluster8-ita", "-o",
+                   str(build)).returncode == 0
+    assert run_cli("report", str(build), "-o", str(tmp_path / "r.html")).returncode == 2   # not simulated yet
+    assert run_cli("simulate", str(build)).returncode == 0
+    proc = run_cli("report", str(build), "-o", str(tmp_path / "out" / "report.html"))
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "ITAGemm" in page and "accel" in page
+    for name in ("cycles", "roofline", "memory"):
+        assert (tmp_path / "out" / f"report_{name}.png").stat().st_size > 10_000
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:
+        shot = tmp_path / "shot.png"
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000",
+                        f"--screenshot={shot}", (tmp_path / "out" / "report.html").as_uri()],
+                       capture_output=True, timeout=120)
+        assert shot.stat().st_size > 50_000
