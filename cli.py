@@ -30,7 +30,8 @@ def _say(msg: str) -> None:
 
 
 # --- shared steps ------------------------------------------------------------------------------------------
-def load_integer_graph(model: str, target: str, input_ranges: dict[str, tuple[int, int]] | None = None):
+def load_integer_graph(model: str, target: str, input_ranges: dict[str, tuple[int, int]] | None = None,
+                       dump=None):
     """Import + integerize, with progress lines; returns (quantized graph, integer graph)."""
     from .frontend.onnx_loader import import_model
     from .passes.integerize import integerize
@@ -42,6 +43,9 @@ def load_integer_graph(model: str, target: str, input_ranges: dict[str, tuple[in
     t0 = time.perf_counter()
     int_graph = integerize(graph, target)
     _say(f"integerized for {target} ({len(int_graph.nodes)} integer ops) in {time.perf_counter() - t0:.1f}s")
+    if dump is not None:
+        dump("import", graph)
+        dump("integerize", int_graph)
     return graph, int_graph
 
 
@@ -161,10 +165,12 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .backends import compile_graph
+    from .ir.export import IrDumper
     from .target import load_target
 
+    dump = IrDumper(args.dump_ir) if args.dump_ir else None
     ranges = observed_input_ranges(args.model, args.inputs)
-    _, int_graph = load_integer_graph(args.model, args.target, ranges)
+    _, int_graph = load_integer_graph(args.model, args.target, ranges, dump)
     try:
         inputs = load_inputs(args.inputs, args.model, int_graph)
     except TinyDeployError:
@@ -174,7 +180,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         inputs = random_inputs(int_graph)
     t0 = time.perf_counter()
     project = compile_graph(int_graph, args.target, args.output, inputs, weights=args.weights,
-                            model_path=args.model)
+                            model_path=args.model, dump=dump)
     _say(f"generated C in {time.perf_counter() - t0:.1f}s")
     plan = project.plan
     print(f"wrote {args.output}: {len(project.graph.nodes)} steps, {len(project.kernels)} kernel instances")
@@ -183,6 +189,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"  {plan.summary()}")
     print(f"  weights {project.weights_bytes} B ({project.weights_format}); inputs "
           f"{sum(s.nbytes for s in project.inputs)} B; outputs {sum(s.nbytes for s in project.outputs)} B")
+    if dump is not None:
+        print(f"  IR after every pass: {args.dump_ir}/NN_<pass>.txt and .onnx (domain ai.tinydeploy)")
     if load_target(args.target).backend == "riscv":
         print(f"next: tinydeploy simulate {args.output} && tinydeploy verify {args.output}")
     else:
@@ -346,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the model, else seeded random)")
     p.add_argument("--weights", choices=["auto", "c", "incbin"], default="auto",
                    help="constants as C arrays or a binary blob (auto: C up to 2 MiB)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass as text and ONNX (custom domain "
+                                                    "ai.tinydeploy, viewable in Netron)")
 
     p = add("verify", cmd_verify, "build a compiled project, run it, compare with the golden interpreter bit for "
                                   "bit (exit 1 on mismatch)")

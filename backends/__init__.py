@@ -11,7 +11,7 @@ from ..ir.graph import Graph
 from ..target import Target, load_target
 
 
-def backend_passes(graph: Graph, target: str | Target) -> tuple[Graph, list[str]]:
+def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph, list[str]]:
     """The graph rewrites the target's backend runs before lowering (bit-exact by construction), with notes.
 
     `verify --layers` runs the same passes to name the golden tensors the firmware traces."""
@@ -21,9 +21,13 @@ def backend_passes(graph: Graph, target: str | Target) -> tuple[Graph, list[str]
     from ..passes.fuse_attention import fuse_attention
     from ..passes.fuse_elementwise import fuse_elementwise, hoist_scalar_ops
 
+    dump = dump or (lambda stage, g: None)
     graph, pairs = fuse_elementwise(graph)         # first: its AddRequant/MulRequant can join an ITAGemm
+    dump("fuse_elementwise", graph)
     graph, hoisted = hoist_scalar_ops(graph)
+    dump("hoist_scalar_ops", graph)
     graph, fusion = fuse_attention(graph, target)
+    dump("fuse_attention", graph)
     notes = [f"fused {pairs} Add/Mul -> Requant pairs on the cores; moved {hoisted} scalar ops above layout ops"]
     if fusion.fused:
         notes.append(fusion.summary())
@@ -31,12 +35,12 @@ def backend_passes(graph: Graph, target: str | Target) -> tuple[Graph, list[str]
 
 
 def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, inputs: dict[str, np.ndarray], *,
-                  weights: str = "auto", model_path: str = ""):
+                  weights: str = "auto", model_path: str = "", dump=None):
     """Write the C project for `graph` on `target` into out_dir; returns the backends.project.Project."""
     from .project import BACKENDS_DIR, ProjectOptions, build_project
 
     target = load_target(target)
-    graph, notes = backend_passes(graph, target)
+    graph, notes = backend_passes(graph, target, dump)
     if target.backend == "generic":
         options = ProjectOptions(weights=weights, model_path=model_path)
     elif target.backend == "riscv":

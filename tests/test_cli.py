@@ -137,3 +137,18 @@ def test_report_of_tiny_mobilebert_on_cluster8_ita(tiny_zoo, tmp_path):
                         f"--screenshot={shot}", (tmp_path / "out" / "report.html").as_uri()],
                        capture_output=True, timeout=120)
         assert shot.stat().st_size > 50_000
+
+
+def test_compile_dump_ir_writes_every_pass(tiny_zoo, tmp_path):
+    import onnx
+
+    ir = tmp_path / "ir"
+    proc = run_cli("compile", str(tiny_zoo / "model_qdq.onnx"), "--target", "cluster8-ita", "-o",
+                   str(tmp_path / "b"), "--dump-ir", str(ir))
+    assert proc.returncode == 0, proc.stderr
+    stages = sorted(p.stem for p in ir.glob("*.onnx"))
+    assert stages == ["00_import", "01_integerize", "02_fuse_elementwise", "03_hoist_scalar_ops", "04_fuse_attention"]
+    model = onnx.load(str(ir / "04_fuse_attention.onnx"))
+    ops = {(n.domain, n.op_type) for n in model.graph.node}
+    assert ("ai.tinydeploy", "ITAGemm") in ops and not any(op == "MatMulInt" for _, op in ops)
+    assert "ITAGemm(" in (ir / "04_fuse_attention.txt").read_text()
