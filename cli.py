@@ -259,7 +259,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """zoo (tiny) -> integer model -> fidelity -> C project -> host build -> bit-exact check."""
+    """zoo (tiny) -> integer model -> fidelity -> C project -> ISS (or host) -> bit-exact check -> report."""
     from .backends import compile_graph
     from .frontend.fidelity import fidelity_report, format_report
     from .target import load_target
@@ -286,13 +286,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         sim = simulate_build(build, say=_say)
         print(sim.result.console.rstrip())
-        print(f"ISS ({backend_target}, {len(sim.result.instructions)} harts): {sim.result.cycles:,} cycles, "
-              f"{sim.report['guest_instructions_per_second'] / 1e6:.0f} M guest instructions/s")
+        print(f"ISS ({backend_target}, {len(sim.result.instructions)} harts): {sim.report['cycles_inference']:,} "
+              f"cycles per inference, {sim.report['guest_instructions_per_second'] / 1e6:.0f} M guest "
+              f"instructions/s")
     result = verify_build(build, layers=True, say=_say)
     for name, (total, wrong) in result.outputs.items():
         print(f"output {name}: {total - wrong}/{total} elements bit-exact")
     print(f"{result.layers_checked} intermediate tensors compared: "
           f"{'BIT-EXACT' if result.bit_exact else 'MISMATCH: ' + result.first.describe()}")
+    if load_target(backend_target).backend == "riscv":
+        from .report import write_report
+
+        page = write_report(build, out / "report.html")[0]
+        print(f"report: {page} (open it in a browser; PNGs beside it)")
     return EXIT_OK if result.bit_exact else EXIT_CHECK_FAILED
 
 
