@@ -8,10 +8,10 @@ DEMO    := out/demo
 .PHONY: install demo test test-slow lint clean
 
 install: $(STAMP)
-	@command -v verilator >/dev/null 2>&1 || { \
-	  echo "installing verilator (apt-get)"; \
-	  (apt-get update -qq && apt-get install -y -qq verilator) >/dev/null || \
-	  echo "warning: could not install verilator; RTL tests will be skipped"; }
+	@{ command -v verilator >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1; } || { \
+	  echo "installing verilator and g++ (apt-get; Verilator compiles the RTL to C++)"; \
+	  (apt-get update -qq && apt-get install -y -qq verilator g++ make) >/dev/null || \
+	  echo "warning: could not install verilator/g++; RTL tests will be skipped"; }
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)

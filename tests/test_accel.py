@@ -28,7 +28,8 @@ from tinydeploy.sim.cluster import ClusterISS, ClusterSpec, GuestFault
 from tinydeploy.sim.firmware import build_firmware, simulate_build
 from tinydeploy.verify import verify_build
 
-needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator not installed")
+needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None or shutil.which("g++") is None,
+                                     reason="verilator or g++ not installed")
 def clip_word(lo: int, hi: int) -> int:
     return ((hi & 0xFFFF) << 16) | (lo & 0xFFFF)
 
