@@ -35,12 +35,26 @@ class Mismatch:
     wrong: int
     total: int
     position: int = -1        # trace position (layer number) for --layers
+    tile: str = ""            # which L1 tile of the step computed the element (cluster builds)
 
     def describe(self) -> str:
         where = f"layer {self.position} " if self.position >= 0 else ""
+        tile = f" ({self.tile})" if self.tile else ""
         return (f"{where}{self.op} '{self.node}' (ONNX {self.origin or '?'}) tensor '{self.tensor}': "
-                f"{self.wrong} of {self.total} elements differ; first at index {list(self.index)}: "
+                f"{self.wrong} of {self.total} elements differ; first at index {list(self.index)}{tile}: "
                 f"got {self.got}, golden {self.expected}")
+
+
+def tile_of(manifest: dict[str, Any], node: str, index: tuple[int, ...]) -> str:
+    """The L1 tile (passes/tile.py decision in the manifest) that produced output element `index` of `node`."""
+    for step in manifest.get("tiling", {}).get("steps", []):
+        if step["node"] != node:
+            continue
+        if step["tiles"] <= 1 or step["axis"] is None or step["axis"] >= len(index):
+            return f"tile 1 of {step['tiles']}"
+        number = index[step["axis"]] // step["tile"]
+        return f"tile {number + 1} of {step['tiles']}: {step['tile']} along axis {step['axis']}"
+    return ""
 
 
 @dataclass
@@ -175,6 +189,7 @@ def _first_layer_mismatch(build: Path, manifest: dict[str, Any], inputs: dict[st
         got = np.frombuffer(trace[entry["id"]], dtype=dtype).reshape(entry["shape"])
         mismatch = compare_arrays(entry["name"], got, golden[entry["name"]], entry, position=entry["id"])
         if mismatch:
+            mismatch.tile = tile_of(manifest, entry["node"], mismatch.index)
             np.savez(build / MISMATCH_FILE, got=got, golden=golden[entry["name"]].astype(entry["dtype"]),
                      tensor=np.array(entry["name"]), node=np.array(entry["node"]))
             return mismatch

@@ -141,3 +141,24 @@ def test_unbalanced_tiles_are_stored_only_after_every_hart_finished(tmp_path):
     assert json.loads((tmp_path / "tinydeploy.json").read_text())["tiling"]["steps"][0]["tiles"] > 1
     report = simulate_build(tmp_path).report
     assert report["bit_exact"] is True
+
+
+def test_corruption_is_localised_to_layer_and_tile(tiny_cluster_build, tmp_path):
+    """Flip one byte of the second tile of the first multi-tile step (in the runtime, before its store):
+    verify --layers names that step, tile 2, and the element."""
+    project = tmp_path / "p"
+    shutil.copytree(tiny_cluster_build, project, ignore=shutil.ignore_patterns("fw*"))
+    runtime = project / "td_cluster.c"
+    text = runtime.read_text()
+    anchor = "        if (x[i].is_output) {\n"
+    assert anchor in text
+    runtime.write_text(text.replace(anchor, anchor + "            static int corrupted;\n"
+                                    "            if (t == 1 && !corrupted) { x[i].l1[x[i].l1_step] ^= 1; corrupted = 1; }\n",
+                                    1))
+    manifest = json.loads((project / "tinydeploy.json").read_text())
+    first = next(s for s in manifest["tiling"]["steps"] if s["tiles"] > 1)
+    result = verify_build(project, layers=True)
+    assert not result.bit_exact
+    assert result.first.node == first["node"]
+    assert result.first.tile.startswith(f"tile 2 of {first['tiles']}")
+    assert result.first.index[first["axis"]] == first["tile"]     # the first element of tile 2
