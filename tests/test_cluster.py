@@ -152,9 +152,9 @@ def test_corruption_is_localised_to_layer_and_tile(tiny_cluster_build, tmp_path)
     text = runtime.read_text()
     anchor = "        if (x[i].is_output) {\n"
     assert anchor in text
-    runtime.write_text(text.replace(anchor, anchor + "            static int corrupted;\n"
-                                    "            if (t == 1 && !corrupted) { x[i].l1[x[i].l1_step] ^= 1; corrupted = 1; }\n",
-                                    1))
+    flip = ("            static int corrupted;\n"
+            "            if (t == 1 && !corrupted) { x[i].l1[x[i].l1_step] ^= 1; corrupted = 1; }\n")
+    runtime.write_text(text.replace(anchor, anchor + flip, 1))
     manifest = json.loads((project / "tinydeploy.json").read_text())
     first = next(s for s in manifest["tiling"]["steps"] if s["tiles"] > 1)
     result = verify_build(project, layers=True)
