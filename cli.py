@@ -7,6 +7,7 @@ message names the ONNX node/tensor and the reason; no traceback unless -v).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -27,6 +28,31 @@ def _console():
 
 def _say(msg: str) -> None:
     _console().print(f"[dim]·[/dim] {msg}")
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str):
+    """A rich progress bar on a terminal (yields update(done, total, detail)); plain status lines otherwise."""
+    console = _console()
+    if not console.is_terminal:
+        last = [0.0]
+
+        def lines(done: int, total: int, detail: str) -> None:
+            if time.perf_counter() - last[0] >= 5.0:
+                last[0] = time.perf_counter()
+                _say(f"{description}: {done}/{total} {detail}")
+        yield lines
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None, detail="")
+
+        def update(done: int, total: int, detail: str) -> None:
+            bar.update(task, completed=done, total=total, detail=detail)
+        yield update
 
 
 # --- shared steps ------------------------------------------------------------------------------------------
@@ -222,7 +248,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.inputs:
         raise TinyDeployError("--inputs: the firmware runs the golden input compiled into it; recompile with "
                               "`tinydeploy compile --inputs FILE` to simulate other inputs")
-    sim = simulate_build(args.build, cc=args.cc, max_cycles=args.max_cycles, accel=args.accel, say=_say)
+    with _progress_bar("simulating layers") as update:
+        sim = simulate_build(args.build, cc=args.cc, max_cycles=args.max_cycles, accel=args.accel, say=_say,
+                             progress=lambda done, total, cycles, rate: update(
+                                 done, total, f"{cycles / 1e6:,.1f} M cycles, {rate / 1e6:.0f} M guest instr/s"))
     report = sim.report
     print(report["console"].rstrip())
     if report["accel_busy_cycles"]:

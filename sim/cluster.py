@@ -601,9 +601,9 @@ class ClusterISS:
             if not self.finished and self.time > budget:
                 h0 = self.harts[0]
                 self._fault(h0, f"no exit within {budget} cycles", pc=h0.pc)
-            if progress is not None and time.perf_counter() - reported >= 2.0:
+            if progress is not None and time.perf_counter() - reported >= 0.5:
                 reported = time.perf_counter()
-                progress(self.time, self._all_instructions())
+                progress(self.time, self._all_instructions(), len(self.layers))
         self._complete_dma(self.dma_free_at)
         self._complete_accel(self.accel_free_at)
         h0 = self.harts[0]

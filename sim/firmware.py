@@ -49,7 +49,9 @@ def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False) 
 
 def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool = False,
                    max_cycles: int | None = None, accel: str = "model",
-                   say: Callable[[str], None] = lambda m: None) -> Simulation:
+                   say: Callable[[str], None] = lambda m: None,
+                   progress: Callable[[int, int, int, float], None] | None = None) -> Simulation:
+    """`progress(layers done, layers, cycles, guest instructions/s)` is called about twice a second."""
     """Build, run in the ISS, write outputs.npz and report.json (report only for the untraced run)."""
     from ..verify import golden_outputs, load_manifest, unpack_outputs
 
@@ -62,8 +64,18 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
     say(f"built {elf.relative_to(build)}")
     iss = ClusterISS(ClusterSpec.from_target(manifest["target"]), elf, accel=accel)
     t0 = time.perf_counter()
-    result = iss.run(max_cycles, progress=lambda cycles, instr: say(
-        f"{cycles / 1e6:.0f} M cycles, {instr / max(time.perf_counter() - t0, 1e-9) / 1e6:.0f} M guest instr/s"))
+    steps = len(manifest.get("steps", []))
+    last_line = [0.0]
+
+    def report(cycles: int, instructions: int, layers: int) -> None:
+        rate = instructions / max(time.perf_counter() - t0, 1e-9)
+        if progress is not None:
+            progress(layers, steps, cycles, rate)
+        elif time.perf_counter() - last_line[0] >= 5.0:
+            last_line[0] = time.perf_counter()
+            say(f"layer {layers}/{steps}, {cycles / 1e6:.0f} M cycles, {rate / 1e6:.0f} M guest instr/s")
+
+    result = iss.run(max_cycles, progress=report)
     wall = time.perf_counter() - t0
     address = iss.symbols.by_name.get("td_output")
     if address is None:
