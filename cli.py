@@ -31,6 +31,20 @@ def _say(msg: str) -> None:
 
 
 @contextlib.contextmanager
+def _stages(description: str):
+    """A rich spinner whose text follows the current stage (yields say(msg)); each finished stage stays as a line."""
+    console = _console()
+    if not console.is_terminal:
+        yield _say
+        return
+    with console.status(description) as status:
+        def say(msg: str) -> None:
+            _say(msg)
+            status.update(f"{description}: {msg}")
+        yield say
+
+
+@contextlib.contextmanager
 def _progress_bar(description: str):
     """A rich progress bar on a terminal (yields update(done, total, detail)); plain status lines otherwise."""
     console = _console()
@@ -148,7 +162,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     if spec.hidden % spec.heads or spec.bottleneck % spec.heads:
         raise TinyDeployError(f"--heads {spec.heads} must divide --hidden and --bottleneck")
     t0 = time.perf_counter()
-    paths = build_mobilebert(args.output, spec, progress=_say)
+    with _stages("building, exporting and quantizing MobileBERT") as say:
+        paths = build_mobilebert(args.output, spec, progress=say)
     _say(f"MobileBERT ({args.size}: {spec.layers} layers, hidden {spec.hidden}, seq {spec.seq}) "
          f"written in {time.perf_counter() - t0:.0f}s")
     for kind, path in paths.items():
@@ -196,7 +211,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     dump = IrDumper(args.dump_ir) if args.dump_ir else None
     ranges = observed_input_ranges(args.model, args.inputs)
-    _, int_graph = load_integer_graph(args.model, args.target, ranges, dump)
+    with _stages(f"compiling for {args.target}"):
+        _, int_graph = load_integer_graph(args.model, args.target, ranges, dump)
     try:
         inputs = load_inputs(args.inputs, args.model, int_graph)
     except TinyDeployError:
@@ -205,8 +221,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _say("no inputs.npz beside the model: golden vectors use seeded random inputs")
         inputs = random_inputs(int_graph)
     t0 = time.perf_counter()
-    project = compile_graph(int_graph, args.target, args.output, inputs, weights=args.weights,
-                            model_path=args.model, dump=dump)
+    with _stages("fusing, tiling, lowering and writing C"):
+        project = compile_graph(int_graph, args.target, args.output, inputs, weights=args.weights,
+                                model_path=args.model, dump=dump)
     _say(f"generated C in {time.perf_counter() - t0:.1f}s")
     plan = project.plan
     print(f"wrote {args.output}: {len(project.graph.nodes)} steps, {len(project.kernels)} kernel instances")
