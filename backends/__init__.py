@@ -44,10 +44,10 @@ def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, input
     if target.backend == "generic":
         options = ProjectOptions(weights=weights, model_path=model_path)
     elif target.backend == "riscv":
-        riscv, generic = BACKENDS_DIR / "riscv", BACKENDS_DIR / "generic"
+        riscv, firmware, generic = (BACKENDS_DIR / n for n in ("riscv", "firmware", "generic"))
         options = ProjectOptions(weights="incbin", model_path=model_path,
-                                 template_dirs=[riscv / "templates", generic / "templates"],
-                                 runtime_dirs=[generic / "runtime", riscv / "runtime"],
+                                 template_dirs=[riscv / "templates", firmware / "templates", generic / "templates"],
+                                 runtime_dirs=[generic / "runtime", firmware / "runtime", riscv / "runtime"],
                                  extra_files=["td_platform.h", "link.ld"], tiled=True)
     else:
         raise TinyDeployError(f"target '{target.name}' needs the '{target.backend}' backend, which is not "
