@@ -234,7 +234,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
           f"{sum(s.nbytes for s in project.inputs)} B; outputs {sum(s.nbytes for s in project.outputs)} B")
     if dump is not None:
         print(f"  IR after every pass: {args.dump_ir}/NN_<pass>.txt and .onnx (domain ai.tinydeploy)")
-    if load_target(args.target).backend == "riscv":
+    if load_target(args.target).backend in ("riscv", "cmsis"):
         print(f"next: tinydeploy simulate {args.output} && tinydeploy verify {args.output}")
     else:
         print(f"next: tinydeploy verify {args.output}   (or: make -C {args.output} run)")
@@ -320,14 +320,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     inputs = load_inputs(None, str(model), graph)
     print(format_report(fidelity_report(model, graph, int_graph, inputs)))
     backend = load_target(args.target).backend
-    backend_target = args.target if backend in ("generic", "riscv") else "generic"
+    backend_target = args.target if backend in ("generic", "riscv", "cmsis") else "generic"
     if backend_target != args.target:
         _say(f"the {backend} backend is not implemented yet: generating portable C with {args.target}'s "
              f"arithmetic and running it on this host")
     build = out / "build"
     project = compile_graph(int_graph, backend_target, build, inputs, model_path=str(model))
     print(f"C project: {build} ({len(project.kernels)} kernels; {project.plan.summary()})")
-    if load_target(backend_target).backend == "riscv":
+    if load_target(backend_target).backend in ("riscv", "cmsis"):
         from .sim.firmware import simulate_build
 
         sim = simulate_build(build, say=_say)
@@ -340,7 +340,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"output {name}: {total - wrong}/{total} elements bit-exact")
     print(f"{result.layers_checked} intermediate tensors compared: "
           f"{'BIT-EXACT' if result.bit_exact else 'MISMATCH: ' + result.first.describe()}")
-    if load_target(backend_target).backend == "riscv":
+    if load_target(backend_target).backend in ("riscv", "cmsis"):
         from .report import write_report
 
         page = write_report(build, out / "report.html")[0]

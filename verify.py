@@ -155,7 +155,7 @@ def verify_build(build_dir: str | Path, *, layers: bool = False, sanitize: bool 
 def _run(build: Path, manifest: dict[str, Any], layers: bool, sanitize: bool, cc: str,
          say: Callable[[str], None]) -> tuple[dict[str, np.ndarray], dict[int, bytes], str]:
     """(outputs, trace, console) from the host harness (generic builds) or the cluster ISS (riscv builds)."""
-    if manifest.get("backend") == "riscv":
+    if manifest.get("backend") in ("riscv", "cmsis"):
         from .sim.firmware import simulate_build
 
         if sanitize:

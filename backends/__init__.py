@@ -49,9 +49,15 @@ def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, input
                                  template_dirs=[riscv / "templates", firmware / "templates", generic / "templates"],
                                  runtime_dirs=[generic / "runtime", firmware / "runtime", riscv / "runtime"],
                                  extra_files=["td_platform.h", "link.ld"], tiled=True)
+    elif target.backend == "cmsis":
+        cmsis, firmware, generic = (BACKENDS_DIR / n for n in ("cmsis", "firmware", "generic"))
+        options = ProjectOptions(weights="incbin", model_path=model_path,
+                                 template_dirs=[cmsis / "templates", firmware / "templates", generic / "templates"],
+                                 runtime_dirs=[generic / "runtime", firmware / "runtime", cmsis / "runtime"],
+                                 extra_files=["td_platform.h", "link.ld"])
     else:
         raise TinyDeployError(f"target '{target.name}' needs the '{target.backend}' backend, which is not "
-                              f"implemented yet; use --target generic or a cluster target")
+                              f"implemented; use --target generic, a cluster or a Cortex-M target")
     project = build_project(graph, target, out_dir, inputs, options)
     project.notes = notes
     return project

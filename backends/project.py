@@ -384,6 +384,7 @@ def _context(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], r
     return {
         **placement,
         "cluster": target.section("cluster"), "memory": target.section("memory"), "mmio": target.section("mmio"),
+        "iss": target.section("iss"),
         "event": target.section("event"),
         "registers": [(k, v) for k, v in target.section("mmio").items() if k not in ("base", "size")],
         "events": [(k, v) for k, v in target.section("event").items() if k not in ("base", "size")],
@@ -407,6 +408,16 @@ def _placement(target: Target, plan: ArenaPlan, weight_bytes: int, tiled: bool =
 
     Tiled builds keep the arena in L2: L1 holds the tiles."""
     memory, cluster = target.section("memory"), target.section("cluster")
+    if "sram_bytes" in memory:   # microcontroller: arena in SRAM (.bss), weights in XIP flash
+        sram = memory["sram_bytes"] - memory.get("stack_bytes", 0)
+        if plan.size > sram:
+            raise TinyDeployError(f"model too large for {target.name}: activation arena {plan.size} B does not fit "
+                                  f"its {memory['sram_bytes']} B of SRAM beside a {memory.get('stack_bytes', 0)} B "
+                                  f"stack")
+        if weight_bytes > memory["xip_bytes"]:
+            raise TinyDeployError(f"model too large for {target.name}: {weight_bytes} B of weights, XIP flash "
+                                  f"{memory['xip_bytes']} B")
+        return {"arena_section": "", "arena_region": "SRAM", "weights_region": "XIP"}
     if "l1_bytes" not in memory:
         return {"arena_section": "", "arena_region": "default", "weights_region": "default"}
     stacks = int(cluster.get("cores", 1)) * int(memory.get("stack_bytes_per_core", 0))

@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import TinyDeployError
 from ..target import Target, load_target
 from .accel.model import JOB_REGISTERS, MODE_SOFTMAX, AccelSpec, Job, job_cycles, operand_spans, run_job
-from .native import NO_BLOCK, HartCounter, hooks_library
+from .native import NO_BLOCK, HartCounter, attach_counter
 
 LEVELS = ("l1", "l2", "l3")
 
@@ -207,14 +207,12 @@ class ClusterISS:
         entry = self._load_elf()
         from unicorn import Uc
 
-        self._hooks = hooks_library()
+        code = [(base, size, ptr) for name, (base, size, _, ptr) in self._buffers.items() if name in LEVELS]
         self.harts: list[_Hart] = []
         for hart_id in range(spec.cores):
             uc = Uc(UC_ARCH_RISCV, UC_MODE_RISCV32)
             self._map(uc, hart_id)
-            hart = _Hart(hart_id, uc, entry, self._counter())
-            self._install_counter(hart)
-            self.harts.append(hart)
+            self.harts.append(_Hart(hart_id, uc, entry, attach_counter(uc, code, self.quantum)))
         self.time = 0
         self.finished = False
         self.exit_code = 0
@@ -257,27 +255,6 @@ class ClusterISS:
         uc.mmio_map(self.spec.mmio_base, self.spec.mmio_size, self._mmio_read, hart_id, self._mmio_write, hart_id)
         uc.hook_add(UC_HOOK_MEM_INVALID, self._invalid_access)
         uc.reg_write(UC_RISCV_REG_A0, hart_id)
-
-    def _counter(self) -> HartCounter:
-        from unicorn.unicorn_py3 import unicorn as ucmod
-
-        counter = HartCounter(0, self.quantum, NO_BLOCK, 0, 0, 0, ctypes.cast(ucmod.uclib.uc_emu_stop, ctypes.c_void_p))
-        for i, name in enumerate(LEVELS):
-            base, size, _, ptr = self._buffers[name]
-            counter.regions[i].base, counter.regions[i].size, counter.regions[i].host = base, size, ptr
-        return counter
-
-    def _install_counter(self, hart: _Hart) -> None:
-        """The native block hook: exact instruction counts and slice ends (sim/native/td_iss_hooks.c)."""
-        from unicorn import UC_HOOK_BLOCK
-        from unicorn.unicorn_py3 import unicorn as ucmod
-
-        handle = ucmod.uc_hook_h()
-        status = ucmod.uclib.uc_hook_add(hart.uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK,
-                                         ctypes.cast(self._hooks.td_block_hook, ctypes.c_void_p),
-                                         ctypes.cast(ctypes.pointer(hart.counter), ctypes.c_void_p), 1, 0)
-        if status != 0:
-            raise TinyDeployError(f"cannot install the ISS block hook (unicorn error {status})")
 
     def _stop(self, hart: _Hart) -> None:
         """End this hart's slice at the MMIO store being executed (it blocks or exits).

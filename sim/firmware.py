@@ -21,7 +21,7 @@ from ..errors import TinyDeployError
 from .cluster import ClusterISS, ClusterSpec, SimResult
 from .host import run_make
 
-GCC_ARCH_FLAGS = "-march=rv32imc -mabi=ilp32"
+GCC_ARCH_FLAGS = {"riscv": "-march=rv32imc -mabi=ilp32", "cmsis": "-mcpu=cortex-m4 -mthumb"}
 
 
 @dataclass
@@ -33,13 +33,13 @@ class Simulation:
     wall_seconds: float
 
 
-def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False) -> Path:
-    """make the firmware with pip ziglang's clang (default) or a riscv gcc; returns the ELF path."""
+def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False, backend: str = "riscv") -> Path:
+    """make the firmware with pip ziglang's clang (default) or a gcc cross compiler; returns the ELF path."""
     out = "fw-trace" if trace else "fw"
     if cc is None or cc in ("zig", "clang"):
         variables = [f"CC={sys.executable} -m ziglang cc"]
     else:
-        variables = [f"CC={cc}", f"ARCH_FLAGS={GCC_ARCH_FLAGS}",
+        variables = [f"CC={cc}", f"ARCH_FLAGS={GCC_ARCH_FLAGS[backend]}",
                      "LDFLAGS=-nostartfiles -static -Wl,--gc-sections -lgcc"]
     if trace:
         variables.append("EXTRA_CFLAGS=-DTD_TRACE")
@@ -57,12 +57,18 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
 
     build = Path(build_dir)
     manifest = load_manifest(build)
-    if manifest.get("backend") != "riscv":
-        raise TinyDeployError(f"simulate runs cluster builds; this one is for {manifest.get('target')} "
+    backend = manifest.get("backend")
+    if backend not in ("riscv", "cmsis"):
+        raise TinyDeployError(f"simulate runs cluster and Cortex-M builds; this one is for {manifest.get('target')} "
                               f"(use tinydeploy verify for host builds)")
-    elf = build_firmware(build, cc, trace)
+    elf = build_firmware(build, cc, trace, backend)
     say(f"built {elf.relative_to(build)}")
-    iss = ClusterISS(ClusterSpec.from_target(manifest["target"]), elf, accel=accel)
+    if backend == "cmsis":
+        from .cortexm import CortexMISS
+
+        iss = CortexMISS(manifest["target"], elf)
+    else:
+        iss = ClusterISS(ClusterSpec.from_target(manifest["target"]), elf, accel=accel)
     t0 = time.perf_counter()
     steps = len(manifest.get("steps", []))
     last_line = [0.0]

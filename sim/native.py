@@ -30,7 +30,7 @@ class HartCounter(ctypes.Structure):
 
     _fields_ = [("instructions", ctypes.c_uint64), ("limit", ctypes.c_uint64), ("stop_block", ctypes.c_uint64),
                 ("blocks", ctypes.c_uint64), ("last_block", ctypes.c_uint64), ("last_size", ctypes.c_uint64),
-                ("stop", ctypes.c_void_p),
+                ("isa", ctypes.c_uint64), ("stop", ctypes.c_void_p),
                 ("regions", CodeRegion * MAX_CODE_REGIONS)]
 
 
@@ -67,3 +67,22 @@ def hooks_library() -> ctypes.CDLL:
         else:
             raise TinyDeployError("cannot build the ISS's native hook library:\n" + "\n".join(errors))
     return ctypes.CDLL(str(target))
+
+
+def attach_counter(uc, regions: list[tuple[int, int, int]], limit: int, isa: int = 0) -> HartCounter:
+    """Install the native block hook on a Unicorn engine; regions are (base, size, host pointer) of code memory.
+
+    The caller keeps the returned counter alive (the hook holds a pointer to it)."""
+    from unicorn import UC_HOOK_BLOCK
+    from unicorn.unicorn_py3 import unicorn as ucmod
+
+    counter = HartCounter(0, limit, NO_BLOCK, 0, 0, 0, isa, ctypes.cast(ucmod.uclib.uc_emu_stop, ctypes.c_void_p))
+    for i, (base, size, ptr) in enumerate(regions[:MAX_CODE_REGIONS]):
+        counter.regions[i].base, counter.regions[i].size, counter.regions[i].host = base, size, ptr
+    handle = ucmod.uc_hook_h()
+    status = ucmod.uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK,
+                                     ctypes.cast(hooks_library().td_block_hook, ctypes.c_void_p),
+                                     ctypes.cast(ctypes.pointer(counter), ctypes.c_void_p), 1, 0)
+    if status != 0:
+        raise TinyDeployError(f"cannot install the ISS block hook (unicorn error {status})")
+    return counter

@@ -2,8 +2,9 @@
  * Native block hook for the cluster ISS (sim/cluster.py): counts the instructions each hart retires and ends
  * its slice after `limit` instructions. Unicorn's own `count` argument hooks every instruction and runs at
  * ~35 M instr/s; a Python block hook is slower still; this C hook runs once per translated block at ~200 M
- * instr/s and makes per-hart instruction counts exact (RV32IMC: 2- and 4-byte instructions are decoded from
- * the guest's code bytes). Built on first use by sim/native.py with the host C compiler.
+ * instr/s and makes per-hart instruction counts exact (2- and 4-byte instructions are told apart from the
+ * guest's code bytes: RV32IMC or Thumb-2, by `isa`). Built on first use by sim/native.py with the host C
+ * compiler.
  */
 #include <stdint.h>
 
@@ -24,6 +25,7 @@ typedef struct {
     uint64_t blocks;         /* blocks entered */
     uint64_t last_block;     /* address and size in bytes of the last block entered */
     uint64_t last_size;
+    uint64_t isa;            /* 0: RISC-V (RVC), 1: Thumb-2 */
     td_stop_fn stop;         /* uc_emu_stop */
     td_code_region regions[TD_MAX_CODE_REGIONS];
 } td_hart_counter;
@@ -37,7 +39,11 @@ static uint64_t block_instructions(const td_hart_counter *c, uint64_t address, u
             const uint8_t *end = p + size;
             uint64_t n = 0;
             while (p < end) {
-                p += ((p[0] & 3u) == 3u) ? 4 : 2;   /* RVC: low bits 11 mark a 32-bit instruction */
+                if (c->isa == 1) {   /* Thumb-2: first halfword 0b11101..., 0b11110..., 0b11111... is 32-bit */
+                    p += ((p[1] >> 3) >= 0x1Du) ? 4 : 2;
+                } else {             /* RVC: low bits 11 mark a 32-bit instruction */
+                    p += ((p[0] & 3u) == 3u) ? 4 : 2;
+                }
                 ++n;
             }
             return n;

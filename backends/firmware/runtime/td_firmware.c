@@ -1,9 +1,24 @@
-/* Firmware runtime shared by every bare-metal target: console helpers over the platform's td_putchar and the
- * freestanding libc subset the compiler may call (memcpy, memset, memmove). */
+/* Firmware runtime shared by every bare-metal target: console and tensor trace through the simulation
+ * device's registers (td_platform.h), and the freestanding libc subset the compiler may call. */
 #include <stddef.h>
 #include <stdint.h>
 
-void td_putchar(char c);
+#include "td_parallel.h"
+
+void td_putchar(char c)
+{
+    TD_MMIO(TD_REG_PUTCHAR) = (uint32_t)(unsigned char)c;
+}
+
+#ifdef TD_TRACE
+/* Per-node trace (verify --layers): the simulator copies the tensor when the id is written. */
+void td_trace(int32_t tensor_id, const void *data, int32_t nbytes)
+{
+    TD_MMIO(TD_REG_TRACE_PTR) = (uint32_t)(uintptr_t)data;
+    TD_MMIO(TD_REG_TRACE_BYTES) = (uint32_t)nbytes;
+    TD_MMIO(TD_REG_TRACE_ID) = (uint32_t)tensor_id;
+}
+#endif
 
 void td_puts(const char *s)
 {

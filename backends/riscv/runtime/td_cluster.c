@@ -14,20 +14,6 @@ int td_start(void)
     return main();
 }
 
-void td_putchar(char c)
-{
-    TD_MMIO(TD_REG_PUTCHAR) = (uint32_t)(unsigned char)c;
-}
-
-#ifdef TD_TRACE
-/* Per-node trace (verify --layers): the ISS copies the tensor when the id is written. */
-void td_trace(int32_t tensor_id, const void *data, int32_t nbytes)
-{
-    TD_MMIO(TD_REG_TRACE_PTR) = (uint32_t)(uintptr_t)data;
-    TD_MMIO(TD_REG_TRACE_BYTES) = (uint32_t)nbytes;
-    TD_MMIO(TD_REG_TRACE_ID) = (uint32_t)tensor_id;
-}
-#endif
 
 /* --- tile loop (see td_dma.h) ------------------------------------------------------------------------ */
 static uint32_t td_tile_pending[2]; /* DMA id completing each buffer parity's inputs (hart 0) */

@@ -1,0 +1,29 @@
+/*
+ * Execution model of a Cortex-M target: one core, so every kernel takes all the work and barriers are no-ops;
+ * layer stamps and the tensor trace go to tinydeploy's simulation device (td_platform.h).
+ */
+#ifndef TD_PARALLEL_H
+#define TD_PARALLEL_H
+
+#include <stdint.h>
+
+#include "td_platform.h"
+
+#define TD_MMIO(offset) (*(volatile uint32_t *)(TD_MMIO_BASE + (offset)))
+
+static inline int32_t td_hart_id(void)
+{
+    return 0;
+}
+
+static inline void td_barrier(void)
+{
+}
+
+#define TD_HART_ID 0
+#define TD_NUM_CORES 1
+#define TD_BARRIER() ((void)0)
+#define TD_LAYER_BEGIN(index) (TD_MMIO(TD_REG_LAYER_BEGIN) = (uint32_t)(index))
+#define TD_LAYER_END(index) (TD_MMIO(TD_REG_LAYER_END) = (uint32_t)(index))
+
+#endif /* TD_PARALLEL_H */

@@ -1,0 +1,69 @@
+"""The Cortex-M target: firmware for Thumb-2 M-class in the Cortex-M ISS, bit-exact; faults reported clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from test_cluster import compile_for
+from tinydeploy.backends import compile_graph
+from tinydeploy.errors import TinyDeployError
+from tinydeploy.ir.graph import Graph, Node, Tensor
+from tinydeploy.sim.cluster import GuestFault
+from tinydeploy.sim.cortexm import CortexMISS
+from tinydeploy.sim.firmware import build_firmware, simulate_build
+from tinydeploy.verify import verify_build
+
+
+@pytest.fixture(scope="module")
+def tiny_m4_build(tiny_zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_cortex_m4")
+    compile_for(tiny_zoo / "model_qdq.onnx", out, target="cortex-m4")
+    return out
+
+
+def test_tiny_mobilebert_bit_exact_in_the_cortex_m_iss(tiny_m4_build):
+    report = simulate_build(tiny_m4_build).report
+    assert report["bit_exact"] is True and report["exit_code"] == 0
+    assert report["cycles_inference"] > 0 and len(report["layers"]) > 150
+    manifest = json.loads((tiny_m4_build / "tinydeploy.json").read_text())
+    assert manifest["placement"] == {"arena_section": "", "arena_region": "SRAM", "weights_region": "XIP"}
+    result = verify_build(tiny_m4_build, layers=True)
+    assert result.bit_exact, result.first.describe()
+
+
+FAULTY_MAIN = {
+    "bad_address": ("int main(void) { return *(volatile int *)0x60000000; }",
+                    r"hart 0 .*(load from unmapped address 0x60000000|HardFault)"),
+    "illegal_instruction": ('int main(void) { __asm__ volatile("udf #0"); return 0; }',
+                            r"hart 0 .*(illegal instruction|HardFault)"),
+    "no_exit": ("int main(void) { for (;;) { } }", r"no exit within 2000000 cycles"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAULTY_MAIN))
+def test_cortex_m_faults_are_reported(tiny_m4_build, tmp_path, kind):
+    project = tmp_path / "p"
+    shutil.copytree(tiny_m4_build, project, ignore=shutil.ignore_patterns("fw*"))
+    source, expected = FAULTY_MAIN[kind]
+    (project / "main.c").write_text('#include "td_parallel.h"\nunion { long long a; char b[8]; } td_output;\n'
+                                    + source + "\n")
+    iss = CortexMISS("cortex-m4", build_firmware(project, backend="cmsis"))
+    with pytest.raises(GuestFault, match=expected) as info:
+        iss.run(max_cycles=2_000_000)
+    assert info.value.symbol != "?"
+
+
+def test_activations_too_large_for_sram_is_a_clear_error(tmp_path):
+    graph = Graph(name="too_big")
+    graph.add_tensor(Tensor("x", "int8", (1, 512, 512)))
+    graph.add_const("w", np.ones((512, 512), dtype=np.int8), "int8")
+    graph.add_tensor(Tensor("acc", "int32", (1, 512, 512)))
+    graph.add_tensor(Tensor("y", "int8", (1, 512, 512)))
+    graph.nodes += [Node("mm", "MatMulInt", ["x", "w"], ["acc"], {}),
+                    Node("rq", "Requant", ["acc"], ["y"], {"mul": 1, "shift": 8, "add": 0, "lo": -128, "hi": 127})]
+    graph.inputs, graph.outputs = ["x"], ["y"]
+    with pytest.raises(TinyDeployError, match=r"too large for cortex-m4: activation arena \d+ B does not fit"):
+        compile_graph(graph, "cortex-m4", tmp_path, {"x": np.zeros((1, 512, 512), dtype=np.int8)})
