@@ -163,6 +163,8 @@ def test_collapsible_transpose_compiles_and_runs(tmp_path):
 
 
 def test_unimplemented_backend_is_a_clear_error(tiny_zoo, tmp_path):
-    graph = integerize(import_model(tiny_zoo / "model_qdq.onnx"), "cortex-m4")
-    with pytest.raises(TinyDeployError, match="cortex-m4"):
-        compile_graph(graph, "cortex-m4", tmp_path, {})
+    target = tmp_path / "fpga.toml"
+    target.write_text('extends = "generic"\nname = "fpga"\nbackend = "hls"\n')
+    graph = integerize(import_model(tiny_zoo / "model_qdq.onnx"), "generic")
+    with pytest.raises(TinyDeployError, match="target 'fpga' needs the 'hls' backend, which is not implemented"):
+        compile_graph(graph, str(target), tmp_path / "out", {})
