@@ -16,6 +16,13 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
 
     `verify --layers` runs the same passes to name the golden tensors the firmware traces."""
     target = load_target(target)
+    if target.backend == "cmsis":
+        from ..passes.fuse_cmsis import fuse_fully_connected
+
+        graph, count = fuse_fully_connected(graph)
+        if dump is not None:
+            dump("fuse_fully_connected", graph)
+        return graph, [f"{count} GEMMs as CMSIS-NN fully-connected layers (arm_fully_connected_per_channel_s8)"]
     if target.backend != "riscv":
         return graph, []
     from ..passes.fuse_attention import fuse_attention

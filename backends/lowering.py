@@ -505,6 +505,28 @@ def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
     call.statements.append(f"{kernel.name}({', '.join(args)});")
 
 
+# --- CMSIS-NN ----------------------------------------------------------------------------------------------
+def lower_fully_connected(low: Lowering, index: int, node: Node, call: Call) -> None:
+    """FullyConnectedS8 -> arm_fully_connected_per_channel_s8 with CMSIS-NN's argument structs (cmsis backend)."""
+    x, w = low.t(node.inputs[0]), low.t(node.inputs[1])
+    at = node.attrs
+    channels, depth = w.shape
+    batches = x.size // depth
+    call.params[f"p{index}_multiplier"] = np.asarray(at["multiplier"], dtype=np.int32)
+    call.params[f"p{index}_shift"] = np.asarray(at["shift"], dtype=np.int32)
+    call.descriptors += [
+        f"static const cmsis_nn_fc_params fc_{index} = {{.input_offset = {-int(at['a_zero'])}, .filter_offset = 0, "
+        f".output_offset = {int(at['zero_point'])}, .activation = {{{int(at['lo'])}, {int(at['hi'])}}}}};",
+        f"static const cmsis_nn_per_channel_quant_params fcq_{index} = {{(int32_t *)p{index}_multiplier, "
+        f"(int32_t *)p{index}_shift}};",
+        f"static const cmsis_nn_dims fcd_{index}[4] = {{{{{batches}, 1, 1, {depth}}}, {{{depth}, 1, 1, {channels}}}, "
+        f"{{1, 1, 1, {channels}}}, {{{batches}, 1, 1, {channels}}}}}; /* input, filter, bias, output */"]
+    args = [f"&td_nn_context, &fc_{index}, &fcq_{index}, &fcd_{index}[0]", low.refs.pointer(x.name),
+            f"&fcd_{index}[1]", low.refs.pointer(w.name), f"&fcd_{index}[2]", low.refs.pointer(node.inputs[2]),
+            f"&fcd_{index}[3]", low.refs.pointer(node.outputs[0])]
+    call.statements.append(f"(void)arm_fully_connected_per_channel_s8({', '.join(args)});")
+
+
 # --- accelerator -----------------------------------------------------------------------------------------
 def _clip_word(lo: int, hi: int) -> str:
     """Two int16 clip bounds packed in one 32-bit register value (lo in the low half)."""
@@ -682,6 +704,7 @@ LOWERINGS: dict[str, Callable[[Lowering, int, Node, Call], None]] = {
     **{name: lower_elementwise for name in ELEMENTWISE},
     "MatMulInt": lower_matmul,
     "ITAGemm": lower_ita_gemm,
+    "FullyConnectedS8": lower_fully_connected,
     "Transpose": lower_transpose,
     "Slice": lower_slice,
     "Concat": lower_concat,

@@ -228,6 +228,18 @@ def run_ita_gemm(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [y]
 
 
+# --- CMSIS-NN fully connected (passes/fuse_cmsis.py) ------------------------------------------------------
+@op("FullyConnectedS8", shape=lambda node, shapes: [(*shapes[0][:-1], shapes[1][0])], ranges=attr_range,
+    macs=lambda node, shapes: int(np.prod(shapes[0][:-1])) * shapes[0][-1] * shapes[1][0])
+def run_fully_connected_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """arm_fully_connected_per_channel_s8: y = requant_cmsis((x - a_zero) @ W^T + bias) per output channel, with
+    W [out, in] (CMSIS-NN's filter layout). Defined by composing MatMulInt and RequantCMSIS."""
+    at = node.attrs
+    mm = Node(node.name, "MatMulInt", [], [], {"trans_b": 1, "a_zero": at.get("a_zero", 0)})
+    acc = run_matmul_int(mm, xs)[0]
+    return [arith.requant_cmsis(acc, at["multiplier"], at["shift"], at["zero_point"], at["lo"], at["hi"])]
+
+
 # --- fused elementwise (passes/fuse_elementwise.py) -------------------------------------------------
 def _then_requant(first: str) -> Callable:
     def run(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:

@@ -34,6 +34,15 @@ def test_tiny_mobilebert_bit_exact_in_the_cortex_m_iss(tiny_m4_build):
     assert result.bit_exact, result.first.describe()
 
 
+def test_gemms_call_the_cmsis_nn_api(tiny_m4_build):
+    """Every weight GEMM is one arm_fully_connected_per_channel_s8 call with CMSIS-NN's argument structs."""
+    network = (tiny_m4_build / "network.c").read_text()
+    assert network.count("arm_fully_connected_per_channel_s8(") == 25
+    assert "static const cmsis_nn_fc_params fc_" in network and "cmsis_nn_per_channel_quant_params" in network
+    steps = json.loads((tiny_m4_build / "tinydeploy.json").read_text())["steps"]
+    assert sum(s["op"] == "FullyConnectedS8" for s in steps) == 25 and sum(s["op"] == "MatMulInt" for s in steps) == 4
+
+
 FAULTY_MAIN = {
     "bad_address": ("int main(void) { return *(volatile int *)0x60000000; }",
                     r"hart 0 .*(load from unmapped address 0x60000000|HardFault)"),

@@ -26,4 +26,6 @@ static inline void td_barrier(void)
 #define TD_LAYER_BEGIN(index) (TD_MMIO(TD_REG_LAYER_BEGIN) = (uint32_t)(index))
 #define TD_LAYER_END(index) (TD_MMIO(TD_REG_LAYER_END) = (uint32_t)(index))
 
+#include "arm_nnfunctions.h" /* the CMSIS-NN API the generated code calls (every C file sees it) */
+
 #endif /* TD_PARALLEL_H */

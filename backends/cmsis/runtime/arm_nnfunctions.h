@@ -1,0 +1,56 @@
+/*
+ * The CMSIS-NN entry points tinydeploy's Cortex-M code calls, with CMSIS-NN's names, argument structs and
+ * semantics (CMSIS-NN 6.x, arm_nnfunctions.h / arm_nn_types.h). tinydeploy ships its own implementations
+ * (arm_nn_kernels.c) because CMSIS-NN is not installable from the package registries here; the generated
+ * code is written against this API only.
+ */
+#ifndef TD_ARM_NNFUNCTIONS_H
+#define TD_ARM_NNFUNCTIONS_H
+
+#include <stdint.h>
+
+typedef enum {
+    ARM_CMSIS_NN_SUCCESS = 0,
+    ARM_CMSIS_NN_ARG_ERROR = -1,
+    ARM_CMSIS_NN_NO_IMPL_ERROR = -2,
+} arm_cmsis_nn_status;
+
+typedef struct {
+    void *buf;
+    int32_t size;
+} cmsis_nn_context;
+
+typedef struct {
+    int32_t n, h, w, c;
+} cmsis_nn_dims;
+
+typedef struct {
+    int32_t min, max;
+} cmsis_nn_activation;
+
+typedef struct {
+    int32_t input_offset;
+    int32_t filter_offset;
+    int32_t output_offset;
+    cmsis_nn_activation activation;
+} cmsis_nn_fc_params;
+
+typedef struct {
+    int32_t *multiplier;
+    int32_t *shift;
+} cmsis_nn_per_channel_quant_params;
+
+extern const cmsis_nn_context td_nn_context;   /* tinydeploy: the (empty) context of its kernels */
+
+/* y[b][c] = clamp(requantize(sum_k (x[b][k] + input_offset) * w[c][k] + bias[c], multiplier[c], shift[c])
+ *                 + output_offset). input_dims: [batches, 1, 1, depth]; filter_dims: [depth, 1, 1, out_ch]
+ * (filter data in [out_ch][depth] layout); output_dims: [batches, 1, 1, out_ch]. filter_offset must be 0. */
+arm_cmsis_nn_status arm_fully_connected_per_channel_s8(const cmsis_nn_context *ctx,
+                                                       const cmsis_nn_fc_params *fc_params,
+                                                       const cmsis_nn_per_channel_quant_params *quant_params,
+                                                       const cmsis_nn_dims *input_dims, const int8_t *input_data,
+                                                       const cmsis_nn_dims *filter_dims, const int8_t *filter_data,
+                                                       const cmsis_nn_dims *bias_dims, const int32_t *bias_data,
+                                                       const cmsis_nn_dims *output_dims, int8_t *output_data);
+
+#endif /* TD_ARM_NNFUNCTIONS_H */

@@ -1,0 +1,68 @@
+"""Map `MatMulInt(x, constant W) -> RequantCMSIS` onto CMSIS-NN's fully-connected kernel (FullyConnectedS8).
+
+CMSIS-NN's `arm_fully_connected_per_channel_s8` takes int8 activations with an input offset, symmetric int8
+weights in [out, in] layout, an int32 bias and a per-output-channel requantization (contract 2). The pass
+transposes the weights at compile time when needed; FullyConnectedS8 is defined by composing the two ops it
+replaces (ir/ops.py), so results are unchanged; a verifier runs after.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.graph import Graph, Node
+from ..ir.verify import verify
+
+
+def _per_channel(value, n: int) -> np.ndarray | None:
+    arr = np.asarray(value, dtype=np.int64)
+    if arr.size == 1:
+        return np.full(n, int(arr.reshape(-1)[0]), dtype=np.int64)
+    return arr.reshape(n) if arr.size == n and arr.shape[-1] == n else None
+
+
+def _fused(graph: Graph, mm: Node, requant: Node) -> Node | None:
+    x, w = graph.tensors[mm.inputs[0]], graph.tensors[mm.inputs[1]]
+    at = mm.attrs
+    if (x.dtype != "int8" or w.dtype != "int8" or not w.is_const or len(w.shape) != 2 or at.get("b_zero", 0)
+            or at.get("trans_a")):
+        return None
+    weights = np.asarray(w.data) if at.get("trans_b") else np.asarray(w.data).T
+    n = weights.shape[0]
+    multiplier, shift = (_per_channel(requant.attrs[k], n) for k in ("multiplier", "shift"))
+    if multiplier is None or shift is None or np.asarray(requant.attrs["zero_point"]).size != 1:
+        return None
+    if len(mm.inputs) > 2 and mm.inputs[2]:
+        bias = graph.tensors[mm.inputs[2]]
+        if bias.dtype != "int32" or bias.size != n or not bias.is_const:
+            return None
+        bias_name = bias.name
+    else:
+        bias_name = graph.add_const(graph.unique_name(f"{mm.name}/bias"), np.zeros(n, np.int32), "int32").name
+    filter_name = graph.add_const(graph.unique_name(f"{w.name}/out_in"), np.ascontiguousarray(weights).astype(np.int8),
+                                  "int8").name
+    attrs = {"a_zero": int(at.get("a_zero", 0)), "multiplier": multiplier.astype(np.int32),
+             "shift": shift.astype(np.int32), "zero_point": int(requant.attrs["zero_point"]),
+             "lo": int(requant.attrs["lo"]), "hi": int(requant.attrs["hi"])}
+    return Node(f"{mm.name}/fc", "FullyConnectedS8", [mm.inputs[0], filter_name, bias_name],
+                list(requant.outputs), attrs, origin=mm.origin)
+
+
+def fuse_fully_connected(graph: Graph) -> tuple[Graph, int]:
+    """A new graph where every eligible MatMulInt -> RequantCMSIS pair is one FullyConnectedS8; and the count."""
+    graph = graph.copy()
+    consumers = graph.consumers()
+    replaced: dict[str, Node] = {}
+    dropped: set[str] = set()
+    for mm in [n for n in graph.nodes if n.op == "MatMulInt"]:
+        users = consumers.get(mm.outputs[0], [])
+        if len(users) != 1 or users[0].op != "RequantCMSIS" or mm.outputs[0] in graph.outputs:
+            continue
+        fused = _fused(graph, mm, users[0])
+        if fused is not None:
+            replaced[users[0].name] = fused
+            dropped.add(mm.name)
+    graph.nodes = [replaced.get(n.name, n) for n in graph.nodes if n.name not in dropped]
+    graph.remove_unused()
+    verify(graph, integer_only=True)
+    return graph, len(replaced)
