@@ -2,7 +2,8 @@
 
 CMSIS-NN's `arm_fully_connected_per_channel_s8` takes int8 activations with an input offset, symmetric int8
 weights in [out, in] layout, an int32 bias and a per-output-channel requantization (contract 2). The pass
-transposes the weights at compile time when needed; FullyConnectedS8 is defined by composing the two ops it
+transposes the weights at compile time when needed and folds the input offset into the bias (weights are
+constants, so -a_zero * sum(w) is exact); FullyConnectedS8 is defined by composing the two ops it
 replaces (ir/ops.py), so results are unchanged; a verifier runs after.
 """
 
@@ -32,16 +33,21 @@ def _fused(graph: Graph, mm: Node, requant: Node) -> Node | None:
     multiplier, shift = (_per_channel(requant.attrs[k], n) for k in ("multiplier", "shift"))
     if multiplier is None or shift is None or np.asarray(requant.attrs["zero_point"]).size != 1:
         return None
+    bias = np.zeros(n, dtype=np.int64)
     if len(mm.inputs) > 2 and mm.inputs[2]:
-        bias = graph.tensors[mm.inputs[2]]
-        if bias.dtype != "int32" or bias.size != n or not bias.is_const:
+        given = graph.tensors[mm.inputs[2]]
+        if given.dtype != "int32" or given.size != n or not given.is_const:
             return None
-        bias_name = bias.name
-    else:
-        bias_name = graph.add_const(graph.unique_name(f"{mm.name}/bias"), np.zeros(n, np.int32), "int32").name
+        bias += np.asarray(given.data, dtype=np.int64).reshape(n)
+    # (x - a_zero) . w = x . w - a_zero * sum(w): the input offset folds into the bias (exact), so the kernel
+    # multiplies raw int8 pairs (no offset additions in the inner loop), as CMSIS-NN's kernel sums do
+    bias -= int(at.get("a_zero", 0)) * weights.astype(np.int64).sum(axis=1)
+    if bias.min() < -(2**31) or bias.max() >= 2**31:
+        return None
+    bias_name = graph.add_const(graph.unique_name(f"{mm.name}/bias_folded"), bias.astype(np.int32), "int32").name
     filter_name = graph.add_const(graph.unique_name(f"{w.name}/out_in"), np.ascontiguousarray(weights).astype(np.int8),
                                   "int8").name
-    attrs = {"a_zero": int(at.get("a_zero", 0)), "multiplier": multiplier.astype(np.int32),
+    attrs = {"a_zero": 0, "multiplier": multiplier.astype(np.int32),
              "shift": shift.astype(np.int32), "zero_point": int(requant.attrs["zero_point"]),
              "lo": int(requant.attrs["lo"]), "hi": int(requant.attrs["hi"])}
     return Node(f"{mm.name}/fc", "FullyConnectedS8", [mm.inputs[0], filter_name, bias_name],
