@@ -266,7 +266,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise TinyDeployError("--inputs: the firmware runs the golden input compiled into it; recompile with "
                               "`tinydeploy compile --inputs FILE` to simulate other inputs")
     with _progress_bar("simulating layers") as update:
-        sim = simulate_build(args.build, cc=args.cc, max_cycles=args.max_cycles, accel=args.accel, say=_say,
+        sim = simulate_build(args.build, cc=args.cc, max_cycles=args.max_cycles, accel=args.accel,
+                             cmsis_nn=args.cmsis_nn, say=_say,
                              progress=lambda done, total, cycles, rate: update(
                                  done, total, f"{cycles / 1e6:,.1f} M cycles, {rate / 1e6:.0f} M guest instr/s"))
     report = sim.report
@@ -425,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cc", default=None, help="cross compiler: default pip ziglang's clang; or "
                                               "riscv64-unknown-elf-gcc")
     p.add_argument("--max-cycles", type=int, default=None, help="cycle budget before the run is stopped")
+    p.add_argument("--cmsis-nn", metavar="PATH", help="Cortex-M: build the kernels from a CMSIS-NN checkout "
+                                                      "instead of tinydeploy's implementations of its API")
     p.add_argument("--accel", default="model", choices=["model", "rtl"],
                    help="accelerator engine: functional+timing model (default) or the Verilated RTL (each job "
                         "is also checked against the model)")

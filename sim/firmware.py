@@ -33,9 +33,12 @@ class Simulation:
     wall_seconds: float
 
 
-def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False, backend: str = "riscv") -> Path:
-    """make the firmware with pip ziglang's clang (default) or a gcc cross compiler; returns the ELF path."""
-    out = "fw-trace" if trace else "fw"
+def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False, backend: str = "riscv",
+                   cmsis_nn: str | None = None) -> Path:
+    """make the firmware with pip ziglang's clang (default) or a gcc cross compiler; returns the ELF path.
+
+    cmsis_nn: a CMSIS-NN checkout to build the Cortex-M kernels from instead of tinydeploy's own."""
+    out = ("fw-trace" if trace else "fw") + ("-cmsis-nn" if cmsis_nn else "")
     if cc is None or cc in ("zig", "clang"):
         variables = [f"CC={sys.executable} -m ziglang cc"]
     else:
@@ -43,12 +46,18 @@ def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False, 
                      "LDFLAGS=-nostartfiles -static -Wl,--gc-sections -lgcc"]
     if trace:
         variables.append("EXTRA_CFLAGS=-DTD_TRACE")
+    if cmsis_nn:
+        if backend != "cmsis":
+            raise TinyDeployError("--cmsis-nn applies to Cortex-M builds")
+        if not (Path(cmsis_nn) / "Include" / "arm_nnfunctions.h").is_file():
+            raise TinyDeployError(f"--cmsis-nn {cmsis_nn}: not a CMSIS-NN checkout (no Include/arm_nnfunctions.h)")
+        variables.append(f"CMSIS_NN={Path(cmsis_nn).resolve()}")
     run_make(build_dir, out, variables, "firmware build")
     return build_dir / out / "firmware.elf"
 
 
 def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool = False,
-                   max_cycles: int | None = None, accel: str = "model",
+                   max_cycles: int | None = None, accel: str = "model", cmsis_nn: str | None = None,
                    say: Callable[[str], None] = lambda m: None,
                    progress: Callable[[int, int, int, float], None] | None = None) -> Simulation:
     """`progress(layers done, layers, cycles, guest instructions/s)` is called about twice a second."""
@@ -61,7 +70,7 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
     if backend not in ("riscv", "cmsis"):
         raise TinyDeployError(f"simulate runs cluster and Cortex-M builds; this one is for {manifest.get('target')} "
                               f"(use tinydeploy verify for host builds)")
-    elf = build_firmware(build, cc, trace, backend)
+    elf = build_firmware(build, cc, trace, backend, cmsis_nn)
     say(f"built {elf.relative_to(build)}")
     if backend == "cmsis":
         from .cortexm import CortexMISS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -76,3 +77,10 @@ def test_activations_too_large_for_sram_is_a_clear_error(tmp_path):
     graph.inputs, graph.outputs = ["x"], ["y"]
     with pytest.raises(TinyDeployError, match=r"too large for cortex-m4: activation arena \d+ B does not fit"):
         compile_graph(graph, "cortex-m4", tmp_path, {"x": np.zeros((1, 512, 512), dtype=np.int8)})
+
+
+@pytest.mark.skipif(not os.environ.get("TD_CMSIS_NN"), reason="set TD_CMSIS_NN to a CMSIS-NN checkout")
+def test_against_a_real_cmsis_nn_checkout(tiny_m4_build):
+    """simulate --cmsis-nn PATH: the same generated code linked with Arm's CMSIS-NN is bit-exact too."""
+    report = simulate_build(tiny_m4_build, cmsis_nn=os.environ["TD_CMSIS_NN"]).report
+    assert report["bit_exact"] is True

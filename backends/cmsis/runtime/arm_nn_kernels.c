@@ -12,8 +12,6 @@
 
 typedef int32_t __attribute__((aligned(1), may_alias)) td_unaligned_i32;
 
-/* The context the generated code passes (these kernels need no scratch buffer). */
-const cmsis_nn_context td_nn_context = {0, 0};
 
 static inline int32_t td_load4(const int8_t *p)
 {

@@ -40,8 +40,6 @@ typedef struct {
     int32_t *shift;
 } cmsis_nn_per_channel_quant_params;
 
-extern const cmsis_nn_context td_nn_context;   /* tinydeploy: the (empty) context of its kernels */
-
 /* y[b][c] = clamp(requantize(sum_k (x[b][k] + input_offset) * w[c][k] + bias[c], multiplier[c], shift[c])
  *                 + output_offset). input_dims: [batches, 1, 1, depth]; filter_dims: [depth, 1, 1, out_ch]
  * (filter data in [out_ch][depth] layout); output_dims: [batches, 1, 1, out_ch]. filter_offset must be 0. */

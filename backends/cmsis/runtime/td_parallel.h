@@ -26,6 +26,14 @@ static inline void td_barrier(void)
 #define TD_LAYER_BEGIN(index) (TD_MMIO(TD_REG_LAYER_BEGIN) = (uint32_t)(index))
 #define TD_LAYER_END(index) (TD_MMIO(TD_REG_LAYER_END) = (uint32_t)(index))
 
-#include "arm_nnfunctions.h" /* the CMSIS-NN API the generated code calls (every C file sees it) */
+/* The CMSIS-NN API the generated code calls (every C file sees it): a real checkout's header when built with
+ * CMSIS_NN=path (-DTD_CMSIS_NN), else tinydeploy's declarations of the same entry points. */
+#ifdef TD_CMSIS_NN
+#include <arm_nnfunctions.h>
+#else
+#include "arm_nnfunctions.h"
+#endif
+
+extern const cmsis_nn_context td_nn_context; /* the (empty) context tinydeploy passes */
 
 #endif /* TD_PARALLEL_H */

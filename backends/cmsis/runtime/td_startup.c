@@ -25,6 +25,9 @@ void td_fault(void)
     }
 }
 
+/* The CMSIS-NN context the generated code passes: no scratch buffer (DSP kernels need none). */
+const cmsis_nn_context td_nn_context = {0, 0};
+
 void td_reset(void)
 {
     const uint32_t *src = &__data_load;
