@@ -22,7 +22,9 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
         graph, count = fuse_fully_connected(graph)
         if dump is not None:
             dump("fuse_fully_connected", graph)
-        return graph, [f"{count} GEMMs as CMSIS-NN fully-connected layers (arm_fully_connected_per_channel_s8)"]
+        fc = sum(n.op == "FullyConnectedS8" for n in graph.nodes)
+        return graph, [f"{count} GEMMs on CMSIS-NN kernels: {fc} arm_fully_connected_per_channel_s8, "
+                       f"{count - fc} arm_batch_matmul_s8"]
     if target.backend != "riscv":
         return graph, []
     from ..passes.fuse_attention import fuse_attention

@@ -527,6 +527,29 @@ def lower_fully_connected(low: Lowering, index: int, node: Node, call: Call) -> 
     call.statements.append(f"(void)arm_fully_connected_per_channel_s8({', '.join(args)});")
 
 
+def _nhwc(shape: tuple[int, ...]) -> str:
+    """A [.., rows, cols] shape as cmsis_nn_dims {n, h, w, c} (rank 3 or 4)."""
+    dims = [1] * (4 - len(shape)) + list(shape)
+    return "{" + ", ".join(str(d) for d in dims) + "}"
+
+
+def lower_batch_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
+    """BatchMatMulS8 -> arm_batch_matmul_s8 with CMSIS-NN's argument structs (cmsis backend)."""
+    lhs, rhs, out = low.t(node.inputs[0]), low.t(node.inputs[1]), low.t(node.outputs[0])
+    at = node.attrs
+    fc = (f"{{{-int(at['a_zero'])}, {-int(at['b_zero'])}, {int(at['zero_point'])}, "
+          f"{{{int(at['lo'])}, {int(at['hi'])}}}}}")
+    call.descriptors += [
+        f"static const cmsis_nn_bmm_params bmm_{index} = {{false, false, {fc}}};",
+        f"static const cmsis_nn_per_tensor_quant_params bmmq_{index} = {{{int(at['multiplier'])}, "
+        f"{int(at['shift'])}}};",
+        f"static const cmsis_nn_dims bmmd_{index}[3] = {{{_nhwc(lhs.shape)}, {_nhwc(rhs.shape)}, "
+        f"{_nhwc(out.shape)}}}; /* lhs, rhs (transposed), output */"]
+    args = [f"&td_nn_context, &bmm_{index}, &bmmq_{index}, &bmmd_{index}[0]", low.refs.pointer(lhs.name),
+            f"&bmmd_{index}[1]", low.refs.pointer(rhs.name), f"&bmmd_{index}[2]", low.refs.pointer(out.name)]
+    call.statements.append(f"(void)arm_batch_matmul_s8({', '.join(args)});")
+
+
 # --- accelerator -----------------------------------------------------------------------------------------
 def _clip_word(lo: int, hi: int) -> str:
     """Two int16 clip bounds packed in one 32-bit register value (lo in the low half)."""
@@ -705,6 +728,7 @@ LOWERINGS: dict[str, Callable[[Lowering, int, Node, Call], None]] = {
     "MatMulInt": lower_matmul,
     "ITAGemm": lower_ita_gemm,
     "FullyConnectedS8": lower_fully_connected,
+    "BatchMatMulS8": lower_batch_matmul,
     "Transpose": lower_transpose,
     "Slice": lower_slice,
     "Concat": lower_concat,

@@ -240,6 +240,18 @@ def run_fully_connected_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]
     return [arith.requant_cmsis(acc, at["multiplier"], at["shift"], at["zero_point"], at["lo"], at["hi"])]
 
 
+@op("BatchMatMulS8", shape=lambda node, shapes: [(*shapes[0][:-1], shapes[1][-2])], ranges=attr_range,
+    macs=lambda node, shapes: int(np.prod(shapes[0][:-1])) * shapes[0][-1] * shapes[1][-2]
+    * int(np.prod(shapes[1][:-2])) // max(int(np.prod(shapes[0][:-2])), 1))
+def run_batch_matmul_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """arm_batch_matmul_s8: y = requant_cmsis((lhs - a_zero) @ (rhs - b_zero)^T) per tensor, rhs in [.., N, K]
+    (CMSIS-NN's transposed layout). Defined by composing MatMulInt and RequantCMSIS."""
+    at = node.attrs
+    mm = Node(node.name, "MatMulInt", [], [], {"trans_b": 1, "a_zero": at["a_zero"], "b_zero": at["b_zero"]})
+    acc = run_matmul_int(mm, xs)[0]
+    return [arith.requant_cmsis(acc, at["multiplier"], at["shift"], at["zero_point"], at["lo"], at["hi"])]
+
+
 # --- fused elementwise (passes/fuse_elementwise.py) -------------------------------------------------
 def _then_requant(first: str) -> Callable:
     def run(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:

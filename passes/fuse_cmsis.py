@@ -1,4 +1,5 @@
-"""Map `MatMulInt(x, constant W) -> RequantCMSIS` onto CMSIS-NN's fully-connected kernel (FullyConnectedS8).
+"""Map `MatMulInt -> RequantCMSIS` onto CMSIS-NN kernels: with constant weights onto the fully-connected kernel
+(FullyConnectedS8), between two activations (attention) onto arm_batch_matmul_s8 (BatchMatMulS8).
 
 CMSIS-NN's `arm_fully_connected_per_channel_s8` takes int8 activations with an input offset, symmetric int8
 weights in [out, in] layout, an int32 bias and a per-output-channel requantization (contract 2). The pass
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph, Node, Tensor
 from ..ir.verify import verify
 
 
@@ -54,21 +55,70 @@ def _fused(graph: Graph, mm: Node, requant: Node) -> Node | None:
                 list(requant.outputs), attrs, origin=mm.origin)
 
 
+def _batch_operand(graph: Graph, mm: Node, producers: dict[str, Node], consumers: dict[str, list[Node]],
+                   new_nodes: list[tuple[str, Node]]) -> str:
+    """The rhs in CMSIS-NN's transposed [.., N, K] layout: as is (trans_b), by re-permuting the Transpose that
+    produced it, or through a new Transpose inserted before the matmul."""
+    rhs = mm.inputs[1]
+    if mm.attrs.get("trans_b"):
+        return rhs
+    t = graph.tensors[rhs]
+    producer = producers.get(rhs)
+    if producer is not None and producer.op == "Transpose" and len(consumers.get(rhs, [])) == 1 \
+            and rhs not in graph.outputs:
+        perm = list(producer.attrs["perm"])
+        perm[-2], perm[-1] = perm[-1], perm[-2]
+        producer.attrs = {**producer.attrs, "perm": perm}
+        t.shape = (*t.shape[:-2], t.shape[-1], t.shape[-2])
+        return rhs
+    name = graph.unique_name(f"{rhs}/transposed")
+    graph.add_tensor(Tensor(name, t.dtype, (*t.shape[:-2], t.shape[-1], t.shape[-2])))
+    perm = list(range(len(t.shape)))
+    perm[-2], perm[-1] = perm[-1], perm[-2]
+    new_nodes.append((mm.name, Node(f"{mm.name}/rhs_transpose", "Transpose", [rhs], [name], {"perm": perm},
+                                    origin=mm.origin)))
+    return name
+
+
+def _batched(graph: Graph, mm: Node, requant: Node, producers, consumers, new_nodes) -> Node | None:
+    a, b = graph.tensors[mm.inputs[0]], graph.tensors[mm.inputs[1]]
+    at, rq = mm.attrs, requant.attrs
+    if (a.dtype != "int8" or b.dtype != "int8" or a.is_const or b.is_const or at.get("trans_a")
+            or len(mm.inputs) > 2 or not 3 <= len(a.shape) <= 4 or len(a.shape) != len(b.shape)
+            or any(np.asarray(rq[k]).size != 1 for k in ("multiplier", "shift", "zero_point"))):
+        return None
+    rhs = _batch_operand(graph, mm, producers, consumers, new_nodes)
+    attrs = {"a_zero": int(at.get("a_zero", 0)), "b_zero": int(at.get("b_zero", 0)),
+             "multiplier": int(np.asarray(rq["multiplier"]).reshape(-1)[0]),
+             "shift": int(np.asarray(rq["shift"]).reshape(-1)[0]), "zero_point": int(rq["zero_point"]),
+             "lo": int(rq["lo"]), "hi": int(rq["hi"])}
+    return Node(f"{mm.name}/bmm", "BatchMatMulS8", [mm.inputs[0], rhs], list(requant.outputs), attrs,
+                origin=mm.origin)
+
+
 def fuse_fully_connected(graph: Graph) -> tuple[Graph, int]:
     """A new graph where every eligible MatMulInt -> RequantCMSIS pair is one FullyConnectedS8; and the count."""
     graph = graph.copy()
-    consumers = graph.consumers()
+    consumers, producers = graph.consumers(), graph.producers()
     replaced: dict[str, Node] = {}
     dropped: set[str] = set()
+    inserted: list[tuple[str, Node]] = []      # (matmul name, Transpose to run before it)
     for mm in [n for n in graph.nodes if n.op == "MatMulInt"]:
         users = consumers.get(mm.outputs[0], [])
         if len(users) != 1 or users[0].op != "RequantCMSIS" or mm.outputs[0] in graph.outputs:
             continue
-        fused = _fused(graph, mm, users[0])
+        fused = _fused(graph, mm, users[0]) or _batched(graph, mm, users[0], producers, consumers, inserted)
         if fused is not None:
             replaced[users[0].name] = fused
             dropped.add(mm.name)
-    graph.nodes = [replaced.get(n.name, n) for n in graph.nodes if n.name not in dropped]
+    before = {name: node for name, node in inserted}
+    nodes = []
+    for n in graph.nodes:
+        if n.name in before:
+            nodes.append(before[n.name])
+        if n.name not in dropped:
+            nodes.append(replaced.get(n.name, n))
+    graph.nodes = nodes
     graph.remove_unused()
     verify(graph, integer_only=True)
     return graph, len(replaced)

@@ -36,12 +36,14 @@ def test_tiny_mobilebert_bit_exact_in_the_cortex_m_iss(tiny_m4_build):
 
 
 def test_gemms_call_the_cmsis_nn_api(tiny_m4_build):
-    """Every weight GEMM is one arm_fully_connected_per_channel_s8 call with CMSIS-NN's argument structs."""
+    """Every GEMM is one CMSIS-NN call with its argument structs: weights -> arm_fully_connected_per_channel_s8,
+    attention (two activations) -> arm_batch_matmul_s8."""
     network = (tiny_m4_build / "network.c").read_text()
     assert network.count("arm_fully_connected_per_channel_s8(") == 25
     assert "static const cmsis_nn_fc_params fc_" in network and "cmsis_nn_per_channel_quant_params" in network
     steps = json.loads((tiny_m4_build / "tinydeploy.json").read_text())["steps"]
-    assert sum(s["op"] == "FullyConnectedS8" for s in steps) == 25 and sum(s["op"] == "MatMulInt" for s in steps) == 4
+    assert sum(s["op"] == "FullyConnectedS8" for s in steps) == 25 and sum(s["op"] == "BatchMatMulS8" for s in steps) == 4
+    assert network.count("arm_batch_matmul_s8(") == 4 and not any(s["op"] == "MatMulInt" for s in steps)
 
 
 FAULTY_MAIN = {

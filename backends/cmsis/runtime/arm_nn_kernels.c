@@ -119,3 +119,36 @@ arm_cmsis_nn_status arm_fully_connected_per_channel_s8(const cmsis_nn_context *c
     }
     return ARM_CMSIS_NN_SUCCESS;
 }
+
+arm_cmsis_nn_status arm_batch_matmul_s8(const cmsis_nn_context *ctx, const cmsis_nn_bmm_params *bmm_params,
+                                        const cmsis_nn_per_tensor_quant_params *quant_params,
+                                        const cmsis_nn_dims *input_lhs_dims, const int8_t *input_lhs,
+                                        const cmsis_nn_dims *input_rhs_dims, const int8_t *input_rhs,
+                                        const cmsis_nn_dims *output_dims, int8_t *output)
+{
+    (void)ctx;
+    const cmsis_nn_fc_params *p = &bmm_params->fc_params;
+    const int32_t rows = input_lhs_dims->w, depth = input_lhs_dims->c, cols = input_rhs_dims->w;
+    for (int32_t n = 0; n < output_dims->n; ++n) {
+        for (int32_t h = 0; h < output_dims->h; ++h) {
+            const int8_t *lhs = input_lhs + ((input_lhs_dims->n > 1 ? n : 0) * input_lhs_dims->h
+                                             + (input_lhs_dims->h > 1 ? h : 0)) * rows * depth;
+            const int8_t *rhs = input_rhs + ((input_rhs_dims->n > 1 ? n : 0) * input_rhs_dims->h
+                                             + (input_rhs_dims->h > 1 ? h : 0)) * cols * depth;
+            int8_t *y = output + (n * output_dims->h + h) * rows * cols;
+            for (int32_t r = 0; r < rows; ++r) {
+                for (int32_t c = 0; c < cols; ++c) {
+                    int32_t acc = 0;
+                    for (int32_t k = 0; k < depth; ++k) {
+                        acc += ((int32_t)lhs[r * depth + k] + p->input_offset)
+                             * ((int32_t)rhs[c * depth + k] + p->filter_offset);
+                    }
+                    y[r * cols + c] = (int8_t)td_clip(td_requant_cmsis(acc, quant_params->multiplier,
+                                                                        quant_params->shift, p->output_offset),
+                                                       p->activation.min, p->activation.max);
+                }
+            }
+        }
+    }
+    return ARM_CMSIS_NN_SUCCESS;
+}

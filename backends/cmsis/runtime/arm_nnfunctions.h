@@ -7,6 +7,7 @@
 #ifndef TD_ARM_NNFUNCTIONS_H
 #define TD_ARM_NNFUNCTIONS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef enum {
@@ -40,6 +41,17 @@ typedef struct {
     int32_t *shift;
 } cmsis_nn_per_channel_quant_params;
 
+typedef struct {
+    int32_t multiplier;
+    int32_t shift;
+} cmsis_nn_per_tensor_quant_params;
+
+typedef struct {
+    const bool adj_x;
+    const bool adj_y;
+    cmsis_nn_fc_params fc_params;
+} cmsis_nn_bmm_params;
+
 /* y[b][c] = clamp(requantize(sum_k (x[b][k] + input_offset) * w[c][k] + bias[c], multiplier[c], shift[c])
  *                 + output_offset). input_dims: [batches, 1, 1, depth]; filter_dims: [depth, 1, 1, out_ch]
  * (filter data in [out_ch][depth] layout); output_dims: [batches, 1, 1, out_ch]. filter_offset must be 0. */
@@ -50,5 +62,14 @@ arm_cmsis_nn_status arm_fully_connected_per_channel_s8(const cmsis_nn_context *c
                                                        const cmsis_nn_dims *filter_dims, const int8_t *filter_data,
                                                        const cmsis_nn_dims *bias_dims, const int32_t *bias_data,
                                                        const cmsis_nn_dims *output_dims, int8_t *output_data);
+
+/* out[n][h][r][c] = clamp(requantize(sum_k (lhs[n][h][r][k] + input_offset) * (rhs[n][h][c][k] + filter_offset),
+ *                                     multiplier, shift) + output_offset): rows times rows, rhs transposed; dims
+ * NHWC with W the rows and C the columns; n and h broadcast where one side has 1. */
+arm_cmsis_nn_status arm_batch_matmul_s8(const cmsis_nn_context *ctx, const cmsis_nn_bmm_params *bmm_params,
+                                        const cmsis_nn_per_tensor_quant_params *quant_params,
+                                        const cmsis_nn_dims *input_lhs_dims, const int8_t *input_lhs,
+                                        const cmsis_nn_dims *input_rhs_dims, const int8_t *input_rhs,
+                                        const cmsis_nn_dims *output_dims, int8_t *output);
 
 #endif /* TD_ARM_NNFUNCTIONS_H */
