@@ -28,7 +28,7 @@ def tiny_m4_build(tiny_zoo, tmp_path_factory):
 def test_tiny_mobilebert_bit_exact_in_the_cortex_m_iss(tiny_m4_build):
     report = simulate_build(tiny_m4_build).report
     assert report["bit_exact"] is True and report["exit_code"] == 0
-    assert report["cycles_inference"] > 0 and len(report["layers"]) > 150
+    assert report["cycles_inference"] > 0 and len(report["layers"]) > 140
     manifest = json.loads((tiny_m4_build / "tinydeploy.json").read_text())
     assert manifest["placement"] == {"arena_section": "", "arena_region": "SRAM", "weights_region": "XIP"}
     result = verify_build(tiny_m4_build, layers=True)
@@ -42,8 +42,9 @@ def test_gemms_call_the_cmsis_nn_api(tiny_m4_build):
     assert network.count("arm_fully_connected_per_channel_s8(") == 25
     assert "static const cmsis_nn_fc_params fc_" in network and "cmsis_nn_per_channel_quant_params" in network
     steps = json.loads((tiny_m4_build / "tinydeploy.json").read_text())["steps"]
-    assert sum(s["op"] == "FullyConnectedS8" for s in steps) == 25 and sum(s["op"] == "BatchMatMulS8" for s in steps) == 4
-    assert network.count("arm_batch_matmul_s8(") == 4 and not any(s["op"] == "MatMulInt" for s in steps)
+    ops = [s["op"] for s in steps]
+    assert ops.count("FullyConnectedS8") == 25 and ops.count("BatchMatMulS8") == 4
+    assert network.count("arm_batch_matmul_s8(") == 4 and "MatMulInt" not in ops
 
 
 FAULTY_MAIN = {
