@@ -25,6 +25,7 @@ import numpy as np
 from ..ir.graph import Graph, Node
 from ..ir.verify import verify
 from ..target import Target, load_target
+from .layout import swap_last_axes_of_producer
 
 
 @dataclass
@@ -33,6 +34,7 @@ class FusionReport:
     with_softmax: int = 0
     with_activation: int = 0
     with_epilogue: int = 0            # residual add / NoNorm stages fused
+    b_transposed: int = 0             # B read transposed so its producing Transpose keeps the innermost axis
     skipped: dict[str, int] | None = None
 
     def summary(self) -> str:
@@ -143,6 +145,7 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
     if not has_accelerator(target):
         return graph, report
     graph = graph.copy()
+    report.b_transposed = _b_as_transposed(graph)
     consumers = graph.consumers()
     replaced: dict[str, Node] = {}       # first node of a chain -> its ITAGemm
     dropped: set[str] = set()
@@ -174,6 +177,27 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
     graph.remove_unused()
     verify(graph, integer_only=True)
     return graph, report
+
+
+def _b_as_transposed(graph: Graph) -> int:
+    """QK^T reads K through a Transpose that moves the innermost axis (cores only: not a 2-D DMA). Re-permuting
+    that Transpose to also swap the last two axes keeps the innermost axis in place (a DMA transpose) and the
+    accelerator reads B transposed (mode bit 0): same bits, no core work. Returns how many were rewritten."""
+    producers, consumers = graph.producers(), graph.consumers()
+    count = 0
+    for mm in graph.nodes:
+        if mm.op != "MatMulInt" or mm.attrs.get("trans_b"):
+            continue
+        producer = producers.get(mm.inputs[1])
+        if producer is None or producer.op != "Transpose":
+            continue
+        perm = list(producer.attrs["perm"])
+        if perm[-1] == len(perm) - 1 or perm[-2] != len(perm) - 1:
+            continue                          # already DMA-friendly, or swapping would not make it so
+        if swap_last_axes_of_producer(graph, mm.inputs[1], producers, consumers):
+            mm.attrs = {**mm.attrs, "trans_b": 1}
+            count += 1
+    return count
 
 
 def _fused_node(graph: Graph, chain: list[Node]) -> Node | None:

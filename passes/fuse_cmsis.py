@@ -14,6 +14,7 @@ import numpy as np
 
 from ..ir.graph import Graph, Node, Tensor
 from ..ir.verify import verify
+from .layout import swap_last_axes_of_producer
 
 
 def _per_channel(value, n: int) -> np.ndarray | None:
@@ -62,15 +63,9 @@ def _batch_operand(graph: Graph, mm: Node, producers: dict[str, Node], consumers
     rhs = mm.inputs[1]
     if mm.attrs.get("trans_b"):
         return rhs
-    t = graph.tensors[rhs]
-    producer = producers.get(rhs)
-    if producer is not None and producer.op == "Transpose" and len(consumers.get(rhs, [])) == 1 \
-            and rhs not in graph.outputs:
-        perm = list(producer.attrs["perm"])
-        perm[-2], perm[-1] = perm[-1], perm[-2]
-        producer.attrs = {**producer.attrs, "perm": perm}
-        t.shape = (*t.shape[:-2], t.shape[-1], t.shape[-2])
+    if swap_last_axes_of_producer(graph, rhs, producers, consumers):
         return rhs
+    t = graph.tensors[rhs]
     name = graph.unique_name(f"{rhs}/transposed")
     graph.add_tensor(Tensor(name, t.dtype, (*t.shape[:-2], t.shape[-1], t.shape[-2])))
     perm = list(range(len(t.shape)))
