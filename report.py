@@ -23,8 +23,9 @@ from .errors import TinyDeployError
 from .target import load_target
 
 ENGINE_COLOURS = {"cores": "#4C72B0", "accel": "#DD8452"}
-#: modelled peak MAC/cycle of one RV32IMC core running the blocked GEMM (benchmarks/bench_cluster.py: 2.58 instr/MAC)
-CORE_MACS_PER_CYCLE = 1 / 2.58
+#: modelled peak MAC/cycle of one core running the backend's best GEMM kernel (benchmarks: RV32IMC blocked GEMM
+#: 2.58 instructions/MAC in bench_cluster.py; Cortex-M SMLAD fully-connected 1.84 in bench_cortexm.py)
+CORE_MACS_PER_CYCLE = {"riscv": 1 / 2.58, "cmsis": 1 / 1.84}
 
 
 def _load(build: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -39,7 +40,7 @@ def _load(build: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def _peaks(target_name: str) -> dict[str, float]:
     target = load_target(target_name)
     cores = int(target.section("cluster").get("cores", 1))
-    peaks = {"cores": cores * CORE_MACS_PER_CYCLE}
+    peaks = {"cores": cores * CORE_MACS_PER_CYCLE.get(target.backend, 1 / 2.58)}
     accel = target.section("accelerator")
     if accel:
         peaks["accel"] = float(int(accel.get("processing_elements", 16)) * int(accel.get("dot_width", 64)))
@@ -114,7 +115,12 @@ def _figure_memory(manifest: dict[str, Any], path: Path) -> None:
 
     arena = manifest["arena"]
     steps = len(manifest["steps"])
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), dpi=110, height_ratios=[3, 1], sharex=True)
+    tiling = manifest.get("tiling")
+    if tiling:   # cluster: the arena in L2 above, the L1 tiles of every step below
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), dpi=110, height_ratios=[3, 1], sharex=True)
+    else:
+        fig, top = plt.subplots(figsize=(12, 5.5), dpi=110)
+        bottom = top
     for i, buffer in enumerate(arena.get("buffers", [])):
         top.add_patch(Rectangle((buffer["first"], buffer["offset"] / 1024), buffer["last"] - buffer["first"] + 1,
                                 buffer["bytes"] / 1024, facecolor=plt.cm.tab20(i % 20), edgecolor="none", alpha=0.85))
@@ -124,7 +130,6 @@ def _figure_memory(manifest: dict[str, Any], path: Path) -> None:
     where = manifest.get("placement", {}).get("arena_region", "L2")
     top.set_title(f"Activation arena in {where}: {arena['bytes'] / 1024:.0f} KiB (lower bound "
                   f"{arena['lower_bound'] / 1024:.0f} KiB); each box is one tensor's lifetime")
-    tiling = manifest.get("tiling")
     if tiling:
         by_step = {s["index"]: s["l1_bytes"] / 1024 for s in tiling["steps"]}
         xs = list(range(steps))
@@ -132,7 +137,7 @@ def _figure_memory(manifest: dict[str, Any], path: Path) -> None:
         bottom.axhline(tiling["l1_budget"] / 1024, color="#C44E52", linewidth=1)
         bottom.text(0, tiling["l1_budget"] / 1024 * 1.02, "L1 budget", fontsize=8, color="#C44E52")
         bottom.set_ylim(0, tiling["l1_budget"] / 1024 * 1.15)
-    bottom.set_ylabel("L1 tiles (KiB)")
+        bottom.set_ylabel("L1 tiles (KiB)")
     bottom.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(path)
@@ -179,8 +184,12 @@ def write_report(build: str | Path, out: str | Path) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("")
     pngs = {name: Path(f"{stem}_{name}.png") for name in ("cycles", "roofline", "memory")}
+    has_dma = bool(load_target(manifest["target"]).section("dma"))
+    if not has_dma:       # a microcontroller reads its memories directly: no DMA traffic, no bandwidth roofs
+        del pngs["roofline"]
     _figure_cycles(layers, pngs["cycles"])
-    _figure_roofline(layers, peaks, bandwidths, pngs["roofline"])
+    if has_dma:
+        _figure_roofline(layers, peaks, bandwidths, pngs["roofline"])
     _figure_memory(manifest, pngs["memory"])
     cycles = report.get("cycles_inference", report["cycles_total"])
     macs = sum(layer["macs"] for layer in layers)
@@ -200,7 +209,8 @@ def write_report(build: str | Path, out: str | Path) -> list[Path]:
 (accelerator: {html.escape(report.get('accel_engine', 'model'))})</div>
 {''.join(f'<div class="kpi">{html.escape(k)}<b>{html.escape(v)}</b></div>' for k, v in kpis)}
 <h2>Cycles per layer</h2>{_image(pngs['cycles'])}
-<h2>Roofline</h2>{_image(pngs['roofline'])}
+<h2>Roofline</h2>{_image(pngs['roofline']) if 'roofline' in pngs else
+    '<p>No DMA on this target (the core reads its memories directly): no roofline.</p>'}
 <h2>Memory</h2>{_image(pngs['memory'])}
 <h2>Layers</h2>{_table(layers, peaks)}
 </body></html>

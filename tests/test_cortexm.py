@@ -87,3 +87,14 @@ def test_against_a_real_cmsis_nn_checkout(tiny_m4_build):
     """simulate --cmsis-nn PATH: the same generated code linked with Arm's CMSIS-NN is bit-exact too."""
     report = simulate_build(tiny_m4_build, cmsis_nn=os.environ["TD_CMSIS_NN"]).report
     assert report["bit_exact"] is True
+
+
+def test_report_of_a_cortex_m_build_has_no_roofline(tiny_m4_build, tmp_path):
+    """No DMA on a microcontroller: the page says so instead of drawing bandwidth roofs that do not exist."""
+    from tinydeploy.report import write_report
+
+    simulate_build(tiny_m4_build)
+    files = write_report(tiny_m4_build, tmp_path / "r.html")
+    assert [f.name for f in files] == ["r.html", "r_cycles.png", "r_memory.png"]
+    page = files[0].read_text()
+    assert "No DMA on this target" in page and page.count("data:image/png;base64,") == 2
