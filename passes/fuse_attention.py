@@ -87,7 +87,7 @@ def _stage(node: Node) -> dict:
 
 
 def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
-               claimed: set[str] | None = None) -> tuple[list[Node], str] | None:
+               claimed: set[str] | None = None) -> list[Node] | None:
     """The nodes one ITAGemm replaces (MatMulInt first), never a node another chain already `claimed`."""
     claimed = claimed or set()
     requant = _single_consumer(graph, consumers, mm.outputs[0])
@@ -115,7 +115,7 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
         binary += 1
         chain.append(nxt)
         nxt = _single_consumer(graph, consumers, nxt.outputs[0])
-    return chain, ""
+    return chain
 
 
 #: residual adds and MobileBERT's NoNorm (x * gamma + beta) run in the accelerator's epilogue
@@ -151,12 +151,11 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
     dropped: set[str] = set()
     for mm in [n for n in graph.nodes if n.op == "MatMulInt"]:
         reason = _why_not(graph, mm)
-        found = None if reason else fuse_chain(graph, consumers, mm, dropped)
-        if found is None:
+        chain = None if reason else fuse_chain(graph, consumers, mm, dropped)
+        if chain is None:
             reason = reason or "no Requant after it"
             report.skipped[reason] = report.skipped.get(reason, 0) + 1
             continue
-        chain, _ = found
         fused = _fused_node(graph, chain)
         if fused is None:
             report.skipped["requant varies along rows"] = report.skipped.get("requant varies along rows", 0) + 1

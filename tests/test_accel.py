@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_cluster import compile_for
+from test_cluster import compile_for, with_main
 from tinydeploy.frontend.onnx_loader import import_model
 from tinydeploy.ir.interpreter import run_graph
 from tinydeploy.passes.fuse_attention import fuse_attention
@@ -178,12 +178,9 @@ def test_tiny_mobilebert_on_the_accelerator_rtl(tiny_ita_build):
 
 
 def test_accelerator_operand_outside_l1_is_a_fault(tiny_ita_build, tmp_path):
-    project = tmp_path / "p"
-    shutil.copytree(tiny_ita_build, project, ignore=shutil.ignore_patterns("fw*"))
-    (project / "main.c").write_text(
-        '#include "td_parallel.h"\nunion { long long a; char b[8]; } td_output;\nstatic int8_t l2_buffer[64];\n'
-        "int main(void) { if (td_hart_id() == 0) { td_accel_wait(td_accel_gemm(l2_buffer, l2_buffer, 0, 0, 0, "
-        "l2_buffer, 1, 1, 1)); }\ntd_barrier(); return 0; }\n")
+    project = with_main(tiny_ita_build, tmp_path, "static int8_t l2_buffer[64];\n"
+                        "int main(void) { if (td_hart_id() == 0) { td_accel_wait(td_accel_gemm(l2_buffer, l2_buffer, "
+                        "0, 0, 0, l2_buffer, 1, 1, 1)); }\ntd_barrier(); return 0; }")
     iss = ClusterISS(ClusterSpec.from_target("cluster8-ita"), build_firmware(project))
     with pytest.raises(GuestFault, match=r"hart 0 .*accelerator operand a at 0x1c[0-9a-f]+ \(1 B\) is not in L1"):
         iss.run(max_cycles=1_000_000)

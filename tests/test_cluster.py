@@ -21,6 +21,15 @@ def compile_for(model, out, target="cluster8"):
     return compile_graph(graph, target, out, load_inputs(None, str(model), graph), model_path=str(model))
 
 
+def with_main(build, tmp_path, source: str):
+    """A copy of a compiled firmware project whose main.c is `source` (fault and driver tests)."""
+    project = tmp_path / "p"
+    shutil.copytree(build, project, ignore=shutil.ignore_patterns("fw*"))
+    (project / "main.c").write_text('#include "td_parallel.h"\nunion { long long a; char b[8]; } td_output;\n'
+                                    + source + "\n")
+    return project
+
+
 @pytest.fixture(scope="module")
 def tiny_cluster_build(tiny_zoo, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_cluster8")
@@ -78,12 +87,8 @@ def small_cluster_project(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", sorted(FAULTY_MAIN))
 def test_guest_faults_are_reported(small_cluster_project, tmp_path, kind):
-    project = tmp_path / "p"
-    shutil.copytree(small_cluster_project, project, ignore=shutil.ignore_patterns("fw*"))
     source, expected = FAULTY_MAIN[kind]
-    (project / "main.c").write_text('#include "td_parallel.h"\n#include "network.h"\n#include "golden.h"\n'
-                                    "union { long long a; char b[8]; } td_output;\n" + source + "\n")
-    elf = build_firmware(project)
+    elf = build_firmware(with_main(small_cluster_project, tmp_path, source))
     iss = ClusterISS(ClusterSpec.from_target("cluster8"), elf)
     with pytest.raises(GuestFault, match=expected) as info:
         iss.run(max_cycles=200_000)
@@ -91,11 +96,8 @@ def test_guest_faults_are_reported(small_cluster_project, tmp_path, kind):
 
 
 def test_waiting_for_a_dma_transfer_never_started_is_a_fault(small_cluster_project, tmp_path):
-    project = tmp_path / "p"
-    shutil.copytree(small_cluster_project, project, ignore=shutil.ignore_patterns("fw*"))
-    (project / "main.c").write_text('#include "td_parallel.h"\nunion { long long a; char b[8]; } td_output;\n'
-                                    "int main(void) { if (td_hart_id() == 2) { td_dma_wait(5); }\n"
-                                    "td_barrier(); return 0; }\n")
+    project = with_main(small_cluster_project, tmp_path,
+                        "int main(void) { if (td_hart_id() == 2) { td_dma_wait(5); }\ntd_barrier(); return 0; }")
     iss = ClusterISS(ClusterSpec.from_target("cluster8"), build_firmware(project))
     with pytest.raises(GuestFault, match=r"hart 2 .*waits for DMA transfer 5, but only 0 were started"):
         iss.run(max_cycles=200_000)

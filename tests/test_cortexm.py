@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
-from test_cluster import compile_for
+from test_cluster import compile_for, with_main
 from tinydeploy.backends import compile_graph
 from tinydeploy.errors import TinyDeployError
 from tinydeploy.ir.graph import Graph, Node, Tensor
@@ -58,12 +57,8 @@ FAULTY_MAIN = {
 
 @pytest.mark.parametrize("kind", sorted(FAULTY_MAIN))
 def test_cortex_m_faults_are_reported(tiny_m4_build, tmp_path, kind):
-    project = tmp_path / "p"
-    shutil.copytree(tiny_m4_build, project, ignore=shutil.ignore_patterns("fw*"))
     source, expected = FAULTY_MAIN[kind]
-    (project / "main.c").write_text('#include "td_parallel.h"\nunion { long long a; char b[8]; } td_output;\n'
-                                    + source + "\n")
-    iss = CortexMISS("cortex-m4", build_firmware(project, backend="cmsis"))
+    iss = CortexMISS("cortex-m4", build_firmware(with_main(tiny_m4_build, tmp_path, source), backend="cmsis"))
     with pytest.raises(GuestFault, match=expected) as info:
         iss.run(max_cycles=2_000_000)
     assert info.value.symbol != "?"

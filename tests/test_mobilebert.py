@@ -90,32 +90,29 @@ def test_full_mobilebert_c_bit_exact_every_layer_and_sanitized(full_zoo, tmp_pat
         assert result.bit_exact, (kwargs, result.first and result.first.describe())
 
 
+def simulate_full(full_zoo, target: str, out):
+    """compile full MobileBERT for `target` (as the CLI does), simulate it; returns (report, manifest)."""
+    import json
+
+    from test_cluster import compile_for
+    from tinydeploy.sim.firmware import simulate_build
+
+    compile_for(full_zoo / "model_qdq.onnx", out, target=target)
+    return simulate_build(out).report, json.loads((out / "tinydeploy.json").read_text())
+
+
 @pytest.mark.slow
 def test_full_mobilebert_bit_exact_on_the_cluster_iss(full_zoo, tmp_path):
     """compile --target cluster8 -> simulate -> verify: seq 128, 24 layers, every kernel on DMA-fed L1 tiles."""
-    from tinydeploy.backends import compile_graph
-    from tinydeploy.sim.firmware import simulate_build
-
-    model = full_zoo / "model_qdq.onnx"
-    graph = integerize(import_model(model), "cluster8")
-    inputs = dict(np.load(full_zoo / "inputs.npz"))
-    compile_graph(graph, "cluster8", tmp_path, {n: inputs[n] for n in graph.inputs}, model_path=str(model))
-    sim = simulate_build(tmp_path)
-    assert sim.report["bit_exact"] is True and sim.result.exit_code == 0
-    assert len(sim.report["layers"]) == len(graph.nodes)
+    report, manifest = simulate_full(full_zoo, "cluster8", tmp_path)
+    assert report["bit_exact"] is True and report["exit_code"] == 0
+    assert len(report["layers"]) == len(manifest["steps"])
 
 
 @pytest.mark.slow
 def test_full_mobilebert_bit_exact_on_cluster8_ita(full_zoo, tmp_path):
     """Every GEMM (projections, QK^T with the streaming softmax, A.V, feed-forward) on the accelerator model."""
-    from tinydeploy.backends import compile_graph
-    from tinydeploy.sim.firmware import simulate_build
-
-    model = full_zoo / "model_qdq.onnx"
-    graph = integerize(import_model(model), "cluster8-ita")
-    inputs = dict(np.load(full_zoo / "inputs.npz"))
-    compile_graph(graph, "cluster8-ita", tmp_path, {n: inputs[n] for n in graph.inputs}, model_path=str(model))
-    report = simulate_build(tmp_path).report
+    report, _ = simulate_full(full_zoo, "cluster8-ita", tmp_path)
     assert report["bit_exact"] is True
     assert sum(layer["macs"] for layer in report["layers"] if layer["engine"] == "accel") == \
         sum(layer["macs"] for layer in report["layers"])

@@ -129,8 +129,8 @@ def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:
 
 
 def _stage_sources(regs: dict[str, int]) -> list[str]:
-    """The operand registers the job's stages read (from the table's src words), without reading memory:
-    every stage source register that is non-zero."""
+    """The operand registers the job's stages may read: every stage source register that is non-zero (the driver
+    writes 0 for sources the stage table does not use)."""
     return [name for name in ("r", *VECTOR_REGISTERS) if regs[name]]
 
 

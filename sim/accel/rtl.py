@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import TinyDeployError
-from .model import MODE_LUT, MODE_TRANS_B, STAGE_WORDS, Job
+from .model import MODE_LUT, STAGE_WORDS, Job
 
 SOURCE = Path(__file__).resolve().parent / "rtl" / "ita_tile.v"
 #: memory sizes of the RTL build (parameters of ita_tile.v)
@@ -122,7 +122,3 @@ class RtlAccelerator:
             self.sim.eval()
             out += int(io.rd_data).to_bytes(4, "little")
         return bytes(out[:m * n]), cycles
-
-
-def transposed(mode: int) -> bool:
-    return bool(mode & MODE_TRANS_B)
