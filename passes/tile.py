@@ -267,7 +267,7 @@ def operand_tile(operand: Operand, axis: int | None, tile: int, tiles: int) -> O
                        2 if tiles > 1 else 1)
 
 
-def _compute_cycles(graph: Graph, node: Node, tiles: int, out_tile: tuple[int, ...], cores: int,
+def _compute_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int,
                     accel: AccelSpec | None = None) -> int:
     """Core cycles for one tile: the work per element times the share of the most loaded core."""
     if node.op == "ITAGemm":   # one accelerator job per matrix (sim/accel/model.py: job_cycles)
@@ -331,7 +331,7 @@ def tile_node(graph: Graph, index: int, node: Node, operands: list[Operand], *, 
         if l1 > budget:
             continue
         out_tile = out_shape if axis is None else out_shape[:axis] + (size,) + out_shape[axis + 1:]
-        model = _model(tiles, count, _compute_cycles(graph, node, count, out_tile, cores, accel), bw)
+        model = _model(tiles, count, _compute_cycles(graph, node, out_tile, cores, accel), bw)
         feasible.append(StepTiling(index, node.name, node.op, axis, size if axis is not None else 1, count, tiles,
                                    l1_bytes=l1, model=model, scratch_bytes=scratch_bytes))
     best = _cheapest(feasible)
