@@ -63,6 +63,6 @@ def load_target(name: str | Target) -> Target:
     raw = _read_raw(path)
     arith = raw.get("arithmetic", {})
     requant, softmax = arith.get("requant", "ita"), arith.get("softmax", "ibert")
-    if requant not in ("ita", "cmsis") or softmax not in ("ita", "ibert"):
+    if requant not in ("ita", "cmsis") or softmax not in ("ita", "ibert", "cmsis"):
         raise TinyDeployError(f"target '{name}': arithmetic requant={requant!r} softmax={softmax!r} unknown")
     return Target(raw["name"], raw.get("description", ""), raw.get("backend", "generic"), requant, softmax, raw)

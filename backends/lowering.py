@@ -136,9 +136,12 @@ def check_int32(node: Node, what: str, values: np.ndarray | int) -> None:
 class Lowering:
     """Lowers the nodes of one graph; kernel instances are shared by name across nodes."""
 
-    def __init__(self, graph: Graph, refs: Refs, cores: int = 1, blocked_matmul: bool = False) -> None:
+    def __init__(self, graph: Graph, refs: Refs, cores: int = 1, blocked_matmul: bool = False,
+                 cmsis_nn: bool = False) -> None:
         self.graph = graph
         self.cores = cores
+        #: the project links CMSIS-NN's entry points (ours or a user's checkout): call them where they apply
+        self.cmsis_nn = cmsis_nn
         #: the backend has a register-blocked int8 GEMM specialised on K and the row strides (riscv)
         self.blocked_matmul = blocked_matmul
         #: requant-family kernels in 32-bit arithmetic where the value ranges allow it (32-bit targets)
@@ -283,6 +286,14 @@ ELEMENTWISE: dict[str, Elementwise] = {
                                            ("hi", "hi", 0))),
     "RequantCMSIS": Elementwise(("x",), (("multiplier", "multiplier", 0), ("shift", "shift", 0),
                                          ("zero_point", "zero_point", 0), ("lo", "lo", 0), ("hi", "hi", 0))),
+    "AddS8": Elementwise(("a", "b"), (("a_offset", "a_offset", 0), ("a_mult", "a_mult", 0), ("a_shift", "a_shift", 0),
+                                      ("b_offset", "b_offset", 0), ("b_mult", "b_mult", 0), ("b_shift", "b_shift", 0),
+                                      ("left_shift", "left_shift", 20), ("multiplier", "multiplier", 0),
+                                      ("shift", "shift", 0), ("zero_point", "zero_point", 0), ("lo", "lo", 0),
+                                      ("hi", "hi", 0))),
+    "MulS8": Elementwise(("a", "b"), (("a_zero", "a_zero", 0), ("b_zero", "b_zero", 0), ("multiplier", "multiplier", 0),
+                                      ("shift", "shift", 0), ("zero_point", "zero_point", 0), ("lo", "lo", 0),
+                                      ("hi", "hi", 0))),
     "RequantShift": Elementwise(("x",), (("mul", "mul", 1), ("add", "add", 0), ("log2d", "log2d", 0),
                                          ("lo", "lo", 0), ("hi", "hi", 0))),
     "INoNorm": Elementwise(("x", "w", "b"), (("mul", "mul", 1), ("log2d", "log2d", 0), ("lo", "lo", 0),
@@ -527,6 +538,86 @@ def lower_fully_connected(low: Lowering, index: int, node: Node, call: Call) -> 
     call.statements.append(f"(void)arm_fully_connected_per_channel_s8({', '.join(args)});")
 
 
+#: below this many elements per call, a broadcast operand makes CMSIS-NN calls cost more than the strided kernel
+CMSIS_MIN_BLOCK = 16
+
+
+def _suffix_block(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int | None:
+    """Elements of `shape` when it equals the trailing dims of out_shape (leading 1s aside): it then repeats
+    contiguously over the output; None for any other broadcast."""
+    dims = list(shape)
+    while dims and dims[0] == 1:
+        dims.pop(0)
+    if len(dims) > len(out_shape) or (dims and tuple(dims) != tuple(out_shape[-len(dims):])):
+        return None
+    return int(np.prod(dims, dtype=np.int64))
+
+
+def _cmsis_blocks(low: Lowering, node: Node) -> tuple[int, int, tuple[bool, bool]] | None:
+    """(block, repeats, which operands advance per repeat) to run a binary op as contiguous CMSIS-NN calls."""
+    out = low.t(node.outputs[0])
+    blocks = [_suffix_block(low.t(name).shape, out.shape) for name in node.inputs[:2]]
+    if any(b is None for b in blocks) or min(blocks) < CMSIS_MIN_BLOCK:  # type: ignore[type-var]
+        return None
+    if max(blocks) != out.size:         # neither operand covers the output (both broadcast)
+        return None
+    block = min(blocks)                 # type: ignore[type-var]
+    return block, out.size // block, (blocks[0] == out.size, blocks[1] == out.size)
+
+
+def _block_pointers(low: Lowering, node: Node, block: int, repeats: int,
+                    advances: tuple[bool, bool]) -> tuple[list[str], str]:
+    """Pointer expressions of the two operands and the output inside the loop over blocks (index r)."""
+    step = f" + r * {block}" if repeats > 1 else ""
+    ptrs = [low.refs.pointer(name) + (step if adv else "") for name, adv in zip(node.inputs, advances, strict=True)]
+    return ptrs, low.refs.pointer(node.outputs[0]) + step
+
+
+def _emit_blocks(call: Call, text: str, repeats: int) -> None:
+    call.statements.append(f"for (int32_t r = 0; r < {repeats}; ++r) {{\n    {text}\n}}" if repeats > 1 else text)
+
+
+def lower_add_s8(low: Lowering, index: int, node: Node, call: Call) -> None:
+    """AddS8 -> arm_elementwise_add_s8 over contiguous blocks (cmsis backend), else the strided C kernel."""
+    plan = _cmsis_blocks(low, node) if low.cmsis_nn else None
+    if plan is None:
+        lower_elementwise(low, index, node, call)
+        return
+    block, repeats, advances = plan
+    ptrs, out = _block_pointers(low, node, block, repeats, advances)
+    at = node.attrs
+    args = [*ptrs, *[str(int(at[k])) for k in ("a_offset", "a_mult", "a_shift", "b_offset", "b_mult", "b_shift",
+                                                 "left_shift")],
+            out, *[str(int(at[k])) for k in ("zero_point", "multiplier", "shift", "lo", "hi")], str(block)]
+    _emit_blocks(call, f"(void)arm_elementwise_add_s8({', '.join(args)});", repeats)
+
+
+def lower_mul_s8(low: Lowering, index: int, node: Node, call: Call) -> None:
+    """MulS8 -> arm_elementwise_mul_s8 over contiguous blocks (cmsis backend), else the strided C kernel."""
+    plan = _cmsis_blocks(low, node) if low.cmsis_nn else None
+    if plan is None:
+        lower_elementwise(low, index, node, call)
+        return
+    block, repeats, advances = plan
+    ptrs, out = _block_pointers(low, node, block, repeats, advances)
+    at = node.attrs
+    args = [*ptrs, str(-int(at["a_zero"])), str(-int(at["b_zero"])), out,
+            *[str(int(at[k])) for k in ("zero_point", "multiplier", "shift", "lo", "hi")], str(block)]
+    _emit_blocks(call, f"(void)arm_elementwise_mul_s8({', '.join(args)});", repeats)
+
+
+def lower_softmax_s8(low: Lowering, index: int, node: Node, call: Call) -> None:
+    """SoftmaxS8 -> arm_softmax_s8 (rows of the last axis) on CMSIS-NN backends, else the portable C kernel."""
+    if not low.cmsis_nn:
+        lower_softmax(low, index, node, call)
+        return
+    x = low.t(node.inputs[0])
+    rows, cols = _rows_cols(x)
+    at = node.attrs
+    call.statements.append(f"arm_softmax_s8({low.refs.pointer(x.name)}, {rows}, {cols}, {int(at['multiplier'])}, "
+                           f"{int(at['shift'])}, {int(at['diff_min'])}, {low.refs.pointer(node.outputs[0])});")
+
+
 def _nhwc(shape: tuple[int, ...]) -> str:
     """A [.., rows, cols] shape as cmsis_nn_dims {n, h, w, c} (rank 3 or 4)."""
     dims = [1] * (4 - len(shape)) + list(shape)
@@ -658,6 +749,9 @@ def lower_softmax(low: Lowering, index: int, node: Node, call: Call) -> None:
                 int(at.get("round_nearest", 0)), at.get("out_offset", 0), at["lo"], at["hi"]]
         call.scratch_bytes = 8 * cols * low.cores  # one row of int64 per core
         tail = [f"(int64_t *){low.refs.scratch(index)}"]
+    elif node.op == "SoftmaxS8":
+        rest = [at["multiplier"], at["shift"], at["diff_min"]]
+        tail = []
     elif node.op == "ITAPartialMax":
         if cols % at["group_width"]:
             raise TinyDeployError(f"row length {cols} is not a multiple of the group width {at['group_width']}",
@@ -729,6 +823,9 @@ LOWERINGS: dict[str, Callable[[Lowering, int, Node, Call], None]] = {
     "ITAGemm": lower_ita_gemm,
     "FullyConnectedS8": lower_fully_connected,
     "BatchMatMulS8": lower_batch_matmul,
+    "AddS8": lower_add_s8,
+    "MulS8": lower_mul_s8,
+    "SoftmaxS8": lower_softmax_s8,
     "Transpose": lower_transpose,
     "Slice": lower_slice,
     "Concat": lower_concat,

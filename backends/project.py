@@ -201,7 +201,7 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     aliases = reshape_aliases(graph)
     refs = Refs(pointer=lambda name: cnames[name], scratch=lambda step: f"s_{step}", aliases=aliases)
     lowering = Lowering(graph, refs, cores=int(target.section("cluster").get("cores", 1)),
-                        blocked_matmul=options.tiled)
+                        blocked_matmul=options.tiled, cmsis_nn=target.backend == "cmsis")
     tiling = None
     if options.tiled:
         from .riscv.tiled import lower_tiled
@@ -226,6 +226,8 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     context = _context(graph, target, plan, calls, rendered, cnames, in_slots, out_slots, constants, weights_format,
                        placement, options)
     context["l1_tiles_bytes"] = tiling.l1_peak if tiling else 0
+    context["fc_max_depth"] = max((graph.tensors[n.inputs[1]].shape[1] for n in graph.nodes
+                                   if n.op == "FullyConnectedS8"), default=0)
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "network.h": env.get_template("network.h.j2").render(**context),

@@ -107,6 +107,125 @@ def cmsis_requant_params(real_scale: np.ndarray | float) -> tuple[np.ndarray, np
     return m31, exp
 
 
+def wrap_i32(x: np.ndarray | int) -> np.ndarray:
+    """Two's-complement int32 wrap-around of an exact value (what 32-bit C arithmetic stores)."""
+    return ((as_i64(x) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def mult_by_power_of_two(x: np.ndarray, exponent: int) -> np.ndarray:
+    """gemmlowp SaturatingRoundingMultiplyByPOT for exponent >= 0: x * 2^exponent saturated to int32."""
+    x = as_i64(x)
+    thresh = (1 << (31 - exponent)) - 1
+    return np.where(x > thresh, INT32_MAX, np.where(x < -thresh, INT32_MIN, wrap_i32(x << exponent)))
+
+
+#: gemmlowp exp_on_negative_values: exp(-1/4) in Q0.31 and the barrel-shifter constants exp(-2^k), k = -2..4
+_EXP_QUARTER = 1895147668
+_EXP_BARREL = (1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242)
+
+
+def exp_on_negative_values(a: np.ndarray) -> np.ndarray:
+    """gemmlowp exp_on_negative_values (CMSIS-NN arm_nn_exp_on_negative_values): exp(a) for a <= 0 in Q5.26,
+    result in Q0.31. A 4th-order Taylor polynomial on [-1/4, 0) times exp(-2^k) for each set bit of the rest."""
+    srdhm = saturating_rounding_doubling_high_mul
+    a = as_i64(a)
+    quarter = 1 << 24
+    mod_minus_quarter = (a & (quarter - 1)) - quarter
+    remainder = mod_minus_quarter - a
+    x = (mod_minus_quarter << 5) + (1 << 28)                     # Q0.31, in [-1/4, 0) + 1/8 recentred
+    x2 = srdhm(x, x)
+    x3 = srdhm(x2, x)
+    x4_over_4 = rounding_divide_by_pot(srdhm(x2, x2), 2)
+    poly = rounding_divide_by_pot(srdhm(x4_over_4 + x3, 715827883) + x2, 1)   # 715827883 = 1/3 in Q0.31
+    result = wrap_i32(_EXP_QUARTER + srdhm(_EXP_QUARTER, wrap_i32(x + poly)))
+    for k, constant in enumerate(_EXP_BARREL):
+        result = np.where(remainder & (1 << (24 + k)), srdhm(result, constant), result)
+    return np.where(a == 0, INT32_MAX, result)
+
+
+def one_over_one_plus_x_for_x_in_0_1(a: np.ndarray) -> np.ndarray:
+    """gemmlowp one_over_one_plus_x_for_x_in_0_1 (CMSIS-NN arm_nn_one_over_one_plus_x_for_x_in_0_1): 1/(1+a)
+    for a in [0, 1) in Q0.31, result in Q1.30 scaled to Q0.31 by the final doubling: three Newton-Raphson steps."""
+    srdhm = saturating_rounding_doubling_high_mul
+    total = as_i64(a) + INT32_MAX
+    half_denominator = c_div(total + np.where(total >= 0, 1, -1), 2)
+    x = wrap_i32(1515870810 + srdhm(half_denominator, -1010580540))   # 48/17 - 32/17 d, Q2.29
+    for _ in range(3):
+        x = wrap_i32(x + mult_by_power_of_two(srdhm(x, wrap_i32((1 << 29) - srdhm(half_denominator, x))), 2))
+    return mult_by_power_of_two(x, 1)
+
+
+#: arm_softmax_s8 / TFLite: integer bits of the scaled input difference and of the exp accumulator
+SOFTMAX_DIFF_INTEGER_BITS = 5
+SOFTMAX_ACCUM_BITS = 12
+
+
+def _clz32(x: np.ndarray) -> np.ndarray:
+    """Count of leading zero bits of non-negative int32 values (32 for 0)."""
+    x = as_i64(x)
+    bit_length = sum((x >= (1 << k)).astype(I64) for k in range(31))
+    return 32 - bit_length
+
+
+def softmax_cmsis(x: np.ndarray, multiplier: int, shift: int, diff_min: int) -> np.ndarray:
+    """arm_softmax_s8 (TFLite's int8 reference softmax) over the last axis; output scale 1/256, zero point -128.
+
+    Per row: d = x - max; elements with d < diff_min get -128; the others exp(d * scale) via
+    exp_on_negative_values (d rescaled to Q5.26 by multiplier * 2^shift), summed in Q12.19, inverted with
+    one_over_one_plus_x after normalising the sum by its leading zeros, and scaled to 1/256 steps.
+    """
+    srdhm = saturating_rounding_doubling_high_mul
+    x = as_i64(x)
+    diff = x - x.max(axis=-1, keepdims=True)
+    valid = diff >= diff_min
+    exps = exp_on_negative_values(srdhm(np.where(valid, diff, 0) * (1 << shift), multiplier))
+    total = np.where(valid, rounding_divide_by_pot(exps, SOFTMAX_ACCUM_BITS), 0).sum(axis=-1, keepdims=True)
+    headroom = _clz32(total)
+    normalised = np.where(total > 0, np.left_shift(total, headroom), 0) - (1 << 31)
+    shifted_scale = one_over_one_plus_x_for_x_in_0_1(wrap_i32(normalised))
+    bits_over_unit = SOFTMAX_ACCUM_BITS - headroom + 23
+    probs = rounding_divide_by_pot(srdhm(shifted_scale, exps), bits_over_unit) - 128
+    return np.where(valid, clip(probs, -128, 127), -128)
+
+
+def softmax_cmsis_params(input_scale: float, beta: float = 1.0) -> tuple[int, int, int]:
+    """(multiplier, left shift, diff_min) of arm_softmax_s8 for an int8 input scale (TFLite
+    PreprocessSoftmaxScaling with 5 integer bits, CalculateInputRadius)."""
+    real = min(beta * input_scale * float(1 << (31 - SOFTMAX_DIFF_INTEGER_BITS)), float((1 << 31) - 1))
+    if real <= 1.0:
+        raise ValueError(f"softmax input scale {input_scale:g} is finer than 2^-26")
+    multiplier, shift = (int(v[0]) for v in cmsis_requant_params(real))
+    radius = ((1 << SOFTMAX_DIFF_INTEGER_BITS) - 1) * float(1 << (31 - SOFTMAX_DIFF_INTEGER_BITS)) / float(1 << shift)
+    return multiplier, shift, -int(np.floor(radius))
+
+
+#: arm_elementwise_add_s8 / TFLite: operands are shifted left by 20 bits before rescaling to a common scale
+ADD_LEFT_SHIFT = 20
+
+
+def add_cmsis(a: np.ndarray, b: np.ndarray, a_offset: int, a_mult: int, a_shift: int, b_offset: int, b_mult: int,
+              b_shift: int, multiplier: int, shift: int, zero_point: int, lo: int = -128, hi: int = 127,
+              left_shift: int = ADD_LEFT_SHIFT) -> np.ndarray:
+    """arm_elementwise_add_s8 (TFLite int8 Add): each operand (x + offset) << left_shift is rescaled to twice the
+    larger input scale (arm_nn_requantize), the sum is rescaled to the output scale, offset and clipped."""
+    def rescale(x: np.ndarray, mult: int, sh: int) -> np.ndarray:
+        return requant_cmsis(x, mult, sh, 0, INT32_MIN, INT32_MAX)
+
+    sa = rescale(np.left_shift(as_i64(a) + a_offset, left_shift), a_mult, a_shift)
+    sb = rescale(np.left_shift(as_i64(b) + b_offset, left_shift), b_mult, b_shift)
+    return clip(rescale(wrap_i32(sa + sb), multiplier, shift) + zero_point, lo, hi)
+
+
+def add_cmsis_params(scale_a: float, scale_b: float, scale_out: float) -> dict[str, int]:
+    """The multipliers and shifts of add_cmsis for three tensor scales (TFLite's PrepareGeneralSubOp)."""
+    twice_max = 2.0 * max(scale_a, scale_b)
+    (a_mult,), (a_shift,) = cmsis_requant_params(scale_a / twice_max)
+    (b_mult,), (b_shift,) = cmsis_requant_params(scale_b / twice_max)
+    (mult,), (shift,) = cmsis_requant_params(twice_max / (float(1 << ADD_LEFT_SHIFT) * scale_out))
+    return {"a_mult": int(a_mult), "a_shift": int(a_shift), "b_mult": int(b_mult), "b_shift": int(b_shift),
+            "multiplier": int(mult), "shift": int(shift)}
+
+
 # --- contract 3: Deeploy / QuantLib RequantShift ---------------------------------------------------
 def requant_shift_deeploy(x: np.ndarray, mul: np.ndarray, add: np.ndarray, log2d: int, lo: int, hi: int,
                           rounding: bool = True) -> np.ndarray:

@@ -252,6 +252,31 @@ def run_batch_matmul_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [arith.requant_cmsis(acc, at["multiplier"], at["shift"], at["zero_point"], at["lo"], at["hi"])]
 
 
+@op("SoftmaxS8", ranges=lambda node, r, s: [(-128, 127)])
+def run_softmax_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """arm_softmax_s8 (TFLite int8 softmax, contract 5 on Cortex-M): probabilities in 1/256 steps, zero point -128."""
+    at = node.attrs
+    return [arith.softmax_cmsis(xs[0], at["multiplier"], at["shift"], at["diff_min"])]
+
+
+@op("AddS8", shape=broadcast_shape, ranges=attr_range)
+def run_add_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """arm_elementwise_add_s8 (TFLite int8 Add): both operands rescaled to a common scale, summed, requantized."""
+    at = node.attrs
+    return [arith.add_cmsis(xs[0], xs[1], at["a_offset"], at["a_mult"], at["a_shift"], at["b_offset"],
+                            at["b_mult"], at["b_shift"], at["multiplier"], at["shift"], at["zero_point"], at["lo"],
+                            at["hi"], at.get("left_shift", arith.ADD_LEFT_SHIFT))]
+
+
+@op("MulS8", shape=broadcast_shape, ranges=attr_range)
+def run_mul_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """arm_elementwise_mul_s8 (TFLite int8 Mul): requant_cmsis((a - a_zero) * (b - b_zero)) per tensor. Defined by
+    composing Mul and RequantCMSIS (passes/fuse_cmsis.py)."""
+    at = node.attrs
+    product = run_mul(node, xs)[0]
+    return [arith.requant_cmsis(product, at["multiplier"], at["shift"], at["zero_point"], at["lo"], at["hi"])]
+
+
 # --- fused elementwise (passes/fuse_elementwise.py) -------------------------------------------------
 def _then_requant(first: str) -> Callable:
     def run(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:

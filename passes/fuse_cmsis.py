@@ -1,5 +1,6 @@
 """Map `MatMulInt -> RequantCMSIS` onto CMSIS-NN kernels: with constant weights onto the fully-connected kernel
-(FullyConnectedS8), between two activations (attention) onto arm_batch_matmul_s8 (BatchMatMulS8).
+(FullyConnectedS8), between two activations (attention) onto arm_batch_matmul_s8 (BatchMatMulS8); and int8
+`Mul -> RequantCMSIS` onto arm_elementwise_mul_s8 (MulS8, TFLite's Mul is exactly that pair).
 
 CMSIS-NN's `arm_fully_connected_per_channel_s8` takes int8 activations with an input offset, symmetric int8
 weights in [out, in] layout, an int32 bias and a per-output-channel requantization (contract 2). The pass
@@ -91,18 +92,33 @@ def _batched(graph: Graph, mm: Node, requant: Node, producers, consumers, new_no
                 origin=mm.origin)
 
 
+def _mul_s8(graph: Graph, mul: Node, requant: Node) -> Node | None:
+    """Mul -> RequantCMSIS of int8 operands with per-tensor parameters: arm_elementwise_mul_s8 (MulS8)."""
+    rq = requant.attrs
+    if (any(graph.tensors[name].dtype != "int8" for name in [*mul.inputs, *requant.outputs])
+            or any(np.asarray(rq[k]).size != 1 for k in ("multiplier", "shift", "zero_point"))):
+        return None
+    attrs = {"a_zero": int(mul.attrs.get("a_zero", 0)), "b_zero": int(mul.attrs.get("b_zero", 0)),
+             **{k: int(np.asarray(rq[k]).reshape(-1)[0]) for k in ("multiplier", "shift", "zero_point", "lo", "hi")}}
+    return Node(f"{mul.name}/mul_s8", "MulS8", list(mul.inputs), list(requant.outputs), attrs, origin=mul.origin)
+
+
 def fuse_fully_connected(graph: Graph) -> tuple[Graph, int]:
-    """A new graph where every eligible MatMulInt -> RequantCMSIS pair is one FullyConnectedS8; and the count."""
+    """A new graph where every eligible MatMulInt -> RequantCMSIS pair is one FullyConnectedS8 or BatchMatMulS8
+    (the count is returned) and every int8 Mul -> RequantCMSIS pair one MulS8."""
     graph = graph.copy()
     consumers, producers = graph.consumers(), graph.producers()
     replaced: dict[str, Node] = {}
     dropped: set[str] = set()
     inserted: list[tuple[str, Node]] = []      # (matmul name, Transpose to run before it)
-    for mm in [n for n in graph.nodes if n.op == "MatMulInt"]:
+    for mm in [n for n in graph.nodes if n.op in ("MatMulInt", "Mul")]:
         users = consumers.get(mm.outputs[0], [])
         if len(users) != 1 or users[0].op != "RequantCMSIS" or mm.outputs[0] in graph.outputs:
             continue
-        fused = _fused(graph, mm, users[0]) or _batched(graph, mm, users[0], producers, consumers, inserted)
+        if mm.op == "Mul":
+            fused = _mul_s8(graph, mm, users[0])
+        else:
+            fused = _fused(graph, mm, users[0]) or _batched(graph, mm, users[0], producers, consumers, inserted)
         if fused is not None:
             replaced[users[0].name] = fused
             dropped.add(mm.name)
@@ -116,4 +132,4 @@ def fuse_fully_connected(graph: Graph) -> tuple[Graph, int]:
     graph.nodes = nodes
     graph.remove_unused()
     verify(graph, integer_only=True)
-    return graph, len(replaced)
+    return graph, sum(n.op in ("FullyConnectedS8", "BatchMatMulS8") for n in replaced.values())

@@ -172,10 +172,14 @@ def lower_add(low: _Lowering, node: Node, sign: int = 1) -> None:
 
     k is the largest exponent (<= ADD_ALIGN_BITS) that keeps |acc| < 2^30 for every admissible input, so
     an operand with a huge scale but tiny values (an all-zero bias) cannot starve the other one.
+    With CMSIS-NN arithmetic, int8 Adds of per-tensor operands follow TFLite's Add instead (AddS8).
     """
     a, b = node.inputs
     qa, qb = low.q(a, node), low.q(b, node)
     out = node.outputs[0]
+    if sign == 1 and low.target.requant == "cmsis" and _tflite_add_operands(low, node):
+        lower_add_tflite(low, node)
+        return
     s_out = float(low.q(out, node).scale)
     bound = (_magnitude(low, a, qa) + _magnitude(low, b, qb)) / s_out
     k = int(min(ADD_ALIGN_BITS, np.floor(np.log2(2.0**30 / max(bound, 1e-30)))))
@@ -187,6 +191,25 @@ def lower_add(low: _Lowering, node: Node, sign: int = 1) -> None:
     acc = low.temp(f"{out}_acc", "int32", low.graph.tensors[out].shape)
     low.emit("Add", [a, b], [acc], attrs, node)
     low.requant(acc, 2.0**-k, out, node)
+
+
+def _tflite_add_operands(low: _Lowering, node: Node) -> bool:
+    """Both operands and the output int8 with per-tensor quantization (what arm_elementwise_add_s8 takes)."""
+    names = [*node.inputs, node.outputs[0]]
+    return all(low.graph.tensors[n].dtype == "int8" and not low.q(n, node).per_channel
+               and np.asarray(low.q(n, node).zero_point).size == 1 for n in names)
+
+
+def lower_add_tflite(low: _Lowering, node: Node) -> None:
+    """AddS8: TFLite's int8 Add (arithmetic contract 2 for Add; arm_elementwise_add_s8 on Cortex-M)."""
+    a, b = node.inputs
+    qa, qb, qo = (low.q(n, node) for n in (a, b, node.outputs[0]))
+    params = arith.add_cmsis_params(float(qa.scale), float(qb.scale), float(qo.scale))
+    lo, hi = DTYPE_RANGES["int8"]
+    low.emit("AddS8", [a, b], [node.outputs[0]], {
+        "a_offset": -_single_zero(qa, "operand", node), "b_offset": -_single_zero(qb, "operand", node),
+        **params, "left_shift": arith.ADD_LEFT_SHIFT, "zero_point": int(np.asarray(qo.zero_point).reshape(-1)[0]),
+        "lo": lo, "hi": hi}, node)
 
 
 def lower_sub(low: _Lowering, node: Node) -> None:
@@ -262,6 +285,9 @@ def lower_softmax(low: _Lowering, node: Node) -> None:
     levels = softmax_levels(float(low.q(out, node).scale))
     t_out.quant = QuantParams(np.array(1.0 / levels, np.float32), np.array(0, np.int64))
     hi = SOFTMAX_OUT_LEVELS - 1
+    if low.target.softmax == "cmsis":
+        lower_softmax_tflite(low, node)
+        return
     if low.target.softmax == "ita":
         group = int(low.target.section("accelerator").get("softmax_group", 16))
         if low.graph.tensors[a].shape[-1] % group:
@@ -290,6 +316,20 @@ def lower_softmax(low: _Lowering, node: Node) -> None:
                                     node=node.origin)
     low.emit("ISoftmax", [a], [out], {"coeff_a": 1, "coeff_b": coeff_b, "coeff_c": coeff_c, "log2": log2,
                                       "n_levels": levels + 1, "round_nearest": 1, "lo": 0, "hi": hi}, node)
+
+
+def lower_softmax_tflite(low: _Lowering, node: Node) -> None:
+    """SoftmaxS8: arm_softmax_s8 / TFLite int8 softmax; the output is fixed at scale 1/256, zero point -128."""
+    a, out = node.inputs[0], node.outputs[0]
+    qa = low.q(a, node)
+    if low.graph.tensors[a].dtype != "int8" or qa.per_channel:
+        raise UnsupportedModelError("arm_softmax_s8 needs a per-tensor int8 input", node=node.origin, tensor=a)
+    try:
+        multiplier, shift, diff_min = arith.softmax_cmsis_params(float(qa.scale))
+    except ValueError as exc:
+        raise UnsupportedModelError(str(exc), node=node.origin, tensor=a) from None
+    low.graph.tensors[out].quant = QuantParams(np.array(1.0 / 256.0, np.float32), np.array(-128, np.int64))
+    low.emit("SoftmaxS8", [a], [out], {"multiplier": multiplier, "shift": shift, "diff_min": diff_min}, node)
 
 
 LOWERINGS: dict[str, Callable[[_Lowering, Node], None]] = {

@@ -1,83 +1,210 @@
 /*
  * tinydeploy's implementations of the CMSIS-NN entry points in arm_nnfunctions.h, for Cortex-M4/M7 with the
- * DSP extension: int8 pairs are sign-extended into 16-bit lanes with SXTB16 and multiplied-accumulated two at a
- * time with SMLAD (<arm_acle.h>), on 2 input rows x 2 output channels at a time. Requantization is td_requant_cmsis (td_runtime.h), which mirrors
- * ir/arith.py:requant_cmsis (arm_nn_requantize) bit for bit.
+ * DSP extension (<arm_acle.h>: SXTB16, SADD16, SMLAD).
+ *
+ * GEMMs (fully connected, batch matmul) widen 4 input rows at a time to 16-bit pairs in a static buffer (the
+ * input offset is added there, once per row element), then stream each output channel's int8 weights past the
+ * 4 rows: per 4 depth steps one weight load, two SXTB16 and eight SMLAD for 16 MACs (the inner loop is assembly
+ * so LDM can fetch 4 widened words at once). Requantization is 32-bit and mirrors ir/arith.py:requant_cmsis
+ * (arm_nn_requantize); softmax and the elementwise kernels mirror softmax_cmsis / add_cmsis (TFLite's int8
+ * reference kernels) bit for bit.
  */
 #include <arm_acle.h>
 #include <stdint.h>
 
 #include "arm_nnfunctions.h"
+#include "td_platform.h"
 #include "td_runtime.h"
 
 typedef int32_t __attribute__((aligned(1), may_alias)) td_unaligned_i32;
-
 
 static inline int32_t td_load4(const int8_t *p)
 {
     return *(const td_unaligned_i32 *)p;
 }
 
-/* Sign-extended int8 pairs of a 4-byte word: lanes (0, 2) and (1, 3). */
-#define TD_PAIRS(word, even, odd)                                                                                 \
-    do {                                                                                                      \
-        (even) = __sxtb16((uint32_t)(word));                                                                  \
-        (odd) = __sxtb16(__ror((uint32_t)(word), 8));                                                         \
-    } while (0)
+/* ---- fixed-point helpers (32-bit; ir/arith.py contract 2) ------------------------------------------------ */
 
-/* acc[r][c] += x_r . w_c for two input rows and two output channels (no input offset: the compiler folded it
- * into the bias). The input words stay packed and are sign-extended where used, so the 4 accumulators, 4
- * pointers, the end and 5 temporaries fit Thumb-2's 14 registers (no spills). Per 4 depth steps: 4 loads,
- * 12 SXTB16, 8 SMLAD for 16 MACs. */
-__attribute__((noinline)) static void fc_block_2x2(const int8_t *x0, const int8_t *x1, const int8_t *w0,
-                                                     const int8_t *w1, int32_t depth, int32_t acc[4])
+/* The doubling high multiply of a requantization (positive multiplier, so it cannot saturate). */
+static inline int32_t td_high_mul(int32_t x, int32_t multiplier)
 {
-    int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
-    const int8_t *const end = x0 + (depth & ~3);
-#if defined(__clang__)
-#pragma clang loop unroll(disable)
-#endif
-    while (x0 < end) {
-        const uint32_t xv0 = (uint32_t)td_load4(x0), xv1 = (uint32_t)td_load4(x1);
-        uint32_t we, wo;
-        TD_PAIRS(td_load4(w0), we, wo);
-        a00 = __smlad(we, __sxtb16(xv0), __smlad(wo, __sxtb16(__ror(xv0, 8)), a00));
-        a10 = __smlad(we, __sxtb16(xv1), __smlad(wo, __sxtb16(__ror(xv1, 8)), a10));
-        TD_PAIRS(td_load4(w1), we, wo);
-        a01 = __smlad(we, __sxtb16(xv0), __smlad(wo, __sxtb16(__ror(xv0, 8)), a01));
-        a11 = __smlad(we, __sxtb16(xv1), __smlad(wo, __sxtb16(__ror(xv1, 8)), a11));
-        x0 += 4;
-        x1 += 4;
-        w0 += 4;
-        w1 += 4;
-    }
-    for (int32_t k = 0; k < (depth & 3); ++k) {
-        a00 += x0[k] * w0[k];
-        a01 += x0[k] * w1[k];
-        a10 += x1[k] * w0[k];
-        a11 += x1[k] * w1[k];
-    }
-    acc[0] = a00;
-    acc[1] = a01;
-    acc[2] = a10;
-    acc[3] = a11;
+    return (int32_t)(((int64_t)x * multiplier + ((int64_t)1 << 30)) >> 31);
 }
 
-/* The general case (an input offset at run time): plain C. */
-static int32_t fc_dot_offset(const int8_t *x, const int8_t *w, int32_t depth, int32_t offset, int32_t acc)
+/* requant_cmsis without zero point and clip (arm_nn_requantize): shift > 0 shifts left, < 0 right. The
+ * multiplier is positive (a quantized scale), so the doubling high multiply cannot saturate. */
+static inline int32_t td_requantize(int32_t x, int32_t multiplier, int32_t shift)
 {
+    if (shift > 0) {
+        const int64_t wide = (int64_t)x * ((int64_t)1 << shift);
+        x = wide > INT32_MAX ? INT32_MAX : (wide < INT32_MIN ? INT32_MIN : (int32_t)wide);
+    }
+    const int32_t y = td_high_mul(x, multiplier);
+    const int32_t right = shift < 0 ? -shift : 0;
+    const int32_t mask = (int32_t)((1u << right) - 1u);
+    return (y >> right) + ((y & mask) > (mask >> 1) + (y < 0));
+}
+
+static inline int8_t td_out_s8(int32_t y, int32_t lo, int32_t hi)
+{
+    return (int8_t)(y < lo ? lo : (y > hi ? hi : y));
+}
+
+/* ---- GEMM core: 4 widened input rows x one int8 weight row ---------------------------------------------- */
+
+/* Widened rows: per group of 4 depth steps, for rows 0..3, the 16-bit pairs (k0, k2) and (k1, k3) with the
+ * input offset added; the order SXTB16 produces from a weight word, so SMLAD multiplies matching depths. */
+#define TD_NN_ROWS 4
+static int32_t td_nn_rows[2 * TD_NN_ROWS * ((TD_FC_MAX_DEPTH + 3) / 4) + 1];
+
+/* Widen rows x[0..3] (depth / 4 groups) into td_nn_rows; sums[r] = sum_k (x[r][k] + offset) over those groups. */
+static void td_widen_rows(const int8_t *const x[TD_NN_ROWS], int32_t groups, int32_t offset, int32_t sums[TD_NN_ROWS])
+{
+    const uint32_t packed = ((uint32_t)offset << 16) | ((uint32_t)offset & 0xFFFFu);
+    for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
+        const int8_t *src = x[r];
+        int32_t *dst = td_nn_rows + 2 * r;
+        int32_t sum = 0;
+        for (int32_t g = 0; g < groups; ++g) {
+            const uint32_t word = (uint32_t)td_load4(src + 4 * g);
+            const int32_t even = (int32_t)__sadd16(__sxtb16(word), packed);
+            const int32_t odd = (int32_t)__sadd16(__sxtb16(__ror(word, 8)), packed);
+            dst[8 * g] = even;
+            dst[8 * g + 1] = odd;
+            sum = __smlad((uint32_t)even, 0x00010001u, __smlad((uint32_t)odd, 0x00010001u, sum));
+        }
+        sums[r] = sum;
+    }
+}
+
+/* One depth group (4 steps) of 4 rows x 1 weight row: 1 load + LDM x2 + 2 SXTB16 + 8 SMLAD. */
+#define TD_GROUP_ASM                                                                                          \
+    "ldr    %[w], [%[pw]], #4\n\t"                                                                            \
+    "ldmia  %[px]!, {r8, r9, r10, r11}\n\t"                                                                   \
+    "sxtb16 %[wo], %[w], ror #8\n\t"                                                                          \
+    "sxtb16 %[w], %[w]\n\t"                                                                                   \
+    "smlad  %[a0], r8, %[w], %[a0]\n\t"                                                                       \
+    "smlad  %[a0], r9, %[wo], %[a0]\n\t"                                                                      \
+    "smlad  %[a1], r10, %[w], %[a1]\n\t"                                                                      \
+    "smlad  %[a1], r11, %[wo], %[a1]\n\t"                                                                     \
+    "ldmia  %[px]!, {r8, r9, r10, r11}\n\t"                                                                   \
+    "smlad  %[a2], r8, %[w], %[a2]\n\t"                                                                       \
+    "smlad  %[a2], r9, %[wo], %[a2]\n\t"                                                                      \
+    "smlad  %[a3], r10, %[w], %[a3]\n\t"                                                                      \
+    "smlad  %[a3], r11, %[wo], %[a3]\n\t"
+
+/* acc[r] += sum over `groups` groups of widened row r x weights w (int8, contiguous). */
+static void td_rows4_dot(const int8_t *w, int32_t groups, int32_t acc[TD_NN_ROWS])
+{
+    const int32_t *px = td_nn_rows;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    uint32_t word, odd;
+    if (groups & 1) {
+        __asm__ volatile(TD_GROUP_ASM
+                         : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [px] "+r"(px), [pw] "+r"(w),
+                           [w] "=&r"(word), [wo] "=&r"(odd)
+                         :
+                         : "r8", "r9", "r10", "r11", "memory");
+    }
+    if (groups > 1) {
+        const int8_t *const end = w + 4 * (groups & ~1);
+        __asm__ volatile("1:\n\t" TD_GROUP_ASM TD_GROUP_ASM
+                         "cmp    %[pw], %[end]\n\t"
+                         "bne    1b\n\t"
+                         : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [px] "+r"(px), [pw] "+r"(w),
+                           [w] "=&r"(word), [wo] "=&r"(odd)
+                         : [end] "r"(end)
+                         : "r8", "r9", "r10", "r11", "cc", "memory");
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+/* The depth steps after the last full group (depth % 4), in C (kept out of the column loop's registers). */
+__attribute__((noinline, cold)) static void td_rows4_tail(const int8_t *const x[TD_NN_ROWS], const int8_t *w, int32_t from, int32_t depth,
+                          int32_t offset, int32_t acc[TD_NN_ROWS])
+{
+    for (int32_t k = from; k < depth; ++k) {
+        for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
+            acc[r] += ((int32_t)x[r][k] + offset) * w[k];
+        }
+    }
+}
+
+/* One block of 4 rows: input rows (for the depth tail), output rows and the per-call constants. */
+typedef struct {
+    const int8_t *x[TD_NN_ROWS];
+    int8_t *y[TD_NN_ROWS];
+    int32_t init[TD_NN_ROWS];     /* added to every accumulator of the row (the rhs-offset term of a matmul) */
+    int32_t depth, in_offset, out_offset, lo, hi;
+} td_rows4;
+
+/* Rows row0.. of the input and output (rows past the end repeat the last row: results land on the same bytes). */
+static void td_block_rows(td_rows4 *b, const int8_t *in, int8_t *out, int32_t row0, int32_t rows, int32_t cols)
+{
+    for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
+        const int32_t row = (row0 + r < rows) ? row0 + r : rows - 1;
+        b->x[r] = in + row * b->depth;
+        b->y[r] = out + row * cols;
+    }
+}
+
+/* rounding_divide_by_pot(x, exponent) for exponent >= 1 and x > INT32_MIN: ASRS leaves the half bit in the carry,
+ * ADC adds it (round half up); negative values are first moved down by one so ties go away from zero. */
+static inline int32_t td_round_shift(int32_t x, int32_t exponent)
+{
+    int32_t y;
+    x += x >> 31;
+    __asm__("asrs %0, %1, %2\n\tadc %0, %0, #0" : "=r"(y) : "r"(x), "r"(exponent) : "cc");
+    return y;
+}
+
+/* Every output column of one 4-row block: weights [cols][depth]; per-channel or per-tensor requantization
+ * y[r][c] = clamp(requantize(acc[r]) + offset). The block's fields are copied to locals first: the int8 output
+ * stores may alias anything, which would otherwise reload them for every byte. */
+static void td_rows4_columns(const td_rows4 *b, const int8_t *w, int32_t cols, const int32_t *bias,
+                             const int32_t *mult, const int32_t *shift, int32_t per_channel)
+{
+    const int32_t depth = b->depth, groups = depth / 4, offset = b->out_offset, lo = b->lo, hi = b->hi;
+    const int32_t full_range = lo == -128 && hi == 127;
+    int8_t *const y0 = b->y[0], *const y1 = b->y[1], *const y2 = b->y[2], *const y3 = b->y[3];
+    const int32_t init0 = b->init[0], init1 = b->init[1], init2 = b->init[2], init3 = b->init[3];
+    for (int32_t c = 0; c < cols; ++c, w += depth) {
+        const int32_t base = bias ? bias[c] : 0;
+        int32_t acc[TD_NN_ROWS] = {base + init0, base + init1, base + init2, base + init3};
+        td_rows4_dot(w, groups, acc);
+        if (depth & 3) {
+            td_rows4_tail(b->x, w, 4 * groups, depth, b->in_offset, acc);
+        }
+        const int32_t multiplier = mult[per_channel ? c : 0], sh = shift[per_channel ? c : 0];
+        if (sh < 0 && full_range) {      /* the common case: a right shift, the whole int8 range (~12 instr/output) */
+            const int32_t right = -sh;
+            y0[c] = (int8_t)__ssat(td_round_shift(td_high_mul(acc[0], multiplier), right) + offset, 8);
+            y1[c] = (int8_t)__ssat(td_round_shift(td_high_mul(acc[1], multiplier), right) + offset, 8);
+            y2[c] = (int8_t)__ssat(td_round_shift(td_high_mul(acc[2], multiplier), right) + offset, 8);
+            y3[c] = (int8_t)__ssat(td_round_shift(td_high_mul(acc[3], multiplier), right) + offset, 8);
+        } else {
+            y0[c] = td_out_s8(td_requantize(acc[0], multiplier, sh) + offset, lo, hi);
+            y1[c] = td_out_s8(td_requantize(acc[1], multiplier, sh) + offset, lo, hi);
+            y2[c] = td_out_s8(td_requantize(acc[2], multiplier, sh) + offset, lo, hi);
+            y3[c] = td_out_s8(td_requantize(acc[3], multiplier, sh) + offset, lo, hi);
+        }
+    }
+}
+
+/* ---- the reference path for depths beyond TD_FC_MAX_DEPTH (not produced by tinydeploy's own networks) ---- */
+static int32_t td_dot_offsets(const int8_t *x, const int8_t *w, int32_t depth, int32_t x_offset, int32_t w_offset)
+{
+    int32_t acc = 0;
     for (int32_t k = 0; k < depth; ++k) {
-        acc += ((int32_t)x[k] + offset) * w[k];
+        acc += ((int32_t)x[k] + x_offset) * ((int32_t)w[k] + w_offset);
     }
     return acc;
 }
 
-static int8_t fc_output(int32_t acc, const cmsis_nn_per_channel_quant_params *q, const cmsis_nn_fc_params *p,
-                        int32_t channel)
-{
-    return (int8_t)td_clip(td_requant_cmsis(acc, q->multiplier[channel], q->shift[channel], p->output_offset),
-                           p->activation.min, p->activation.max);
-}
+/* ---- CMSIS-NN entry points ------------------------------------------------------------------------------- */
 
 arm_cmsis_nn_status arm_fully_connected_per_channel_s8(const cmsis_nn_context *ctx,
                                                        const cmsis_nn_fc_params *fc_params,
@@ -94,30 +221,59 @@ arm_cmsis_nn_status arm_fully_connected_per_channel_s8(const cmsis_nn_context *c
         return ARM_CMSIS_NN_ARG_ERROR;
     }
     const int32_t batches = input_dims->n, depth = filter_dims->n, channels = filter_dims->c;
-    const int32_t offset = fc_params->input_offset;
-    for (int32_t b = 0; b < batches; b += 2) {
-        const int32_t b1 = (b + 1 < batches) ? b + 1 : b;        /* odd count: the last row twice */
-        const int8_t *x0 = input_data + b * depth, *x1 = input_data + b1 * depth;
-        for (int32_t c = 0; c < channels; c += 2) {
-            const int32_t c1 = (c + 1 < channels) ? c + 1 : c;   /* odd count: the last channel twice */
-            const int32_t bias0 = bias_data ? bias_data[c] : 0, bias1 = bias_data ? bias_data[c1] : 0;
-            int32_t acc[4] = {bias0, bias1, bias0, bias1};
-            const int8_t *w0 = filter_data + c * depth, *w1 = filter_data + c1 * depth;
-            if (offset == 0) {
-                fc_block_2x2(x0, x1, w0, w1, depth, acc);
-            } else {
-                acc[0] = fc_dot_offset(x0, w0, depth, offset, acc[0]);
-                acc[1] = fc_dot_offset(x0, w1, depth, offset, acc[1]);
-                acc[2] = fc_dot_offset(x1, w0, depth, offset, acc[2]);
-                acc[3] = fc_dot_offset(x1, w1, depth, offset, acc[3]);
+    const int32_t offset = fc_params->input_offset, lo = fc_params->activation.min, hi = fc_params->activation.max;
+    const int32_t *mult = quant_params->multiplier, *shift = quant_params->shift;
+    if (depth > TD_FC_MAX_DEPTH) {
+        for (int32_t b = 0; b < batches; ++b) {
+            for (int32_t c = 0; c < channels; ++c) {
+                const int32_t acc = (bias_data ? bias_data[c] : 0)
+                                  + td_dot_offsets(input_data + b * depth, filter_data + c * depth, depth, offset, 0);
+                output_data[b * channels + c] = td_out_s8(td_requantize(acc, mult[c], shift[c])
+                                                          + fc_params->output_offset, lo, hi);
             }
-            output_data[b * channels + c] = fc_output(acc[0], quant_params, fc_params, c);
-            output_data[b * channels + c1] = fc_output(acc[1], quant_params, fc_params, c1);
-            output_data[b1 * channels + c] = fc_output(acc[2], quant_params, fc_params, c);
-            output_data[b1 * channels + c1] = fc_output(acc[3], quant_params, fc_params, c1);
         }
+        return ARM_CMSIS_NN_SUCCESS;
+    }
+    td_rows4 block = {.depth = depth, .in_offset = offset, .out_offset = fc_params->output_offset, .lo = lo, .hi = hi};
+    for (int32_t b = 0; b < batches; b += TD_NN_ROWS) {
+        int32_t sums[TD_NN_ROWS];
+        td_block_rows(&block, input_data, output_data, b, batches, channels);
+        td_widen_rows(block.x, depth / 4, offset, sums);
+        td_rows4_columns(&block, filter_data, channels, bias_data, mult, shift, 1);
     }
     return ARM_CMSIS_NN_SUCCESS;
+}
+
+/* One matrix of a batch matmul: out[r][c] = requant(sum_k (lhs[r][k] + lhs_offset) * (rhs[c][k] + rhs_offset)). */
+static void td_matmul_rows(const int8_t *lhs, const int8_t *rhs, int8_t *out, int32_t rows, int32_t cols,
+                           int32_t depth, const cmsis_nn_fc_params *p, const cmsis_nn_per_tensor_quant_params *q)
+{
+    const int32_t lo = p->activation.min, hi = p->activation.max;
+    if (depth > TD_FC_MAX_DEPTH) {
+        for (int32_t r = 0; r < rows; ++r) {
+            for (int32_t c = 0; c < cols; ++c) {
+                const int32_t acc = td_dot_offsets(lhs + r * depth, rhs + c * depth, depth, p->input_offset,
+                                                   p->filter_offset);
+                out[r * cols + c] = td_out_s8(td_requantize(acc, q->multiplier, q->shift) + p->output_offset, lo, hi);
+            }
+        }
+        return;
+    }
+    td_rows4 block = {.depth = depth, .in_offset = p->input_offset, .out_offset = p->output_offset, .lo = lo, .hi = hi};
+    const int32_t groups = depth / 4;
+    for (int32_t r0 = 0; r0 < rows; r0 += TD_NN_ROWS) {
+        int32_t sums[TD_NN_ROWS];
+        td_block_rows(&block, lhs, out, r0, rows, cols);
+        td_widen_rows(block.x, groups, p->input_offset, sums);
+        for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
+            for (int32_t k = 4 * groups; k < depth; ++k) {      /* the depth tail's share of the row sum */
+                sums[r] += (int32_t)block.x[r][k] + p->input_offset;
+            }
+            /* sum_k (x + ox)(w + ow) = sum_k (x + ox) w + ow * sum_k (x + ox) */
+            block.init[r] = p->filter_offset * sums[r];
+        }
+        td_rows4_columns(&block, rhs, cols, 0, &q->multiplier, &q->shift, 0);
+    }
 }
 
 arm_cmsis_nn_status arm_batch_matmul_s8(const cmsis_nn_context *ctx, const cmsis_nn_bmm_params *bmm_params,
@@ -127,7 +283,6 @@ arm_cmsis_nn_status arm_batch_matmul_s8(const cmsis_nn_context *ctx, const cmsis
                                         const cmsis_nn_dims *output_dims, int8_t *output)
 {
     (void)ctx;
-    const cmsis_nn_fc_params *p = &bmm_params->fc_params;
     const int32_t rows = input_lhs_dims->w, depth = input_lhs_dims->c, cols = input_rhs_dims->w;
     for (int32_t n = 0; n < output_dims->n; ++n) {
         for (int32_t h = 0; h < output_dims->h; ++h) {
@@ -135,20 +290,53 @@ arm_cmsis_nn_status arm_batch_matmul_s8(const cmsis_nn_context *ctx, const cmsis
                                              + (input_lhs_dims->h > 1 ? h : 0)) * rows * depth;
             const int8_t *rhs = input_rhs + ((input_rhs_dims->n > 1 ? n : 0) * input_rhs_dims->h
                                              + (input_rhs_dims->h > 1 ? h : 0)) * cols * depth;
-            int8_t *y = output + (n * output_dims->h + h) * rows * cols;
-            for (int32_t r = 0; r < rows; ++r) {
-                for (int32_t c = 0; c < cols; ++c) {
-                    int32_t acc = 0;
-                    for (int32_t k = 0; k < depth; ++k) {
-                        acc += ((int32_t)lhs[r * depth + k] + p->input_offset)
-                             * ((int32_t)rhs[c * depth + k] + p->filter_offset);
-                    }
-                    y[r * cols + c] = (int8_t)td_clip(td_requant_cmsis(acc, quant_params->multiplier,
-                                                                        quant_params->shift, p->output_offset),
-                                                       p->activation.min, p->activation.max);
-                }
-            }
+            td_matmul_rows(lhs, rhs, output + (n * output_dims->h + h) * rows * cols, rows, cols, depth,
+                           &bmm_params->fc_params, quant_params);
         }
+    }
+    return ARM_CMSIS_NN_SUCCESS;
+}
+
+/* ---- softmax: td_runtime.h td_softmax_s8_rows (ir/arith.py softmax_cmsis) --------------------------------- */
+
+void arm_softmax_s8(const int8_t *input, const int32_t num_rows, const int32_t row_size, const int32_t mult,
+                    const int32_t shift, const int32_t diff_min, int8_t *output)
+{
+    td_softmax_s8_rows(input, output, 0, num_rows, row_size, mult, shift, diff_min);
+}
+
+/* ---- elementwise (ir/arith.py add_cmsis; MulS8) -------------------------------------------------------- */
+
+arm_cmsis_nn_status arm_elementwise_add_s8(const int8_t *input_1_vect, const int8_t *input_2_vect,
+                                           const int32_t input_1_offset, const int32_t input_1_mult,
+                                           const int32_t input_1_shift, const int32_t input_2_offset,
+                                           const int32_t input_2_mult, const int32_t input_2_shift,
+                                           const int32_t left_shift, int8_t *output, const int32_t out_offset,
+                                           const int32_t out_mult, const int32_t out_shift,
+                                           const int32_t out_activation_min, const int32_t out_activation_max,
+                                           const int32_t block_size)
+{
+    for (int32_t i = 0; i < block_size; ++i) {
+        const int32_t a = td_requantize((input_1_vect[i] + input_1_offset) * (1 << left_shift), input_1_mult,
+                                        input_1_shift);
+        const int32_t b = td_requantize((input_2_vect[i] + input_2_offset) * (1 << left_shift), input_2_mult,
+                                        input_2_shift);
+        output[i] = td_out_s8(td_requantize(a + b, out_mult, out_shift) + out_offset, out_activation_min,
+                              out_activation_max);
+    }
+    return ARM_CMSIS_NN_SUCCESS;
+}
+
+arm_cmsis_nn_status arm_elementwise_mul_s8(const int8_t *input_1_vect, const int8_t *input_2_vect,
+                                           const int32_t input_1_offset, const int32_t input_2_offset,
+                                           int8_t *output, const int32_t out_offset, const int32_t out_mult,
+                                           const int32_t out_shift, const int32_t out_activation_min,
+                                           const int32_t out_activation_max, const int32_t block_size)
+{
+    for (int32_t i = 0; i < block_size; ++i) {
+        const int32_t product = (input_1_vect[i] + input_1_offset) * (input_2_vect[i] + input_2_offset);
+        output[i] = td_out_s8(td_requantize(product, out_mult, out_shift) + out_offset, out_activation_min,
+                              out_activation_max);
     }
     return ARM_CMSIS_NN_SUCCESS;
 }

@@ -72,4 +72,28 @@ arm_cmsis_nn_status arm_batch_matmul_s8(const cmsis_nn_context *ctx, const cmsis
                                         const cmsis_nn_dims *input_rhs_dims, const int8_t *input_rhs,
                                         const cmsis_nn_dims *output_dims, int8_t *output);
 
+/* TFLite's int8 softmax over rows: output in 1/256 steps with zero point -128. mult/shift scale (x - max) to
+ * Q5.26 (input scale * 2^26 as multiplier * 2^shift); elements with x - max < diff_min give -128. */
+void arm_softmax_s8(const int8_t *input, const int32_t num_rows, const int32_t row_size, const int32_t mult,
+                    const int32_t shift, const int32_t diff_min, int8_t *output);
+
+/* TFLite's int8 Add: out = clamp(requantize(requantize((in1 + off1) << left_shift, mult1, shift1)
+ *                                          + requantize((in2 + off2) << left_shift, mult2, shift2),
+ *                                          out_mult, out_shift) + out_offset) over block_size elements. */
+arm_cmsis_nn_status arm_elementwise_add_s8(const int8_t *input_1_vect, const int8_t *input_2_vect,
+                                           const int32_t input_1_offset, const int32_t input_1_mult,
+                                           const int32_t input_1_shift, const int32_t input_2_offset,
+                                           const int32_t input_2_mult, const int32_t input_2_shift,
+                                           const int32_t left_shift, int8_t *output, const int32_t out_offset,
+                                           const int32_t out_mult, const int32_t out_shift,
+                                           const int32_t out_activation_min, const int32_t out_activation_max,
+                                           const int32_t block_size);
+
+/* TFLite's int8 Mul: out = clamp(requantize((in1 + off1) * (in2 + off2), out_mult, out_shift) + out_offset). */
+arm_cmsis_nn_status arm_elementwise_mul_s8(const int8_t *input_1_vect, const int8_t *input_2_vect,
+                                           const int32_t input_1_offset, const int32_t input_2_offset,
+                                           int8_t *output, const int32_t out_offset, const int32_t out_mult,
+                                           const int32_t out_shift, const int32_t out_activation_min,
+                                           const int32_t out_activation_max, const int32_t block_size);
+
 #endif /* TD_ARM_NNFUNCTIONS_H */

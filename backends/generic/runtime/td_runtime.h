@@ -123,6 +123,89 @@ static inline int64_t td_requant_cmsis(int64_t x, int64_t multiplier, int64_t sh
     return td_rdbpot(td_srdhm(shifted, multiplier), right) + zero_point;
 }
 
+/* arith.wrap_i32: the int32 a 32-bit C sum would store. */
+static inline int64_t td_wrap32(int64_t x)
+{
+    return (int64_t)(int32_t)(uint32_t)(uint64_t)x;
+}
+
+/* arith.mult_by_power_of_two: x * 2^exponent saturated to int32 (exponent >= 0). */
+static inline int64_t td_mul_pow2(int64_t x, int64_t exponent)
+{
+    const int64_t threshold = ((int64_t)1 << (31 - exponent)) - 1;
+    return x > threshold ? INT32_MAX : (x < -threshold ? INT32_MIN : td_wrap32(x * ((int64_t)1 << exponent)));
+}
+
+/* arith.exp_on_negative_values: exp(a) for a <= 0 in Q5.26 -> Q0.31 (gemmlowp). */
+static inline int64_t td_exp_on_negative_values(int64_t a)
+{
+    static const int32_t barrel[7] = {1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242};
+    const int64_t quarter = (int64_t)1 << 24;
+    const int64_t mod_minus_quarter = (a & (quarter - 1)) - quarter;
+    const int64_t remainder = mod_minus_quarter - a;
+    const int64_t x = mod_minus_quarter * 32 + ((int64_t)1 << 28);
+    const int64_t x2 = td_srdhm(x, x);
+    const int64_t x3 = td_srdhm(x2, x);
+    const int64_t x4_over_4 = td_rdbpot(td_srdhm(x2, x2), 2);
+    const int64_t poly = td_rdbpot(td_srdhm(x4_over_4 + x3, 715827883) + x2, 1);
+    int64_t result = td_wrap32(1895147668 + td_srdhm(1895147668, td_wrap32(x + poly)));
+    for (int32_t k = 0; k < 7; ++k) {
+        if (remainder & ((int64_t)1 << (24 + k))) {
+            result = td_srdhm(result, barrel[k]);
+        }
+    }
+    return a == 0 ? INT32_MAX : result;
+}
+
+/* arith.one_over_one_plus_x_for_x_in_0_1: 1 / (1 + a) in Q0.31, three Newton-Raphson steps. */
+static inline int64_t td_one_over_one_plus_x(int64_t a)
+{
+    const int64_t total = a + INT32_MAX;
+    const int64_t half_denominator = (total + (total >= 0 ? 1 : -1)) / 2;
+    int64_t x = td_wrap32(1515870810 + td_srdhm(half_denominator, -1010580540));
+    for (int32_t i = 0; i < 3; ++i) {
+        x = td_wrap32(x + td_mul_pow2(td_srdhm(x, td_wrap32(((int64_t)1 << 29) - td_srdhm(half_denominator, x))), 2));
+    }
+    return td_mul_pow2(x, 1);
+}
+
+/* arith.softmax_cmsis on rows [row_begin, row_end): arm_softmax_s8 / TFLite's int8 softmax, output 1/256 steps
+ * with zero point -128. */
+static inline void td_softmax_s8_rows(const int8_t *x, int8_t *y, int32_t row_begin, int32_t row_end, int32_t cols,
+                                      int32_t multiplier, int32_t shift, int32_t diff_min)
+{
+    for (int32_t r = row_begin; r < row_end; ++r) {
+        const int8_t *x_row = x + (int64_t)r * cols;
+        int8_t *y_row = y + (int64_t)r * cols;
+        int64_t max = x_row[0];
+        for (int32_t c = 1; c < cols; ++c) {
+            max = x_row[c] > max ? x_row[c] : max;
+        }
+        int64_t sum = 0;
+        for (int32_t c = 0; c < cols; ++c) {
+            const int64_t diff = x_row[c] - max;
+            if (diff >= diff_min) {
+                sum += td_rdbpot(td_exp_on_negative_values(td_srdhm(diff * ((int64_t)1 << shift), multiplier)), 12);
+            }
+        }
+        int64_t headroom = 32;
+        while (headroom > 0 && sum >= ((int64_t)1 << (32 - headroom))) {
+            --headroom;
+        }
+        const int64_t normalised = td_wrap32((sum > 0 ? sum * ((int64_t)1 << headroom) : 0) - ((int64_t)1 << 31));
+        const int64_t scale = td_one_over_one_plus_x(normalised);
+        for (int32_t c = 0; c < cols; ++c) {
+            const int64_t diff = x_row[c] - max;
+            int64_t p = -128;
+            if (diff >= diff_min) {
+                const int64_t e = td_exp_on_negative_values(td_srdhm(diff * ((int64_t)1 << shift), multiplier));
+                p = td_clip(td_rdbpot(td_srdhm(scale, e), 12 - headroom + 23) - 128, -128, 127);
+            }
+            y_row[c] = (int8_t)p;
+        }
+    }
+}
+
 /* arith.ita_shift: power-of-two exponent of a logit difference. */
 static inline int64_t td_ita_shift(int64_t diff)
 {
