@@ -92,3 +92,70 @@ def test_i_softmax_sums_close_to_levels():
     x = np.array([[10, 0, -10, -40]])
     y = arith.i_softmax(x, 1, 345, 62395, 255, 256)
     assert y.shape == (1, 4) and 250 <= int(y.sum()) <= 255 and y[0, 0] >= y[0, 1] >= y[0, 2] >= y[0, 3]
+
+
+# --- contract 2 on Cortex-M: TFLite / CMSIS-NN int8 softmax and Add ------------------------------------------
+def test_softmax_cmsis_params_hand_computed():
+    # scale 2: 2 * 2^26 = 2^27 = 0.5 * 2^28 -> multiplier 2^30, left shift 28;
+    # radius 31 * 2^26 / 2^28 = 7.75 -> diff_min -7
+    assert arith.softmax_cmsis_params(2.0) == (1 << 30, 28, -7)
+    # scale 0.1: 0.1 * 2^26 = 6710886.4 = 0.8 * 2^23 -> round(0.8 * 2^31) = 1717986918, shift 23; 31 * 2^3 = 248
+    assert arith.softmax_cmsis_params(0.1) == (1717986918, 23, -248)
+    with pytest.raises(ValueError):
+        arith.softmax_cmsis_params(2.0**-27)   # finer than the Q5.26 input can resolve
+
+
+def test_softmax_cmsis_hand_computed_rows():
+    mult, shift, diff_min = arith.softmax_cmsis_params(0.1)
+    # uniform: exp(0) = INT32_MAX -> /2^12 rounds to 2^19 each, sum 2^21, headroom 10, 1/(1+0) ~ 1 in Q0.31,
+    # bits over unit 12 - 10 + 23 = 25: 2^31 / 2^25 = 64 -> 64 - 128
+    assert arith.softmax_cmsis(np.zeros((1, 4)), mult, shift, diff_min).tolist() == [[-64] * 4]
+    # two equal maxima, the rest ~ exp(-10.5): probabilities 1/2 -> 128 - 128 = 0
+    assert arith.softmax_cmsis(np.array([[5, 5, -100, -100]]), mult, shift, diff_min).tolist() == [[0, 0, -128, -128]]
+    # one dominant: probability 1 -> 256 - 128 = 128 saturates at 127; exp(-11) * 256 = 0.004 -> -128
+    assert arith.softmax_cmsis(np.array([[10, -100, -100, -100]]), mult, shift, diff_min).tolist() == \
+        [[127, -128, -128, -128]]
+    assert arith.softmax_cmsis(np.array([[-7]]), mult, shift, diff_min).tolist() == [[127]]     # one column
+
+
+def test_softmax_cmsis_skips_differences_below_diff_min():
+    """scale 2 (diff_min -7): -255 * 2^28 would overflow int32; such elements are -128 without being computed."""
+    mult, shift, diff_min = arith.softmax_cmsis_params(2.0)
+    assert arith.softmax_cmsis(np.array([[127, -128, 0, 0]]), mult, shift, diff_min).tolist() == \
+        [[127, -128, -128, -128]]
+    # at diff_min the element counts (exp(-14) -> -128 after rounding), one below it is skipped: same bytes
+    assert arith.softmax_cmsis(np.array([[0, -7, -8]]), mult, shift, diff_min).tolist() == [[127, -128, -128]]
+
+
+def test_gemmlowp_exp_and_reciprocal_accuracy():
+    q = 1 << 26                               # Q5.26 input
+    a = np.array([0, -q // 4, -q // 2, -q, -3 * q, -10 * q])
+    got = arith.exp_on_negative_values(a)
+    assert got[0] == arith.INT32_MAX
+    # the 4th-order polynomial is good to ~3e-7 of full scale (gemmlowp's accuracy, not ours to improve)
+    assert np.all(np.abs(got[1:] - np.exp(a[1:] / q) * 2.0**31) <= 1e-6 * 2.0**31)
+    x = np.array([0, 1 << 29, 1 << 30, (1 << 31) - 1])   # 0, 1/4, 1/2, ~1 in Q0.31
+    recip = arith.one_over_one_plus_x_for_x_in_0_1(x)
+    assert np.all(np.abs(recip - np.round(2.0**31 / (1 + x / 2.0**31))) <= 4)
+
+
+def _round_half_away(value: float) -> int:
+    return int(np.copysign(np.floor(abs(value) + 0.5), value))
+
+
+def test_add_cmsis_hand_computed():
+    # scales 1, 1 -> 2: each operand rescaled by 1/2 (multiplier 2^30, shift 0), the sum by 2 / (2^20 * 2) = 2^-20
+    params = arith.add_cmsis_params(1.0, 1.0, 2.0)
+    assert params == {"a_mult": 1 << 30, "a_shift": 0, "b_mult": 1 << 30, "b_shift": 0,
+                      "multiplier": 1 << 30, "shift": -19}
+    a = np.array([1, -1, 3, -3, 2, 100, -100, 0])
+    b = np.array([2, -2, 0, 0, 2, 100, -100, 0])
+    got = arith.add_cmsis(a, b, a_offset=0, b_offset=0, **params, zero_point=0).tolist()
+    # (a + b) / 2 with ties away from zero, clipped to int8
+    assert got == [2, -2, 2, -2, 2, 100, -100, 0]
+    assert got == [max(-128, min(127, _round_half_away((x + y) / 2))) for x, y in zip(a, b, strict=True)]
+    # offsets: (a - 10) + (b + 4) at scale 1 -> 1: (a - 10) + (b + 4) exactly, output zero point 3, saturation
+    same = arith.add_cmsis_params(1.0, 1.0, 1.0)
+    assert arith.add_cmsis(np.array([10, 127, -128]), np.array([-4, 127, -128]), -10, same["a_mult"],
+                           same["a_shift"], 4, same["b_mult"], same["b_shift"], same["multiplier"], same["shift"],
+                           3).tolist() == [3, 127, -128]

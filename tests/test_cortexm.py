@@ -97,6 +97,15 @@ def test_against_a_real_cmsis_nn_checkout(tiny_m4_build):
     assert report["bit_exact"] is True
 
 
+@pytest.mark.skipif(not os.environ.get("TD_CMSIS_NN"), reason="set TD_CMSIS_NN to a CMSIS-NN checkout")
+def test_edge_cases_against_a_real_cmsis_nn_checkout(tmp_path):
+    """Arm's arm_softmax_s8, arm_elementwise_add_s8 and fully-connected kernels give the golden bytes on the
+    hand-computed edge cases too."""
+    graph, inputs = _edge_case_graph()
+    compile_graph(graph, "cortex-m4", tmp_path, inputs)
+    assert simulate_build(tmp_path, cmsis_nn=os.environ["TD_CMSIS_NN"]).report["bit_exact"] is True
+
+
 def test_report_of_a_cortex_m_build_has_no_roofline(tiny_m4_build, tmp_path):
     """No DMA on a microcontroller: the page says so instead of drawing bandwidth roofs that do not exist."""
     from tinydeploy.report import write_report
@@ -106,3 +115,132 @@ def test_report_of_a_cortex_m_build_has_no_roofline(tiny_m4_build, tmp_path):
     assert [f.name for f in files] == ["r.html", "r_cycles.png", "r_memory.png"]
     page = files[0].read_text()
     assert "No DMA on this target" in page and page.count("data:image/png;base64,") == 2
+
+
+def _round_half_away(value: float) -> int:
+    return int(np.copysign(np.floor(abs(value) + 0.5), value))
+
+
+def _edge_case_graph() -> tuple[Graph, dict[str, np.ndarray]]:
+    """One network with hand-checkable kernels: an identity fully-connected layer with per-channel requant
+    (right shifts with ties, a left shift that saturates, shift 0), two softmaxes and an Add."""
+    from tinydeploy.ir.arith import softmax_cmsis_params
+
+    g = Graph(name="cmsis_edge_cases")
+    depth = 5                                                # one SMLAD group + a depth tail of 1
+    g.add_tensor(Tensor("x", "int8", (1, 8, depth)))
+    g.add_const("eye", np.eye(depth, dtype=np.int8), "int8")
+    g.add_tensor(Tensor("acc", "int32", (1, 8, depth)))
+    g.add_tensor(Tensor("y_fc", "int8", (1, 8, depth)))
+    half = 1 << 30                                           # 0.5 in Q0.31
+    g.nodes += [Node("fc", "MatMulInt", ["x", "eye"], ["acc"], {"a_zero": 0}),
+                Node("rq", "RequantCMSIS", ["acc"], ["y_fc"], {
+                    # x/4, 2x (saturating), x/2, ~x, x/8
+                    "multiplier": np.array([half, half, half, (1 << 31) - 1, half]),
+                    "shift": np.array([-1, 2, 0, 0, -2]), "zero_point": 0, "lo": -128, "hi": 127})]
+    for name, scale in (("sm_fine", 0.1), ("sm_coarse", 2.0)):
+        mult, shift, diff_min = softmax_cmsis_params(scale)
+        g.add_tensor(Tensor(f"{name}_in", "int8", (3, 4)))
+        g.add_tensor(Tensor(name, "int8", (3, 4)))
+        g.nodes.append(Node(name, "SoftmaxS8", [f"{name}_in"], [name],
+                            {"multiplier": mult, "shift": shift, "diff_min": diff_min}))
+    for name in ("a", "b", "y_add"):
+        g.add_tensor(Tensor(name, "int8", (1, 16)))
+    g.nodes.append(Node("add", "AddS8", ["a", "b"], ["y_add"], {  # scales 1, 1 -> 2 (see test_arith)
+        "a_offset": 0, "a_mult": half, "a_shift": 0, "b_offset": 0, "b_mult": half, "b_shift": 0, "left_shift": 20,
+        "multiplier": half, "shift": -19, "zero_point": 0, "lo": -128, "hi": 127}))
+    g.inputs = ["x", "sm_fine_in", "sm_coarse_in", "a", "b"]
+    g.outputs = ["y_fc", "sm_fine", "sm_coarse", "y_add"]
+    x = np.array([2, 6, -2, -6, 1, -1, 3, -3, 127, -128, 5, -5, 100, -100, 0, 7, -7, 9, -9, 4,
+                  10, -10, 11, -11, 12, -12, 13, -13, 14, -14, 15, -15, 64, -64, 65, -65, 66, -66, 67, -67])
+    inputs = {"x": x.reshape(1, 8, depth).astype(np.int8),
+              "sm_fine_in": np.array([[0, 0, 0, 0], [5, 5, -100, -100], [10, -100, -100, -100]], np.int8),
+              "sm_coarse_in": np.array([[127, -128, 0, 0], [0, -7, -8, -8], [3, 3, 3, 3]], np.int8),
+              "a": np.array([[1, -1, 3, -3, 2, 100, -100, 0, 127, -128, 5, -5, 7, -7, 9, -9]], np.int8),
+              "b": np.array([[2, -2, 0, 0, 2, 100, -100, 0, 127, -128, 0, 0, 0, 0, 0, 0]], np.int8)}
+    return g, inputs
+
+
+def test_cmsis_kernels_on_hand_computed_edge_cases(tmp_path):
+    """The C kernels (fully connected fast and general requant paths, arm_softmax_s8, arm_elementwise_add_s8) in
+    the Cortex-M ISS against rules written out by hand: ties round away from zero, left shifts saturate,
+    probabilities are 1/256 steps from -128."""
+    graph, inputs = _edge_case_graph()
+    project = compile_graph(graph, "cortex-m4", tmp_path, inputs)
+    assert any("arm_fully_connected_per_channel_s8" in note for note in project.notes)
+    sim = simulate_build(tmp_path)
+    assert sim.report["bit_exact"] is True                  # equals the golden interpreter ...
+    clip = lambda v: max(-128, min(127, v))                 # noqa: E731
+    # two roundings, as TFLite: the doubling high multiply by 0.5 rounds half up (gemmlowp's nudge: -1.5 -> -1),
+    # the divide by 2^shift after it rounds half away from zero (so x/4 of 5 is 2.5 -> 3, 3/2 -> 2, not 1)
+    up = lambda v: int(np.floor(v / 2 + 0.5))                # noqa: E731
+    rules = [lambda v: _round_half_away(up(v) / 2), lambda v: clip(2 * v), up, lambda v: v,
+             lambda v: _round_half_away(up(v) / 4)]
+    x = inputs["x"].astype(int).reshape(8, 5)
+    expected_fc = [[clip(rules[c](int(x[r, c]))) for c in range(5)] for r in range(8)]
+    assert sim.outputs["y_fc"].reshape(8, 5).tolist() == expected_fc   # ... and the hand-written rules
+    assert sim.outputs["sm_fine"].tolist() == [[-64] * 4, [0, 0, -128, -128], [127, -128, -128, -128]]
+    assert sim.outputs["sm_coarse"].tolist() == [[127, -128, -128, -128], [127, -128, -128, -128], [-64] * 4]
+    a, b = inputs["a"].astype(int)[0], inputs["b"].astype(int)[0]
+    assert sim.outputs["y_add"][0].tolist() == [clip(_round_half_away((p + q) / 2)) for p, q in zip(a, b, strict=True)]
+    network = (tmp_path / "network.c").read_text()
+    assert "arm_softmax_s8(" in network and "arm_elementwise_add_s8(" in network
+
+
+@pytest.mark.skipif(not os.environ.get("TD_CMSIS_NN"), reason="set TD_CMSIS_NN to a CMSIS-NN checkout")
+def test_softmax_and_add_semantics_match_cmsis_nn_on_random_rows(tmp_path):
+    """ir/arith.py's softmax_cmsis and add_cmsis against Arm's C compiled for the host: 200 random cases each
+    (scales over four decades, rows 1..128, clustered and spread logits)."""
+    import subprocess
+
+    from tinydeploy.ir import arith
+
+    root = os.environ["TD_CMSIS_NN"]
+    driver = tmp_path / "driver.c"
+    driver.write_text(r'''#include <stdio.h>
+#include "arm_nnfunctions.h"
+int main(void) {
+    int kind, n, cols, p[13];
+    static int8_t a[4096], b[4096], y[4096];
+    while (scanf("%d %d %d", &kind, &n, &cols) == 3) {
+        for (int i = 0; i < 13; i++) scanf("%d", &p[i]);
+        for (int i = 0; i < n; i++) { int v; scanf("%d", &v); a[i] = (int8_t)v; }
+        for (int i = 0; i < n; i++) { int v; scanf("%d", &v); b[i] = (int8_t)v; }
+        if (kind == 0) arm_softmax_s8(a, n / cols, cols, p[0], p[1], p[2], y);
+        else arm_elementwise_add_s8(a, b, p[0], p[1], p[2], p[3], p[4], p[5], p[6], y, p[7], p[8], p[9], p[10],
+                                    p[11], n);
+        for (int i = 0; i < n; i++) printf("%d ", y[i]);
+        printf("\n");
+    }
+    return 0;
+}
+''')
+    sources = [f"{root}/Source/SoftmaxFunctions/{f}" for f in ("arm_softmax_s8.c", "arm_nn_softmax_common_s8.c")]
+    sources.append(f"{root}/Source/BasicMathFunctions/arm_elementwise_add_s8.c")
+    subprocess.run(["gcc", "-O1", f"-I{root}/Include", str(driver), *sources, "-o", str(tmp_path / "ref")],
+                   check=True)
+    rng = np.random.default_rng(7)
+    cases, expected = [], []
+    for _ in range(200):
+        cols, rows = int(rng.integers(1, 129)), 3
+        spread = int(rng.choice([4, 40, 256]))
+        x = np.clip(rng.integers(-spread, spread, (rows, cols)) + int(rng.integers(-100, 100)), -128, 127)
+        mult, shift, diff_min = arith.softmax_cmsis_params(float(10.0 ** rng.uniform(-3, 0.5)))
+        cases.append((0, x, x, [mult, shift, diff_min] + [0] * 10, cols))
+        expected.append(arith.softmax_cmsis(x, mult, shift, diff_min))
+        sa, sb, so = 10.0 ** rng.uniform(-3, 0, 3)
+        za, zb, zo = (int(v) for v in rng.integers(-128, 128, 3))
+        p = arith.add_cmsis_params(sa, sb, so)
+        a, b = rng.integers(-128, 128, 64), rng.integers(-128, 128, 64)
+        args = [-za, p["a_mult"], p["a_shift"], -zb, p["b_mult"], p["b_shift"], 20, zo, p["multiplier"], p["shift"],
+                -128, 127, 0]
+        cases.append((1, a, b, args, 64))
+        expected.append(arith.add_cmsis(a, b, -za, p["a_mult"], p["a_shift"], -zb, p["b_mult"], p["b_shift"],
+                                        p["multiplier"], p["shift"], zo))
+    text = "".join(f"{k} {a.size} {cols}\n{' '.join(map(str, args))}\n{' '.join(map(str, a.ravel()))}\n"
+                   f"{' '.join(map(str, b.ravel()))}\n" for k, a, b, args, cols in cases)
+    lines = subprocess.run([str(tmp_path / "ref")], input=text, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert len(lines) == len(cases)
+    for line, want in zip(lines, expected, strict=True):
+        assert [int(v) for v in line.split()] == np.asarray(want).ravel().tolist()
