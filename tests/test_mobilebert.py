@@ -40,7 +40,8 @@ def test_softmax_follows_target_style(tiny_zoo):
     quant = import_model(tiny_zoo / "model_qdq.onnx")
     assert integerize(quant, "cluster8-ita").op_counts().get("ITAPartialMax") == 2
     assert integerize(quant, "cluster8").op_counts().get("ISoftmax") == 2
-    assert "RequantCMSIS" in integerize(quant, "cortex-m4").op_counts()
+    cortex = integerize(quant, "cortex-m4").op_counts()
+    assert "RequantCMSIS" in cortex and cortex.get("SoftmaxS8") == 2 and cortex.get("AddS8") == 23
 
 
 @pytest.mark.parametrize("target", ["cluster8-ita", "cortex-m4"])
@@ -116,3 +117,14 @@ def test_full_mobilebert_bit_exact_on_cluster8_ita(full_zoo, tmp_path):
     assert report["bit_exact"] is True
     assert sum(layer["macs"] for layer in report["layers"] if layer["engine"] == "accel") == \
         sum(layer["macs"] for layer in report["layers"])
+
+
+@pytest.mark.slow
+def test_full_mobilebert_bit_exact_on_cortex_m7(full_zoo, tmp_path):
+    """compile --target cortex-m7 -> simulate: seq 128, 24 layers on the CMSIS-NN API (weights in XIP flash)."""
+    report, manifest = simulate_full(full_zoo, "cortex-m7", tmp_path)
+    assert report["bit_exact"] is True and report["exit_code"] == 0
+    assert len(report["layers"]) == len(manifest["steps"])
+    ops = {step["op"] for step in manifest["steps"]}
+    assert {"FullyConnectedS8", "BatchMatMulS8", "SoftmaxS8", "AddS8", "MulS8"} <= ops
+
