@@ -124,6 +124,15 @@ MAX_BINARY_STAGES = 5          # the accelerator's stage table (sim/accel/model.
 MAX_VECTORS = 4
 
 
+def _row_constant(tensor) -> bool:
+    """A constant whose rows (last axis) are all equal: a per-column vector in disguise (MobileBERT's
+    token-type embeddings of an all-zero token_type_ids)."""
+    if not tensor.is_const or not tensor.shape:
+        return False
+    rows = np.asarray(tensor.data).reshape(-1, tensor.shape[-1])
+    return bool(np.all(rows == rows[0]))
+
+
 def _binary_operand(graph: Graph, node: Node, running: str, out_shape: tuple[int, ...]) -> str | None:
     """'matrix' (an int8 tile of the output's shape) or 'vector' (an int8 constant per output column) when
     `node` can be an epilogue stage of the accelerator, else None. Its parameters must be per tensor."""
@@ -133,7 +142,7 @@ def _binary_operand(graph: Graph, node: Node, running: str, out_shape: tuple[int
     if other.dtype != "int8":
         return None
     if tuple(other.shape) == tuple(out_shape):
-        return "matrix"
+        return "vector" if _row_constant(other) else "matrix"
     if other.is_const and (other.size == 1 or (other.size == out_shape[-1] and other.shape[-1] == out_shape[-1])):
         return "vector"                        # a scalar becomes a constant vector
     return None
@@ -223,6 +232,9 @@ def _fused_node(graph: Graph, chain: list[Node]) -> Node | None:
             if other.size == 1 and n > 1:        # the accelerator reads vectors: broadcast the scalar
                 other = graph.add_const(graph.unique_name(f"{other.name}/x{n}"),
                                         np.full(n, other.data.reshape(-1)[0], dtype=other.data.dtype), other.dtype)
+            elif other.size > n and _row_constant(other):   # identical rows: read one row as the vector
+                other = graph.add_const(graph.unique_name(f"{other.name}/row"),
+                                        np.asarray(other.data).reshape(-1, n)[0].copy(), other.dtype)
             inputs.append(other.name)
             stage.update(operand=len(inputs) - 1, chain=side)
         stages.append(stage)

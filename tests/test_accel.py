@@ -137,6 +137,12 @@ def test_all_backend_rewrites_keep_every_bit(tiny_zoo):
     graph = integerize(import_model(tiny_zoo / "model_qdq.onnx"), "cluster8-ita")
     rewritten, notes = backend_passes(graph, "cluster8-ita")
     assert any("moved 4 scalar ops" in note for note in notes)
+    # the embedding block: dense + position embeddings (matrix) + token-type embeddings (a constant whose rows are
+    # all equal: read as a vector) + NoNorm gamma, beta -> one accelerator job, nothing elementwise left on cores
+    assert not any(n.op in ("AddRequant", "MulRequant") for n in rewritten.nodes)
+    embedding = next(n for n in rewritten.nodes if n.op == "ITAGemm")
+    assert [s["op"] for s in embedding.attrs["stages"]] == ["AddRequant", "AddRequant", "MulRequant", "AddRequant"]
+    assert [rewritten.tensors[name].size for name in embedding.inputs[5:]] == [128, 128, 128]
     producers = rewritten.producers()
     assert not any(n.op == "MulRequant" and producers.get(n.inputs[0]) is not None
                    and producers[n.inputs[0]].op == "Transpose" for n in rewritten.nodes)
