@@ -15,29 +15,33 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
     """The graph rewrites the target's backend runs before lowering (bit-exact by construction), with notes.
 
     `verify --layers` runs the same passes to name the golden tensors the firmware traces."""
+    from ..passes.fold_constants import fold_into_gather_tables
+
     target = load_target(target)
+    dump = dump or (lambda stage, g: None)
+    graph, folded = fold_into_gather_tables(graph)
+    dump("fold_into_gather_tables", graph)
+    notes = [f"folded {folded} elementwise ops into embedding tables"] if folded else []
     if target.backend == "cmsis":
         from ..passes.fuse_cmsis import fuse_fully_connected
 
         graph, count = fuse_fully_connected(graph)
-        if dump is not None:
-            dump("fuse_fully_connected", graph)
+        dump("fuse_fully_connected", graph)
         fc = sum(n.op == "FullyConnectedS8" for n in graph.nodes)
-        return graph, [f"{count} GEMMs on CMSIS-NN kernels: {fc} arm_fully_connected_per_channel_s8, "
-                       f"{count - fc} arm_batch_matmul_s8"]
+        return graph, [*notes, f"{count} GEMMs on CMSIS-NN kernels: {fc} arm_fully_connected_per_channel_s8, "
+                               f"{count - fc} arm_batch_matmul_s8"]
     if target.backend != "riscv":
-        return graph, []
+        return graph, notes
     from ..passes.fuse_attention import fuse_attention
     from ..passes.fuse_elementwise import fuse_elementwise, hoist_scalar_ops
 
-    dump = dump or (lambda stage, g: None)
     graph, pairs = fuse_elementwise(graph)         # first: its AddRequant/MulRequant can join an ITAGemm
     dump("fuse_elementwise", graph)
     graph, hoisted = hoist_scalar_ops(graph)
     dump("hoist_scalar_ops", graph)
     graph, fusion = fuse_attention(graph, target)
     dump("fuse_attention", graph)
-    notes = [f"fused {pairs} Add/Mul -> Requant pairs on the cores; moved {hoisted} scalar ops above layout ops"]
+    notes.append(f"fused {pairs} Add/Mul -> Requant pairs on the cores; moved {hoisted} scalar ops above layout ops")
     if fusion.fused:
         notes.append(fusion.summary())
     return graph, notes

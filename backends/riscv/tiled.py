@@ -7,14 +7,11 @@ whose pointers are the L1 buffers. Loads from L2/L3 therefore happen through DMA
 
 from __future__ import annotations
 
-import itertools
-
-import numpy as np
-
 from ...ir.graph import Graph, Node, Tensor
 from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, tile_graph
 from ...target import Target
-from ..lowering import CTYPES, Call, Lowering, Refs, contiguous_strides, kernel_constants
+from ..lowering import CTYPES, Call, Lowering, Refs, kernel_constants
+from .dma_copy import copy_plan, dma_copy_call
 
 L1_SYMBOL = "td_l1"
 
@@ -93,61 +90,13 @@ def reshape_call(lowering: Lowering, index: int, node: Node, refs: Refs) -> Call
                                   f"{nbytes}, {nbytes})); }}"])
 
 
-#: a DMA-moved transpose issues at most this many 2-D transfers (otherwise the cores tile it)
-MAX_DMA_TRANSFERS = 256
-
-
-def dma_transpose_plan(graph: Graph, node: Node) -> tuple[list[tuple[int, int]], int, int, int, int] | None:
-    """A Transpose that keeps the innermost axis moves as 2-D DMAs, L2 to L2, without the cores: rows of the
-    innermost run along the next output axis, one transfer per index of the outer axes. Returns
-    ([(src offset, dst offset) per transfer], row bytes, rows, src stride, dst stride) in bytes, or None."""
-    src, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
-    perm = list(node.attrs["perm"])
-    rank = len(perm)
-    if rank < 2 or perm[-1] != rank - 1:
-        return None
-    size = np.dtype(out.dtype).itemsize
-    in_strides = contiguous_strides(src.shape)
-    out_strides = contiguous_strides(out.shape)
-    row_bytes = out.shape[-1] * size
-    rows, src_stride, dst_stride = out.shape[-2], in_strides[perm[-2]] * size, out_strides[-2] * size
-    outer = [range(d) for d in out.shape[:-2]]
-    transfers = []
-    for index in itertools.product(*outer):
-        transfers.append((sum(i * in_strides[perm[a]] for a, i in enumerate(index)) * size,
-                          sum(i * out_strides[a] for a, i in enumerate(index)) * size))
-        if len(transfers) > MAX_DMA_TRANSFERS:
-            return None
-    return transfers, row_bytes, rows, src_stride, dst_stride
-
-
-def dma_transpose_call(lowering: Lowering, index: int, node: Node, refs: Refs,
-                       plan: tuple[list[tuple[int, int]], int, int, int, int]) -> Call:
-    transfers, row_bytes, rows, src_stride, dst_stride = plan
-    src = f"(const int8_t *){refs.pointer(node.inputs[0])}"
-    dst = f"(int8_t *){refs.pointer(node.outputs[0])}"
-    table = ", ".join(f"{{{a}, {b}}}" for a, b in transfers)
-    return Call(node, statements=[
-        f"/* transpose by DMA, L2 -> L2: {len(transfers)} transfers of {rows} rows x {row_bytes} B */",
-        "if (TD_HART_ID == 0) {",
-        f"    static const int32_t offsets[{len(transfers)}][2] = {{{table}}};",
-        "    uint32_t last = 0;",
-        f"    for (int32_t i = 0; i < {len(transfers)}; ++i) {{",
-        f"        last = td_dma_2d({dst} + offsets[i][1], {src} + offsets[i][0], {row_bytes}, {rows}, {src_stride}, "
-        f"{dst_stride});",
-        "    }",
-        "    td_dma_wait(last);",
-        "}"])
-
-
 def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
                 weights_level: str) -> tuple[list[Call], TilePlan]:
     """Tile every step (passes/tile.py) and lower it to a DMA tile loop."""
     # untiled lowering (its own instance, so whole-tensor kernel instances do not end up in kernels.c):
     # the constant arrays the weights hold and the kernel scratch sizes
     whole = Lowering(graph, refs, cores=lowering.cores, blocked_matmul=lowering.blocked_matmul)
-    by_dma = {i: p for i, node in enumerate(graph.nodes) if node.op == "Transpose"
-              and (p := dma_transpose_plan(graph, node)) is not None}
+    by_dma = {i: p for i, node in enumerate(graph.nodes) if (p := copy_plan(graph, node)) is not None}
     full = {i: whole.lower(i, node) for i, node in enumerate(graph.nodes)
             if node.op != "Reshape" and i not in by_dma}
     operands = {i: step_operands(graph, i, graph.nodes[i], weights_level) for i in full}
@@ -157,7 +106,7 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
         if index in full:
             calls.append(tiled_call(lowering, index, node, plan.steps[index], refs, full[index]))
         elif index in by_dma:
-            calls.append(dma_transpose_call(lowering, index, node, refs, by_dma[index]))
+            calls.append(dma_copy_call(node, refs, by_dma[index]))
         else:
             calls.append(reshape_call(lowering, index, node, refs))
     return calls, plan
