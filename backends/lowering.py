@@ -577,33 +577,36 @@ def _emit_blocks(call: Call, text: str, repeats: int) -> None:
     call.statements.append(f"for (int32_t r = 0; r < {repeats}; ++r) {{\n    {text}\n}}" if repeats > 1 else text)
 
 
-def lower_add_s8(low: Lowering, index: int, node: Node, call: Call) -> None:
-    """AddS8 -> arm_elementwise_add_s8 over contiguous blocks (cmsis backend), else the strided C kernel."""
-    plan = _cmsis_blocks(low, node) if low.cmsis_nn else None
-    if plan is None:
-        lower_elementwise(low, index, node, call)
-        return
-    block, repeats, advances = plan
-    ptrs, out = _block_pointers(low, node, block, repeats, advances)
-    at = node.attrs
-    args = [*ptrs, *[str(int(at[k])) for k in ("a_offset", "a_mult", "a_shift", "b_offset", "b_mult", "b_shift",
+def _add_s8_args(at: dict, ptrs: list[str], out: str, block: int) -> list[str]:
+    """arm_elementwise_add_s8(in1, in2, in1 offset/mult/shift, in2 offset/mult/shift, left shift, out, out offset,
+    out mult, out shift, act min, act max, block size)."""
+    return [*ptrs, *[str(int(at[k])) for k in ("a_offset", "a_mult", "a_shift", "b_offset", "b_mult", "b_shift",
                                                  "left_shift")],
             out, *[str(int(at[k])) for k in ("zero_point", "multiplier", "shift", "lo", "hi")], str(block)]
-    _emit_blocks(call, f"(void)arm_elementwise_add_s8({', '.join(args)});", repeats)
 
 
-def lower_mul_s8(low: Lowering, index: int, node: Node, call: Call) -> None:
-    """MulS8 -> arm_elementwise_mul_s8 over contiguous blocks (cmsis backend), else the strided C kernel."""
+def _mul_s8_args(at: dict, ptrs: list[str], out: str, block: int) -> list[str]:
+    """arm_elementwise_mul_s8(in1, in2, in1 offset, in2 offset, out, out offset, out mult, out shift, act min,
+    act max, block size)."""
+    return [*ptrs, str(-int(at["a_zero"])), str(-int(at["b_zero"])), out,
+            *[str(int(at[k])) for k in ("zero_point", "multiplier", "shift", "lo", "hi")], str(block)]
+
+
+#: binary int8 ops with a CMSIS-NN entry point: (function, its argument list)
+CMSIS_ELEMENTWISE = {"AddS8": ("arm_elementwise_add_s8", _add_s8_args),
+                     "MulS8": ("arm_elementwise_mul_s8", _mul_s8_args)}
+
+
+def lower_cmsis_elementwise(low: Lowering, index: int, node: Node, call: Call) -> None:
+    """AddS8 / MulS8 -> CMSIS-NN calls over contiguous blocks (cmsis backend), else the strided C kernel."""
     plan = _cmsis_blocks(low, node) if low.cmsis_nn else None
     if plan is None:
         lower_elementwise(low, index, node, call)
         return
     block, repeats, advances = plan
     ptrs, out = _block_pointers(low, node, block, repeats, advances)
-    at = node.attrs
-    args = [*ptrs, str(-int(at["a_zero"])), str(-int(at["b_zero"])), out,
-            *[str(int(at[k])) for k in ("zero_point", "multiplier", "shift", "lo", "hi")], str(block)]
-    _emit_blocks(call, f"(void)arm_elementwise_mul_s8({', '.join(args)});", repeats)
+    function, arguments = CMSIS_ELEMENTWISE[node.op]
+    _emit_blocks(call, f"(void){function}({', '.join(arguments(node.attrs, ptrs, out, block))});", repeats)
 
 
 def lower_softmax_s8(low: Lowering, index: int, node: Node, call: Call) -> None:
@@ -823,8 +826,7 @@ LOWERINGS: dict[str, Callable[[Lowering, int, Node, Call], None]] = {
     "ITAGemm": lower_ita_gemm,
     "FullyConnectedS8": lower_fully_connected,
     "BatchMatMulS8": lower_batch_matmul,
-    "AddS8": lower_add_s8,
-    "MulS8": lower_mul_s8,
+    **{name: lower_cmsis_elementwise for name in CMSIS_ELEMENTWISE},
     "SoftmaxS8": lower_softmax_s8,
     "Transpose": lower_transpose,
     "Slice": lower_slice,
