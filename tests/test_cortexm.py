@@ -44,6 +44,8 @@ def test_gemms_call_the_cmsis_nn_api(tiny_m4_build):
     ops = [s["op"] for s in steps]
     assert ops.count("FullyConnectedS8") == 25 and ops.count("BatchMatMulS8") == 4
     assert network.count("arm_batch_matmul_s8(") == 4 and "MatMulInt" not in ops
+    # the widened-row buffer of the GEMM kernels covers the deepest FC and batch matmul (else the slow C path)
+    assert "#define TD_NN_MAX_DEPTH 128" in (tiny_m4_build / "td_platform.h").read_text()
 
 
 def test_softmax_add_and_mul_call_the_cmsis_nn_api(tiny_m4_build):

@@ -55,7 +55,7 @@ static inline int8_t td_out_s8(int32_t y, int32_t lo, int32_t hi)
 /* Widened rows: per group of 4 depth steps, for rows 0..3, the 16-bit pairs (k0, k2) and (k1, k3) with the
  * input offset added; the order SXTB16 produces from a weight word, so SMLAD multiplies matching depths. */
 #define TD_NN_ROWS 4
-static int32_t td_nn_rows[2 * TD_NN_ROWS * ((TD_FC_MAX_DEPTH + 3) / 4) + 1];
+static int32_t td_nn_rows[2 * TD_NN_ROWS * ((TD_NN_MAX_DEPTH + 3) / 4) + 1];
 
 /* Widen rows x[0..3] (depth / 4 groups) into td_nn_rows; sums[r] = sum_k (x[r][k] + offset) over those groups. */
 static void td_widen_rows(const int8_t *const x[TD_NN_ROWS], int32_t groups, int32_t offset, int32_t sums[TD_NN_ROWS])
@@ -194,7 +194,7 @@ static void td_rows4_columns(const td_rows4 *b, const int8_t *w, int32_t cols, c
     }
 }
 
-/* ---- the reference path for depths beyond TD_FC_MAX_DEPTH (not produced by tinydeploy's own networks) ---- */
+/* ---- the reference path for depths beyond TD_NN_MAX_DEPTH (not produced by tinydeploy's own networks) ---- */
 static int32_t td_dot_offsets(const int8_t *x, const int8_t *w, int32_t depth, int32_t x_offset, int32_t w_offset)
 {
     int32_t acc = 0;
@@ -223,7 +223,7 @@ arm_cmsis_nn_status arm_fully_connected_per_channel_s8(const cmsis_nn_context *c
     const int32_t batches = input_dims->n, depth = filter_dims->n, channels = filter_dims->c;
     const int32_t offset = fc_params->input_offset, lo = fc_params->activation.min, hi = fc_params->activation.max;
     const int32_t *mult = quant_params->multiplier, *shift = quant_params->shift;
-    if (depth > TD_FC_MAX_DEPTH) {
+    if (depth > TD_NN_MAX_DEPTH) {
         for (int32_t b = 0; b < batches; ++b) {
             for (int32_t c = 0; c < channels; ++c) {
                 const int32_t acc = (bias_data ? bias_data[c] : 0)
@@ -249,7 +249,7 @@ static void td_matmul_rows(const int8_t *lhs, const int8_t *rhs, int8_t *out, in
                            int32_t depth, const cmsis_nn_fc_params *p, const cmsis_nn_per_tensor_quant_params *q)
 {
     const int32_t lo = p->activation.min, hi = p->activation.max;
-    if (depth > TD_FC_MAX_DEPTH) {
+    if (depth > TD_NN_MAX_DEPTH) {
         for (int32_t r = 0; r < rows; ++r) {
             for (int32_t c = 0; c < cols; ++c) {
                 const int32_t acc = td_dot_offsets(lhs + r * depth, rhs + c * depth, depth, p->input_offset,
