@@ -246,3 +246,15 @@ int main(void) {
     assert len(lines) == len(cases)
     for line, want in zip(lines, expected, strict=True):
         assert [int(v) for v in line.split()] == np.asarray(want).ravel().tolist()
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cluster8-ita"])
+def test_firmware_sources_are_deterministic(tiny_zoo, tmp_path, target):
+    """The same model and target give byte-identical firmware projects (DMA plans, folded tables, CMSIS calls)."""
+    for name in ("a", "b"):
+        compile_for(tiny_zoo / "model_qdq.onnx", tmp_path / name, target=target)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir()
+                   if p.is_file() and p.suffix in (".c", ".h", ".S", ".ld", ".bin"))
+    assert "network.c" in files and "weights.bin" in files
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
