@@ -28,8 +28,8 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
         graph, count = fuse_fully_connected(graph)
         dump("fuse_fully_connected", graph)
         fc = sum(n.op == "FullyConnectedS8" for n in graph.nodes)
-        return graph, [*notes, f"{count} GEMMs on CMSIS-NN kernels: {fc} arm_fully_connected_per_channel_s8, "
-                               f"{count - fc} arm_batch_matmul_s8"]
+        return graph, [*notes, f"{count} GEMMs on CMSIS-NN kernels: {fc} fully connected "
+                               f"(arm_fully_connected_[per_channel_]s8), {count - fc} arm_batch_matmul_s8"]
     if target.backend != "riscv":
         return graph, notes
     from ..passes.fuse_attention import fuse_attention

@@ -518,24 +518,33 @@ def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
 
 # --- CMSIS-NN ----------------------------------------------------------------------------------------------
 def lower_fully_connected(low: Lowering, index: int, node: Node, call: Call) -> None:
-    """FullyConnectedS8 -> arm_fully_connected_per_channel_s8 with CMSIS-NN's argument structs (cmsis backend)."""
+    """FullyConnectedS8 -> arm_fully_connected_per_channel_s8, or arm_fully_connected_s8 when every output channel
+    has the same multiplier and shift (per-tensor weights), with CMSIS-NN's argument structs (cmsis backend)."""
     x, w = low.t(node.inputs[0]), low.t(node.inputs[1])
     at = node.attrs
     channels, depth = w.shape
     batches = x.size // depth
-    call.params[f"p{index}_multiplier"] = np.asarray(at["multiplier"], dtype=np.int32)
-    call.params[f"p{index}_shift"] = np.asarray(at["shift"], dtype=np.int32)
+    multiplier, shift = np.asarray(at["multiplier"], dtype=np.int32), np.asarray(at["shift"], dtype=np.int32)
+    per_tensor = bool(np.all(multiplier == multiplier.flat[0]) and np.all(shift == shift.flat[0]))
+    if per_tensor:
+        function = "arm_fully_connected_s8"
+        quant = (f"static const cmsis_nn_per_tensor_quant_params fcq_{index} = {{{int(multiplier.flat[0])}, "
+                 f"{int(shift.flat[0])}}};")
+    else:
+        function = "arm_fully_connected_per_channel_s8"
+        call.params[f"p{index}_multiplier"] = multiplier
+        call.params[f"p{index}_shift"] = shift
+        quant = (f"static const cmsis_nn_per_channel_quant_params fcq_{index} = {{(int32_t *)p{index}_multiplier, "
+                 f"(int32_t *)p{index}_shift}};")
     call.descriptors += [
         f"static const cmsis_nn_fc_params fc_{index} = {{.input_offset = {-int(at['a_zero'])}, .filter_offset = 0, "
-        f".output_offset = {int(at['zero_point'])}, .activation = {{{int(at['lo'])}, {int(at['hi'])}}}}};",
-        f"static const cmsis_nn_per_channel_quant_params fcq_{index} = {{(int32_t *)p{index}_multiplier, "
-        f"(int32_t *)p{index}_shift}};",
+        f".output_offset = {int(at['zero_point'])}, .activation = {{{int(at['lo'])}, {int(at['hi'])}}}}};", quant,
         f"static const cmsis_nn_dims fcd_{index}[4] = {{{{{batches}, 1, 1, {depth}}}, {{{depth}, 1, 1, {channels}}}, "
         f"{{1, 1, 1, {channels}}}, {{{batches}, 1, 1, {channels}}}}}; /* input, filter, bias, output */"]
     args = [f"&td_nn_context, &fc_{index}, &fcq_{index}, &fcd_{index}[0]", low.refs.pointer(x.name),
             f"&fcd_{index}[1]", low.refs.pointer(w.name), f"&fcd_{index}[2]", low.refs.pointer(node.inputs[2]),
             f"&fcd_{index}[3]", low.refs.pointer(node.outputs[0])]
-    call.statements.append(f"(void)arm_fully_connected_per_channel_s8({', '.join(args)});")
+    call.statements.append(f"(void){function}({', '.join(args)});")
 
 
 #: below this many elements per call, a broadcast operand makes CMSIS-NN calls cost more than the strided kernel

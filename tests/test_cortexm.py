@@ -140,6 +140,11 @@ def _edge_case_graph() -> tuple[Graph, dict[str, np.ndarray]]:
                     # x/4, 2x (saturating), x/2, ~x, x/8
                     "multiplier": np.array([half, half, half, (1 << 31) - 1, half]),
                     "shift": np.array([-1, 2, 0, 0, -2]), "zero_point": 0, "lo": -128, "hi": 127})]
+    g.add_tensor(Tensor("acc2", "int32", (1, 8, depth)))
+    g.add_tensor(Tensor("y_fc_tensor", "int8", (1, 8, depth)))
+    g.nodes += [Node("fc2", "MatMulInt", ["x", "eye"], ["acc2"], {"a_zero": 0}),      # per-tensor: x/4
+                Node("rq2", "RequantCMSIS", ["acc2"], ["y_fc_tensor"], {
+                    "multiplier": half, "shift": -1, "zero_point": 2, "lo": -100, "hi": 100})]
     for name, scale in (("sm_fine", 0.1), ("sm_coarse", 2.0)):
         mult, shift, diff_min = softmax_cmsis_params(scale)
         g.add_tensor(Tensor(f"{name}_in", "int8", (3, 4)))
@@ -152,7 +157,7 @@ def _edge_case_graph() -> tuple[Graph, dict[str, np.ndarray]]:
         "a_offset": 0, "a_mult": half, "a_shift": 0, "b_offset": 0, "b_mult": half, "b_shift": 0, "left_shift": 20,
         "multiplier": half, "shift": -19, "zero_point": 0, "lo": -128, "hi": 127}))
     g.inputs = ["x", "sm_fine_in", "sm_coarse_in", "a", "b"]
-    g.outputs = ["y_fc", "sm_fine", "sm_coarse", "y_add"]
+    g.outputs = ["y_fc", "y_fc_tensor", "sm_fine", "sm_coarse", "y_add"]
     x = np.array([2, 6, -2, -6, 1, -1, 3, -3, 127, -128, 5, -5, 100, -100, 0, 7, -7, 9, -9, 4,
                   10, -10, 11, -11, 12, -12, 13, -13, 14, -14, 15, -15, 64, -64, 65, -65, 66, -66, 67, -67])
     inputs = {"x": x.reshape(1, 8, depth).astype(np.int8),
@@ -169,7 +174,7 @@ def test_cmsis_kernels_on_hand_computed_edge_cases(tmp_path):
     probabilities are 1/256 steps from -128."""
     graph, inputs = _edge_case_graph()
     project = compile_graph(graph, "cortex-m4", tmp_path, inputs)
-    assert any("arm_fully_connected_per_channel_s8" in note for note in project.notes)
+    assert any("fully connected (arm_fully_connected_" in note for note in project.notes)
     sim = simulate_build(tmp_path)
     assert sim.report["bit_exact"] is True                  # equals the golden interpreter ...
     clip = lambda v: max(-128, min(127, v))                 # noqa: E731
@@ -181,12 +186,16 @@ def test_cmsis_kernels_on_hand_computed_edge_cases(tmp_path):
     x = inputs["x"].astype(int).reshape(8, 5)
     expected_fc = [[clip(rules[c](int(x[r, c]))) for c in range(5)] for r in range(8)]
     assert sim.outputs["y_fc"].reshape(8, 5).tolist() == expected_fc   # ... and the hand-written rules
+    # per-tensor requant (arm_fully_connected_s8): x/4 as above, + zero point 2, clipped to [-100, 100]
+    expected_tensor = [[max(-100, min(100, rules[0](int(v)) + 2)) for v in row] for row in x]
+    assert sim.outputs["y_fc_tensor"].reshape(8, 5).tolist() == expected_tensor
     assert sim.outputs["sm_fine"].tolist() == [[-64] * 4, [0, 0, -128, -128], [127, -128, -128, -128]]
     assert sim.outputs["sm_coarse"].tolist() == [[127, -128, -128, -128], [127, -128, -128, -128], [-64] * 4]
     a, b = inputs["a"].astype(int)[0], inputs["b"].astype(int)[0]
     assert sim.outputs["y_add"][0].tolist() == [clip(_round_half_away((p + q) / 2)) for p, q in zip(a, b, strict=True)]
     network = (tmp_path / "network.c").read_text()
     assert "arm_softmax_s8(" in network and "arm_elementwise_add_s8(" in network
+    assert "arm_fully_connected_per_channel_s8(" in network and "arm_fully_connected_s8(" in network
 
 
 @pytest.mark.skipif(not os.environ.get("TD_CMSIS_NN"), reason="set TD_CMSIS_NN to a CMSIS-NN checkout")

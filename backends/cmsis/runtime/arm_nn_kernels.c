@@ -206,6 +206,40 @@ static int32_t td_dot_offsets(const int8_t *x, const int8_t *w, int32_t depth, i
 
 /* ---- CMSIS-NN entry points ------------------------------------------------------------------------------- */
 
+/* The fully-connected layer of both entry points: per-channel (mult/shift per output channel) or per-tensor. */
+static arm_cmsis_nn_status td_fully_connected(const cmsis_nn_fc_params *fc_params, const int32_t *mult,
+                                              const int32_t *shift, int32_t per_channel,
+                                              const cmsis_nn_dims *input_dims, const int8_t *input_data,
+                                              const cmsis_nn_dims *filter_dims, const int8_t *filter_data,
+                                              const int32_t *bias_data, int8_t *output_data)
+{
+    if (fc_params->filter_offset != 0) {
+        return ARM_CMSIS_NN_ARG_ERROR;
+    }
+    const int32_t batches = input_dims->n, depth = filter_dims->n, channels = filter_dims->c;
+    const int32_t offset = fc_params->input_offset, lo = fc_params->activation.min, hi = fc_params->activation.max;
+    if (depth > TD_NN_MAX_DEPTH) {
+        for (int32_t b = 0; b < batches; ++b) {
+            for (int32_t c = 0; c < channels; ++c) {
+                const int32_t q = per_channel ? c : 0;
+                const int32_t acc = (bias_data ? bias_data[c] : 0)
+                                  + td_dot_offsets(input_data + b * depth, filter_data + c * depth, depth, offset, 0);
+                output_data[b * channels + c] = td_out_s8(td_requantize(acc, mult[q], shift[q])
+                                                          + fc_params->output_offset, lo, hi);
+            }
+        }
+        return ARM_CMSIS_NN_SUCCESS;
+    }
+    td_rows4 block = {.depth = depth, .in_offset = offset, .out_offset = fc_params->output_offset, .lo = lo, .hi = hi};
+    for (int32_t b = 0; b < batches; b += TD_NN_ROWS) {
+        int32_t sums[TD_NN_ROWS];
+        td_block_rows(&block, input_data, output_data, b, batches, channels);
+        td_widen_rows(block.x, depth / 4, offset, sums);
+        td_rows4_columns(&block, filter_data, channels, bias_data, mult, shift, per_channel);
+    }
+    return ARM_CMSIS_NN_SUCCESS;
+}
+
 arm_cmsis_nn_status arm_fully_connected_per_channel_s8(const cmsis_nn_context *ctx,
                                                        const cmsis_nn_fc_params *fc_params,
                                                        const cmsis_nn_per_channel_quant_params *quant_params,
@@ -217,31 +251,22 @@ arm_cmsis_nn_status arm_fully_connected_per_channel_s8(const cmsis_nn_context *c
     (void)ctx;
     (void)bias_dims;
     (void)output_dims;
-    if (fc_params->filter_offset != 0) {
-        return ARM_CMSIS_NN_ARG_ERROR;
-    }
-    const int32_t batches = input_dims->n, depth = filter_dims->n, channels = filter_dims->c;
-    const int32_t offset = fc_params->input_offset, lo = fc_params->activation.min, hi = fc_params->activation.max;
-    const int32_t *mult = quant_params->multiplier, *shift = quant_params->shift;
-    if (depth > TD_NN_MAX_DEPTH) {
-        for (int32_t b = 0; b < batches; ++b) {
-            for (int32_t c = 0; c < channels; ++c) {
-                const int32_t acc = (bias_data ? bias_data[c] : 0)
-                                  + td_dot_offsets(input_data + b * depth, filter_data + c * depth, depth, offset, 0);
-                output_data[b * channels + c] = td_out_s8(td_requantize(acc, mult[c], shift[c])
-                                                          + fc_params->output_offset, lo, hi);
-            }
-        }
-        return ARM_CMSIS_NN_SUCCESS;
-    }
-    td_rows4 block = {.depth = depth, .in_offset = offset, .out_offset = fc_params->output_offset, .lo = lo, .hi = hi};
-    for (int32_t b = 0; b < batches; b += TD_NN_ROWS) {
-        int32_t sums[TD_NN_ROWS];
-        td_block_rows(&block, input_data, output_data, b, batches, channels);
-        td_widen_rows(block.x, depth / 4, offset, sums);
-        td_rows4_columns(&block, filter_data, channels, bias_data, mult, shift, 1);
-    }
-    return ARM_CMSIS_NN_SUCCESS;
+    return td_fully_connected(fc_params, quant_params->multiplier, quant_params->shift, 1, input_dims, input_data,
+                              filter_dims, filter_data, bias_data, output_data);
+}
+
+arm_cmsis_nn_status arm_fully_connected_s8(const cmsis_nn_context *ctx, const cmsis_nn_fc_params *fc_params,
+                                           const cmsis_nn_per_tensor_quant_params *quant_params,
+                                           const cmsis_nn_dims *input_dims, const int8_t *input_data,
+                                           const cmsis_nn_dims *filter_dims, const int8_t *filter_data,
+                                           const cmsis_nn_dims *bias_dims, const int32_t *bias_data,
+                                           const cmsis_nn_dims *output_dims, int8_t *output_data)
+{
+    (void)ctx;
+    (void)bias_dims;
+    (void)output_dims;
+    return td_fully_connected(fc_params, &quant_params->multiplier, &quant_params->shift, 0, input_dims, input_data,
+                              filter_dims, filter_data, bias_data, output_data);
 }
 
 /* One matrix of a batch matmul: out[r][c] = requant(sum_k (lhs[r][k] + lhs_offset) * (rhs[c][k] + rhs_offset)). */

@@ -63,6 +63,14 @@ arm_cmsis_nn_status arm_fully_connected_per_channel_s8(const cmsis_nn_context *c
                                                        const cmsis_nn_dims *bias_dims, const int32_t *bias_data,
                                                        const cmsis_nn_dims *output_dims, int8_t *output_data);
 
+/* arm_fully_connected_per_channel_s8 with one multiplier and shift for every output channel. */
+arm_cmsis_nn_status arm_fully_connected_s8(const cmsis_nn_context *ctx, const cmsis_nn_fc_params *fc_params,
+                                           const cmsis_nn_per_tensor_quant_params *quant_params,
+                                           const cmsis_nn_dims *input_dims, const int8_t *input_data,
+                                           const cmsis_nn_dims *filter_dims, const int8_t *filter_data,
+                                           const cmsis_nn_dims *bias_dims, const int32_t *bias_data,
+                                           const cmsis_nn_dims *output_dims, int8_t *output_data);
+
 /* out[n][h][r][c] = clamp(requantize(sum_k (lhs[n][h][r][k] + input_offset) * (rhs[n][h][c][k] + filter_offset),
  *                                     multiplier, shift) + output_offset): rows times rows, rhs transposed; dims
  * NHWC with W the rows and C the columns; n and h broadcast where one side has 1. */
