@@ -23,10 +23,15 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
     dump("fold_into_gather_tables", graph)
     notes = [f"folded {folded} elementwise ops into embedding tables"] if folded else []
     if target.backend == "cmsis":
+        from ..passes.fold_constants import fold_chains_into_luts
         from ..passes.fuse_cmsis import fuse_fully_connected
 
         graph, count = fuse_fully_connected(graph)
         dump("fuse_fully_connected", graph)
+        graph, luts = fold_chains_into_luts(graph)     # after: GEMM requants belong to the CMSIS-NN calls
+        dump("fold_chains_into_luts", graph)
+        if luts:
+            notes.append(f"{luts} chains of scalar elementwise ops became 256-entry LUTs")
         fc = sum(n.op == "FullyConnectedS8" for n in graph.nodes)
         return graph, [*notes, f"{count} GEMMs on CMSIS-NN kernels: {fc} fully connected "
                                f"(arm_fully_connected_[per_channel_]s8), {count - fc} arm_batch_matmul_s8"]

@@ -97,3 +97,79 @@ def fold_into_gather_tables(graph: Graph) -> tuple[Graph, int]:
         graph.remove_unused()
         verify(graph, integer_only=True)
     return graph, folded
+
+
+# --- chains of elementwise ops on an 8-bit tensor -> one lookup table -------------------------------------
+#: ops that are elementwise in their first input when every other input is a one-element constant
+ELEMENTWISE_OPS = ("Add", "Mul", "Requant", "RequantCMSIS", "RequantShift", "LUT", "Relu", "AddRequant",
+                   "MulRequant", "MulS8", "AddS8")
+
+
+def _unary(graph: Graph, node: Node) -> bool:
+    """Elementwise in inputs[0] alone: the other inputs are scalar constants and the parameters per tensor."""
+    if node.op not in ELEMENTWISE_OPS or len(node.outputs) != 1 or not _per_tensor(node):
+        return False
+    rest = [graph.tensors[name] for name in node.inputs[1:]]
+    return all(t.is_const and t.size == 1 for t in rest)
+
+
+def _eight_bit(graph: Graph, name: str) -> bool:
+    return graph.tensors[name].dtype in ("int8", "uint8")
+
+
+def _chain(graph: Graph, first: Node, consumers: dict[str, list[Node]]) -> list[Node]:
+    """`first` and the unary ops after it while each intermediate tensor has exactly that one reader."""
+    chain = [first]
+    while True:
+        out = chain[-1].outputs[0]
+        users = consumers.get(out, [])
+        if out in graph.outputs or len(users) != 1 or not _unary(graph, users[0]) or users[0].inputs[0] != out:
+            return chain
+        chain.append(users[0])
+
+
+def _table(graph: Graph, chain: list[Node], lo: int, hi: int) -> np.ndarray:
+    """The chain evaluated on every value of its 8-bit input (the golden ops themselves)."""
+    values = np.arange(lo, hi + 1, dtype=np.int64)
+    for node in chain:
+        constants = [np.asarray(graph.tensors[name].data, dtype=np.int64) for name in node.inputs[1:]]
+        values = OPS[node.op].run(node, [values, *constants])[0]
+    return values.reshape(-1)
+
+
+def fold_chains_into_luts(graph: Graph) -> tuple[Graph, int]:
+    """A new graph where every chain of elementwise ops from an 8-bit tensor to an 8-bit tensor (scalar constants
+    only, e.g. a centring Add + requant, a Mul by a scalar + requant) is one 256-entry LUT; and the count.
+
+    Exact by construction: the table is the chain itself evaluated on all 256 inputs. A chain that already is a
+    single LUT is left alone."""
+    graph = graph.copy()
+    consumers = graph.consumers()
+    replaced: dict[str, tuple[Node, list[Node]]] = {}
+    done: set[str] = set()
+    for node in graph.nodes:
+        if node.name in done or not _unary(graph, node) or not _eight_bit(graph, node.inputs[0]):
+            continue
+        chain = _chain(graph, node, consumers)
+        while chain and not _eight_bit(graph, chain[-1].outputs[0]):
+            chain.pop()                                  # end on an 8-bit tensor
+        if not chain or (len(chain) == 1 and chain[0].op == "LUT"):
+            continue
+        lo, hi = DTYPE_RANGES[graph.tensors[node.inputs[0]].dtype]
+        out = graph.tensors[chain[-1].outputs[0]]
+        table = _table(graph, chain, lo, hi)
+        out_lo, out_hi = DTYPE_RANGES[out.dtype]
+        if table.min() < out_lo or table.max() > out_hi:
+            continue
+        lut = Node(f"{node.name}/lut", "LUT", [node.inputs[0]], [out.name], {"table": table, "in_min": lo},
+                   origin=chain[-1].origin)
+        replaced[node.name] = (lut, chain)
+        done.update(n.name for n in chain)
+    if not replaced:
+        return graph, 0
+    dropped = {n.name for _, chain in replaced.values() for n in chain}
+    graph.nodes = [replaced[n.name][0] if n.name in replaced else n for n in graph.nodes
+                   if n.name in replaced or n.name not in dropped]
+    graph.remove_unused()
+    verify(graph, integer_only=True)
+    return graph, len(replaced)

@@ -50,3 +50,41 @@ def test_mobilebert_embedding_requant_is_folded(tiny_zoo):
     inputs = {k: v for k, v in np.load(tiny_zoo / "inputs.npz").items() if k in graph.inputs}
     before, after = run_graph(graph, inputs), run_graph(folded, inputs)
     assert all(np.array_equal(before[name], after[name]) for name in graph.outputs)
+
+
+def _scalar_chain_graph(last_dtype: str) -> Graph:
+    """int8 -> Add(centre by 5) -> int16 -> RequantCMSIS -> last_dtype, as a Div by a constant lowers."""
+    from tinydeploy.ir.arith import cmsis_requant_params
+
+    g = Graph(name="scalar_chain")
+    g.add_tensor(Tensor("x", "int8", (2, 8)))
+    g.add_const("zero", np.zeros((), np.int8), "int8")
+    g.add_tensor(Tensor("centred", "int16", (2, 8)))
+    g.add_tensor(Tensor("y", last_dtype, (2, 8)))
+    (mult,), (shift,) = cmsis_requant_params(0.37)
+    lo, hi = (-128, 127) if last_dtype == "int8" else (-32768, 32767)
+    g.nodes += [Node("centre", "Add", ["x", "zero"], ["centred"], {"a_zero": 5}),
+                Node("rq", "RequantCMSIS", ["centred"], ["y"], {"multiplier": int(mult), "shift": int(shift),
+                                                                "zero_point": -3, "lo": lo, "hi": hi})]
+    g.inputs, g.outputs = ["x"], ["y"]
+    return g
+
+
+def test_scalar_chain_from_int8_to_int8_becomes_one_lut():
+    from tinydeploy.passes.fold_constants import fold_chains_into_luts
+
+    graph = _scalar_chain_graph("int8")
+    folded, count = fold_chains_into_luts(graph)
+    assert count == 1 and [n.op for n in folded.nodes] == ["LUT"]
+    x = {"x": np.arange(-128, 128, 16, dtype=np.int8).reshape(2, 8)}
+    assert np.array_equal(run_graph(graph, x)["y"], run_graph(folded, x)["y"])
+    # the table is the chain on all 256 inputs: y = round(0.37 (x - 5)) - 3, e.g. x = 5 -> -3, x = 127 -> 42
+    table = folded.nodes[0].attrs["table"]
+    assert table[5 + 128] == -3 and table[127 + 128] == 42
+
+
+def test_scalar_chain_ending_wider_than_8_bits_is_left_alone():
+    from tinydeploy.passes.fold_constants import fold_chains_into_luts
+
+    folded, count = fold_chains_into_luts(_scalar_chain_graph("int16"))
+    assert count == 0 and [n.op for n in folded.nodes] == ["Add", "RequantCMSIS"]
