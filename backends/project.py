@@ -228,6 +228,8 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     context["l1_tiles_bytes"] = tiling.l1_peak if tiling else 0
     context["nn_max_depth"] = max((graph.tensors[n.inputs[0]].shape[-1] for n in graph.nodes
                                    if n.op in ("FullyConnectedS8", "BatchMatMulS8")), default=0)
+    context["softmax_max_cols"] = max((graph.tensors[n.inputs[0]].shape[-1] for n in graph.nodes
+                                       if n.op == "SoftmaxS8"), default=0)
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "network.h": env.get_template("network.h.j2").render(**context),

@@ -268,3 +268,25 @@ def test_firmware_sources_are_deterministic(tiny_zoo, tmp_path, target):
     assert "network.c" in files and "weights.bin" in files
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_softmax_kernel_on_random_rows_equals_the_golden_model(tmp_path):
+    """arm_softmax_s8 (32-bit fixed point, exponentials cached per row) on random rows at three input scales
+    and row lengths 1..200 (sums from one element to 2^27), against ir/arith.py's softmax_cmsis."""
+    from tinydeploy.ir.arith import softmax_cmsis_params
+
+    rng = np.random.default_rng(3)
+    g, inputs = Graph(name="softmax_rows"), {}
+    for i, (scale, cols) in enumerate(((0.02, 200), (0.3, 37), (3.0, 1), (0.07, 128))):
+        mult, shift, diff_min = softmax_cmsis_params(scale)
+        g.add_tensor(Tensor(f"x{i}", "int8", (24, cols)))
+        g.add_tensor(Tensor(f"y{i}", "int8", (24, cols)))
+        g.nodes.append(Node(f"softmax{i}", "SoftmaxS8", [f"x{i}"], [f"y{i}"],
+                            {"multiplier": mult, "shift": shift, "diff_min": diff_min}))
+        spread = rng.integers(1, 256, (24, 1))
+        inputs[f"x{i}"] = np.clip(rng.integers(-128, 128, (24, 1)) + (rng.random((24, cols)) * spread).astype(int),
+                                  -128, 127).astype(np.int8)
+    g.inputs, g.outputs = list(inputs), [f"y{i}" for i in range(4)]
+    compile_graph(g, "cortex-m4", tmp_path, inputs)
+    assert "#define TD_SOFTMAX_MAX_COLS 200" in (tmp_path / "td_platform.h").read_text()
+    assert simulate_build(tmp_path).report["bit_exact"] is True
