@@ -31,6 +31,23 @@ static inline int32_t td_high_mul(int32_t x, int32_t multiplier)
     return (int32_t)(((int64_t)x * multiplier + ((int64_t)1 << 30)) >> 31);
 }
 
+/* saturating_rounding_doubling_high_mul: floor((a b + 2^30) / 2^31) equals gemmlowp's sign-dependent nudge with
+ * truncation for every product; only INT32_MIN * INT32_MIN saturates. */
+static inline int32_t td_sat_high_mul(int32_t a, int32_t b)
+{
+    if (a == INT32_MIN && b == INT32_MIN) {
+        return INT32_MAX;
+    }
+    return td_high_mul(a, b);
+}
+
+/* rounding_divide_by_pot for exponents 0..31. */
+static inline int32_t td_round_div_pow2(int32_t x, int32_t exponent)
+{
+    const int32_t mask = (int32_t)((1u << exponent) - 1u);
+    return (x >> exponent) + ((x & mask) > (mask >> 1) + (x < 0));
+}
+
 /* requant_cmsis without zero point and clip (arm_nn_requantize): shift > 0 shifts left, < 0 right. The
  * multiplier is positive (a quantized scale), so the doubling high multiply cannot saturate. */
 static inline int32_t td_requantize(int32_t x, int32_t multiplier, int32_t shift)
@@ -39,10 +56,7 @@ static inline int32_t td_requantize(int32_t x, int32_t multiplier, int32_t shift
         const int64_t wide = (int64_t)x * ((int64_t)1 << shift);
         x = wide > INT32_MAX ? INT32_MAX : (wide < INT32_MIN ? INT32_MIN : (int32_t)wide);
     }
-    const int32_t y = td_high_mul(x, multiplier);
-    const int32_t right = shift < 0 ? -shift : 0;
-    const int32_t mask = (int32_t)((1u << right) - 1u);
-    return (y >> right) + ((y & mask) > (mask >> 1) + (y < 0));
+    return td_round_div_pow2(td_high_mul(x, multiplier), shift < 0 ? -shift : 0);
 }
 
 static inline int8_t td_out_s8(int32_t y, int32_t lo, int32_t hi)
@@ -324,23 +338,6 @@ arm_cmsis_nn_status arm_batch_matmul_s8(const cmsis_nn_context *ctx, const cmsis
 
 /* ---- softmax (ir/arith.py softmax_cmsis) in 32-bit fixed point ------------------------------------------ */
 
-/* saturating_rounding_doubling_high_mul: floor((a b + 2^30) / 2^31) equals gemmlowp's sign-dependent nudge with
- * truncation for every product; only INT32_MIN * INT32_MIN saturates. */
-static inline int32_t td_sat_high_mul(int32_t a, int32_t b)
-{
-    if (a == INT32_MIN && b == INT32_MIN) {
-        return INT32_MAX;
-    }
-    return td_high_mul(a, b);
-}
-
-/* rounding_divide_by_pot for exponents 0..31. */
-static inline int32_t td_round_div_pow2(int32_t x, int32_t exponent)
-{
-    const int32_t mask = (int32_t)((1u << exponent) - 1u);
-    return (x >> exponent) + ((x & mask) > (mask >> 1) + (x < 0));
-}
-
 /* arith.exp_on_negative_values in int32 (sums wrap as arith.wrap_i32 says): exp(a), a <= 0 in Q5.26 -> Q0.31. */
 static int32_t td_exp_on_negative_values32(int32_t a)
 {
@@ -412,6 +409,18 @@ arm_cmsis_nn_status arm_elementwise_add_s8(const int8_t *input_1_vect, const int
                                            const int32_t out_activation_min, const int32_t out_activation_max,
                                            const int32_t block_size)
 {
+    if (input_1_shift <= 0 && input_2_shift <= 0 && out_shift <= 0 && out_activation_min == -128
+        && out_activation_max == 127) {      /* TFLite's case (input multipliers <= 1/2): right shifts only */
+        const int32_t right_1 = -input_1_shift, right_2 = -input_2_shift, right = -out_shift;
+        for (int32_t i = 0; i < block_size; ++i) {
+            const int32_t a = td_round_div_pow2(td_high_mul((input_1_vect[i] + input_1_offset) * (1 << left_shift),
+                                                            input_1_mult), right_1);
+            const int32_t b = td_round_div_pow2(td_high_mul((input_2_vect[i] + input_2_offset) * (1 << left_shift),
+                                                            input_2_mult), right_2);
+            output[i] = (int8_t)__ssat(td_round_div_pow2(td_high_mul(a + b, out_mult), right) + out_offset, 8);
+        }
+        return ARM_CMSIS_NN_SUCCESS;
+    }
     for (int32_t i = 0; i < block_size; ++i) {
         const int32_t a = td_requantize((input_1_vect[i] + input_1_offset) * (1 << left_shift), input_1_mult,
                                         input_1_shift);
@@ -429,6 +438,14 @@ arm_cmsis_nn_status arm_elementwise_mul_s8(const int8_t *input_1_vect, const int
                                            const int32_t out_shift, const int32_t out_activation_min,
                                            const int32_t out_activation_max, const int32_t block_size)
 {
+    if (out_shift <= 0 && out_activation_min == -128 && out_activation_max == 127) {
+        const int32_t right = -out_shift;
+        for (int32_t i = 0; i < block_size; ++i) {
+            const int32_t product = (input_1_vect[i] + input_1_offset) * (input_2_vect[i] + input_2_offset);
+            output[i] = (int8_t)__ssat(td_round_div_pow2(td_high_mul(product, out_mult), right) + out_offset, 8);
+        }
+        return ARM_CMSIS_NN_SUCCESS;
+    }
     for (int32_t i = 0; i < block_size; ++i) {
         const int32_t product = (input_1_vect[i] + input_1_offset) * (input_2_vect[i] + input_2_offset);
         output[i] = td_out_s8(td_requantize(product, out_mult, out_shift) + out_offset, out_activation_min,
