@@ -202,14 +202,14 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     refs = Refs(pointer=lambda name: cnames[name], scratch=lambda step: f"s_{step}", aliases=aliases)
     lowering = Lowering(graph, refs, cores=int(target.section("cluster").get("cores", 1)),
                         blocked_matmul=options.tiled, cmsis_nn=target.backend == "cmsis")
-    tiling = None
+    tiling, residency = None, None
     if options.tiled:
         from .riscv.tiled import lower_tiled
 
         plan = plan_arena(graph, {}, aliases=aliases)   # kernel scratch lives in the L1 tiles
         constant_bytes = sum(t.nbytes for t in graph.constants())
         weights_level = _placement(target, plan, constant_bytes, tiled=True)["weights_region"].lower()
-        calls, tiling = lower_tiled(graph, target, lowering, refs, weights_level)
+        calls, tiling, residency = lower_tiled(graph, target, lowering, refs, weights_level)
     else:
         calls = [lowering.lower(i, node) for i, node in enumerate(graph.nodes)]
         plan = plan_arena(graph, {i: c.scratch_bytes for i, c in enumerate(calls) if c.scratch_bytes},
@@ -226,6 +226,12 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     context = _context(graph, target, plan, calls, rendered, cnames, in_slots, out_slots, constants, weights_format,
                        placement, options)
     context["l1_tiles_bytes"] = tiling.l1_peak if tiling else 0
+    context["l1_resident_bytes"] = residency.size if residency else 0
+    if residency and residency.offsets:      # activations kept in L1 between accelerator steps
+        for row in context["buffers"]:
+            root = residency.aliases.get(row["name"], row["name"]) if row.get("name") else None
+            if root in residency.offsets:
+                row.update(base="td_l1_resident.bytes", offset=residency.offsets[root])
     context["nn_max_depth"] = max((graph.tensors[n.inputs[0]].shape[-1] for n in graph.nodes
                                    if n.op in ("FullyConnectedS8", "BatchMatMulS8")), default=0)
     context["softmax_max_cols"] = max((graph.tensors[n.inputs[0]].shape[-1] for n in graph.nodes
@@ -358,7 +364,7 @@ def _buffer_table(graph: Graph, plan: ArenaPlan, cnames: dict[str, str], in_slot
             root = plan.aliases.get(name, name)
             rows.append({"cname": cnames[name], "ctype": CTYPES[graph.tensors[name].dtype], "const": False,
                          "base": "td_arena.bytes", "offset": plan.offsets[root], "tensor": graph.tensors[name],
-                         "alias": cnames[root] if root != name else ""})
+                         "alias": cnames[root] if root != name else "", "name": name})
     for step, call in enumerate(calls):
         if call.scratch_bytes:
             rows.append({"cname": f"s_{step}", "ctype": "int8_t", "const": False, "base": "td_arena.bytes",

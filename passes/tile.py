@@ -44,7 +44,7 @@ class Operand:
     role: str                      # "in" | "out" | "indirect" (read by the kernel itself, e.g. a gather table)
     shape: tuple[int, ...]
     dtype: str
-    level: str = "l2"              # memory the full operand lives in: l2 | l3
+    level: str = "l2"              # memory the full operand lives in: l2 | l3 | l1 (resident: tiles used in place)
     kind: str = "tensor"           # tensor | param (broadcast over the output) | table (looked up)
 
     @property
@@ -69,6 +69,11 @@ class OperandTile:
     step: int                      # bytes between consecutive tiles' first rows in L2/L3 (0: resident)
     buffers: int                   # 2 = double-buffered
     l1_offset: int = 0
+
+    @property
+    def in_place(self) -> bool:
+        """The operand already lives in L1 (backends/riscv/residency.py): the kernel reads/writes it there."""
+        return self.operand.level == "l1"
 
     @property
     def buffer_bytes(self) -> int:
@@ -257,14 +262,15 @@ def axis_maps(graph: Graph, node: Node, operands: list[Operand]) -> AxisMap:
 def operand_tile(operand: Operand, axis: int | None, tile: int, tiles: int) -> OperandTile:
     """The 2-D DMA of one tile: an axis slab is `outer` rows of `tile * inner` contiguous bytes."""
     shape = operand.shape
+    resident = operand.level == "l1"           # no L1 buffer: tiles are read and written where the tensor is
     if axis is None or operand.role == "indirect":
         return OperandTile(operand, None, shape, 1, operand.nbytes, operand.nbytes, 0,
-                           1 if operand.role != "out" or tiles == 1 else 2)
+                           0 if resident else (1 if operand.role != "out" or tiles == 1 else 2))
     inner = int(np.prod(shape[axis + 1:], dtype=np.int64)) * operand.itemsize
     outer = int(np.prod(shape[:axis], dtype=np.int64))
     tile_shape = shape[:axis] + (tile,) + shape[axis + 1:]
     return OperandTile(operand, axis, tile_shape, outer, tile * inner, shape[axis] * inner, tile * inner,
-                       2 if tiles > 1 else 1)
+                       0 if resident else (2 if tiles > 1 else 1))
 
 
 def _compute_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int,
@@ -293,11 +299,12 @@ def _compute_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: 
 
 def _model(tiles: list[OperandTile], count: int, compute: int, bw: Bandwidth) -> dict[str, int]:
     """Modelled cycles of the tile loop: resident loads, then per tile max(compute, DMA) with overlap."""
-    resident = sum(bw.cycles(t.operand.level, t.rows * t.row_bytes, t.rows) for t in tiles
+    moved = [t for t in tiles if not t.in_place]
+    resident = sum(bw.cycles(t.operand.level, t.rows * t.row_bytes, t.rows) for t in moved
                    if t.step == 0 and t.operand.role == "in")
-    per_in = sum(bw.cycles(t.operand.level, t.rows * t.row_bytes, t.rows) for t in tiles
+    per_in = sum(bw.cycles(t.operand.level, t.rows * t.row_bytes, t.rows) for t in moved
                  if t.step != 0 and t.operand.role == "in")
-    per_out = sum(bw.cycles("l2", t.rows * t.row_bytes, t.rows) for t in tiles if t.operand.role == "out")
+    per_out = sum(bw.cycles("l2", t.rows * t.row_bytes, t.rows) for t in moved if t.operand.role == "out")
     dma = resident + count * (per_in + per_out)
     if count == 1:
         cycles = resident + per_in + compute + per_out
@@ -326,6 +333,8 @@ def tile_node(graph: Graph, index: int, node: Node, operands: list[Operand], *, 
         count = 1 if axis is None else out_shape[axis] // size
         mapped = [None] * len(operands) if axis is None else maps[axis]
         tiles = [operand_tile(o, a, size, count) for o, a in zip(operands, mapped, strict=True)]
+        if any(t.in_place and t.rows != 1 for t in tiles):
+            continue                           # an in-place tile must be one contiguous run of the tensor
         l1 = sum(t.l1_bytes for t in tiles if t.operand.role != "indirect") + _align(scratch_bytes)
         smallest = l1 if smallest is None else min(smallest, l1)
         if l1 > budget:
@@ -373,9 +382,10 @@ def l1_budget(target: Target) -> int:
 
 
 def tile_graph(graph: Graph, target: Target, operands: dict[int, list[Operand]],
-               scratch: dict[int, int] | None = None) -> TilePlan:
-    """Tile every step listed in `operands` (step index -> its operands, from the backend)."""
-    budget = l1_budget(target)
+               scratch: dict[int, int] | None = None, reserved: int = 0) -> TilePlan:
+    """Tile every step listed in `operands` (step index -> its operands, from the backend); `reserved` bytes of
+    L1 hold resident activations and are not available to tiles."""
+    budget = l1_budget(target) - reserved
     cores = int(target.section("cluster").get("cores", 1))
     bw = Bandwidth.from_target(target)
     scratch = scratch or {}

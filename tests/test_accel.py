@@ -195,3 +195,28 @@ def test_accelerator_operand_outside_l1_is_a_fault(tiny_ita_build, tmp_path):
 def test_manifest_and_report_name_the_engine(tiny_ita_build):
     manifest = json.loads((tiny_ita_build / "tinydeploy.json").read_text())
     assert any(step["op"] == "ITAGemm" for step in manifest["steps"])
+
+
+def test_activations_between_accelerator_steps_stay_in_l1(tiny_ita_build, tiny_zoo):
+    """Tensors only accelerator steps touch live in L1 (backends/riscv/residency.py): their tiles have no L1
+    buffer and no DMA descriptor, the C buffer points into td_l1_resident, and the inference stays bit-exact
+    (test_tiny_mobilebert_on_the_accelerator_every_layer, also with the RTL)."""
+    from tinydeploy.backends import backend_passes
+    from tinydeploy.backends.riscv.residency import plan_residency
+
+    manifest = json.loads((tiny_ita_build / "tinydeploy.json").read_text())
+    in_place = [o for step in manifest["tiling"]["steps"] for o in step["operands"] if o["level"] == "l1"]
+    assert len(in_place) >= 10 and all(o["buffers"] == 0 for o in in_place)
+    network = (tiny_ita_build / "network.c").read_text()
+    assert "td_l1_resident __attribute__((section(\".l1.bss\")" in network
+    assert network.count("(td_l1_resident.bytes + ") >= 5
+    graph, _ = backend_passes(integerize(import_model(tiny_zoo / "model_qdq.onnx"), "cluster8-ita"), "cluster8-ita")
+    residency = plan_residency(graph, reserve=64 * 1024)
+    users = {residency.aliases.get(n, n): set() for n in residency.offsets}
+    for node in graph.nodes:
+        for name in [*node.inputs, *node.outputs]:
+            root = residency.aliases.get(name, name)
+            if root in users and node.op != "Reshape":
+                users[root].add(node.op)
+    assert users and all(ops == {"ITAGemm"} for ops in users.values()) and residency.size <= 64 * 1024
+    assert not plan_residency(graph, reserve=0).offsets

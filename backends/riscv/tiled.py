@@ -7,17 +7,23 @@ whose pointers are the L1 buffers. Loads from L2/L3 therefore happen through DMA
 
 from __future__ import annotations
 
+from ...errors import TinyDeployError
 from ...ir.graph import Graph, Node, Tensor
-from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, tile_graph
+from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, l1_budget, tile_graph
 from ...target import Target
 from ..lowering import CTYPES, Call, Lowering, Refs, kernel_constants
 from .dma_copy import copy_plan, dma_copy_call
+from .residency import RESERVE_FRACTION, Residency, plan_residency
 
 L1_SYMBOL = "td_l1"
 
 
-def step_operands(graph: Graph, index: int, node: Node, weights_level: str) -> list[Operand]:
+def step_operands(graph: Graph, index: int, node: Node, weights_level: str,
+                  residency: Residency | None = None) -> list[Operand]:
     """What the step reads and writes, in kernel order: tensor inputs, constant arrays, outputs."""
+    def level(name: str) -> str:
+        return (residency.level(name) if residency else None) or "l2"
+
     operands, seen = [], set()
     for position, name in enumerate(node.inputs):
         if not name or name in seen:
@@ -25,12 +31,13 @@ def step_operands(graph: Graph, index: int, node: Node, weights_level: str) -> l
         seen.add(name)
         tensor = graph.tensors[name]
         role = "indirect" if node.op == "Gather" and position == 0 else "in"
-        operands.append(Operand(name, role, tensor.shape, tensor.dtype, weights_level if tensor.is_const else "l2"))
+        operands.append(Operand(name, role, tensor.shape, tensor.dtype,
+                                weights_level if tensor.is_const else level(name)))
     for cname, kind, values in kernel_constants(graph, node, index):
         operands.append(Operand(cname, "in", values.shape, str(values.dtype), weights_level, kind))
     for name in node.outputs:
         tensor = graph.tensors[name]
-        operands.append(Operand(name, "out", tensor.shape, tensor.dtype))
+        operands.append(Operand(name, "out", tensor.shape, tensor.dtype, level(name)))
     return operands
 
 
@@ -56,8 +63,12 @@ def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, ref
     """The step's C: DMA descriptor table, tile loop, and the kernel call on L1 pointers.
 
     `full` is the untiled lowering of the node: its constant arrays are what the weights hold."""
-    staged = [t for t in step.operands if t.operand.role != "indirect"]
+    staged = [t for t in step.operands if t.operand.role != "indirect" and not t.in_place]
     pointers = {t.operand.key: _l1_pointer(t) for t in staged if t.operand.kind == "tensor"}
+    for t in step.operands:                    # resident in L1: the tile is read or written where it lives
+        if t.in_place:
+            pointers[t.operand.key] = (f"(({CTYPES[t.operand.dtype]} *)((int8_t *){refs.pointer(t.operand.key)}"
+                                       + (f" + t * {t.step}))" if t.step else "))"))
     constants = {t.operand.key: _l1_pointer(t) for t in staged if t.operand.kind != "tensor"}
     tensors = {t.operand.key: Tensor(t.operand.key, t.operand.dtype, t.tile_shape) for t in step.operands
                if t.operand.kind == "tensor"}
@@ -91,16 +102,17 @@ def reshape_call(lowering: Lowering, index: int, node: Node, refs: Refs) -> Call
 
 
 def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
-                weights_level: str) -> tuple[list[Call], TilePlan]:
-    """Tile every step (passes/tile.py) and lower it to a DMA tile loop."""
+                weights_level: str) -> tuple[list[Call], TilePlan, Residency]:
+    """Tile every step (passes/tile.py) and lower it to a DMA tile loop; with an accelerator, activations
+    between accelerator steps stay in L1 (residency.py)."""
     # untiled lowering (its own instance, so whole-tensor kernel instances do not end up in kernels.c):
     # the constant arrays the weights hold and the kernel scratch sizes
     whole = Lowering(graph, refs, cores=lowering.cores, blocked_matmul=lowering.blocked_matmul)
     by_dma = {i: p for i, node in enumerate(graph.nodes) if (p := copy_plan(graph, node)) is not None}
     full = {i: whole.lower(i, node) for i, node in enumerate(graph.nodes)
             if node.op != "Reshape" and i not in by_dma}
-    operands = {i: step_operands(graph, i, graph.nodes[i], weights_level) for i in full}
-    plan = tile_graph(graph, target, operands, {i: c.scratch_bytes for i, c in full.items() if c.scratch_bytes})
+    scratch = {i: c.scratch_bytes for i, c in full.items() if c.scratch_bytes}
+    residency, plan = _tile_with_residency(graph, target, full, weights_level, scratch)
     calls = []
     for index, node in enumerate(graph.nodes):
         if index in full:
@@ -109,4 +121,25 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
             calls.append(dma_copy_call(node, refs, by_dma[index]))
         else:
             calls.append(reshape_call(lowering, index, node, refs))
-    return calls, plan
+    return calls, plan, residency
+
+
+def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], weights_level: str,
+                         scratch: dict[int, int]) -> tuple[Residency, TilePlan]:
+    """Residency and tiling together: a step that no longer fits beside the resident tensors gives its
+    tensors back to L2 and the plan is made again."""
+    reserve = int(l1_budget(target) * RESERVE_FRACTION) if target.section("accelerator") else 0
+    excluded: set[str] = set()
+    while True:
+        residency = plan_residency(graph, reserve, excluded)
+        operands = {i: step_operands(graph, i, graph.nodes[i], weights_level, residency) for i in full}
+        try:
+            return residency, tile_graph(graph, target, operands, scratch, reserved=residency.size)
+        except TinyDeployError as error:
+            if not residency.offsets:
+                raise
+            culprit = next((i for i in full if graph.nodes[i].name == error.node), None)
+            touched = {residency.aliases.get(n, n) for n in graph.nodes[culprit].inputs + graph.nodes[culprit].outputs
+                       if n} if culprit is not None else set(residency.offsets)
+            dropped = touched & set(residency.offsets) or set(residency.offsets)
+            excluded |= dropped
