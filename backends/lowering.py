@@ -57,9 +57,12 @@ class Refs:
     """C expressions for tensors (pointer into the arena, the caller's buffers or the weights)."""
 
     def __init__(self, pointer: Callable[[str], str], scratch: Callable[[int], str],
-                 aliases: dict[str, str] | None = None, param: Callable[[str], str] | None = None) -> None:
+                 aliases: dict[str, str] | None = None, param: Callable[[str], str] | None = None,
+                 pitch: Callable[[str], int] | None = None) -> None:
         self.pointer = pointer
         self.scratch = scratch
+        #: bytes between rows of a tensor that is a column tile of a wider one (0: rows packed)
+        self.pitch = pitch or (lambda name: 0)
         #: Reshape outputs that share their input's bytes (no code needed)
         self.aliases = aliases or {}
         #: where a kernel constant array (per-channel parameters, lookup tables) is read from
@@ -728,9 +731,13 @@ def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
         call.params[cname] = values
         constants[cname.rsplit("_", 1)[-1]] = low.refs.param(cname)
     fields["stage_count"] = int(ita_stage_table(low.graph, node).shape[0])
+    sources = ita_stage_sources(low.graph, node)
+    residual = next((node.inputs[position] for position, source in sources.items() if source == 0), None)
+    fields["y_pitch"] = low.refs.pitch(node.outputs[0])
+    fields["r_pitch"] = low.refs.pitch(residual) if residual else 0
     call.descriptors.append(params_descriptor("td_ita_job", f"ita_{index}", fields))
     operands = ["NULL"] * 5                     # r, v0, v1, v2, v3
-    for position, source in ita_stage_sources(low.graph, node).items():
+    for position, source in sources.items():
         operands[source] = low.refs.pointer(node.inputs[position])
     args = [low.refs.pointer(name) for name in node.inputs[:4]]
     args += [constants.get("table", "NULL"), constants.get("stages", "NULL"), *operands,

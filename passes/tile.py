@@ -333,8 +333,8 @@ def tile_node(graph: Graph, index: int, node: Node, operands: list[Operand], *, 
         count = 1 if axis is None else out_shape[axis] // size
         mapped = [None] * len(operands) if axis is None else maps[axis]
         tiles = [operand_tile(o, a, size, count) for o, a in zip(operands, mapped, strict=True)]
-        if any(t.in_place and t.rows != 1 for t in tiles):
-            continue                           # an in-place tile must be one contiguous run of the tensor
+        if any(t.in_place and t.rows != 1 and not _pitched(node, t, out_shape) for t in tiles):
+            continue                           # an in-place tile must be contiguous, or rows the accelerator pitches
         l1 = sum(t.l1_bytes for t in tiles if t.operand.role != "indirect") + _align(scratch_bytes)
         smallest = l1 if smallest is None else min(smallest, l1)
         if l1 > budget:
@@ -349,6 +349,13 @@ def tile_node(graph: Graph, index: int, node: Node, operands: list[Operand], *, 
                               f"budget is {budget} B", node=node.name)
     _place(best)
     return best
+
+
+def _pitched(node: Node, tile: OperandTile, out_shape: tuple[int, ...]) -> bool:
+    """A column tile of the output or residual of a single-matrix accelerator job: its rows are written/read
+    in place with the accelerator's row pitch registers (y_pitch, r_pitch)."""
+    return (node.op == "ITAGemm" and tuple(tile.operand.shape) == tuple(out_shape)
+            and int(np.prod(out_shape[:-2], dtype=np.int64)) == 1 and tile.axis == len(out_shape) - 1)
 
 
 def _cheapest(feasible: list[StepTiling]) -> StepTiling | None:

@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import TinyDeployError
 from ..target import Target, load_target
-from .accel.model import JOB_REGISTERS, MODE_SOFTMAX, AccelSpec, Job, job_cycles, operand_spans, run_job
+from .accel.model import JOB_REGISTERS, MODE_SOFTMAX, AccelSpec, Job, job_cycles, operand_spans, pitch, run_job
 from .native import NO_BLOCK, HartCounter, attach_counter
 
 LEVELS = ("l1", "l2", "l3")
@@ -492,7 +492,12 @@ class ClusterISS:
     def _complete_accel(self, now: int) -> None:
         while self.accel_queue and self.accel_queue[0].done_at <= now:
             job = self.accel_queue.pop(0)
-            self.write(job.regs["y"], job.result)
+            m, n, row_pitch = job.regs["m"], job.regs["n"], pitch(job.regs, "y")
+            if row_pitch == n:
+                self.write(job.regs["y"], job.result)
+            else:                              # a column tile of a larger tensor: rows `pitch` bytes apart
+                for i in range(m):
+                    self.write(job.regs["y"] + i * row_pitch, job.result[i * n:(i + 1) * n])
 
     def _complete_dma(self, now: int) -> None:
         """Perform (copy) every queued transfer that has completed by cycle `now`."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_cluster import compile_for, with_main
 from tinydeploy.frontend.onnx_loader import import_model
+from tinydeploy.ir.graph import Graph, Node, Tensor
 from tinydeploy.ir.interpreter import run_graph
 from tinydeploy.passes.fuse_attention import fuse_attention
 from tinydeploy.passes.integerize import integerize
@@ -35,12 +36,14 @@ def clip_word(lo: int, hi: int) -> int:
 
 
 STAGES = 1 << 8   # test-only flag: add AddRequant/MulRequant epilogue stages (not a mode bit)
+PITCHED = 1 << 9  # test-only flag: the residual tile's rows lie r_pitch > n bytes apart (a column tile in place)
 
 
 MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQUANT2, "gemm_lut": MODE_LUT,
          "qk_softmax": MODE_SOFTMAX, "qk_softmax_requant2_transposed": MODE_SOFTMAX | MODE_REQUANT2 | MODE_TRANS_B,
          "qk_softmax_requant3": MODE_SOFTMAX | MODE_REQUANT2 | MODE_REQUANT3,
-         "gemm_residual_nonorm": STAGES, "gemm_lut_two_stages": MODE_LUT | STAGES}
+         "gemm_residual_nonorm": STAGES, "gemm_lut_two_stages": MODE_LUT | STAGES,
+         "gemm_residual_pitched": STAGES | PITCHED}
 
 
 def random_stages(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -68,11 +71,14 @@ def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
         base["lut"]: rng.integers(-128, 128, 256).astype(np.int8).tobytes(),
     }
     stage_count = int(rng.integers(1, 6)) if mode & STAGES else 0
-    extra = {"stages": 0, "stage_count": stage_count, "r": 0, "v0": 0, "v1": 0, "v2": 0, "v3": 0}
+    extra = {"stages": 0, "stage_count": stage_count, "r": 0, "v0": 0, "v1": 0, "v2": 0, "v3": 0, "y_pitch": 0,
+             "r_pitch": 0}
     if stage_count:
         extra.update(stages=0x36000, r=0x37000)
         memory[0x36000] = random_stages(rng, stage_count).tobytes()
-        memory[0x37000] = rng.integers(-128, 128, m * n).astype(np.int8).tobytes()
+        r_pitch = n + int(rng.integers(1, 40)) if mode & PITCHED else 0
+        extra["r_pitch"] = r_pitch
+        memory[0x37000] = rng.integers(-128, 128, m * (r_pitch or n)).astype(np.int8).tobytes()
         for j in range(1, stage_count):
             extra[f"v{j - 1}"] = 0x38000 + 0x1000 * j
             memory[extra[f"v{j - 1}"]] = rng.integers(-128, 128, n).astype(np.int8).tobytes()
@@ -220,3 +226,30 @@ def test_activations_between_accelerator_steps_stay_in_l1(tiny_ita_build, tiny_z
                 users[root].add(node.op)
     assert users and all(ops == {"ITAGemm"} for ops in users.values()) and residency.size <= 64 * 1024
     assert not plan_residency(graph, reserve=0).offsets
+
+
+def test_column_tiles_of_l1_resident_tensors_are_written_in_place(tmp_path):
+    """Two chained GEMMs whose intermediate stays in L1: the first is split along its columns (weights streamed
+    in double-buffered slices) and the accelerator writes each column tile into the resident tensor with its row
+    pitch register; bit-exact in the ISS."""
+    import re
+
+    from tinydeploy.backends import compile_graph
+
+    rng = np.random.default_rng(0)
+    m, k0, k1, k2 = 128, 256, 512, 256
+    g = Graph(name="gemm_chain")
+    g.add_tensor(Tensor("x", "int8", (1, m, k0)))
+    g.add_const("w1", rng.integers(-128, 128, (k0, k1)).astype(np.int8), "int8")
+    g.add_const("w2", rng.integers(-128, 128, (k1, k2)).astype(np.int8), "int8")
+    for name, shape, dtype in (("acc1", (1, m, k1), "int32"), ("h", (1, m, k1), "int8"),
+                               ("acc2", (1, m, k2), "int32"), ("y", (1, m, k2), "int8")):
+        g.add_tensor(Tensor(name, dtype, shape))
+    g.nodes += [Node("mm1", "MatMulInt", ["x", "w1"], ["acc1"], {}),
+                Node("rq1", "Requant", ["acc1"], ["h"], {"mul": 1, "shift": 10, "add": 0, "lo": -128, "hi": 127}),
+                Node("mm2", "MatMulInt", ["h", "w2"], ["acc2"], {}),
+                Node("rq2", "Requant", ["acc2"], ["y"], {"mul": 1, "shift": 11, "add": 0, "lo": -128, "hi": 127})]
+    g.inputs, g.outputs = ["x"], ["y"]
+    compile_graph(g, "cluster8-ita", tmp_path, {"x": rng.integers(-128, 128, (1, m, k0)).astype(np.int8)})
+    assert re.search(r"y_pitch = 512", (tmp_path / "network.c").read_text())
+    assert simulate_build(tmp_path).report["bit_exact"] is True

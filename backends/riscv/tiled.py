@@ -65,6 +65,7 @@ def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, ref
     `full` is the untiled lowering of the node: its constant arrays are what the weights hold."""
     staged = [t for t in step.operands if t.operand.role != "indirect" and not t.in_place]
     pointers = {t.operand.key: _l1_pointer(t) for t in staged if t.operand.kind == "tensor"}
+    pitches = {t.operand.key: t.stride for t in step.operands if t.in_place and t.rows > 1}
     for t in step.operands:                    # resident in L1: the tile is read or written where it lives
         if t.in_place:
             pointers[t.operand.key] = (f"(({CTYPES[t.operand.dtype]} *)((int8_t *){refs.pointer(t.operand.key)}"
@@ -74,7 +75,7 @@ def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, ref
                if t.operand.kind == "tensor"}
     tile_refs = Refs(pointer=lambda name: pointers.get(name) or refs.pointer(name),
                      scratch=lambda _: f"({L1_SYMBOL} + {step.scratch_offset})", aliases=refs.aliases,
-                     param=lambda cname: constants.get(cname, cname))
+                     param=lambda cname: constants.get(cname, cname), pitch=lambda name: pitches.get(name, 0))
     view = lowering.lower_view(index, node, tile_refs, tensors)
     rows = []
     for tile in staged:

@@ -26,7 +26,7 @@ MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3 = 1, 2, 4, 8,
 JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
                  "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
                  "stage_count", "r", "v0", "v1", "v2", "v3", "rq3_mul", "rq3_shift",
-                 "rq3_add", "rq3_clip")
+                 "rq3_add", "rq3_clip", "y_pitch", "r_pitch")
 #: epilogue stage table: STAGE_WORDS int32 per stage, in this order (backends/lowering.py writes it)
 STAGE_FIELDS = ("kind", "src", "chain", "mul_a", "mul_b", "a_zero", "b_zero", "mul", "shift", "add", "lo", "hi")
 STAGE_WORDS = len(STAGE_FIELDS)
@@ -114,17 +114,29 @@ def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False) -
     return spec.setup_cycles + m * per_row
 
 
+def pitch(regs: dict[str, int], name: str) -> int:
+    """Bytes between rows of the [m, n] operand `name` (y or r): its pitch register, or n when that is 0."""
+    return regs.get(f"{name}_pitch", 0) or regs["n"]
+
+
+def read_rows(read: Callable[[int, int], bytes], address: int, m: int, n: int, row_pitch: int) -> bytes:
+    """m rows of n bytes, `row_pitch` bytes apart, packed."""
+    if row_pitch == n:
+        return read(address, m * n)
+    return b"".join(read(address + i * row_pitch, n) for i in range(m))
+
+
 def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:
-    """(address, bytes) of every operand a job reads or writes."""
+    """(address, bytes) of every operand a job reads or writes (rows of y and r `pitch` bytes apart)."""
     m, k, n = regs["m"], regs["k"], regs["n"]
     spans = {"a": (regs["a"], m * k), "b": (regs["b"], k * n), "bias": (regs["bias"], 4 * n),
-             "rq": (regs["rq"], 12 * n), "y": (regs["y"], m * n)}
+             "rq": (regs["rq"], 12 * n), "y": (regs["y"], (m - 1) * pitch(regs, "y") + n)}
     if regs["mode"] & MODE_LUT:
         spans["lut"] = (regs["lut"], 256)
     if regs["stage_count"]:
         spans["stages"] = (regs["stages"], 4 * STAGE_WORDS * regs["stage_count"])
         for src in _stage_sources(regs):
-            spans[src] = (regs[src], m * n if src == "r" else n)
+            spans[src] = (regs[src], (m - 1) * pitch(regs, "r") + n if src == "r" else n)
     return spans
 
 
@@ -152,7 +164,11 @@ def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
         table = table.reshape(r["stage_count"], STAGE_WORDS)
         for name, shape in (("r", (m, n)), *((v, (n,)) for v in VECTOR_REGISTERS)):
             size = int(np.prod(shape))
-            extra.append(np.frombuffer(read(r[name], size), dtype=np.int8).reshape(shape) if r[name] else None)
+            if not r[name]:
+                extra.append(None)
+                continue
+            data = read_rows(read, r[name], m, n, pitch(r, "r")) if name == "r" else read(r[name], size)
+            extra.append(np.frombuffer(data, dtype=np.int8).reshape(shape))
     # the IR ops compute on int64 values, as the golden interpreter holds them (int8 arithmetic would wrap)
     operands = [None if x is None else x.astype(np.int64) for x in (a, b, bias, rq, *extra)]
     y = OPS["ITAGemm"].run(job.node(lut, table), operands)[0]

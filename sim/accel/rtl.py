@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import TinyDeployError
-from .model import MODE_LUT, STAGE_WORDS, Job
+from .model import MODE_LUT, STAGE_WORDS, Job, pitch, read_rows
 
 SOURCE = Path(__file__).resolve().parent / "rtl" / "ita_tile.v"
 #: memory sizes of the RTL build (parameters of ita_tile.v)
@@ -96,7 +96,7 @@ class RtlAccelerator:
         if r["stage_count"]:
             self._load("stages", read(r["stages"], 4 * STAGE_WORDS * r["stage_count"]))
             if r["r"]:
-                self._load("r", read(r["r"], m * n))
+                self._load("r", read_rows(read, r["r"], m, n, pitch(r, "r")))
             for j, name in enumerate(("v0", "v1", "v2", "v3")):
                 if r[name]:
                     self._load("vectors", read(r[name], n), j * N_MAX // 4)

@@ -23,6 +23,7 @@ typedef struct {
     int32_t stage_count;   /* AddRequant/MulRequant stages in the L1 stage table */
     int32_t rq3_mul, rq3_shift, rq3_add;
     uint32_t rq3_clip;     /* requant after the softmax (mode bit 4) */
+    int32_t y_pitch, r_pitch; /* bytes between rows of Y / R when they are column tiles of wider tensors (0: n) */
 } td_ita_job;
 
 #ifdef TD_REG_ACCEL_START
@@ -53,6 +54,8 @@ static inline void td_accel_epilogue(const td_ita_job *job, const void *lut, con
     TD_MMIO(TD_REG_ACCEL_RQ3_MUL) = (uint32_t)job->rq3_mul;
     TD_MMIO(TD_REG_ACCEL_RQ3_SHIFT) = (uint32_t)job->rq3_shift;
     TD_MMIO(TD_REG_ACCEL_RQ3_ADD) = (uint32_t)job->rq3_add;
+    TD_MMIO(TD_REG_ACCEL_Y_PITCH) = (uint32_t)job->y_pitch;
+    TD_MMIO(TD_REG_ACCEL_R_PITCH) = (uint32_t)job->r_pitch;
     TD_MMIO(TD_REG_ACCEL_RQ3_CLIP) = job->rq3_clip;
 }
 
