@@ -48,18 +48,29 @@ def _eligible(graph: Graph, buffers: list[Buffer], aliases: dict[str, str]) -> l
             and all(op in IN_PLACE_OPS for op in users[b.name])]
 
 
-def _score(graph: Graph, buffer: Buffer, aliases: dict[str, str]) -> float:
+def _readers(graph: Graph, aliases: dict[str, str]) -> dict[str, int]:
+    """How many non-Reshape node inputs read each root buffer."""
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op != "Reshape":
+            for name in node.inputs:
+                if name:
+                    root = aliases.get(name, name)
+                    counts[root] = counts.get(root, 0) + 1
+    return counts
+
+
+def _score(buffer: Buffer, readers: dict[str, int]) -> float:
     """L2 traffic saved (one store, one load per reader) per byte-step of L1 it holds."""
-    readers = sum(1 for node in graph.nodes if node.op != "Reshape"
-                  for name in node.inputs if name and aliases.get(name, name) == buffer.name)
-    return (1 + readers) / (buffer.last - buffer.first + 1)
+    return (1 + readers.get(buffer.name, 0)) / (buffer.last - buffer.first + 1)
 
 
 def plan_residency(graph: Graph, reserve: int, exclude: set[str] | frozenset[str] = frozenset()) -> Residency:
     """The resident activations of `graph` within `reserve` bytes of L1 (none listed in `exclude`)."""
     buffers, aliases = activation_buffers(graph)
+    readers = _readers(graph, aliases)
     candidates = sorted((b for b in _eligible(graph, buffers, aliases) if b.name not in exclude),
-                        key=lambda b: (-_score(graph, b, aliases), b.name))
+                        key=lambda b: (-_score(b, readers), b.name))
     chosen: list[Buffer] = []
     plan = plan_buffers([])
     for buffer in candidates:

@@ -31,23 +31,6 @@ static inline int32_t td_high_mul(int32_t x, int32_t multiplier)
     return (int32_t)(((int64_t)x * multiplier + ((int64_t)1 << 30)) >> 31);
 }
 
-/* saturating_rounding_doubling_high_mul: floor((a b + 2^30) / 2^31) equals gemmlowp's sign-dependent nudge with
- * truncation for every product; only INT32_MIN * INT32_MIN saturates. */
-static inline int32_t td_sat_high_mul(int32_t a, int32_t b)
-{
-    if (a == INT32_MIN && b == INT32_MIN) {
-        return INT32_MAX;
-    }
-    return td_high_mul(a, b);
-}
-
-/* rounding_divide_by_pot for exponents 0..31. */
-static inline int32_t td_round_div_pow2(int32_t x, int32_t exponent)
-{
-    const int32_t mask = (int32_t)((1u << exponent) - 1u);
-    return (x >> exponent) + ((x & mask) > (mask >> 1) + (x < 0));
-}
-
 /* requant_cmsis without zero point and clip (arm_nn_requantize): shift > 0 shifts left, < 0 right. The
  * multiplier is positive (a quantized scale), so the doubling high multiply cannot saturate. */
 static inline int32_t td_requantize(int32_t x, int32_t multiplier, int32_t shift)
@@ -56,7 +39,7 @@ static inline int32_t td_requantize(int32_t x, int32_t multiplier, int32_t shift
         const int64_t wide = (int64_t)x * ((int64_t)1 << shift);
         x = wide > INT32_MAX ? INT32_MAX : (wide < INT32_MIN ? INT32_MIN : (int32_t)wide);
     }
-    return td_round_div_pow2(td_high_mul(x, multiplier), shift < 0 ? -shift : 0);
+    return td_rdbpot32(td_high_mul(x, multiplier), shift < 0 ? -shift : 0);
 }
 
 static inline int8_t td_out_s8(int32_t y, int32_t lo, int32_t hi)
@@ -336,66 +319,16 @@ arm_cmsis_nn_status arm_batch_matmul_s8(const cmsis_nn_context *ctx, const cmsis
     return ARM_CMSIS_NN_SUCCESS;
 }
 
-/* ---- softmax (ir/arith.py softmax_cmsis) in 32-bit fixed point ------------------------------------------ */
+/* ---- softmax: td_runtime.h td_softmax_s8_rows (ir/arith.py softmax_cmsis) -------------------------------- */
 
-/* arith.exp_on_negative_values in int32 (sums wrap as arith.wrap_i32 says): exp(a), a <= 0 in Q5.26 -> Q0.31. */
-static int32_t td_exp_on_negative_values32(int32_t a)
-{
-    static const int32_t barrel[7] = {1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242};
-    const int32_t quarter = 1 << 24;
-    const int32_t mod_minus_quarter = (a & (quarter - 1)) - quarter;
-    const int32_t remainder = mod_minus_quarter - a;
-    const int32_t x = mod_minus_quarter * 32 + (1 << 28);
-    const int32_t x2 = td_sat_high_mul(x, x);
-    const int32_t x3 = td_sat_high_mul(x2, x);
-    const int32_t x4_over_4 = td_round_div_pow2(td_sat_high_mul(x2, x2), 2);
-    const int32_t poly = td_round_div_pow2(td_sat_high_mul(x4_over_4 + x3, 715827883) + x2, 1);
-    const int32_t arg = (int32_t)((uint32_t)x + (uint32_t)poly);
-    int32_t result = (int32_t)(1895147668u + (uint32_t)td_sat_high_mul(1895147668, arg));
-    for (int32_t k = 0; k < 7; ++k) {
-        if (remainder & (1 << (24 + k))) {
-            result = td_sat_high_mul(result, barrel[k]);
-        }
-    }
-    return a == 0 ? INT32_MAX : result;
-}
-
-/* exp of each row element, computed once for the row sum and reused for the outputs */
+/* the exponentials of one row, computed once for the row sum and reused for the outputs */
 static int32_t td_softmax_exps[TD_SOFTMAX_MAX_COLS + 1];
 
 void arm_softmax_s8(const int8_t *input, const int32_t num_rows, const int32_t row_size, const int32_t mult,
                     const int32_t shift, const int32_t diff_min, int8_t *output)
 {
-    if (row_size > TD_SOFTMAX_MAX_COLS) {           /* rows longer than any in this network: td_runtime.h's */
-        td_softmax_s8_rows(input, output, 0, num_rows, row_size, mult, shift, diff_min);
-        return;
-    }
-    for (int32_t row = 0; row < num_rows; ++row, input += row_size, output += row_size) {
-        int32_t max = input[0];
-        for (int32_t col = 1; col < row_size; ++col) {
-            max = input[col] > max ? input[col] : max;
-        }
-        int32_t sum = 0;
-        for (int32_t col = 0; col < row_size; ++col) {
-            const int32_t diff = input[col] - max;
-            if (diff >= diff_min) {
-                const int32_t e = td_exp_on_negative_values32(td_sat_high_mul(diff * (1 << shift), mult));
-                td_softmax_exps[col] = e;
-                sum += td_round_div_pow2(e, 12);
-            }
-        }
-        const int32_t headroom = sum > 0 ? __builtin_clz((uint32_t)sum) : 32;
-        const int32_t normalised = sum > 0 ? (int32_t)(((uint32_t)sum << headroom) - 0x80000000u) : INT32_MIN;
-        const int32_t scale = (int32_t)td_one_over_one_plus_x(normalised);
-        const int32_t bits_over_unit = 12 - headroom + 23;
-        for (int32_t col = 0; col < row_size; ++col) {
-            int32_t p = -128;
-            if (input[col] - max >= diff_min) {
-                p = (int32_t)td_rdbpot(td_sat_high_mul(scale, td_softmax_exps[col]), bits_over_unit) - 128;
-            }
-            output[col] = td_out_s8(p, -128, 127);
-        }
-    }
+    td_softmax_s8_rows(input, output, 0, num_rows, row_size, mult, shift, diff_min,
+                       row_size <= TD_SOFTMAX_MAX_COLS ? td_softmax_exps : (int32_t *)0);
 }
 
 /* ---- elementwise (ir/arith.py add_cmsis; MulS8) -------------------------------------------------------- */
@@ -413,11 +346,11 @@ arm_cmsis_nn_status arm_elementwise_add_s8(const int8_t *input_1_vect, const int
         && out_activation_max == 127) {      /* TFLite's case (input multipliers <= 1/2): right shifts only */
         const int32_t right_1 = -input_1_shift, right_2 = -input_2_shift, right = -out_shift;
         for (int32_t i = 0; i < block_size; ++i) {
-            const int32_t a = td_round_div_pow2(td_high_mul((input_1_vect[i] + input_1_offset) * (1 << left_shift),
+            const int32_t a = td_rdbpot32(td_high_mul((input_1_vect[i] + input_1_offset) * (1 << left_shift),
                                                             input_1_mult), right_1);
-            const int32_t b = td_round_div_pow2(td_high_mul((input_2_vect[i] + input_2_offset) * (1 << left_shift),
+            const int32_t b = td_rdbpot32(td_high_mul((input_2_vect[i] + input_2_offset) * (1 << left_shift),
                                                             input_2_mult), right_2);
-            output[i] = (int8_t)__ssat(td_round_div_pow2(td_high_mul(a + b, out_mult), right) + out_offset, 8);
+            output[i] = (int8_t)__ssat(td_rdbpot32(td_high_mul(a + b, out_mult), right) + out_offset, 8);
         }
         return ARM_CMSIS_NN_SUCCESS;
     }
@@ -442,7 +375,7 @@ arm_cmsis_nn_status arm_elementwise_mul_s8(const int8_t *input_1_vect, const int
         const int32_t right = -out_shift;
         for (int32_t i = 0; i < block_size; ++i) {
             const int32_t product = (input_1_vect[i] + input_1_offset) * (input_2_vect[i] + input_2_offset);
-            output[i] = (int8_t)__ssat(td_round_div_pow2(td_high_mul(product, out_mult), right) + out_offset, 8);
+            output[i] = (int8_t)__ssat(td_rdbpot32(td_high_mul(product, out_mult), right) + out_offset, 8);
         }
         return ARM_CMSIS_NN_SUCCESS;
     }

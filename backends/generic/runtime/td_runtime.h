@@ -123,83 +123,111 @@ static inline int64_t td_requant_cmsis(int64_t x, int64_t multiplier, int64_t sh
     return td_rdbpot(td_srdhm(shifted, multiplier), right) + zero_point;
 }
 
-/* arith.wrap_i32: the int32 a 32-bit C sum would store. */
-static inline int64_t td_wrap32(int64_t x)
+/* arith.saturating_rounding_doubling_high_mul in 32 bits: floor((a b + 2^30) / 2^31) equals gemmlowp's
+ * sign-dependent nudge with truncation for every product; only INT32_MIN * INT32_MIN saturates. */
+static inline int32_t td_srdhm32(int32_t a, int32_t b)
 {
-    return (int64_t)(int32_t)(uint32_t)(uint64_t)x;
+    if (a == INT32_MIN && b == INT32_MIN) {
+        return INT32_MAX;
+    }
+    return (int32_t)(((int64_t)a * b + ((int64_t)1 << 30)) >> 31);
+}
+
+/* arith.rounding_divide_by_pot in 32 bits, exponents 0..31. */
+static inline int32_t td_rdbpot32(int32_t x, int32_t exponent)
+{
+    const int32_t mask = (int32_t)((1u << exponent) - 1u);
+    return (x >> exponent) + ((x & mask) > (mask >> 1) + (x < 0));
+}
+
+/* a + b with the wrap-around of arith.wrap_i32 (defined behaviour in C: unsigned arithmetic). */
+static inline int32_t td_wrap_add32(int32_t a, int32_t b)
+{
+    return (int32_t)((uint32_t)a + (uint32_t)b);
 }
 
 /* arith.mult_by_power_of_two: x * 2^exponent saturated to int32 (exponent >= 0). */
-static inline int64_t td_mul_pow2(int64_t x, int64_t exponent)
+static inline int32_t td_mul_pow2(int32_t x, int32_t exponent)
 {
-    const int64_t threshold = ((int64_t)1 << (31 - exponent)) - 1;
-    return x > threshold ? INT32_MAX : (x < -threshold ? INT32_MIN : td_wrap32(x * ((int64_t)1 << exponent)));
+    const int32_t threshold = (int32_t)((1u << (31 - exponent)) - 1u);
+    return x > threshold ? INT32_MAX : (x < -threshold ? INT32_MIN : (int32_t)((uint32_t)x << exponent));
 }
 
 /* arith.exp_on_negative_values: exp(a) for a <= 0 in Q5.26 -> Q0.31 (gemmlowp). */
-static inline int64_t td_exp_on_negative_values(int64_t a)
+static inline int32_t td_exp_on_negative_values(int32_t a)
 {
     static const int32_t barrel[7] = {1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242};
-    const int64_t quarter = (int64_t)1 << 24;
-    const int64_t mod_minus_quarter = (a & (quarter - 1)) - quarter;
-    const int64_t remainder = mod_minus_quarter - a;
-    const int64_t x = mod_minus_quarter * 32 + ((int64_t)1 << 28);
-    const int64_t x2 = td_srdhm(x, x);
-    const int64_t x3 = td_srdhm(x2, x);
-    const int64_t x4_over_4 = td_rdbpot(td_srdhm(x2, x2), 2);
-    const int64_t poly = td_rdbpot(td_srdhm(x4_over_4 + x3, 715827883) + x2, 1);
-    int64_t result = td_wrap32(1895147668 + td_srdhm(1895147668, td_wrap32(x + poly)));
+    const int32_t quarter = 1 << 24;
+    const int32_t mod_minus_quarter = (a & (quarter - 1)) - quarter;
+    const int32_t remainder = mod_minus_quarter - a;
+    const int32_t x = mod_minus_quarter * 32 + (1 << 28);
+    const int32_t x2 = td_srdhm32(x, x);
+    const int32_t x3 = td_srdhm32(x2, x);
+    const int32_t x4_over_4 = td_rdbpot32(td_srdhm32(x2, x2), 2);
+    const int32_t poly = td_rdbpot32(td_srdhm32(x4_over_4 + x3, 715827883) + x2, 1);
+    int32_t result = td_wrap_add32(1895147668, td_srdhm32(1895147668, td_wrap_add32(x, poly)));
     for (int32_t k = 0; k < 7; ++k) {
-        if (remainder & ((int64_t)1 << (24 + k))) {
-            result = td_srdhm(result, barrel[k]);
+        if (remainder & (1 << (24 + k))) {
+            result = td_srdhm32(result, barrel[k]);
         }
     }
     return a == 0 ? INT32_MAX : result;
 }
 
 /* arith.one_over_one_plus_x_for_x_in_0_1: 1 / (1 + a) in Q0.31, three Newton-Raphson steps. */
-static inline int64_t td_one_over_one_plus_x(int64_t a)
+static inline int32_t td_one_over_one_plus_x(int32_t a)
 {
-    const int64_t total = a + INT32_MAX;
-    const int64_t half_denominator = (total + (total >= 0 ? 1 : -1)) / 2;
-    int64_t x = td_wrap32(1515870810 + td_srdhm(half_denominator, -1010580540));
+    const int64_t total = (int64_t)a + INT32_MAX;
+    const int32_t half_denominator = (int32_t)((total + (total >= 0 ? 1 : -1)) / 2);
+    int32_t x = td_wrap_add32(1515870810, td_srdhm32(half_denominator, -1010580540));
     for (int32_t i = 0; i < 3; ++i) {
-        x = td_wrap32(x + td_mul_pow2(td_srdhm(x, td_wrap32(((int64_t)1 << 29) - td_srdhm(half_denominator, x))), 2));
+        const int32_t error = (int32_t)((uint32_t)(1 << 29) - (uint32_t)td_srdhm32(half_denominator, x));
+        x = td_wrap_add32(x, td_mul_pow2(td_srdhm32(x, error), 2));
     }
     return td_mul_pow2(x, 1);
 }
 
 /* arith.softmax_cmsis on rows [row_begin, row_end): arm_softmax_s8 / TFLite's int8 softmax, output 1/256 steps
- * with zero point -128. */
+ * with zero point -128. `exps` (cols entries) keeps a row's exponentials between the sum and the outputs; NULL
+ * computes them twice. */
 static inline void td_softmax_s8_rows(const int8_t *x, int8_t *y, int32_t row_begin, int32_t row_end, int32_t cols,
-                                      int32_t multiplier, int32_t shift, int32_t diff_min)
+                                      int32_t multiplier, int32_t shift, int32_t diff_min, int32_t *exps)
 {
     for (int32_t r = row_begin; r < row_end; ++r) {
         const int8_t *x_row = x + (int64_t)r * cols;
         int8_t *y_row = y + (int64_t)r * cols;
-        int64_t max = x_row[0];
+        int32_t max = x_row[0];
         for (int32_t c = 1; c < cols; ++c) {
             max = x_row[c] > max ? x_row[c] : max;
         }
-        int64_t sum = 0;
+        int32_t sum = 0;
         for (int32_t c = 0; c < cols; ++c) {
-            const int64_t diff = x_row[c] - max;
+            const int32_t diff = x_row[c] - max;
             if (diff >= diff_min) {
-                sum += td_rdbpot(td_exp_on_negative_values(td_srdhm(diff * ((int64_t)1 << shift), multiplier)), 12);
+                const int32_t e = td_exp_on_negative_values(td_srdhm32(diff * (1 << shift), multiplier));
+                if (exps) {
+                    exps[c] = e;
+                }
+                sum += td_rdbpot32(e, 12);
             }
         }
-        int64_t headroom = 32;
-        while (headroom > 0 && sum >= ((int64_t)1 << (32 - headroom))) {
+#if defined(__GNUC__)
+        const int32_t headroom = sum > 0 ? __builtin_clz((uint32_t)sum) : 32;
+#else
+        int32_t headroom = 32;
+        while (headroom > 0 && (int64_t)sum >= ((int64_t)1 << (32 - headroom))) {
             --headroom;
         }
-        const int64_t normalised = td_wrap32((sum > 0 ? sum * ((int64_t)1 << headroom) : 0) - ((int64_t)1 << 31));
-        const int64_t scale = td_one_over_one_plus_x(normalised);
+#endif
+        const int32_t normalised = sum > 0 ? (int32_t)(((uint32_t)sum << headroom) - 0x80000000u) : INT32_MIN;
+        const int32_t scale = td_one_over_one_plus_x(normalised);
         for (int32_t c = 0; c < cols; ++c) {
-            const int64_t diff = x_row[c] - max;
+            const int32_t diff = x_row[c] - max;
             int64_t p = -128;
             if (diff >= diff_min) {
-                const int64_t e = td_exp_on_negative_values(td_srdhm(diff * ((int64_t)1 << shift), multiplier));
-                p = td_clip(td_rdbpot(td_srdhm(scale, e), 12 - headroom + 23) - 128, -128, 127);
+                const int32_t e = exps ? exps[c]
+                                       : td_exp_on_negative_values(td_srdhm32(diff * (1 << shift), multiplier));
+                p = td_clip(td_rdbpot(td_srdhm32(scale, e), 12 - headroom + 23) - 128, -128, 127);
             }
             y_row[c] = (int8_t)p;
         }
