@@ -231,7 +231,7 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
         for row in context["buffers"]:
             root = residency.aliases.get(row["name"], row["name"]) if row.get("name") else None
             if root in residency.offsets:
-                row.update(base="td_l1_resident.bytes", offset=residency.offsets[root])
+                row.update(base="td_l1_resident", offset=residency.address(root))
     context["arena_used"] = any(row["base"] == "td_arena.bytes" for row in context["buffers"])
     context["nn_max_depth"] = max((graph.tensors[n.inputs[0]].shape[-1] for n in graph.nodes
                                    if n.op in ("FullyConnectedS8", "BatchMatMulS8")), default=0)

@@ -12,7 +12,7 @@ The pass only decides; `backends/riscv` turns a StepTiling into DMA descriptors 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -319,16 +319,15 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def tile_node(graph: Graph, index: int, node: Node, operands: list[Operand], *, budget: int, cores: int,
-              bw: Bandwidth, scratch_bytes: int = 0, accel: AccelSpec | None = None) -> StepTiling:
-    """The cheapest feasible tiling of one node (error naming the node when none fits)."""
+def tile_candidates(graph: Graph, index: int, node: Node, operands: list[Operand], *, cores: int, bw: Bandwidth,
+                    scratch_bytes: int = 0, accel: AccelSpec | None = None) -> list[StepTiling]:
+    """Every tiling of one node the hardware can run, whatever L1 it needs (offsets not yet assigned)."""
     out_shape = graph.tensors[node.outputs[0]].shape
     maps = axis_maps(graph, node, operands) if len(node.outputs) == 1 else {}
     candidates: list[tuple[int | None, int]] = [(None, 1)]
     for axis in maps:
         candidates += [(axis, size) for size in _divisors(out_shape[axis]) if size < out_shape[axis]]
-    feasible: list[StepTiling] = []
-    smallest = None
+    result: list[StepTiling] = []
     for axis, size in candidates:
         count = 1 if axis is None else out_shape[axis] // size
         mapped = [None] * len(operands) if axis is None else maps[axis]
@@ -336,18 +335,34 @@ def tile_node(graph: Graph, index: int, node: Node, operands: list[Operand], *, 
         if any(t.in_place and t.rows != 1 and not _pitched(node, t, out_shape) for t in tiles):
             continue                           # an in-place tile must be contiguous, or rows the accelerator pitches
         l1 = sum(t.l1_bytes for t in tiles if t.operand.role != "indirect") + _align(scratch_bytes)
-        smallest = l1 if smallest is None else min(smallest, l1)
-        if l1 > budget:
-            continue
         out_tile = out_shape if axis is None else out_shape[:axis] + (size,) + out_shape[axis + 1:]
         model = _model(tiles, count, _compute_cycles(graph, node, out_tile, cores, accel), bw)
-        feasible.append(StepTiling(index, node.name, node.op, axis, size if axis is not None else 1, count, tiles,
-                                   l1_bytes=l1, model=model, scratch_bytes=scratch_bytes))
-    best = _cheapest(feasible)
+        result.append(StepTiling(index, node.name, node.op, axis, size if axis is not None else 1, count, tiles,
+                                 l1_bytes=l1, model=model, scratch_bytes=scratch_bytes))
+    return result
+
+
+def choose_tiling(candidates: list[StepTiling], budget: int) -> StepTiling | None:
+    """The cheapest candidate within `budget` bytes of L1, with its L1 offsets assigned (None: nothing fits)."""
+    best = _cheapest([c for c in candidates if c.l1_bytes <= budget])
+    return _place(best) if best is not None else None
+
+
+def no_fit_error(node: Node, candidates: list[StepTiling], budget: int) -> TinyDeployError:
+    """The error for a node none of whose tilings fits `budget`."""
+    smallest = min((c.l1_bytes for c in candidates), default=None)
+    return TinyDeployError(f"no tiling of this {node.op} fits L1: the smallest tile needs {smallest} B, the L1 "
+                           f"budget is {budget} B", node=node.name)
+
+
+def tile_node(graph: Graph, index: int, node: Node, operands: list[Operand], *, budget: int, cores: int,
+              bw: Bandwidth, scratch_bytes: int = 0, accel: AccelSpec | None = None) -> StepTiling:
+    """The cheapest feasible tiling of one node (error naming the node when none fits)."""
+    candidates = tile_candidates(graph, index, node, operands, cores=cores, bw=bw, scratch_bytes=scratch_bytes,
+                                 accel=accel)
+    best = choose_tiling(candidates, budget)
     if best is None:
-        raise TinyDeployError(f"no tiling of this {node.op} fits L1: the smallest tile needs {smallest} B, the L1 "
-                              f"budget is {budget} B", node=node.name)
-    _place(best)
+        raise no_fit_error(node, candidates, budget)
     return best
 
 
@@ -367,8 +382,8 @@ def _cheapest(feasible: list[StepTiling]) -> StepTiling | None:
     return min(close, key=lambda s: (s.model["dma"], s.tiles))
 
 
-def _place(step: StepTiling) -> None:
-    """Assign L1 offsets: operands in order, then the kernel scratch."""
+def _place(step: StepTiling) -> StepTiling:
+    """A copy of `step` with L1 offsets assigned: operands in order, then the kernel scratch."""
     offset, placed = 0, []
     for t in step.operands:
         if t.operand.role == "indirect":
@@ -377,8 +392,7 @@ def _place(step: StepTiling) -> None:
         placed.append(OperandTile(t.operand, t.axis, t.tile_shape, t.rows, t.row_bytes, t.stride, t.step,
                                   t.buffers, offset))
         offset += t.l1_bytes
-    step.operands = placed
-    step.scratch_offset = offset
+    return replace(step, operands=placed, scratch_offset=offset)
 
 
 def l1_budget(target: Target) -> int:
@@ -388,18 +402,53 @@ def l1_budget(target: Target) -> int:
     return int(memory["l1_bytes"]) - stacks
 
 
+class Tiler:
+    """Tilings of one graph's steps on one target, cached by the memory levels of their operands and the L1 budget:
+    a search over which activations stay in L1 (backends/riscv/residency.py) re-tiles only what it changes."""
+
+    def __init__(self, graph: Graph, target: Target, scratch: dict[int, int] | None = None) -> None:
+        self.graph = graph
+        self.budget = l1_budget(target)
+        self.cores = int(target.section("cluster").get("cores", 1))
+        self.bw = Bandwidth.from_target(target)
+        section = target.section("accelerator")
+        self.accel = AccelSpec.from_section(section) if section else None
+        self.scratch = scratch or {}
+        self._candidates: dict[tuple[int, tuple[str, ...]], list[StepTiling]] = {}
+        self._best: dict[tuple[int, tuple[str, ...], int], StepTiling | None] = {}
+
+    def candidates(self, index: int, operands: list[Operand]) -> list[StepTiling]:
+        key = (index, tuple(o.level for o in operands))
+        if key not in self._candidates:
+            self._candidates[key] = tile_candidates(self.graph, index, self.graph.nodes[index], operands,
+                                                    cores=self.cores, bw=self.bw,
+                                                    scratch_bytes=self.scratch.get(index, 0), accel=self.accel)
+        return self._candidates[key]
+
+    def best(self, index: int, operands: list[Operand], budget: int | None = None) -> StepTiling | None:
+        """The cheapest tiling of step `index` within `budget` (default: all of the tile budget), or None."""
+        budget = self.budget if budget is None else budget
+        key = (index, tuple(o.level for o in operands), budget)
+        if key not in self._best:
+            self._best[key] = choose_tiling(self.candidates(index, operands), budget)
+        return self._best[key]
+
+    def tile(self, index: int, operands: list[Operand], budget: int | None = None) -> StepTiling:
+        """best(), or the error naming the node when nothing fits."""
+        step = self.best(index, operands, budget)
+        if step is None:
+            raise no_fit_error(self.graph.nodes[index], self.candidates(index, operands),
+                               self.budget if budget is None else budget)
+        return step
+
+
 def tile_graph(graph: Graph, target: Target, operands: dict[int, list[Operand]],
-               scratch: dict[int, int] | None = None, reserved: int = 0) -> TilePlan:
-    """Tile every step listed in `operands` (step index -> its operands, from the backend); `reserved` bytes of
-    L1 hold resident activations and are not available to tiles."""
-    budget = l1_budget(target) - reserved
-    cores = int(target.section("cluster").get("cores", 1))
-    bw = Bandwidth.from_target(target)
-    scratch = scratch or {}
-    section = target.section("accelerator")
-    accel = AccelSpec.from_section(section) if section else None
-    steps = {index: tile_node(graph, index, graph.nodes[index], ops, budget=budget, cores=cores, bw=bw,
-                              scratch_bytes=scratch.get(index, 0), accel=accel)
-             for index, ops in operands.items()}
+               scratch: dict[int, int] | None = None, budgets: dict[int, int] | None = None,
+               tiler: Tiler | None = None) -> TilePlan:
+    """Tile every step listed in `operands` (step index -> its operands, from the backend); `budgets` gives the
+    steps whose tiles get less than the whole L1 budget (resident activations hold the rest)."""
+    tiler = tiler or Tiler(graph, target, scratch)
+    budgets = budgets or {}
+    steps = {index: tiler.tile(index, ops, budgets.get(index)) for index, ops in operands.items()}
     peak = max((s.l1_bytes for s in steps.values()), default=0)
-    return TilePlan(steps, budget, peak)
+    return TilePlan(steps, tiler.budget, peak)

@@ -205,8 +205,9 @@ def test_manifest_and_report_name_the_engine(tiny_ita_build):
 
 def test_activations_between_accelerator_steps_stay_in_l1(tiny_ita_build, tiny_zoo):
     """Tensors only accelerator steps touch live in L1 (backends/riscv/residency.py): their tiles have no L1
-    buffer and no DMA descriptor, the C buffer points into td_l1_resident, and the inference stays bit-exact
-    (test_tiny_mobilebert_on_the_accelerator_every_layer, also with the RTL)."""
+    buffer and no DMA descriptor, the C buffer points into the top of the L1 area (td_l1_resident), and the
+    inference stays bit-exact (test_tiny_mobilebert_on_the_accelerator_every_layer, also with the RTL). The choice
+    follows the cost function: every eligible tensor when each one lowers it, none when any makes a step infeasible."""
     from tinydeploy.backends import backend_passes
     from tinydeploy.backends.riscv.residency import plan_residency
 
@@ -214,18 +215,19 @@ def test_activations_between_accelerator_steps_stay_in_l1(tiny_ita_build, tiny_z
     in_place = [o for step in manifest["tiling"]["steps"] for o in step["operands"] if o["level"] == "l1"]
     assert len(in_place) >= 10 and all(o["buffers"] == 0 for o in in_place)
     network = (tiny_ita_build / "network.c").read_text()
-    assert "td_l1_resident __attribute__((section(\".l1.bss\")" in network
-    assert network.count("(td_l1_resident.bytes + ") >= 5
+    assert "#define td_l1_resident (td_l1_tiles.bytes + " in network
+    assert network.count("(td_l1_resident + ") >= 5
     graph, _ = backend_passes(integerize(import_model(tiny_zoo / "model_qdq.onnx"), "cluster8-ita"), "cluster8-ita")
-    residency = plan_residency(graph, reserve=64 * 1024)
+    residency = plan_residency(graph, lambda r: -len(r.offsets))
     users = {residency.aliases.get(n, n): set() for n in residency.offsets}
     for node in graph.nodes:
         for name in [*node.inputs, *node.outputs]:
             root = residency.aliases.get(name, name)
             if root in users and node.op != "Reshape":
                 users[root].add(node.op)
-    assert users and all(ops == {"ITAGemm"} for ops in users.values()) and residency.size <= 64 * 1024
-    assert not plan_residency(graph, reserve=0).offsets
+    assert users and all(ops == {"ITAGemm"} for ops in users.values())
+    assert max(residency.extent(i) for i in range(len(graph.nodes))) == residency.size
+    assert not plan_residency(graph, lambda r: None if r.offsets else 0).offsets
 
 
 def test_column_tiles_of_l1_resident_tensors_are_written_in_place(tmp_path):

@@ -7,13 +7,12 @@ whose pointers are the L1 buffers. Loads from L2/L3 therefore happen through DMA
 
 from __future__ import annotations
 
-from ...errors import TinyDeployError
 from ...ir.graph import Graph, Node, Tensor
-from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, l1_budget, tile_graph
+from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, Tiler, tile_graph
 from ...target import Target
 from ..lowering import CTYPES, Call, Lowering, Refs, kernel_constants
 from .dma_copy import copy_plan, dma_copy_call
-from .residency import RESERVE_FRACTION, Residency, plan_residency
+from .residency import Residency, plan_residency
 
 L1_SYMBOL = "td_l1"
 
@@ -127,20 +126,41 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
 
 def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], weights_level: str,
                          scratch: dict[int, int]) -> tuple[Residency, TilePlan]:
-    """Residency and tiling together: a step that no longer fits beside the resident tensors gives its
-    tensors back to L2 and the plan is made again."""
-    reserve = int(l1_budget(target) * RESERVE_FRACTION) if target.section("accelerator") else 0
-    excluded: set[str] = set()
-    while True:
-        residency = plan_residency(graph, reserve, excluded)
-        operands = {i: step_operands(graph, i, graph.nodes[i], weights_level, residency) for i in full}
-        try:
-            return residency, tile_graph(graph, target, operands, scratch, reserved=residency.size)
-        except TinyDeployError as error:
-            if not residency.offsets:
-                raise
-            culprit = next((i for i in full if graph.nodes[i].name == error.node), None)
-            touched = {residency.aliases.get(n, n) for n in graph.nodes[culprit].inputs + graph.nodes[culprit].outputs
-                       if n} if culprit is not None else set(residency.offsets)
-            dropped = touched & set(residency.offsets) or set(residency.offsets)
-            excluded |= dropped
+    """Residency and tiling together: the residents are chosen on the tiler's modelled cycles of the whole
+    inference, each step tiled within what the residents live at that step leave of L1."""
+    tiler = Tiler(graph, target, scratch)
+    touched = {i: [n for n in [*graph.nodes[i].inputs, *graph.nodes[i].outputs] if n] for i in full}
+    memo: dict[tuple[int, tuple[str, ...]], list[Operand]] = {}
+
+    def operands_of(i: int, residency: Residency) -> list[Operand]:
+        key = (i, tuple(n for n in touched[i] if residency.level(n)))
+        if key not in memo:
+            memo[key] = step_operands(graph, i, graph.nodes[i], weights_level, residency)
+        return memo[key]
+
+    def operands(residency: Residency) -> dict[int, list[Operand]]:
+        return {i: operands_of(i, residency) for i in full}
+
+    def budgets(residency: Residency) -> dict[int, int]:
+        extents = residency.extents(len(graph.nodes))
+        return {i: tiler.budget - extents[i] for i in full}
+
+    def cycles(residency: Residency) -> int | None:
+        room = budgets(residency)
+        total = 0
+        for i in full:
+            step = tiler.best(i, operands_of(i, residency), room[i])
+            if step is None:
+                return None
+            total += step.model["cycles"]
+        return total
+
+    if target.section("accelerator"):
+        residency = plan_residency(graph, cycles)
+    else:
+        residency = Residency({}, 0, {})
+    plan = tile_graph(graph, target, operands(residency), budgets=budgets(residency), tiler=tiler)
+    # one L1 area: tiles from its bottom, residents in its top `residency.size` bytes
+    extents = residency.extents(len(graph.nodes))
+    plan.l1_peak = max([residency.size, *(s.l1_bytes + extents[i] for i, s in plan.steps.items())])
+    return residency, plan
