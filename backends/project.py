@@ -218,6 +218,10 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     out_slots = io_slots(graph, graph.outputs, cnames)
     golden = cast_outputs(graph, run_graph(graph, inputs))
     constants = _constant_arrays(graph, calls, cnames)
+    if tiling:
+        from .riscv.tiled import pack_constants
+
+        constants = pack_constants(constants, tiling, cnames)
     weights_format = _weights_format(options.weights, constants)
     weights_bytes = sum(v.nbytes for v in constants.values())
     placement = _placement(target, plan, weights_bytes, tiled=options.tiled)

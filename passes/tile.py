@@ -46,6 +46,7 @@ class Operand:
     dtype: str
     level: str = "l2"              # memory the full operand lives in: l2 | l3 | l1 (resident: tiles used in place)
     kind: str = "tensor"           # tensor | param (broadcast over the output) | table (looked up)
+    packed: bool = False           # a constant only this step reads: stored in tile order, one DMA row per tile
 
     @property
     def itemsize(self) -> int:
@@ -269,6 +270,9 @@ def operand_tile(operand: Operand, axis: int | None, tile: int, tiles: int) -> O
     inner = int(np.prod(shape[axis + 1:], dtype=np.int64)) * operand.itemsize
     outer = int(np.prod(shape[:axis], dtype=np.int64))
     tile_shape = shape[:axis] + (tile,) + shape[axis + 1:]
+    if operand.packed and outer > 1:           # the backend stores tile after tile (backends/riscv pack_constants)
+        nbytes = outer * tile * inner
+        return OperandTile(operand, axis, tile_shape, 1, nbytes, nbytes, nbytes, 2 if tiles > 1 else 1)
     return OperandTile(operand, axis, tile_shape, outer, tile * inner, shape[axis] * inner, tile * inner,
                        0 if resident else (2 if tiles > 1 else 1))
 

@@ -63,3 +63,22 @@ def test_more_bandwidth_never_models_slower():
     fast = tile_node(graph, 0, node, operands, budget=96 * 1024, cores=8, bw=BW)
     assert fast.model["cycles"] <= slow.model["cycles"]
     assert slow.model["cycles"] >= slow.model["dma"] // 2
+
+
+def test_packed_weights_move_as_one_row_per_tile_and_model_cheaper():
+    """A constant only this step reads is stored tile after tile (backends/riscv pack_constants): a column slice
+    of [512, 512] weights is one contiguous DMA row, not 512 short rows, so the same split models fewer cycles."""
+    from tinydeploy.backends.riscv.tiled import pack_constants
+    from tinydeploy.passes.tile import TilePlan
+
+    graph, node, operands = matmul_graph(128, 512, 512)
+    packed_ops = [*operands[:1], Operand("w", "in", (512, 512), "int8", "l3", packed=True), operands[2]]
+    plain = tile_node(graph, 0, node, operands, budget=200 * 1024, cores=8, bw=BW)
+    packed = tile_node(graph, 0, node, packed_ops, budget=200 * 1024, cores=8, bw=BW)
+    weights = next(t for t in packed.operands if t.operand.key == "w")
+    assert packed.axis == 2 and weights.rows == 1 and weights.row_bytes == weights.step == 512 * packed.tile
+    assert packed.model["cycles"] < plain.model["cycles"]
+    values = np.arange(512 * 512, dtype=np.int32).reshape(512, 512)
+    stored = pack_constants({"w": values}, TilePlan({0: packed}, 200 * 1024, packed.l1_bytes), {})["w"]
+    second = stored.reshape(-1)[weights.step:2 * weights.step].reshape(512, packed.tile)
+    assert np.array_equal(second, values[:, packed.tile:2 * packed.tile])

@@ -7,6 +7,8 @@ whose pointers are the L1 buffers. Loads from L2/L3 therefore happen through DMA
 
 from __future__ import annotations
 
+import numpy as np
+
 from ...ir.graph import Graph, Node, Tensor
 from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, Tiler, tile_graph
 from ...target import Target
@@ -18,8 +20,10 @@ L1_SYMBOL = "td_l1"
 
 
 def step_operands(graph: Graph, index: int, node: Node, weights_level: str,
-                  residency: Residency | None = None) -> list[Operand]:
-    """What the step reads and writes, in kernel order: tensor inputs, constant arrays, outputs."""
+                  residency: Residency | None = None, readers: dict[str, int] | None = None) -> list[Operand]:
+    """What the step reads and writes, in kernel order: tensor inputs, constant arrays, outputs. A constant only
+    this step reads is packed in its tile order (`readers`: steps reading each tensor, default counted here)."""
+    readers = readers if readers is not None else reader_counts(graph)
     def level(name: str) -> str:
         return (residency.level(name) if residency else None) or "l2"
 
@@ -31,13 +35,40 @@ def step_operands(graph: Graph, index: int, node: Node, weights_level: str,
         tensor = graph.tensors[name]
         role = "indirect" if node.op == "Gather" and position == 0 else "in"
         operands.append(Operand(name, role, tensor.shape, tensor.dtype,
-                                weights_level if tensor.is_const else level(name)))
+                                weights_level if tensor.is_const else level(name),
+                                packed=tensor.is_const and role == "in" and readers.get(name) == 1
+                                and name not in graph.outputs))
     for cname, kind, values in kernel_constants(graph, node, index):
-        operands.append(Operand(cname, "in", values.shape, str(values.dtype), weights_level, kind))
+        operands.append(Operand(cname, "in", values.shape, str(values.dtype), weights_level, kind, packed=True))
     for name in node.outputs:
         tensor = graph.tensors[name]
         operands.append(Operand(name, "out", tensor.shape, tensor.dtype, level(name)))
     return operands
+
+
+def reader_counts(graph: Graph) -> dict[str, int]:
+    """How many steps read each tensor."""
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        for name in set(node.inputs):
+            if name:
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def pack_constants(constants: dict[str, np.ndarray], plan: TilePlan, cnames: dict[str, str]) -> dict[str, np.ndarray]:
+    """The constant arrays with every packed operand stored tile after tile along its tiled axis (passes/tile.py
+    operand_tile): each tile is then one contiguous DMA row instead of `outer` short ones."""
+    packed = dict(constants)
+    for step in plan.steps.values():
+        for tile in step.operands:
+            o = tile.operand
+            if o.packed and tile.axis is not None and tile.rows == 1 and tile.step:
+                cname = cnames.get(o.key, o.key)
+                values = constants[cname]
+                count = o.shape[tile.axis] // tile.tile_shape[tile.axis]
+                packed[cname] = np.stack(np.split(values, count, axis=tile.axis))
+    return packed
 
 
 def _l1_pointer(tile: OperandTile) -> str:
@@ -129,13 +160,14 @@ def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], we
     """Residency and tiling together: the residents are chosen on the tiler's modelled cycles of the whole
     inference, each step tiled within what the residents live at that step leave of L1."""
     tiler = Tiler(graph, target, scratch)
+    readers = reader_counts(graph)
     touched = {i: [n for n in [*graph.nodes[i].inputs, *graph.nodes[i].outputs] if n] for i in full}
     memo: dict[tuple[int, tuple[str, ...]], list[Operand]] = {}
 
     def operands_of(i: int, residency: Residency) -> list[Operand]:
         key = (i, tuple(n for n in touched[i] if residency.level(n)))
         if key not in memo:
-            memo[key] = step_operands(graph, i, graph.nodes[i], weights_level, residency)
+            memo[key] = step_operands(graph, i, graph.nodes[i], weights_level, residency, readers)
         return memo[key]
 
     def operands(residency: Residency) -> dict[int, list[Operand]]:
