@@ -720,6 +720,10 @@ def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
 ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX, ITA_MODE_REQUANT3 = 1, 2, 4, 8, 16
 
 
+#: how a blocking accelerator call is written; the tile loop of backends/riscv queues the job instead
+ACCEL_WAIT = "td_accel_wait"
+
+
 def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     """ITAGemm -> one driver call that programs the accelerator per matrix of the batch (hart 0)."""
     kernel = low.kernel("ita_gemm", "td_ita_gemm", doc="GEMM + requant + epilogue on the ITA-like accelerator")
@@ -742,7 +746,7 @@ def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     args = [low.refs.pointer(name) for name in node.inputs[:4]]
     args += [constants.get("table", "NULL"), constants.get("stages", "NULL"), *operands,
              low.refs.pointer(node.outputs[0]), f"&mm_{index}", f"&ita_{index}"]
-    call.statements.append(f"{kernel.name}({', '.join(args)});")
+    call.statements.append(f"{ACCEL_WAIT}({kernel.name}({', '.join(args)}));")
 
 
 def _c_pair(values: list[int]) -> str:

@@ -100,6 +100,15 @@ class StepTiling:
     scratch_bytes: int = 0
     l1_bytes: int = 0
     model: dict[str, int] = field(default_factory=dict)
+    prefetched: tuple[str, ...] = ()   # operands whose first tile the previous step loads (prefetch_across_steps)
+
+    def intervals(self) -> list[tuple[int, int]]:
+        """The [start, end) byte ranges of the tile area this step uses."""
+        spans = [(t.l1_offset, t.l1_offset + t.l1_bytes) for t in self.operands
+                 if t.operand.role != "indirect" and t.l1_bytes]
+        if self.scratch_bytes:
+            spans.append((self.scratch_offset, self.scratch_offset + _align(self.scratch_bytes)))
+        return spans
 
     def tile_shape(self, key: str) -> tuple[int, ...]:
         return next(o.tile_shape for o in self.operands if o.operand.key == key)
@@ -112,6 +121,7 @@ class StepTiling:
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "node": self.node, "op": self.op, "axis": self.axis, "tile": self.tile,
                 "tiles": self.tiles, "l1_bytes": self.l1_bytes, "model": self.model,
+                "prefetched": list(self.prefetched),
                 "operands": [{"key": o.operand.key, "kind": o.operand.kind, "role": o.operand.role,
                               "level": o.operand.level,
                               "axis": o.axis, "tile_shape": list(o.tile_shape), "buffers": o.buffers,
@@ -397,6 +407,58 @@ def _place(step: StepTiling) -> StepTiling:
                                   t.buffers, offset))
         offset += t.l1_bytes
     return replace(step, operands=placed, scratch_offset=offset)
+
+
+# --- prefetch across steps --------------------------------------------------------------------------------
+def _first_fit(size: int, taken: list[tuple[int, int]], limit: int) -> int | None:
+    """The lowest aligned offset where `size` bytes fit below `limit` without touching `taken`."""
+    offset = 0
+    for start, end in sorted(taken):
+        if offset + size <= start:
+            break
+        offset = max(offset, _align(end))
+    return offset if offset + size <= limit else None
+
+
+def _place_around(step: StepTiling, early: list[str], avoid: list[tuple[int, int]], limit: int) -> StepTiling | None:
+    """`step` laid out with the operands `early` outside `avoid` (what the previous step still uses), the rest
+    anywhere else below `limit`; None when that does not fit."""
+    taken: list[tuple[int, int]] = []
+    offsets: dict[str, int] = {}
+    for key in early:
+        tile = next(t for t in step.operands if t.operand.key == key)
+        at = _first_fit(tile.l1_bytes, avoid + taken, limit)
+        if at is None:
+            return None
+        offsets[key] = at
+        taken.append((at, at + tile.l1_bytes))
+    placed = []
+    for t in step.operands:
+        if t.operand.role != "indirect" and t.operand.key not in offsets and t.l1_bytes:
+            at = _first_fit(t.l1_bytes, taken, limit)
+            if at is None:
+                return None
+            offsets[t.operand.key] = at
+            taken.append((at, at + t.l1_bytes))
+        placed.append(replace(t, l1_offset=offsets.get(t.operand.key, 0)))
+    scratch = _first_fit(_align(step.scratch_bytes), taken, limit) if step.scratch_bytes else 0
+    if scratch is None:
+        return None
+    return replace(step, operands=placed, scratch_offset=scratch, prefetched=tuple(early))
+
+
+def prefetch_across_steps(plan: TilePlan, pairs: list[tuple[int, int, list[str]]], limits: dict[int, int]) -> None:
+    """Let step i load the first tile of step j's operands `keys` (constants, or tensors i does not write) while
+    it computes its own last tile: for each (i, j, keys), in program order, step j is laid out with those operands
+    outside every L1 byte step i uses (its tiles, its scratch, and the residents above `limits[i]`, where its tile
+    area ends); steps where that does not fit keep their own layout and load everything themselves."""
+    for i, j, keys in pairs:
+        before, after = plan.steps[i], plan.steps[j]
+        avoid = [*before.intervals(), (limits[i], plan.l1_budget)]
+        keys = [t.operand.key for t in after.operands if t.operand.key in keys and t.l1_bytes]
+        laid = _place_around(after, keys, avoid, limits[j]) if keys else None
+        if laid is not None:
+            plan.steps[j] = laid
 
 
 def l1_budget(target: Target) -> int:

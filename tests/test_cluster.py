@@ -152,7 +152,7 @@ def test_corruption_is_localised_to_layer_and_tile(tiny_cluster_build, tmp_path)
     shutil.copytree(tiny_cluster_build, project, ignore=shutil.ignore_patterns("fw*"))
     runtime = project / "td_cluster.c"
     text = runtime.read_text()
-    anchor = "        if (x[i].is_output) {\n"
+    anchor = "        if (x[i].is_output == TD_XFER_OUT) {\n"
     assert anchor in text
     flip = ("            static int corrupted;\n"
             "            if (t == 1 && !corrupted) { x[i].l1[x[i].l1_step] ^= 1; corrupted = 1; }\n")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir.graph import Graph, Node, Tensor
-from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, Tiler, tile_graph
+from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, Tiler, prefetch_across_steps, tile_graph
 from ...target import Target
-from ..lowering import CTYPES, Call, Lowering, Refs, kernel_constants
+from ..lowering import ACCEL_WAIT, CTYPES, Call, Lowering, Refs, kernel_constants
 from .dma_copy import copy_plan, dma_copy_call
 from .residency import Residency, plan_residency
 
@@ -79,20 +79,46 @@ def _l1_pointer(tile: OperandTile) -> str:
     return f"(({ctype} *)({base}))"
 
 
-def _xfer_row(tile: OperandTile, l2: str) -> str:
+def _xfer_row(tile: OperandTile, l2: str, prefetched: bool = False) -> str:
     o = tile.operand
     l1 = f"{L1_SYMBOL} + {tile.l1_offset}" if tile.l1_offset else L1_SYMBOL
     l1_step = tile.buffer_bytes if tile.buffers == 2 else 0
     what = "out" if o.role == "out" else ("resident" if tile.step == 0 else "in")
-    label = o.key.replace("*/", "* /")
+    flag = "TD_XFER_OUT" if o.role == "out" else ("TD_XFER_PREFETCHED" if prefetched else "TD_XFER_IN")
+    label = o.key.replace("*/", "* /") + (", first tile loaded by the previous step" if prefetched else "")
     return (f"{{(int8_t *){l2}, {l1}, {tile.step}, {l1_step}, {tile.rows}, {tile.row_bytes}, {tile.stride}, "
-            f"{int(o.role == 'out')}}}, /* {what} {label} {o.dtype}{list(tile.tile_shape)} */")
+            f"{flag}}}, /* {what} {label} {o.dtype}{list(tile.tile_shape)} */")
 
 
-def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, refs: Refs, full: Call) -> Call:
+def _l2_pointer(tile: OperandTile, refs: Refs) -> str:
+    return refs.pointer(tile.operand.key) if tile.operand.kind == "tensor" else tile.operand.key
+
+
+def _prefetch_statements(index: int, following: StepTiling, refs: Refs) -> list[str]:
+    """The table of the next step's first-tile loads this step issues during its last tile (td_tiles_next)."""
+    rows = [_xfer_row(t, _l2_pointer(t, refs)) for t in following.operands if t.operand.key in following.prefetched]
+    name = f"x{index}_next"
+    return [f"    const td_xfer {name}[{len(rows)}] = {{", *[f"        {row}" for row in rows], "    };",
+            f"    td_tiles_next({name}, {len(rows)});"]
+
+
+def _accel_loop(name: str, count: int, tiles: int, statements: list[str]) -> list[str]:
+    """The accelerator's tile loop (td_dma.h): hart 0 queues tile t's job, then finishes tile t-1 while it runs."""
+    (call,) = statements                       # lower_ita_gemm: one blocking driver call
+    queued = call.removeprefix(f"{ACCEL_WAIT}(").removesuffix(");")
+    return ["    if (TD_HART_ID == 0) {", f"        td_accel_tiles_begin({name}, {count});",
+            f"        for (int32_t t = 0; t < {tiles}; ++t) {{", "            td_accel_tile_ready(t);",
+            f"            const uint32_t job = {queued};",
+            f"            td_accel_tile_queued({name}, {count}, t, {tiles}, job);", "        }",
+            f"        td_accel_tiles_end({name}, {count}, {tiles});", "    }"]
+
+
+def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, refs: Refs, full: Call,
+               following: StepTiling | None = None) -> Call:
     """The step's C: DMA descriptor table, tile loop, and the kernel call on L1 pointers.
 
-    `full` is the untiled lowering of the node: its constant arrays are what the weights hold."""
+    `full` is the untiled lowering of the node: its constant arrays are what the weights hold. `following` is
+    the next step when this one loads part of its first tile (prefetch_across_steps)."""
     staged = [t for t in step.operands if t.operand.role != "indirect" and not t.in_place]
     pointers = {t.operand.key: _l1_pointer(t) for t in staged if t.operand.kind == "tensor"}
     pitches = {t.operand.key: t.stride for t in step.operands if t.in_place and t.rows > 1}
@@ -107,17 +133,18 @@ def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, ref
                      scratch=lambda _: f"({L1_SYMBOL} + {step.scratch_offset})", aliases=refs.aliases,
                      param=lambda cname: constants.get(cname, cname), pitch=lambda name: pitches.get(name, 0))
     view = lowering.lower_view(index, node, tile_refs, tensors)
-    rows = []
-    for tile in staged:
-        key = tile.operand.key
-        rows.append(_xfer_row(tile, refs.pointer(key) if tile.operand.kind == "tensor" else key))
+    rows = [_xfer_row(tile, _l2_pointer(tile, refs), tile.operand.key in step.prefetched) for tile in staged]
     name, count = f"x{index}", len(rows)
-    statements = [f"/* L1 tiles: {step.describe()} */", "{", f"    const td_xfer {name}[{count}] = {{",
-                  *[f"        {row}" for row in rows], "    };", f"    td_tiles_begin({name}, {count});",
-                  f"    for (int32_t t = 0; t < {step.tiles}; ++t) {{",
-                  f"        td_tile_ready({name}, {count}, t, {step.tiles});",
-                  *[f"        {s}" for s in view.statements], "    }", f"    td_tiles_end({name}, {count}, "
-                  f"{step.tiles});", "}"]
+    prefetch = _prefetch_statements(index, following, refs) if following and following.prefetched else []
+    table = [f"    const td_xfer {name}[{count}] = {{", *[f"        {row}" for row in rows], "    };", *prefetch]
+    if node.op == "ITAGemm":
+        loop = _accel_loop(name, count, step.tiles, view.statements)
+    else:
+        loop = [f"    td_tiles_begin({name}, {count});", f"    for (int32_t t = 0; t < {step.tiles}; ++t) {{",
+                f"        td_tile_ready({name}, {count}, t, {step.tiles});",
+                *[f"        {s}" for s in view.statements], "    }",
+                f"    td_tiles_end({name}, {count}, {step.tiles});"]
+    statements = [f"/* L1 tiles: {step.describe()} */", "{", *table, *loop, "}"]
     call = Call(node, kernels=view.kernels, statements=statements, descriptors=view.descriptors, params=full.params)
     return call
 
@@ -144,10 +171,13 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
             if node.op != "Reshape" and i not in by_dma}
     scratch = {i: c.scratch_bytes for i, c in full.items() if c.scratch_bytes}
     residency, plan = _tile_with_residency(graph, target, full, weights_level, scratch)
+    following = _prefetch(graph, plan, residency, refs)
     calls = []
     for index, node in enumerate(graph.nodes):
         if index in full:
-            calls.append(tiled_call(lowering, index, node, plan.steps[index], refs, full[index]))
+            nxt = following.get(index)
+            calls.append(tiled_call(lowering, index, node, plan.steps[index], refs, full[index],
+                                    plan.steps[nxt] if nxt is not None else None))
         elif index in by_dma:
             calls.append(dma_copy_call(node, refs, by_dma[index]))
         else:
@@ -192,7 +222,30 @@ def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], we
     else:
         residency = Residency({}, 0, {})
     plan = tile_graph(graph, target, operands(residency), budgets=budgets(residency), tiler=tiler)
-    # one L1 area: tiles from its bottom, residents in its top `residency.size` bytes
-    extents = residency.extents(len(graph.nodes))
-    plan.l1_peak = max([residency.size, *(s.l1_bytes + extents[i] for i, s in plan.steps.items())])
     return residency, plan
+
+
+def _prefetch(graph: Graph, plan: TilePlan, residency: Residency, refs: Refs) -> dict[int, int]:
+    """Pair every tiled step with the next one when nothing but aliasing Reshapes runs between them, and let it
+    prefetch the next step's first-tile inputs it does not itself write (prefetch_across_steps). Returns step ->
+    next step, for the pairs that prefetch."""
+    extents = residency.extents(len(graph.nodes))
+    limits = {i: plan.l1_budget - extents[i] for i in plan.steps}
+    pairs, previous = [], None
+    for index, node in enumerate(graph.nodes):
+        if index not in plan.steps:
+            if not (node.op == "Reshape" and node.outputs[0] in refs.aliases):
+                previous = None
+            continue
+        if previous is not None:
+            written = {residency.aliases.get(n, n) for n in graph.nodes[previous].outputs}
+            keys = [t.operand.key for t in plan.steps[index].operands
+                    if t.operand.role == "in" and not t.in_place
+                    and residency.aliases.get(t.operand.key, t.operand.key) not in written]
+            pairs.append((previous, index, keys))
+        previous = index
+    prefetch_across_steps(plan, pairs, limits)
+    # one L1 area: tiles from its bottom, residents in its top `residency.size` bytes
+    top = max((end for s in plan.steps.values() for _, end in s.intervals()), default=0)
+    plan.l1_peak = plan.l1_budget if residency.size else top
+    return {i: j for i, j, _ in pairs if plan.steps[j].prefetched}

@@ -76,10 +76,12 @@ static inline uint32_t td_accel_gemm(const int8_t *a, const int8_t *b, const int
     return TD_MMIO(TD_REG_ACCEL_START);
 }
 
-/* Stall until job `id` (and every earlier job) is done. */
+/* Stall until job `id` (and every earlier job) is done; 0 (no job) returns at once. */
 static inline void td_accel_wait(uint32_t id)
 {
-    TD_MMIO(TD_REG_ACCEL_WAIT) = id;
+    if (id != 0) {
+        TD_MMIO(TD_REG_ACCEL_WAIT) = id;
+    }
 }
 #endif /* TD_REG_ACCEL_START */
 

@@ -2,6 +2,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "td_accel.h"
 #include "td_dma.h"
 #include "td_parallel.h"
 
@@ -17,12 +18,17 @@ int td_start(void)
 
 /* --- tile loop (see td_dma.h) ------------------------------------------------------------------------ */
 static uint32_t td_tile_pending[2]; /* DMA id completing each buffer parity's inputs (hart 0) */
+static uint32_t td_tile_stored[2];  /* DMA id completing the store out of each parity's output buffers */
+static const td_xfer *td_next;      /* the next step's operands this step loads during its last tile (hart 0) */
+static int32_t td_next_n;
+static uint32_t td_prefetch_id;     /* DMA id completing that prefetch */
 
 static uint32_t td_tile_inputs(const td_xfer *x, int32_t n, int32_t t, int32_t first)
 {
     uint32_t id = 0;
     for (int32_t i = 0; i < n; ++i) {
-        if (x[i].is_output || (x[i].l2_step == 0 && !first)) {
+        if (x[i].is_output == TD_XFER_OUT || (x[i].l2_step == 0 && !first) ||
+            (first && x[i].is_output == TD_XFER_PREFETCHED)) {
             continue;
         }
         id = td_dma_2d(x[i].l1 + (t & 1) * x[i].l1_step, x[i].l2 + t * x[i].l2_step, x[i].row_bytes, x[i].rows,
@@ -35,7 +41,7 @@ static uint32_t td_tile_outputs(const td_xfer *x, int32_t n, int32_t t)
 {
     uint32_t id = 0;
     for (int32_t i = 0; i < n; ++i) {
-        if (x[i].is_output) {
+        if (x[i].is_output == TD_XFER_OUT) {
             id = td_dma_2d(x[i].l2 + t * x[i].l2_step, x[i].l1 + (t & 1) * x[i].l1_step, x[i].row_bytes, x[i].rows,
                            x[i].row_bytes, x[i].stride);
         }
@@ -43,11 +49,33 @@ static uint32_t td_tile_outputs(const td_xfer *x, int32_t n, int32_t t)
     return id;
 }
 
+/* Tile t's inputs have arrived and tile t-2's store out of the same buffers is done (ids complete in order). */
+static void td_tile_wait(int32_t t)
+{
+    uint32_t id = td_tile_pending[t & 1] > td_tile_stored[t & 1] ? td_tile_pending[t & 1] : td_tile_stored[t & 1];
+    if (id != 0) {
+        td_dma_wait(id);
+    }
+    td_tile_pending[t & 1] = 0;
+    td_tile_stored[t & 1] = 0;
+}
+
+void td_tiles_next(const td_xfer *next, int32_t n)
+{
+    if (td_hart_id() == 0) {
+        td_next = next;
+        td_next_n = n;
+    }
+}
+
 void td_tiles_begin(const td_xfer *x, int32_t n)
 {
     if (td_hart_id() == 0) {
-        td_tile_pending[0] = td_tile_inputs(x, n, 0, 1);
+        uint32_t id = td_tile_inputs(x, n, 0, 1);
+        td_tile_pending[0] = id > td_prefetch_id ? id : td_prefetch_id; /* ids complete in order */
         td_tile_pending[1] = 0;
+        td_tile_stored[0] = td_tile_stored[1] = 0;
+        td_prefetch_id = 0;
     }
 }
 
@@ -58,14 +86,15 @@ void td_tile_ready(const td_xfer *x, int32_t n, int32_t t, int32_t tiles)
     }
     if (td_hart_id() == 0) {
         if (t > 0) {
-            (void)td_tile_outputs(x, n, t - 1);
+            td_tile_stored[(t - 1) & 1] = td_tile_outputs(x, n, t - 1);
         }
         if (t + 1 < tiles) {
             td_tile_pending[(t + 1) & 1] = td_tile_inputs(x, n, t + 1, 0);
+        } else if (td_next != NULL) { /* last tile: the next step's first tile, into L1 this step does not use */
+            td_prefetch_id = td_tile_inputs(td_next, td_next_n, 0, 1);
+            td_next = NULL;
         }
-        if (td_tile_pending[t & 1] != 0) {
-            td_dma_wait(td_tile_pending[t & 1]);
-        }
+        td_tile_wait(t);
     }
     td_barrier();
 }
@@ -80,3 +109,47 @@ void td_tiles_end(const td_xfer *x, int32_t n, int32_t tiles)
         }
     }
 }
+
+#ifdef TD_REG_ACCEL_START
+/* --- accelerator tile loop (see td_dma.h): hart 0 only, jobs queued one tile ahead ----------------------- */
+static uint32_t td_accel_previous; /* the job of tile t-1, still running while tile t's job is queued */
+
+void td_accel_tiles_begin(const td_xfer *x, int32_t n)
+{
+    uint32_t id = td_tile_inputs(x, n, 0, 1);
+    td_tile_pending[0] = id > td_prefetch_id ? id : td_prefetch_id;
+    td_tile_pending[1] = 0;
+    td_tile_stored[0] = td_tile_stored[1] = 0;
+    td_prefetch_id = 0;
+    td_accel_previous = 0;
+}
+
+void td_accel_tile_ready(int32_t t)
+{
+    td_tile_wait(t);
+}
+
+void td_accel_tile_queued(const td_xfer *x, int32_t n, int32_t t, int32_t tiles, uint32_t job)
+{
+    if (t > 0) {
+        td_accel_wait(td_accel_previous); /* tile t-1 done: store it, refill its buffers with tile t+1 */
+        td_tile_stored[(t - 1) & 1] = td_tile_outputs(x, n, t - 1);
+    }
+    if (t + 1 < tiles) {
+        td_tile_pending[(t + 1) & 1] = td_tile_inputs(x, n, t + 1, 0);
+    } else if (td_next != NULL) {
+        td_prefetch_id = td_tile_inputs(td_next, td_next_n, 0, 1);
+        td_next = NULL;
+    }
+    td_accel_previous = job;
+}
+
+void td_accel_tiles_end(const td_xfer *x, int32_t n, int32_t tiles)
+{
+    td_accel_wait(td_accel_previous);
+    uint32_t id = td_tile_outputs(x, n, tiles - 1);
+    if (id != 0) {
+        td_dma_wait(id);
+    }
+}
+#endif /* TD_REG_ACCEL_START */

@@ -14,8 +14,29 @@
  * so the DMA of neighbouring tiles overlaps the compute of tile t (double buffering). Tile t-1's buffers are
  * only stored or refilled after the barrier that proves every hart has finished with them (a hart with less
  * work must not let hart 0 store a tile another hart is still writing: the cluster ISS caught exactly that).
- * Transfers complete in order (one engine): waiting for tile t's inputs implies that the store of tile t-2,
- * issued earlier from the same output buffer, is done.
+ * Before tile t's kernel, hart 0 also waits for the store of tile t-2 out of the same output buffer (a step
+ * whose inputs all stay in L1 has no loads that would imply it).
+ *
+ * Accelerator steps run the loop on hart 0 alone (the other harts wait at the step's closing barrier) and keep
+ * the accelerator's job queue one tile ahead, so register programming and DMA bookkeeping hide behind the
+ * running job:
+ *
+ *     td_accel_tiles_begin(x, n);                   load resident operands and tile 0's inputs
+ *     for (t = 0; t < tiles; ++t) {
+ *         td_accel_tile_ready(t);                   wait for tile t's inputs
+ *         job = queue tile t's accelerator job;
+ *         td_accel_tile_queued(x, n, t, tiles, job); wait for job t-1, store tile t-1, load tile t+1
+ *     }
+ *     td_accel_tiles_end(x, n, tiles);              wait for the last job, store its tile
+ *
+ * Tile t+1's loads go into the buffers job t-1 has finished with, and job t+1 is only queued once they have
+ * arrived and tile t-1's store out of the same output buffer is done.
+ *
+ * Across steps: a step may name the next step's first-tile loads (td_tiles_next, before td_tiles_begin); hart 0
+ * issues them in its last td_tile_ready, so they overlap its last tile's compute, and the next step's table
+ * marks those operands TD_XFER_PREFETCHED so its td_tiles_begin only waits for them. The compiler places them
+ * in L1 this step does not use (passes/tile.py prefetch_across_steps) and only for operands this step does not
+ * write (constants, earlier activations).
  */
 #ifndef TD_DMA_H
 #define TD_DMA_H
@@ -34,8 +55,12 @@ typedef struct {
     int32_t rows;
     int32_t row_bytes;
     int32_t stride;
-    int32_t is_output;
+    int32_t is_output;  /* TD_XFER_IN, TD_XFER_OUT or TD_XFER_PREFETCHED (an input the previous step loads) */
 } td_xfer;
+
+#define TD_XFER_IN 0
+#define TD_XFER_OUT 1
+#define TD_XFER_PREFETCHED 2
 
 /* Start a 2-D transfer; returns its id (ids start at 1). Hart 0 only. */
 static inline uint32_t td_dma_2d(void *dst, const void *src, int32_t row_bytes, int32_t rows, int32_t src_stride,
@@ -59,8 +84,13 @@ static inline void td_dma_wait(uint32_t id)
     }
 }
 
+void td_tiles_next(const td_xfer *next, int32_t n);
 void td_tiles_begin(const td_xfer *x, int32_t n);
 void td_tile_ready(const td_xfer *x, int32_t n, int32_t t, int32_t tiles);
 void td_tiles_end(const td_xfer *x, int32_t n, int32_t tiles);
+void td_accel_tiles_begin(const td_xfer *x, int32_t n);
+void td_accel_tile_ready(int32_t t);
+void td_accel_tile_queued(const td_xfer *x, int32_t n, int32_t t, int32_t tiles, uint32_t job);
+void td_accel_tiles_end(const td_xfer *x, int32_t n, int32_t tiles);
 
 #endif /* TD_DMA_H */
