@@ -226,7 +226,7 @@ def test_activations_between_accelerator_steps_stay_in_l1(tiny_ita_build, tiny_z
             if root in users and node.op != "Reshape":
                 users[root].add(node.op)
     assert users and all(ops == {"ITAGemm"} for ops in users.values())
-    assert max(residency.extent(i) for i in range(len(graph.nodes))) == residency.size
+    assert max(residency.extents(len(graph.nodes))) == residency.size
     assert not plan_residency(graph, lambda r: None if r.offsets else 0).offsets
 
 

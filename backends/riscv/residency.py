@@ -37,13 +37,8 @@ class Residency:
         """"l1" when tensor `name` (or the buffer it aliases) is resident."""
         return "l1" if self.aliases.get(name, name) in self.offsets else None
 
-    def extent(self, step: int) -> int:
-        """Bytes at the top of the tile area that the residents live at `step` occupy."""
-        return max((self.offsets[b.name] + align(b.size, ALIGNMENT) for b in self.buffers
-                    if b.first <= step <= b.last), default=0)
-
     def extents(self, steps: int) -> list[int]:
-        """extent() of every step 0 .. steps-1."""
+        """Per step 0 .. steps-1: bytes at the top of the tile area that the residents live at that step occupy."""
         result = [0] * steps
         for b in self.buffers:
             top = self.offsets[b.name] + align(b.size, ALIGNMENT)

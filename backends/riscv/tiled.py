@@ -238,10 +238,10 @@ def _prefetch(graph: Graph, plan: TilePlan, residency: Residency, refs: Refs) ->
                 previous = None
             continue
         if previous is not None:
-            written = {residency.aliases.get(n, n) for n in graph.nodes[previous].outputs}
+            written = {refs.aliases.get(n, n) for n in graph.nodes[previous].outputs}
             keys = [t.operand.key for t in plan.steps[index].operands
                     if t.operand.role == "in" and not t.in_place
-                    and residency.aliases.get(t.operand.key, t.operand.key) not in written]
+                    and refs.aliases.get(t.operand.key, t.operand.key) not in written]
             pairs.append((previous, index, keys))
         previous = index
     prefetch_across_steps(plan, pairs, limits)

@@ -60,6 +60,27 @@ static void td_tile_wait(int32_t t)
     td_tile_stored[t & 1] = 0;
 }
 
+/* Start tile 0's loads (resident operands too, but not what the previous step prefetched) and reset the loop. */
+static inline void td_tile_first(const td_xfer *x, int32_t n)
+{
+    uint32_t id = td_tile_inputs(x, n, 0, 1);
+    td_tile_pending[0] = id > td_prefetch_id ? id : td_prefetch_id; /* ids complete in order */
+    td_tile_pending[1] = 0;
+    td_tile_stored[0] = td_tile_stored[1] = 0;
+    td_prefetch_id = 0;
+}
+
+/* Start tile t+1's loads; during the last tile, the next step's first tile (into L1 this step does not use). */
+static inline void td_tile_refill(const td_xfer *x, int32_t n, int32_t t, int32_t tiles)
+{
+    if (t + 1 < tiles) {
+        td_tile_pending[(t + 1) & 1] = td_tile_inputs(x, n, t + 1, 0);
+    } else if (td_next != NULL) {
+        td_prefetch_id = td_tile_inputs(td_next, td_next_n, 0, 1);
+        td_next = NULL;
+    }
+}
+
 void td_tiles_next(const td_xfer *next, int32_t n)
 {
     if (td_hart_id() == 0) {
@@ -71,11 +92,7 @@ void td_tiles_next(const td_xfer *next, int32_t n)
 void td_tiles_begin(const td_xfer *x, int32_t n)
 {
     if (td_hart_id() == 0) {
-        uint32_t id = td_tile_inputs(x, n, 0, 1);
-        td_tile_pending[0] = id > td_prefetch_id ? id : td_prefetch_id; /* ids complete in order */
-        td_tile_pending[1] = 0;
-        td_tile_stored[0] = td_tile_stored[1] = 0;
-        td_prefetch_id = 0;
+        td_tile_first(x, n);
     }
 }
 
@@ -88,12 +105,7 @@ void td_tile_ready(const td_xfer *x, int32_t n, int32_t t, int32_t tiles)
         if (t > 0) {
             td_tile_stored[(t - 1) & 1] = td_tile_outputs(x, n, t - 1);
         }
-        if (t + 1 < tiles) {
-            td_tile_pending[(t + 1) & 1] = td_tile_inputs(x, n, t + 1, 0);
-        } else if (td_next != NULL) { /* last tile: the next step's first tile, into L1 this step does not use */
-            td_prefetch_id = td_tile_inputs(td_next, td_next_n, 0, 1);
-            td_next = NULL;
-        }
+        td_tile_refill(x, n, t, tiles);
         td_tile_wait(t);
     }
     td_barrier();
@@ -116,11 +128,7 @@ static uint32_t td_accel_previous; /* the job of tile t-1, still running while t
 
 void td_accel_tiles_begin(const td_xfer *x, int32_t n)
 {
-    uint32_t id = td_tile_inputs(x, n, 0, 1);
-    td_tile_pending[0] = id > td_prefetch_id ? id : td_prefetch_id;
-    td_tile_pending[1] = 0;
-    td_tile_stored[0] = td_tile_stored[1] = 0;
-    td_prefetch_id = 0;
+    td_tile_first(x, n);
     td_accel_previous = 0;
 }
 
@@ -135,12 +143,7 @@ void td_accel_tile_queued(const td_xfer *x, int32_t n, int32_t t, int32_t tiles,
         td_accel_wait(td_accel_previous); /* tile t-1 done: store it, refill its buffers with tile t+1 */
         td_tile_stored[(t - 1) & 1] = td_tile_outputs(x, n, t - 1);
     }
-    if (t + 1 < tiles) {
-        td_tile_pending[(t + 1) & 1] = td_tile_inputs(x, n, t + 1, 0);
-    } else if (td_next != NULL) {
-        td_prefetch_id = td_tile_inputs(td_next, td_next_n, 0, 1);
-        td_next = NULL;
-    }
+    td_tile_refill(x, n, t, tiles);
     td_accel_previous = job;
 }
 
