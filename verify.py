@@ -178,6 +178,14 @@ def _run(build: Path, manifest: dict[str, Any], layers: bool, sanitize: bool, cc
     return unpack_outputs(manifest, run.outputs), run.trace, run.stdout.strip()
 
 
+def traced_tensor(raw: bytes, dtype: np.dtype, entry: dict[str, Any]) -> np.ndarray:
+    """A traced tensor's value from its bytes (a view's bytes are its storage's: transposed back)."""
+    if "storage" in entry:
+        stored = np.frombuffer(raw, dtype=dtype).reshape(entry["storage"]["shape"])
+        return np.transpose(stored, entry["storage"]["perm"])
+    return np.frombuffer(raw, dtype=dtype).reshape(entry["shape"])
+
+
 def _first_layer_mismatch(build: Path, manifest: dict[str, Any], inputs: dict[str, np.ndarray],
                           trace: dict[int, bytes], say: Callable[[str], None]) -> Mismatch | None:
     golden = golden_tensors(manifest, inputs)
@@ -186,7 +194,7 @@ def _first_layer_mismatch(build: Path, manifest: dict[str, Any], inputs: dict[st
         if entry["id"] not in trace:
             raise TinyDeployError("the run did not trace this tensor (did it stop early?)", tensor=entry["name"])
         dtype = np.dtype(entry["dtype"]).newbyteorder("<")
-        got = np.frombuffer(trace[entry["id"]], dtype=dtype).reshape(entry["shape"])
+        got = traced_tensor(trace[entry["id"]], dtype, entry)
         mismatch = compare_arrays(entry["name"], got, golden[entry["name"]], entry, position=entry["id"])
         if mismatch:
             mismatch.tile = tile_of(manifest, entry["node"], mismatch.index)

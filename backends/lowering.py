@@ -51,6 +51,9 @@ class Call:
     #: constant parameter arrays this call needs (C name -> values), emitted beside the weights.
     params: dict[str, np.ndarray] = field(default_factory=dict)
     scratch_bytes: int = 0
+    #: an accelerator call: the driver call queueing the job(s), without its last argument (the tile whose
+    #: inputs the first job waits for, -1 outside a tile loop); the statement blocks on it, a tile loop queues it
+    accel_job: str = ""
 
 
 class Refs:
@@ -63,8 +66,10 @@ class Refs:
         self.scratch = scratch
         #: bytes between rows of a tensor that is a column tile of a wider one (0: rows packed)
         self.pitch = pitch or (lambda name: 0)
-        #: Reshape outputs that share their input's bytes (no code needed)
+        #: Reshape outputs that share their input's bytes (no code needed), and views -> their storage root
         self.aliases = aliases or {}
+        #: tensors stored as a transpose of another's bytes (backends/riscv/views.py), moved by strided DMA
+        self.views: dict[str, Any] = {}
         #: where a kernel constant array (per-channel parameters, lookup tables) is read from
         self.param = param or (lambda name: name)
 
@@ -720,10 +725,6 @@ def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
 ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX, ITA_MODE_REQUANT3 = 1, 2, 4, 8, 16
 
 
-#: how a blocking accelerator call is written; the tile loop of backends/riscv queues the job instead
-ACCEL_WAIT = "td_accel_wait"
-
-
 def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     """ITAGemm -> one driver call that programs the accelerator per matrix of the batch (hart 0)."""
     kernel = low.kernel("ita_gemm", "td_ita_gemm", doc="GEMM + requant + epilogue on the ITA-like accelerator")
@@ -746,7 +747,8 @@ def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     args = [low.refs.pointer(name) for name in node.inputs[:4]]
     args += [constants.get("table", "NULL"), constants.get("stages", "NULL"), *operands,
              low.refs.pointer(node.outputs[0]), f"&mm_{index}", f"&ita_{index}"]
-    call.statements.append(f"{ACCEL_WAIT}({kernel.name}({', '.join(args)}));")
+    call.accel_job = f"{kernel.name}({', '.join(args)}"
+    call.statements.append(f"td_accel_wait({call.accel_job}, -1));")
 
 
 def _c_pair(values: list[int]) -> str:

@@ -205,7 +205,9 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     tiling, residency = None, None
     if options.tiled:
         from .riscv.tiled import lower_tiled
+        from .riscv.views import transpose_views
 
+        refs.views = transpose_views(graph, aliases) if target.section("dma") else {}
         plan = plan_arena(graph, {}, aliases=aliases)   # kernel scratch lives in the L1 tiles
         constant_bytes = sum(t.nbytes for t in graph.constants())
         weights_level = _placement(target, plan, constant_bytes, tiled=True)["weights_region"].lower()
@@ -273,7 +275,7 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     np.savez(out / "golden.npz", **{f"input:{k}": v for k, v in inputs.items()},
              **{f"output:{k}": v for k, v in golden.items()})
     manifest = _manifest(graph, target, plan, calls, cnames, in_slots, out_slots, weights_bytes, weights_format,
-                         placement, options)
+                         placement, options, refs.views)
     if tiling is not None:
         manifest["tiling"] = {"l1_budget": tiling.l1_budget, "l1_peak": tiling.l1_peak,
                               "steps": [tiling.steps[i].to_json() for i in sorted(tiling.steps)]}
@@ -455,7 +457,7 @@ def _slots_bytes(slots: list[IoSlot]) -> int:
 
 def _manifest(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], cnames: dict[str, str],
               in_slots: list[IoSlot], out_slots: list[IoSlot], weights_bytes: int, weights_format: str,
-              placement: dict[str, Any], options: ProjectOptions) -> dict[str, Any]:
+              placement: dict[str, Any], options: ProjectOptions, views: dict[str, Any]) -> dict[str, Any]:
     producers = graph.producers()
     onnx_names = graph.meta.get("onnx_names", {})
     tensors = []
@@ -464,6 +466,8 @@ def _manifest(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], 
         tensors.append({"id": i, "name": name, "c_name": cnames[name], "onnx_name": onnx_names.get(name, name),
                         "dtype": t.dtype, "shape": list(t.shape), "node": node.name, "op": node.op,
                         "origin": node.origin})
+        if name in views:                      # its bytes are a transpose of it (backends/riscv/views.py)
+            tensors[-1]["storage"] = {"shape": list(views[name].shape), "perm": list(views[name].perm)}
     model_sha = ""
     if options.model_path and Path(options.model_path).is_file():
         model_sha = hashlib.sha256(Path(options.model_path).read_bytes()).hexdigest()

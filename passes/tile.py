@@ -47,6 +47,8 @@ class Operand:
     level: str = "l2"              # memory the full operand lives in: l2 | l3 | l1 (resident: tiles used in place)
     kind: str = "tensor"           # tensor | param (broadcast over the output) | table (looked up)
     packed: bool = False           # a constant only this step reads: stored in tile order, one DMA row per tile
+    #: (shape, perm) when the tensor is a view: np.transpose(its bytes read as shape, perm) (backends/riscv/views.py)
+    storage: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def itemsize(self) -> int:
@@ -270,10 +272,12 @@ def axis_maps(graph: Graph, node: Node, operands: list[Operand]) -> AxisMap:
 
 
 # --- geometry and cost ---------------------------------------------------------------------------------
-def operand_tile(operand: Operand, axis: int | None, tile: int, tiles: int) -> OperandTile:
+def operand_tile(operand: Operand, axis: int | None, tile: int, tiles: int) -> OperandTile | None:
     """The 2-D DMA of one tile: an axis slab is `outer` rows of `tile * inner` contiguous bytes."""
     shape = operand.shape
     resident = operand.level == "l1"           # no L1 buffer: tiles are read and written where the tensor is
+    if operand.storage is not None and operand.role != "indirect":
+        return _view_tile(operand, axis, tile, tiles)
     if axis is None or operand.role == "indirect":
         return OperandTile(operand, None, shape, 1, operand.nbytes, operand.nbytes, 0,
                            0 if resident else (1 if operand.role != "out" or tiles == 1 else 2))
@@ -285,6 +289,38 @@ def operand_tile(operand: Operand, axis: int | None, tile: int, tiles: int) -> O
         return OperandTile(operand, axis, tile_shape, 1, nbytes, nbytes, nbytes, 2 if tiles > 1 else 1)
     return OperandTile(operand, axis, tile_shape, outer, tile * inner, shape[axis] * inner, tile * inner,
                        0 if resident else (2 if tiles > 1 else 1))
+
+
+def _view_tile(operand: Operand, axis: int | None, tile: int, tiles: int) -> OperandTile | None:
+    """The 2-D DMA of one tile of a view (a transpose of stored bytes; axis None: the whole view), or None when
+    a tile is not `rows` runs of contiguous bytes at one stride (no 2-D DMA moves it)."""
+    shape, perm = operand.storage
+    stored = np.cumprod((1, *shape[::-1]))[-2::-1]            # element strides of the stored array
+    strides = [int(stored[p]) for p in perm]                   # ... of each axis of the view
+    dims = operand.shape if axis is None else operand.shape[:axis] + (tile,) + operand.shape[axis + 1:]
+    geometry = two_d_geometry(dims, strides)
+    if geometry is None:
+        return None
+    rows, run, stride = geometry
+    size = operand.itemsize
+    step = 0 if axis is None else tile * strides[axis] * size
+    buffers = 2 if tiles > 1 and (axis is not None or operand.role == "out") else 1
+    return OperandTile(operand, axis, dims, rows, run * size, stride * size, step, buffers)
+
+
+def two_d_geometry(dims: tuple[int, ...], strides: list[int]) -> tuple[int, int, int] | None:
+    """(rows, run, stride) in elements when a box of `dims` at element `strides` is `rows` contiguous runs of
+    `run` elements, `stride` apart; None otherwise."""
+    axes = [(d, s) for d, s in zip(dims, strides, strict=True) if d > 1]
+    run = 1
+    while axes and axes[-1][1] == run:
+        run *= axes.pop()[0]
+    if not axes:
+        return 1, run, run
+    for (_, outer), (d, s) in zip(axes, axes[1:], strict=False):
+        if outer != s * d:
+            return None
+    return int(np.prod([d for d, _ in axes])), run, axes[-1][1]
 
 
 def _compute_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int,
@@ -345,7 +381,10 @@ def tile_candidates(graph: Graph, index: int, node: Node, operands: list[Operand
     for axis, size in candidates:
         count = 1 if axis is None else out_shape[axis] // size
         mapped = [None] * len(operands) if axis is None else maps[axis]
-        tiles = [operand_tile(o, a, size, count) for o, a in zip(operands, mapped, strict=True)]
+        moves = [operand_tile(o, a, size, count) for o, a in zip(operands, mapped, strict=True)]
+        if any(t is None for t in moves):
+            continue                           # a view's tile that no 2-D DMA moves
+        tiles = [t for t in moves if t is not None]
         if any(t.in_place and t.rows != 1 and not _pitched(node, t, out_shape) for t in tiles):
             continue                           # an in-place tile must be contiguous, or rows the accelerator pitches
         l1 = sum(t.l1_bytes for t in tiles if t.operand.role != "indirect") + _align(scratch_bytes)

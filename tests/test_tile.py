@@ -82,3 +82,23 @@ def test_packed_weights_move_as_one_row_per_tile_and_model_cheaper():
     stored = pack_constants({"w": values}, TilePlan({0: packed}, 200 * 1024, packed.l1_bytes), {})["w"]
     second = stored.reshape(-1)[weights.step:2 * weights.step].reshape(512, packed.tile)
     assert np.array_equal(second, values[:, packed.tile:2 * packed.tile])
+
+
+def test_two_d_geometry_of_boxes():
+    """Contiguous runs innermost, the rest one strided row dimension, or None when a 2-D DMA cannot do it."""
+    from tinydeploy.passes.tile import two_d_geometry
+    assert two_d_geometry((1, 128, 32), [16384, 128, 1]) == (128, 32, 128)      # a column slab
+    assert two_d_geometry((4, 8), [8, 1]) == (1, 32, 32)                        # contiguous
+    assert two_d_geometry((4, 2, 32), [32, 128, 1]) is None                     # two row strides
+
+
+def test_a_transposed_view_is_tiled_one_head_per_2d_transfer():
+    """Q heads [1, H, S, D] stored as [1, S, H, D]: a head is S rows of D bytes, H*D apart, heads D bytes apart;
+    a tile of 2 heads is not one 2-D transfer."""
+    view = Operand("q", "in", (1, 4, 128, 32), "int8", storage=((1, 128, 4, 32), (0, 2, 1, 3)))
+    head = operand_tile(view, 1, 1, 4)
+    assert (head.rows, head.row_bytes, head.stride, head.step, head.buffers) == (128, 32, 128, 32, 2)
+    assert operand_tile(view, 1, 2, 2) is None
+    assert operand_tile(view, None, 1, 1) is None
+    rows = operand_tile(view, 2, 64, 2)                                        # all heads, half the rows: no
+    assert rows is None

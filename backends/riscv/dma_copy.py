@@ -4,7 +4,8 @@ The IR op itself is run on arrays of source offsets, which gives, for every outp
 element it copies (or the fill value, for Pad): the op's meaning stays in `ir/ops.py`. Consecutive elements that
 copy consecutive source elements form runs; runs of one length at constant source and destination strides form
 one 2-D transfer. A step becomes DMA transfers when there are few of them (long rows): a transpose that keeps
-the innermost axis (head split/merge), a slice or pad along an outer axis, a concat of rows.
+the innermost axis (head split/merge), a slice or pad along an outer axis, a concat of rows, a Gather whose
+indices are constants (the pooler's first-token row).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..lowering import Call, Refs
 
 #: a DMA-moved step issues at most this many 2-D transfers and fill runs (otherwise the cores tile it)
 MAX_DMA_TRANSFERS = 256
-MOVE_OPS = ("Transpose", "Slice", "Concat", "Pad")
+MOVE_OPS = ("Transpose", "Slice", "Concat", "Pad", "Gather")
 _SOURCE_BITS = 40                # source input index above the element offset in the probe values
 
 
@@ -43,10 +44,24 @@ class CopyPlan:
     value: int
 
 
+def copied_inputs(graph: Graph, node: Node) -> list[str]:
+    """The inputs whose bytes a data-movement node copies (a Gather's constant indices only select them)."""
+    return node.inputs[:1] if node.op == "Gather" else list(node.inputs)
+
+
+def _movable(graph: Graph, node: Node) -> bool:
+    """A data-movement op whose copy pattern is known at compile time (a Gather needs constant indices)."""
+    if node.op == "Gather":
+        return graph.tensors[node.inputs[1]].is_const and not graph.tensors[node.inputs[0]].is_const
+    return node.op in MOVE_OPS
+
+
 def element_sources(graph: Graph, node: Node) -> np.ndarray:
     """Per output element: source input index << 40 | element offset in it, or -1 for a fill (Pad)."""
     probes = [np.arange(graph.tensors[name].size, dtype=np.int64).reshape(graph.tensors[name].shape)
-              + (i << _SOURCE_BITS) for i, name in enumerate(node.inputs)]
+              + (i << _SOURCE_BITS) for i, name in enumerate(copied_inputs(graph, node))]
+    if node.op == "Gather":
+        probes.append(np.asarray(graph.tensors[node.inputs[1]].data, dtype=np.int64))
     probe = node if node.op != "Pad" else Node(node.name, node.op, node.inputs, node.outputs,
                                                 {**node.attrs, "value": -1})
     return np.asarray(OPS[node.op].run(probe, probes)[0], dtype=np.int64).reshape(-1)
@@ -63,11 +78,11 @@ def _runs(sources: np.ndarray) -> list[tuple[int, int, int]]:
 
 def copy_plan(graph: Graph, node: Node) -> CopyPlan | None:
     """The DMA transfers (and fills) of a data-movement step, or None when it needs too many of them."""
-    if node.op not in MOVE_OPS:
+    if not _movable(graph, node):
         return None
     out = graph.tensors[node.outputs[0]]
     size = np.dtype(out.dtype).itemsize
-    if any(np.dtype(graph.tensors[name].dtype).itemsize != size for name in node.inputs):
+    if any(np.dtype(graph.tensors[name].dtype).itemsize != size for name in copied_inputs(graph, node)):
         return None
     transfers: list[Transfer] = []
     open_transfer: dict[int, int] = {}     # source -> index of its latest transfer (a concat interleaves sources)
@@ -102,9 +117,10 @@ def _merged(last: Transfer, run: Transfer) -> Transfer | None:
     return Transfer(last.source, last.src, last.dst, last.row_bytes, last.rows + 1, src_step, dst_step)
 
 
-def dma_copy_call(node: Node, refs: Refs, plan: CopyPlan) -> Call:
+def dma_copy_call(graph: Graph, node: Node, refs: Refs, plan: CopyPlan) -> Call:
     """Hart 0 issues the transfers (and fills the padding) and waits; the step's barrier releases the others."""
-    sources = ", ".join(f"(const int8_t *){refs.pointer(name)}" for name in node.inputs)
+    inputs = copied_inputs(graph, node)
+    sources = ", ".join(f"(const int8_t *){refs.pointer(name)}" for name in inputs)
     dst = f"(int8_t *){refs.pointer(node.outputs[0])}"
     table = ", ".join(f"{{{t.source}, {t.src}, {t.dst}, {t.row_bytes}, {t.rows}, {t.src_stride}, {t.dst_stride}}}"
                       for t in plan.transfers)
@@ -112,7 +128,7 @@ def dma_copy_call(node: Node, refs: Refs, plan: CopyPlan) -> Call:
              + (f", {len(plan.fills)} fill runs" if plan.fills else "") + " */",
              "if (TD_HART_ID == 0) {"]
     if plan.transfers:
-        lines += [f"    const int8_t *const sources[{len(node.inputs)}] = {{{sources}}};",
+        lines += [f"    const int8_t *const sources[{len(inputs)}] = {{{sources}}};",
                   "    uint32_t last = 0;",
                   f"    static const int32_t copies[{len(plan.transfers)}][7] = {{{table}}};",
                   f"    for (int32_t i = 0; i < {len(plan.transfers)}; ++i) {{",

@@ -12,18 +12,26 @@ import numpy as np
 from ...ir.graph import Graph, Node, Tensor
 from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, Tiler, prefetch_across_steps, tile_graph
 from ...target import Target
-from ..lowering import ACCEL_WAIT, CTYPES, Call, Lowering, Refs, kernel_constants
+from ..lowering import CTYPES, Call, Lowering, Refs, kernel_constants
 from .dma_copy import copy_plan, dma_copy_call
 from .residency import Residency, plan_residency
+from .views import View
 
 L1_SYMBOL = "td_l1"
 
 
 def step_operands(graph: Graph, index: int, node: Node, weights_level: str,
-                  residency: Residency | None = None, readers: dict[str, int] | None = None) -> list[Operand]:
+                  residency: Residency | None = None, readers: dict[str, int] | None = None,
+                  views: dict[str, View] | None = None) -> list[Operand]:
     """What the step reads and writes, in kernel order: tensor inputs, constant arrays, outputs. A constant only
-    this step reads is packed in its tile order (`readers`: steps reading each tensor, default counted here)."""
+    this step reads is packed in its tile order (`readers`: steps reading each tensor, default counted here); a
+    view (views.py) is moved with its storage's strides."""
     readers = readers if readers is not None else reader_counts(graph)
+    views = views or {}
+
+    def storage(name: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        return views[name].storage() if name in views else None
+
     def level(name: str) -> str:
         return (residency.level(name) if residency else None) or "l2"
 
@@ -37,12 +45,12 @@ def step_operands(graph: Graph, index: int, node: Node, weights_level: str,
         operands.append(Operand(name, role, tensor.shape, tensor.dtype,
                                 weights_level if tensor.is_const else level(name),
                                 packed=tensor.is_const and role == "in" and readers.get(name) == 1
-                                and name not in graph.outputs))
+                                and name not in graph.outputs, storage=storage(name)))
     for cname, kind, values in kernel_constants(graph, node, index):
         operands.append(Operand(cname, "in", values.shape, str(values.dtype), weights_level, kind, packed=True))
     for name in node.outputs:
         tensor = graph.tensors[name]
-        operands.append(Operand(name, "out", tensor.shape, tensor.dtype, level(name)))
+        operands.append(Operand(name, "out", tensor.shape, tensor.dtype, level(name), storage=storage(name)))
     return operands
 
 
@@ -102,15 +110,16 @@ def _prefetch_statements(index: int, following: StepTiling, refs: Refs) -> list[
             f"    td_tiles_next({name}, {len(rows)});"]
 
 
-def _accel_loop(name: str, count: int, tiles: int, statements: list[str]) -> list[str]:
-    """The accelerator's tile loop (td_dma.h): hart 0 queues tile t's job, then finishes tile t-1 while it runs."""
-    (call,) = statements                       # lower_ita_gemm: one blocking driver call
-    queued = call.removeprefix(f"{ACCEL_WAIT}(").removesuffix(");")
-    return ["    if (TD_HART_ID == 0) {", f"        td_accel_tiles_begin({name}, {count});",
-            f"        for (int32_t t = 0; t < {tiles}; ++t) {{", "            td_accel_tile_ready(t);",
-            f"            const uint32_t job = {queued};",
-            f"            td_accel_tile_queued({name}, {count}, t, {tiles}, job);", "        }",
-            f"        td_accel_tiles_end({name}, {count}, {tiles});", "    }"]
+def _accel_loop(name: str, count: int, step: StepTiling, job: str) -> list[str]:
+    """The accelerator's tile loop (td_dma.h): hart 0 programs tile t's job while tile t's inputs arrive; a step
+    the model finds DMA bound refills before it waits (the DMA never idles), otherwise after it queues the job
+    (the accelerator never idles)."""
+    refill_first = int(step.model.get("dma", 0) > step.model.get("compute", 0))
+    return ["    if (TD_HART_ID == 0) {",
+            f"        td_accel_tiles_begin({name}, {count}, {step.tiles}, {refill_first});",
+            f"        for (int32_t t = 0; t < {step.tiles}; ++t) {{",
+            f"            td_accel_tile_queued(t, {job}, t));", "        }",
+            "        td_accel_tiles_end();", "    }"]
 
 
 def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, refs: Refs, full: Call,
@@ -138,7 +147,7 @@ def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, ref
     prefetch = _prefetch_statements(index, following, refs) if following and following.prefetched else []
     table = [f"    const td_xfer {name}[{count}] = {{", *[f"        {row}" for row in rows], "    };", *prefetch]
     if node.op == "ITAGemm":
-        loop = _accel_loop(name, count, step.tiles, view.statements)
+        loop = _accel_loop(name, count, step, view.accel_job)
     else:
         loop = [f"    td_tiles_begin({name}, {count});", f"    for (int32_t t = 0; t < {step.tiles}; ++t) {{",
                 f"        td_tile_ready({name}, {count}, t, {step.tiles});",
@@ -167,10 +176,12 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
     # the constant arrays the weights hold and the kernel scratch sizes
     whole = Lowering(graph, refs, cores=lowering.cores, blocked_matmul=lowering.blocked_matmul)
     by_dma = {i: p for i, node in enumerate(graph.nodes) if (p := copy_plan(graph, node)) is not None}
+    free = {i for i, node in enumerate(graph.nodes) if _folded(node, refs)}
+    by_dma = {i: p for i, p in by_dma.items() if i not in free}
     full = {i: whole.lower(i, node) for i, node in enumerate(graph.nodes)
-            if node.op != "Reshape" and i not in by_dma}
+            if node.op != "Reshape" and i not in by_dma and i not in free}
     scratch = {i: c.scratch_bytes for i, c in full.items() if c.scratch_bytes}
-    residency, plan = _tile_with_residency(graph, target, full, weights_level, scratch)
+    residency, plan = _tile_with_residency(graph, target, full, weights_level, scratch, refs.views)
     following = _prefetch(graph, plan, residency, refs)
     calls = []
     for index, node in enumerate(graph.nodes):
@@ -179,14 +190,21 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
             calls.append(tiled_call(lowering, index, node, plan.steps[index], refs, full[index],
                                     plan.steps[nxt] if nxt is not None else None))
         elif index in by_dma:
-            calls.append(dma_copy_call(node, refs, by_dma[index]))
+            calls.append(dma_copy_call(graph, node, refs, by_dma[index]))
+        elif index in free:
+            calls.append(Call(node, statements=["/* folded into its neighbours' DMA (a view of stored bytes) */"]))
         else:
             calls.append(reshape_call(lowering, index, node, refs))
     return calls, plan, residency
 
 
+def _folded(node: Node, refs: Refs) -> bool:
+    """A Transpose one side of which is a view of the other's bytes (views.py): no code."""
+    return node.op == "Transpose" and any(name in refs.views for name in (*node.inputs, *node.outputs))
+
+
 def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], weights_level: str,
-                         scratch: dict[int, int]) -> tuple[Residency, TilePlan]:
+                         scratch: dict[int, int], views: dict[str, View]) -> tuple[Residency, TilePlan]:
     """Residency and tiling together: the residents are chosen on the tiler's modelled cycles of the whole
     inference, each step tiled within what the residents live at that step leave of L1."""
     tiler = Tiler(graph, target, scratch)
@@ -197,7 +215,7 @@ def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], we
     def operands_of(i: int, residency: Residency) -> list[Operand]:
         key = (i, tuple(n for n in touched[i] if residency.level(n)))
         if key not in memo:
-            memo[key] = step_operands(graph, i, graph.nodes[i], weights_level, residency, readers)
+            memo[key] = step_operands(graph, i, graph.nodes[i], weights_level, residency, readers, views)
         return memo[key]
 
     def operands(residency: Residency) -> dict[int, list[Operand]]:
@@ -234,7 +252,7 @@ def _prefetch(graph: Graph, plan: TilePlan, residency: Residency, refs: Refs) ->
     pairs, previous = [], None
     for index, node in enumerate(graph.nodes):
         if index not in plan.steps:
-            if not (node.op == "Reshape" and node.outputs[0] in refs.aliases):
+            if not (node.op == "Reshape" and node.outputs[0] in refs.aliases) and not _folded(node, refs):
                 previous = None
             continue
         if previous is not None:

@@ -59,8 +59,9 @@ static inline void td_accel_epilogue(const td_ita_job *job, const void *lut, con
     TD_MMIO(TD_REG_ACCEL_RQ3_CLIP) = job->rq3_clip;
 }
 
-/* Queue one GEMM job; returns its id. */
-static inline uint32_t td_accel_gemm(const int8_t *a, const int8_t *b, const int32_t *bias, const int32_t *rq,
+/* Program one GEMM job's operand registers (the job is queued by td_accel_start; registers are snapshotted then,
+ * so the next job can be programmed while this one runs). */
+static inline void td_accel_operands(const int8_t *a, const int8_t *b, const int32_t *bias, const int32_t *rq,
                                      const int8_t *r, int8_t *y, int32_t m, int32_t k, int32_t n)
 {
     TD_MMIO(TD_REG_ACCEL_R) = TD_ACCEL_ADDR(r);
@@ -72,6 +73,11 @@ static inline uint32_t td_accel_gemm(const int8_t *a, const int8_t *b, const int
     TD_MMIO(TD_REG_ACCEL_M) = (uint32_t)m;
     TD_MMIO(TD_REG_ACCEL_K) = (uint32_t)k;
     TD_MMIO(TD_REG_ACCEL_N) = (uint32_t)n;
+}
+
+/* Queue the programmed job; returns its id. */
+static inline uint32_t td_accel_start(void)
+{
     TD_MMIO(TD_REG_ACCEL_START) = 1u;
     return TD_MMIO(TD_REG_ACCEL_START);
 }

@@ -124,33 +124,50 @@ void td_tiles_end(const td_xfer *x, int32_t n, int32_t tiles)
 
 #ifdef TD_REG_ACCEL_START
 /* --- accelerator tile loop (see td_dma.h): hart 0 only, jobs queued one tile ahead ----------------------- */
+static const td_xfer *td_accel_x;  /* the step's operand table, tile count and loop order (td_accel_tiles_begin) */
+static int32_t td_accel_n, td_accel_tiles, td_accel_refill_first;
 static uint32_t td_accel_previous; /* the job of tile t-1, still running while tile t's job is queued */
 
-void td_accel_tiles_begin(const td_xfer *x, int32_t n)
+void td_accel_tiles_begin(const td_xfer *x, int32_t n, int32_t tiles, int32_t refill_first)
 {
     td_tile_first(x, n);
+    td_accel_x = x;
+    td_accel_n = n;
+    td_accel_tiles = tiles;
+    td_accel_refill_first = refill_first;
     td_accel_previous = 0;
+}
+
+/* Wait for job t-1, store its tile, refill its buffers with tile t+1's inputs. */
+static void td_accel_finish_previous(int32_t t)
+{
+    if (t > 0) {
+        td_accel_wait(td_accel_previous);
+        td_tile_stored[(t - 1) & 1] = td_tile_outputs(td_accel_x, td_accel_n, t - 1);
+    }
+    td_tile_refill(td_accel_x, td_accel_n, t, td_accel_tiles);
 }
 
 void td_accel_tile_ready(int32_t t)
 {
+    if (td_accel_refill_first) {
+        td_accel_finish_previous(t); /* DMA bound: tile t+1's loads queue behind tile t's, the DMA never idles */
+    }
     td_tile_wait(t);
 }
 
-void td_accel_tile_queued(const td_xfer *x, int32_t n, int32_t t, int32_t tiles, uint32_t job)
+void td_accel_tile_queued(int32_t t, uint32_t job)
 {
-    if (t > 0) {
-        td_accel_wait(td_accel_previous); /* tile t-1 done: store it, refill its buffers with tile t+1 */
-        td_tile_stored[(t - 1) & 1] = td_tile_outputs(x, n, t - 1);
+    if (!td_accel_refill_first) {
+        td_accel_finish_previous(t); /* compute bound: job t is queued before job t-1 ends */
     }
-    td_tile_refill(x, n, t, tiles);
     td_accel_previous = job;
 }
 
-void td_accel_tiles_end(const td_xfer *x, int32_t n, int32_t tiles)
+void td_accel_tiles_end(void)
 {
     td_accel_wait(td_accel_previous);
-    uint32_t id = td_tile_outputs(x, n, tiles - 1);
+    uint32_t id = td_tile_outputs(td_accel_x, td_accel_n, td_accel_tiles - 1);
     if (id != 0) {
         td_dma_wait(id);
     }

@@ -17,20 +17,24 @@
  * Before tile t's kernel, hart 0 also waits for the store of tile t-2 out of the same output buffer (a step
  * whose inputs all stay in L1 has no loads that would imply it).
  *
- * Accelerator steps run the loop on hart 0 alone (the other harts wait at the step's closing barrier) and keep
- * the accelerator's job queue one tile ahead, so register programming and DMA bookkeeping hide behind the
- * running job:
+ * Accelerator steps run the loop on hart 0 alone (the other harts wait at the step's closing barrier). Hart 0
+ * programs tile t's job before it waits for tile t's inputs, so only the start write is left once they arrive:
  *
- *     td_accel_tiles_begin(x, n);                   load resident operands and tile 0's inputs
+ *     td_accel_tiles_begin(x, n, tiles, refill_first);  load resident operands and tile 0's inputs
  *     for (t = 0; t < tiles; ++t) {
- *         td_accel_tile_ready(t);                   wait for tile t's inputs
- *         job = queue tile t's accelerator job;
- *         td_accel_tile_queued(x, n, t, tiles, job); wait for job t-1, store tile t-1, load tile t+1
+ *         program tile t's job;
+ *         td_accel_tile_ready(t);                 [refill first: wait for job t-1, store tile t-1, load t+1]
+ *                                                 wait for tile t's inputs
+ *         job = queue it;
+ *         td_accel_tile_queued(t, job);           [otherwise: wait for job t-1, store tile t-1, load t+1]
  *     }
- *     td_accel_tiles_end(x, n, tiles);              wait for the last job, store its tile
+ *     td_accel_tiles_end();                       wait for the last job, store its tile
  *
  * Tile t+1's loads go into the buffers job t-1 has finished with, and job t+1 is only queued once they have
- * arrived and tile t-1's store out of the same output buffer is done.
+ * arrived and tile t-1's store out of the same output buffer is done. The compiler picks the order from its
+ * model of the step: when the accelerator outpaces the DMA ("refill first"), tile t+1's loads are queued
+ * behind tile t's before hart 0 waits for them, so the DMA engine never idles; when the DMA keeps up, job t
+ * is queued while job t-1 runs, so the accelerator never idles.
  *
  * Across steps: a step may name the next step's first-tile loads (td_tiles_next, before td_tiles_begin); hart 0
  * issues them in its last td_tile_ready, so they overlap its last tile's compute, and the next step's table
@@ -88,9 +92,9 @@ void td_tiles_next(const td_xfer *next, int32_t n);
 void td_tiles_begin(const td_xfer *x, int32_t n);
 void td_tile_ready(const td_xfer *x, int32_t n, int32_t t, int32_t tiles);
 void td_tiles_end(const td_xfer *x, int32_t n, int32_t tiles);
-void td_accel_tiles_begin(const td_xfer *x, int32_t n);
+void td_accel_tiles_begin(const td_xfer *x, int32_t n, int32_t tiles, int32_t refill_first);
 void td_accel_tile_ready(int32_t t);
-void td_accel_tile_queued(const td_xfer *x, int32_t n, int32_t t, int32_t tiles, uint32_t job);
-void td_accel_tiles_end(const td_xfer *x, int32_t n, int32_t tiles);
+void td_accel_tile_queued(int32_t t, uint32_t job);
+void td_accel_tiles_end(void);
 
 #endif /* TD_DMA_H */
