@@ -102,12 +102,20 @@ def _l2_pointer(tile: OperandTile, refs: Refs) -> str:
     return refs.pointer(tile.operand.key) if tile.operand.kind == "tensor" else tile.operand.key
 
 
-def _prefetch_statements(index: int, following: StepTiling, refs: Refs) -> list[str]:
+def _xfer_table(name: str, tiles: list[OperandTile], rows: list[str], graph: Graph) -> list[str]:
+    """A step's td_xfer table: static (in .rodata, no copy per call) unless it points into the caller's in/out
+    buffers, which are only known at run time."""
+    io = set(graph.inputs) | set(graph.outputs)
+    storage = "const" if any(t.operand.key in io for t in tiles) else "static const"
+    return [f"    {storage} td_xfer {name}[{len(rows)}] = {{", *[f"        {row}" for row in rows], "    };"]
+
+
+def _prefetch_statements(index: int, following: StepTiling, refs: Refs, graph: Graph) -> list[str]:
     """The table of the next step's first-tile loads this step issues during its last tile (td_tiles_next)."""
-    rows = [_xfer_row(t, _l2_pointer(t, refs)) for t in following.operands if t.operand.key in following.prefetched]
+    tiles = [t for t in following.operands if t.operand.key in following.prefetched]
     name = f"x{index}_next"
-    return [f"    const td_xfer {name}[{len(rows)}] = {{", *[f"        {row}" for row in rows], "    };",
-            f"    td_tiles_next({name}, {len(rows)});"]
+    return [*_xfer_table(name, tiles, [_xfer_row(t, _l2_pointer(t, refs)) for t in tiles], graph),
+            f"    td_tiles_next({name}, {len(tiles)});"]
 
 
 def _accel_loop(name: str, count: int, step: StepTiling, job: str) -> list[str]:
@@ -144,8 +152,9 @@ def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, ref
     view = lowering.lower_view(index, node, tile_refs, tensors)
     rows = [_xfer_row(tile, _l2_pointer(tile, refs), tile.operand.key in step.prefetched) for tile in staged]
     name, count = f"x{index}", len(rows)
-    prefetch = _prefetch_statements(index, following, refs) if following and following.prefetched else []
-    table = [f"    const td_xfer {name}[{count}] = {{", *[f"        {row}" for row in rows], "    };", *prefetch]
+    prefetch = (_prefetch_statements(index, following, refs, lowering.graph)
+                if following and following.prefetched else [])
+    table = [*_xfer_table(name, staged, rows, lowering.graph), *prefetch]
     if node.op == "ITAGemm":
         loop = _accel_loop(name, count, step, view.accel_job)
     else:
