@@ -204,10 +204,9 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
                         blocked_matmul=options.tiled, cmsis_nn=target.backend == "cmsis")
     tiling, residency = None, None
     if options.tiled:
-        from .riscv.tiled import lower_tiled
-        from .riscv.views import transpose_views
+        from .riscv.tiled import choose_views, lower_tiled
 
-        refs.views = transpose_views(graph, aliases) if target.section("dma") else {}
+        refs.views = choose_views(graph, target, lowering, aliases)
         plan = plan_arena(graph, {}, aliases=aliases)   # kernel scratch lives in the L1 tiles
         constant_bytes = sum(t.nbytes for t in graph.constants())
         weights_level = _placement(target, plan, constant_bytes, tiled=True)["weights_region"].lower()

@@ -404,6 +404,9 @@ def choose_tiling(candidates: list[StepTiling], budget: int) -> StepTiling | Non
 def no_fit_error(node: Node, candidates: list[StepTiling], budget: int) -> TinyDeployError:
     """The error for a node none of whose tilings fits `budget`."""
     smallest = min((c.l1_bytes for c in candidates), default=None)
+    if smallest is None:
+        return TinyDeployError(f"no tiling of this {node.op} moves its operands as 2-D DMA transfers",
+                               node=node.name)
     return TinyDeployError(f"no tiling of this {node.op} fits L1: the smallest tile needs {smallest} B, the L1 "
                            f"budget is {budget} B", node=node.name)
 
@@ -519,11 +522,11 @@ class Tiler:
         section = target.section("accelerator")
         self.accel = AccelSpec.from_section(section) if section else None
         self.scratch = scratch or {}
-        self._candidates: dict[tuple[int, tuple[str, ...]], list[StepTiling]] = {}
-        self._best: dict[tuple[int, tuple[str, ...], int], StepTiling | None] = {}
+        self._candidates: dict[tuple[int, tuple[Any, ...]], list[StepTiling]] = {}
+        self._best: dict[tuple[int, tuple[Any, ...], int], StepTiling | None] = {}
 
     def candidates(self, index: int, operands: list[Operand]) -> list[StepTiling]:
-        key = (index, tuple(o.level for o in operands))
+        key = (index, tuple((o.level, o.storage) for o in operands))
         if key not in self._candidates:
             self._candidates[key] = tile_candidates(self.graph, index, self.graph.nodes[index], operands,
                                                     cores=self.cores, bw=self.bw,
@@ -533,7 +536,7 @@ class Tiler:
     def best(self, index: int, operands: list[Operand], budget: int | None = None) -> StepTiling | None:
         """The cheapest tiling of step `index` within `budget` (default: all of the tile budget), or None."""
         budget = self.budget if budget is None else budget
-        key = (index, tuple(o.level for o in operands), budget)
+        key = (index, tuple((o.level, o.storage) for o in operands), budget)
         if key not in self._best:
             self._best[key] = choose_tiling(self.candidates(index, operands), budget)
         return self._best[key]

@@ -15,7 +15,7 @@ from ...target import Target
 from ..lowering import CTYPES, Call, Lowering, Refs, kernel_constants
 from .dma_copy import copy_plan, dma_copy_call
 from .residency import Residency, plan_residency
-from .views import View
+from .views import View, transpose_views
 
 L1_SYMBOL = "td_l1"
 
@@ -175,6 +175,20 @@ def reshape_call(lowering: Lowering, index: int, node: Node, refs: Refs) -> Call
     src, dst = refs.pointer(node.inputs[0]), refs.pointer(node.outputs[0])
     return Call(node, statements=[f"if (TD_HART_ID == 0) {{ td_dma_wait(td_dma_2d({dst}, {src}, {nbytes}, 1, "
                                   f"{nbytes}, {nbytes})); }}"])
+
+
+def choose_views(graph: Graph, target: Target, lowering: Lowering, aliases: dict[str, str]) -> dict[str, View]:
+    """The Transposes folded into DMA (views.py), each only when every step moving its view still has a tiling
+    that fits L1 (cores-only MatMuls, for one, tile rows of all heads, which no 2-D DMA gathers from a view)."""
+    whole = Lowering(graph, lowering.refs, cores=lowering.cores, blocked_matmul=lowering.blocked_matmul)
+    tiler = Tiler(graph, target, {i: whole.lower(i, node).scratch_bytes for i, node in enumerate(graph.nodes)
+                                  if node.op != "Reshape" and copy_plan(graph, node) is None})
+
+    def feasible(steps: list[int], views: dict[str, View]) -> bool:
+        return all(tiler.best(i, step_operands(graph, i, graph.nodes[i], "l2", views=views)) is not None
+                   for i in steps)
+
+    return transpose_views(graph, aliases, feasible)
 
 
 def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,

@@ -17,6 +17,7 @@ tiler only keeps the tilings that respect the view (one head per tile, for the e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,49 +38,55 @@ class View:
         return self.shape, self.perm
 
 
-def transpose_views(graph: Graph, aliases: dict[str, str]) -> dict[str, View]:
+def transpose_views(graph: Graph, aliases: dict[str, str],
+                    feasible: Callable[[list[int], dict[str, View]], bool] = lambda steps, views: True,
+                    ) -> dict[str, View]:
     """The tensors stored as a transpose of another tensor's bytes (see the module docstring); `aliases` (the
-    Reshape alias map) gains view -> storage root, so the arena plans one buffer for both."""
+    Reshape alias map) gains view -> storage root, so the arena plans one buffer for both. A Transpose is only
+    folded when `feasible(steps, views)`: the steps that move the new views can still be tiled with them."""
     external = set(graph.inputs) | set(graph.outputs)
-    readers: dict[str, list[Node]] = {}
-    producer: dict[str, Node] = {}
-    for node in graph.nodes:
+    readers: dict[str, list[int]] = {}
+    producer: dict[str, int] = {}
+    for index, node in enumerate(graph.nodes):
         for name in node.inputs:
             if name:
-                readers.setdefault(name, []).append(node)
+                readers.setdefault(name, []).append(index)
         for name in node.outputs:
-            producer[name] = node
+            producer[name] = index
     views: dict[str, View] = {}
-    for node in graph.nodes:
+    for index, node in enumerate(graph.nodes):
         if node.op != "Transpose":
             continue
         src, dst = node.inputs[0], node.outputs[0]
         if src in external or dst in external or graph.tensors[src].is_const or src in views:
             continue
         perm = tuple(int(p) for p in node.attrs["perm"])
-        if all(_tiled(graph, reader) for reader in readers.get(dst, [])):
-            root = aliases.get(src, src)
-            views[dst] = View(root, tuple(graph.tensors[src].shape), perm)
-            aliases[dst] = root
-        elif (family := _scatter_family(graph, src, node, aliases, readers, producer)) is not None:
+        if all(_tiled(graph, graph.nodes[reader]) for reader in readers.get(dst, [])):
+            new = {dst: View(aliases.get(src, src), tuple(graph.tensors[src].shape), perm)}
+            steps = readers.get(dst, [])
+        elif (family := _scatter_family(graph, src, index, aliases, readers, producer)) is not None:
             inverse = tuple(int(i) for i in np.argsort(perm))
-            for name in family:
-                views[name] = View(dst, tuple(graph.tensors[dst].shape), inverse)
-                aliases[name] = dst
+            new = {name: View(dst, tuple(graph.tensors[dst].shape), inverse) for name in family}
+            steps = [producer[aliases.get(src, src)]]
+        else:
+            continue
+        if feasible(steps, {**views, **new}):
+            views.update(new)
+            aliases.update({name: view.root for name, view in new.items()})
     return views
 
 
-def _scatter_family(graph: Graph, src: str, transpose: Node, aliases: dict[str, str],
-                    readers: dict[str, list[Node]], producer: dict[str, Node]) -> list[str] | None:
+def _scatter_family(graph: Graph, src: str, transpose: int, aliases: dict[str, str],
+                    readers: dict[str, list[int]], producer: dict[str, int]) -> list[str] | None:
     """The Transpose input `src` and the tensors sharing its bytes through same-shape Reshapes, when a tiled
     step produces them and the Transpose is their only other reader (they can all be views of its output)."""
     root = aliases.get(src, src)
     family = [root, *[name for name, target in aliases.items() if target == root]]
     if any(tuple(graph.tensors[name].shape) != tuple(graph.tensors[src].shape) for name in family):
         return None
-    outside = [r for name in family for r in readers.get(name, [])
-               if r is not transpose and not (r.op == "Reshape" and r.outputs[0] in family)]
-    return family if not outside and _tiled(graph, producer[root]) else None
+    outside = [r for name in family for r in readers.get(name, []) if r != transpose
+               and not (graph.nodes[r].op == "Reshape" and graph.nodes[r].outputs[0] in family)]
+    return family if not outside and root in producer and _tiled(graph, graph.nodes[producer[root]]) else None
 
 
 def _tiled(graph: Graph, node: Node) -> bool:
