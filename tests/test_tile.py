@@ -102,3 +102,20 @@ def test_a_transposed_view_is_tiled_one_head_per_2d_transfer():
     assert operand_tile(view, None, 1, 1) is None
     rows = operand_tile(view, 2, 64, 2)                                        # all heads, half the rows: no
     assert rows is None
+
+
+def test_a_gather_with_constant_indices_is_one_dma_row_per_index():
+    """The pooler's first-token Gather: one 2-D transfer of the selected rows, no core loop, no table load."""
+    from tinydeploy.backends.riscv.dma_copy import copy_plan
+    graph = Graph()
+    graph.add_tensor(Tensor("h", "int8", (1, 128, 512)))
+    graph.add_const("i", np.array(3, dtype=np.int64), "int64")
+    graph.add_tensor(Tensor("cls", "int8", (1, 512)))
+    node = Node("g", "Gather", ["h", "i"], ["cls"], {"axis": 1})
+    graph.nodes.append(node)
+    plan = copy_plan(graph, node)
+    assert plan is not None and not plan.fills
+    (transfer,) = plan.transfers
+    assert (transfer.source, transfer.src, transfer.dst, transfer.row_bytes, transfer.rows) == (0, 3 * 512, 0, 512, 1)
+    graph.tensors["i"] = Tensor("i", "int64", (128,))                         # run-time indices: the kernel
+    assert copy_plan(graph, node) is None
