@@ -4,11 +4,12 @@ A job is a snapshot of the registers at `accel_start` (see targets/cluster8-ita.
 job is the IR op ITAGemm (ir/ops.py) applied to the operands read from L1: int8 GEMM + int32 bias, per-column
 requant (contract 1), then optionally a second requant, a LUT activation or the ITA streaming softmax
 (contract 4) — the same functions the golden interpreter runs, so model and golden agree by construction.
-Timing mirrors the RTL's schedule (sim/accel/rtl/ita_tile.v): `setup + m * (G*C + row + softmax)` cycles with
+Timing mirrors the RTL's schedule (sim/accel/rtl/ita_tile.v): `setup + m * P` cycles, P = G*C + row, with
 G = ceil(n / PEs) column groups and C = ceil(k / dot_width) chunks (16 PEs each reduce 64 int8 products per
-cycle: 1024 MAC/cycle), `row` cycles to drain each row's last group and, with the softmax, a divider of
-`divider_cycles` plus one normalisation pass of G cycles per row. tests/test_accel.py checks model cycles
-against the RTL's counter.
+cycle: 1024 MAC/cycle) and `row` cycles to drain each row's last group. With the softmax, each row then spends
+T = divider_cycles + G cycles in the softmax tail (radix-4 divider, one normalisation pass), overlapping the
+next row on the array: `setup + P + T + (m - 1) * max(P, T)`. tests/test_accel.py checks model cycles against
+the RTL's counter.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ class AccelSpec:
     dot_width: int = 64
     setup_cycles: int = 1
     row_cycles: int = 1
-    divider_cycles: int = 16
+    divider_cycles: int = 8
 
     @classmethod
     def from_section(cls, section: dict) -> AccelSpec:
         return cls(int(section.get("processing_elements", 16)), int(section.get("dot_width", 64)),
                    int(section.get("setup_cycles", 1)), int(section.get("row_cycles", 1)),
-                   int(section.get("divider_cycles", 16)))
+                   int(section.get("divider_cycles", 8)))
 
     @property
     def macs_per_cycle(self) -> int:
@@ -110,8 +111,11 @@ class Job:
 
 def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False) -> int:
     groups, chunks = -(-n // spec.processing_elements), -(-k // spec.dot_width)
-    per_row = groups * chunks + spec.row_cycles + ((spec.divider_cycles + groups) if softmax else 0)
-    return spec.setup_cycles + m * per_row
+    array = groups * chunks + spec.row_cycles
+    if not softmax:
+        return spec.setup_cycles + m * array
+    tail = spec.divider_cycles + groups
+    return spec.setup_cycles + array + tail + (m - 1) * max(array, tail)
 
 
 def pitch(regs: dict[str, int], name: str) -> int:

@@ -9,12 +9,16 @@
 //    up to 5 AddRequant/MulRequant stages (residual add, NoNorm) combining the running value with the residual
 //    tile R or a per-column vector V0..V3, parameters from a 12-word-per-stage table;
 //  - streaming softmax unit (bit 3, contract 4; bit 4 requantizes its output): per block of PE columns a running max and a denominator
-//    renormalised when the max grows, then a 16-step restoring divider and a normalisation pass over the row;
+//    renormalised when the max grows; a softmax tail unit then runs a radix-4 restoring divider (2 quotient bits
+//    per cycle) and a normalisation pass over the row, on its own copy of the row (two row buffers), while the
+//    array computes the next row;
 //  - control FSM: rows x column groups x k chunks; the epilogue of group g overlaps the MACs of group g+1.
 // Operands are written through a 32-bit port (wr_sel: 0 A, 1 B, 2 bias, 3 rq, 4 LUT, 5 stage table, 6 R,
 // 7 vectors, V_j at byte j * N_MAX) and Y is read back
-// through a 32-bit port; `cycles` counts from start to done. Cycle count per job:
-//   1 + m * (G*C + 1 + (softmax ? 16 + G : 0)),  G = ceil(n / PE), C = ceil(k / W)
+// through a 32-bit port; `cycles` counts from start to done. Cycle count per job, G = ceil(n / PE),
+// C = ceil(k / W), P = G*C + 1 (a row on the array), T = 8 + G (a row in the softmax tail):
+//   1 + m * P                                  without the softmax
+//   1 + P + T + (m - 1) * max(P, T)            with it (row i's tail overlaps row i+1 on the array)
 // which sim/accel/model.py (job_cycles) mirrors.
 // Index expressions are wider than the memories they address (parameterised sizes): WIDTH is expected.
 /* verilator lint_off WIDTH */
@@ -60,7 +64,8 @@ module ita_tile #(
     output reg         done,
     output reg  [31:0] cycles
 );
-    localparam S_IDLE = 3'd0, S_MAC = 3'd1, S_DRAIN = 3'd2, S_DIV = 3'd3, S_NORM = 3'd4;
+    localparam S_IDLE = 3'd0, S_MAC = 3'd1, S_DRAIN = 3'd2, S_WAIT = 3'd3, S_FLUSH = 3'd4;
+    localparam T_IDLE = 2'd0, T_DIV = 2'd1, T_NORM = 2'd2;
 
     reg [7:0]  amem [0:A_BYTES-1];
     reg [7:0]  bmem [0:B_BYTES-1];
@@ -71,7 +76,7 @@ module ita_tile #(
     reg [7:0]  rmem [0:Y_BYTES-1];      // residual tile
     reg [7:0]  vmem [0:4*N_MAX-1];      // per-column vectors V0..V3
     reg [31:0] stg  [0:59];             // stage table: 5 stages x 12 words
-    reg signed [15:0] row [0:N_MAX-1];   // epilogue outputs of the current row (softmax input)
+    reg signed [15:0] row [0:2*N_MAX-1]; // epilogue outputs of a row (softmax input): the array's and the tail's
 
     assign rd_data = {ymem[{rd_addr, 2'b11}], ymem[{rd_addr, 2'b10}], ymem[{rd_addr, 2'b01}], ymem[{rd_addr, 2'b00}]};
 
@@ -195,22 +200,38 @@ module ita_tile #(
             contrib = contrib + (32'd256 >> ita_shift(new_max - epi[r]));
     end
 
-    // ---- divider and normalisation --------------------------------------------------------------------
-    reg [31:0] rem, quot, numer;
-    reg [4:0]  dstep;
+    // ---- softmax tail: divider and normalisation of row t_i (buffer t_buf) ------------------------------
+    reg [1:0]  tstate;
+    reg [15:0] t_i, t_g;
+    reg        t_buf, m_buf;           // row buffer of the tail's row / of the array's row
+    reg signed [15:0] t_max;
+    reg [31:0] t_denom;
+    reg [33:0] rem;
+    reg [31:0] quot, numer;
+    reg [3:0]  dstep;
     integer t;
     wire [31:0] inv_num = ((sm_levels >> 1) - 1) * 256;
+    wire        tail_free = (tstate == T_IDLE) || (tstate == T_NORM && t_g == groups - 1);
+    // radix-4 restoring division step: two numerator bits in, one quotient digit out
+    wire [33:0] r4 = {rem[31:0], numer[15:14]};
+    wire [33:0] d1 = {2'b00, t_denom};
+    wire [33:0] d2 = {1'b0, t_denom, 1'b0};
+    wire [33:0] d3 = d1 + d2;
+    // the row the array finished this cycle (S_DRAIN: its last group's epilogue lands now) or earlier (S_WAIT)
+    wire signed [15:0] row_max = (state == S_DRAIN) ? new_max : gmax;
+    wire [31:0] row_denom = (state == S_DRAIN)
+                          ? ((bmax > gmax) ? (denom >> ita_shift(bmax - gmax)) : denom) + contrib : denom;
 
     always @(posedge clk) begin
         if (rst) begin
-            state <= S_IDLE; busy <= 1'b0; done <= 1'b0; res_valid <= 1'b0; cycles <= 32'd0;
+            state <= S_IDLE; tstate <= T_IDLE; busy <= 1'b0; done <= 1'b0; res_valid <= 1'b0; cycles <= 32'd0;
         end else begin
             if (busy) cycles <= cycles + 1;
             // epilogue of the previous group, overlapping this cycle's MACs
             if (res_valid) begin
                 for (t = 0; t < PE; t = t + 1) begin
                     if (res_g * PE + t < n) begin
-                        if (mode[3]) row[res_g * PE + t] <= epi[t];
+                        if (mode[3]) row[m_buf * N_MAX + res_g * PE + t] <= epi[t];
                         else ymem[i * n + res_g * PE + t] <= epi[t][7:0];
                     end
                 end
@@ -220,12 +241,38 @@ module ita_tile #(
                 end
                 res_valid <= 1'b0;
             end
+            // softmax tail
+            case (tstate)
+                T_DIV: begin
+                    if (r4 >= d3) begin rem <= r4 - d3; quot <= {quot[29:0], 2'd3}; end
+                    else if (r4 >= d2) begin rem <= r4 - d2; quot <= {quot[29:0], 2'd2}; end
+                    else if (r4 >= d1) begin rem <= r4 - d1; quot <= {quot[29:0], 2'd1}; end
+                    else begin rem <= r4; quot <= {quot[29:0], 2'd0}; end
+                    numer <= {numer[29:0], 2'b00};
+                    dstep <= dstep + 1;
+                    if (dstep == 4'd7) begin tstate <= T_NORM; t_g <= 0; end
+                end
+                T_NORM: begin    // out = clip((inverse >> ita_shift(max - x)) + offset)
+                    for (t = 0; t < PE; t = t + 1) begin
+                        if (t_g * PE + t < n)
+                            ymem[t_i * n + t_g * PE + t] <= sm_out(quot, t_max, row[t_buf * N_MAX + t_g * PE + t]);
+                    end
+                    if (t_g == groups - 1) begin
+                        tstate <= T_IDLE;
+                        if (state == S_FLUSH) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
+                    end else begin
+                        t_g <= t_g + 1;
+                    end
+                end
+                default: ;
+            endcase
+            // the array
             case (state)
                 S_IDLE: begin
                     done <= 1'b0;
                     if (start) begin
                         busy <= 1'b1; cycles <= 32'd1; state <= S_MAC;
-                        i <= 0; g <= 0; c <= 0; gmax <= -16'sd128; denom <= 32'd0;
+                        i <= 0; g <= 0; c <= 0; gmax <= -16'sd128; denom <= 32'd0; m_buf <= 1'b0;
                     end
                 end
                 S_MAC: begin
@@ -241,38 +288,22 @@ module ita_tile #(
                         c <= c + 1;
                     end
                 end
-                S_DRAIN: begin   // the last group's epilogue runs in this cycle
-                    if (mode[3]) begin
-                        state <= S_DIV; dstep <= 5'd0; rem <= 32'd0; quot <= 32'd0; numer <= inv_num;
-                    end else begin
-                        g <= 0;
+                S_DRAIN, S_WAIT: begin   // S_DRAIN: the last group's epilogue runs in this cycle
+                    g <= 0;
+                    if (!mode[3]) begin
                         if (i == m - 1) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
                         else begin i <= i + 1; state <= S_MAC; end
-                    end
-                end
-                S_DIV: begin     // restoring division, one quotient bit per cycle (16-bit numerator)
-                    if ({rem[30:0], numer[15]} >= denom) begin
-                        rem <= {rem[30:0], numer[15]} - denom; quot <= {quot[30:0], 1'b1};
-                    end else begin
-                        rem <= {rem[30:0], numer[15]}; quot <= {quot[30:0], 1'b0};
-                    end
-                    numer <= {numer[30:0], 1'b0};
-                    dstep <= dstep + 1;
-                    if (dstep == 5'd15) begin state <= S_NORM; g <= 0; end
-                end
-                S_NORM: begin    // out = clip((inverse >> ita_shift(max - x)) + offset)
-                    for (t = 0; t < PE; t = t + 1) begin
-                        if (g * PE + t < n)
-                            ymem[i * n + g * PE + t] <= sm_out(quot, gmax, row[g * PE + t]);
-                    end
-                    if (g == groups - 1) begin
-                        g <= 0; gmax <= -16'sd128; denom <= 32'd0;
-                        if (i == m - 1) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
+                    end else if (tail_free) begin   // hand the row to the tail; the array starts the next one
+                        tstate <= T_DIV; dstep <= 4'd0; rem <= 34'd0; quot <= 32'd0; numer <= inv_num;
+                        t_i <= i; t_buf <= m_buf; t_max <= row_max; t_denom <= row_denom;
+                        m_buf <= ~m_buf; gmax <= -16'sd128; denom <= 32'd0;
+                        if (i == m - 1) state <= S_FLUSH;
                         else begin i <= i + 1; state <= S_MAC; end
                     end else begin
-                        g <= g + 1;
+                        state <= S_WAIT;
                     end
                 end
+                S_FLUSH: ;      // the tail finishes the last row (T_NORM ends the job)
                 default: state <= S_IDLE;
             endcase
         end
