@@ -525,8 +525,13 @@ class Tiler:
         self._candidates: dict[tuple[int, tuple[Any, ...]], list[StepTiling]] = {}
         self._best: dict[tuple[int, tuple[Any, ...], int], StepTiling | None] = {}
 
+    @staticmethod
+    def _memory(operands: list[Operand]) -> tuple[Any, ...]:
+        """What the cached tilings depend on beyond the step: where each operand lives and how it is stored."""
+        return tuple((o.level, o.storage) for o in operands)
+
     def candidates(self, index: int, operands: list[Operand]) -> list[StepTiling]:
-        key = (index, tuple((o.level, o.storage) for o in operands))
+        key = (index, self._memory(operands))
         if key not in self._candidates:
             self._candidates[key] = tile_candidates(self.graph, index, self.graph.nodes[index], operands,
                                                     cores=self.cores, bw=self.bw,
@@ -536,7 +541,7 @@ class Tiler:
     def best(self, index: int, operands: list[Operand], budget: int | None = None) -> StepTiling | None:
         """The cheapest tiling of step `index` within `budget` (default: all of the tile budget), or None."""
         budget = self.budget if budget is None else budget
-        key = (index, tuple((o.level, o.storage) for o in operands), budget)
+        key = (index, self._memory(operands), budget)
         if key not in self._best:
             self._best[key] = choose_tiling(self.candidates(index, operands), budget)
         return self._best[key]

@@ -44,7 +44,7 @@ class CopyPlan:
     value: int
 
 
-def copied_inputs(graph: Graph, node: Node) -> list[str]:
+def copied_inputs(node: Node) -> list[str]:
     """The inputs whose bytes a data-movement node copies (a Gather's constant indices only select them)."""
     return node.inputs[:1] if node.op == "Gather" else list(node.inputs)
 
@@ -59,7 +59,7 @@ def _movable(graph: Graph, node: Node) -> bool:
 def element_sources(graph: Graph, node: Node) -> np.ndarray:
     """Per output element: source input index << 40 | element offset in it, or -1 for a fill (Pad)."""
     probes = [np.arange(graph.tensors[name].size, dtype=np.int64).reshape(graph.tensors[name].shape)
-              + (i << _SOURCE_BITS) for i, name in enumerate(copied_inputs(graph, node))]
+              + (i << _SOURCE_BITS) for i, name in enumerate(copied_inputs(node))]
     if node.op == "Gather":
         probes.append(np.asarray(graph.tensors[node.inputs[1]].data, dtype=np.int64))
     probe = node if node.op != "Pad" else Node(node.name, node.op, node.inputs, node.outputs,
@@ -82,7 +82,7 @@ def copy_plan(graph: Graph, node: Node) -> CopyPlan | None:
         return None
     out = graph.tensors[node.outputs[0]]
     size = np.dtype(out.dtype).itemsize
-    if any(np.dtype(graph.tensors[name].dtype).itemsize != size for name in copied_inputs(graph, node)):
+    if any(np.dtype(graph.tensors[name].dtype).itemsize != size for name in copied_inputs(node)):
         return None
     transfers: list[Transfer] = []
     open_transfer: dict[int, int] = {}     # source -> index of its latest transfer (a concat interleaves sources)
@@ -117,9 +117,9 @@ def _merged(last: Transfer, run: Transfer) -> Transfer | None:
     return Transfer(last.source, last.src, last.dst, last.row_bytes, last.rows + 1, src_step, dst_step)
 
 
-def dma_copy_call(graph: Graph, node: Node, refs: Refs, plan: CopyPlan) -> Call:
+def dma_copy_call(node: Node, refs: Refs, plan: CopyPlan) -> Call:
     """Hart 0 issues the transfers (and fills the padding) and waits; the step's barrier releases the others."""
-    inputs = copied_inputs(graph, node)
+    inputs = copied_inputs(node)
     sources = ", ".join(f"(const int8_t *){refs.pointer(name)}" for name in inputs)
     dst = f"(int8_t *){refs.pointer(node.outputs[0])}"
     table = ", ".join(f"{{{t.source}, {t.src}, {t.dst}, {t.row_bytes}, {t.rows}, {t.src_stride}, {t.dst_stride}}}"

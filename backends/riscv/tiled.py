@@ -181,14 +181,16 @@ def choose_views(graph: Graph, target: Target, lowering: Lowering, aliases: dict
     """The Transposes folded into DMA (views.py), each only when every step moving its view still has a tiling
     that fits L1 (cores-only MatMuls, for one, tile rows of all heads, which no 2-D DMA gathers from a view)."""
     whole = Lowering(graph, lowering.refs, cores=lowering.cores, blocked_matmul=lowering.blocked_matmul)
-    tiler = Tiler(graph, target, {i: whole.lower(i, node).scratch_bytes for i, node in enumerate(graph.nodes)
-                                  if node.op != "Reshape" and copy_plan(graph, node) is None})
+    copied = {i for i, node in enumerate(graph.nodes) if copy_plan(graph, node) is not None}
+    tiler = Tiler(graph, target)
 
     def feasible(steps: list[int], views: dict[str, View]) -> bool:
+        for i in steps:                        # kernel scratch, only for the steps asked about
+            tiler.scratch.setdefault(i, whole.lower(i, graph.nodes[i]).scratch_bytes)
         return all(tiler.best(i, step_operands(graph, i, graph.nodes[i], "l2", views=views)) is not None
                    for i in steps)
 
-    return transpose_views(graph, aliases, feasible)
+    return transpose_views(graph, aliases, copied, feasible)
 
 
 def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
@@ -198,9 +200,9 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
     # untiled lowering (its own instance, so whole-tensor kernel instances do not end up in kernels.c):
     # the constant arrays the weights hold and the kernel scratch sizes
     whole = Lowering(graph, refs, cores=lowering.cores, blocked_matmul=lowering.blocked_matmul)
-    by_dma = {i: p for i, node in enumerate(graph.nodes) if (p := copy_plan(graph, node)) is not None}
     free = {i for i, node in enumerate(graph.nodes) if _folded(node, refs)}
-    by_dma = {i: p for i, p in by_dma.items() if i not in free}
+    by_dma = {i: p for i, node in enumerate(graph.nodes)
+              if i not in free and (p := copy_plan(graph, node)) is not None}
     full = {i: whole.lower(i, node) for i, node in enumerate(graph.nodes)
             if node.op != "Reshape" and i not in by_dma and i not in free}
     scratch = {i: c.scratch_bytes for i, c in full.items() if c.scratch_bytes}
@@ -213,7 +215,7 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
             calls.append(tiled_call(lowering, index, node, plan.steps[index], refs, full[index],
                                     plan.steps[nxt] if nxt is not None else None))
         elif index in by_dma:
-            calls.append(dma_copy_call(graph, node, refs, by_dma[index]))
+            calls.append(dma_copy_call(node, refs, by_dma[index]))
         elif index in free:
             calls.append(Call(node, statements=["/* folded into its neighbours' DMA (a view of stored bytes) */"]))
         else:

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...ir.graph import Graph, Node
-from .dma_copy import copy_plan
+from ...ir.graph import Graph
 
 
 @dataclass(frozen=True)
@@ -38,12 +37,13 @@ class View:
         return self.shape, self.perm
 
 
-def transpose_views(graph: Graph, aliases: dict[str, str],
+def transpose_views(graph: Graph, aliases: dict[str, str], copied: set[int],
                     feasible: Callable[[list[int], dict[str, View]], bool] = lambda steps, views: True,
                     ) -> dict[str, View]:
     """The tensors stored as a transpose of another tensor's bytes (see the module docstring); `aliases` (the
-    Reshape alias map) gains view -> storage root, so the arena plans one buffer for both. A Transpose is only
-    folded when `feasible(steps, views)`: the steps that move the new views can still be tiled with them."""
+    Reshape alias map) gains view -> storage root, so the arena plans one buffer for both. `copied`: the steps
+    moved by DMA copies (dma_copy.py), which read and write whole tensors. A Transpose is only folded when
+    `feasible(steps, views)`: the steps that move the new views can still be tiled with them."""
     external = set(graph.inputs) | set(graph.outputs)
     readers: dict[str, list[int]] = {}
     producer: dict[str, int] = {}
@@ -61,10 +61,10 @@ def transpose_views(graph: Graph, aliases: dict[str, str],
         if src in external or dst in external or graph.tensors[src].is_const or src in views:
             continue
         perm = tuple(int(p) for p in node.attrs["perm"])
-        if all(_tiled(graph, graph.nodes[reader]) for reader in readers.get(dst, [])):
+        if all(_tiled(graph, reader, copied) for reader in readers.get(dst, [])):
             new = {dst: View(aliases.get(src, src), tuple(graph.tensors[src].shape), perm)}
             steps = readers.get(dst, [])
-        elif (family := _scatter_family(graph, src, index, aliases, readers, producer)) is not None:
+        elif (family := _scatter_family(graph, src, index, aliases, readers, producer, copied)) is not None:
             inverse = tuple(int(i) for i in np.argsort(perm))
             new = {name: View(dst, tuple(graph.tensors[dst].shape), inverse) for name in family}
             steps = [producer[aliases.get(src, src)]]
@@ -77,7 +77,7 @@ def transpose_views(graph: Graph, aliases: dict[str, str],
 
 
 def _scatter_family(graph: Graph, src: str, transpose: int, aliases: dict[str, str],
-                    readers: dict[str, list[int]], producer: dict[str, int]) -> list[str] | None:
+                    readers: dict[str, list[int]], producer: dict[str, int], copied: set[int]) -> list[str] | None:
     """The Transpose input `src` and the tensors sharing its bytes through same-shape Reshapes, when a tiled
     step produces them and the Transpose is their only other reader (they can all be views of its output)."""
     root = aliases.get(src, src)
@@ -86,9 +86,9 @@ def _scatter_family(graph: Graph, src: str, transpose: int, aliases: dict[str, s
         return None
     outside = [r for name in family for r in readers.get(name, []) if r != transpose
                and not (graph.nodes[r].op == "Reshape" and graph.nodes[r].outputs[0] in family)]
-    return family if not outside and root in producer and _tiled(graph, graph.nodes[producer[root]]) else None
+    return family if not outside and root in producer and _tiled(graph, producer[root], copied) else None
 
 
-def _tiled(graph: Graph, node: Node) -> bool:
+def _tiled(graph: Graph, index: int, copied: set[int]) -> bool:
     """A step whose operands move through the tile loop's DMA (not free or DMA-copied steps; not Gather tables)."""
-    return node.op not in ("Reshape", "Transpose", "Gather") and copy_plan(graph, node) is None
+    return graph.nodes[index].op not in ("Reshape", "Transpose", "Gather") and index not in copied

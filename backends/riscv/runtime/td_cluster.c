@@ -111,19 +111,25 @@ void td_tile_ready(const td_xfer *x, int32_t n, int32_t t, int32_t tiles)
     td_barrier();
 }
 
+/* Store the last tile and wait until it is in L2/L3. */
+static void td_tile_store_last(const td_xfer *x, int32_t n, int32_t tiles)
+{
+    uint32_t id = td_tile_outputs(x, n, tiles - 1);
+    if (id != 0) {
+        td_dma_wait(id);
+    }
+}
+
 void td_tiles_end(const td_xfer *x, int32_t n, int32_t tiles)
 {
     td_barrier();
     if (td_hart_id() == 0) {
-        uint32_t id = td_tile_outputs(x, n, tiles - 1);
-        if (id != 0) {
-            td_dma_wait(id);
-        }
+        td_tile_store_last(x, n, tiles);
     }
 }
 
 #ifdef TD_REG_ACCEL_START
-/* --- accelerator tile loop (see td_dma.h): hart 0 only, jobs queued one tile ahead ----------------------- */
+/* --- accelerator tile loop (see td_dma.h): hart 0 only, refill before or after queueing a job ----------- */
 static const td_xfer *td_accel_x;  /* the step's operand table, tile count and loop order (td_accel_tiles_begin) */
 static int32_t td_accel_n, td_accel_tiles, td_accel_refill_first;
 static uint32_t td_accel_previous; /* the job of tile t-1, still running while tile t's job is queued */
@@ -167,9 +173,6 @@ void td_accel_tile_queued(int32_t t, uint32_t job)
 void td_accel_tiles_end(void)
 {
     td_accel_wait(td_accel_previous);
-    uint32_t id = td_tile_outputs(td_accel_x, td_accel_n, td_accel_tiles - 1);
-    if (id != 0) {
-        td_dma_wait(id);
-    }
+    td_tile_store_last(td_accel_x, td_accel_n, td_accel_tiles);
 }
 #endif /* TD_REG_ACCEL_START */
