@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TinyDeployError
+from .resources import package_path
 
-TARGETS_DIR = Path(__file__).resolve().parent / "targets"
+TARGETS_DIR = package_path("targets")
 
 
 @dataclass(frozen=True)

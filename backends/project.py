@@ -23,10 +23,11 @@ from ..ir.graph import Graph
 from ..ir.interpreter import cast_outputs, run_graph
 from ..ir.ops import node_macs
 from ..passes.memory import ArenaPlan, plan_arena, reshape_aliases, scratch_name
+from ..resources import package_path
 from ..target import Target
 from .lowering import CTYPES, Call, Kernel, Lowering, Refs
 
-BACKENDS_DIR = Path(__file__).resolve().parent
+BACKENDS_DIR = package_path("backends")
 MANIFEST = "tinydeploy.json"
 MANIFEST_FORMAT = 1
 #: constants above this many bytes in total go into a binary blob (.incbin) instead of C initialisers:

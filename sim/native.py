@@ -16,8 +16,9 @@ from functools import cache
 from pathlib import Path
 
 from ..errors import TinyDeployError
+from ..resources import package_path
 
-SOURCE = Path(__file__).resolve().parent / "native" / "td_iss_hooks.c"
+SOURCE = package_path("sim", "native", "td_iss_hooks.c")
 MAX_CODE_REGIONS = 4
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import TinyDeployError
+from ...resources import package_path
 from .model import MODE_LUT, STAGE_WORDS, Job, pitch, read_rows
 
-SOURCE = Path(__file__).resolve().parent / "rtl" / "ita_tile.v"
+SOURCE = package_path("sim", "accel", "rtl", "ita_tile.v")
 #: memory sizes of the RTL build (parameters of ita_tile.v)
 A_BYTES, B_BYTES, Y_BYTES, N_MAX = 8192, 65536, 8192, 512
 SELECT = {"a": 0, "b": 1, "bias": 2, "rq": 3, "lut": 4, "stages": 5, "r": 6, "vectors": 7}
