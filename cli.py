@@ -1,7 +1,7 @@
 """The `tinydeploy` command line.
 
-Exit codes: 0 success; 1 a check failed (e.g. outputs not bit-exact); 2 bad input or usage (the
-message names the ONNX node/tensor and the reason; no traceback unless -v).
+Exit codes: 0 success; 1 a check failed (e.g. outputs not bit-exact); 2 bad input or usage (one line naming
+the file, argument, ONNX node or tensor and the reason; the traceback only with -v); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from .errors import TinyDeployError
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _console():
@@ -89,68 +91,62 @@ def load_integer_graph(model: str, target: str, input_ranges: dict[str, tuple[in
     return graph, int_graph
 
 
-def select_inputs(data, names: list[str]) -> list[np.ndarray] | None:
-    """Arrays for `names` from an .npz: by name, else positionally (Deeploy appends constant operands)."""
-    if all(name in data.files for name in names):
-        return [data[name] for name in names]
-    if len(data.files) >= len(names):
-        return [data[key] for key in data.files[:len(names)]]
+def default_inputs_path(model: str) -> Path | None:
+    """inputs.npz beside the model (or inside a zoo folder), if there is one."""
+    for candidate in (Path(model).parent / "inputs.npz", Path(model) / "inputs.npz"):
+        if candidate.is_file():
+            return candidate
     return None
 
 
 def load_inputs(path: str | None, model: str, graph) -> dict[str, np.ndarray]:
-    """Inputs from an .npz (by graph-input name, or positional arr_0...), else inputs.npz beside the model."""
-    candidates = [Path(path)] if path else [Path(model).parent / "inputs.npz", Path(model) / "inputs.npz"]
-    for candidate in candidates:
-        if candidate.is_file():
-            data = np.load(candidate)
-            arrays = select_inputs(data, graph.inputs)
-            if arrays is not None:
-                return dict(zip(graph.inputs, arrays, strict=True))
-            raise TinyDeployError(f"{candidate} holds {data.files}, the model needs inputs {graph.inputs}")
-        if path:
-            break
-    if path:
-        raise TinyDeployError(f"inputs file '{path}' does not exist")
-    raise TinyDeployError("no inputs: pass --inputs FILE.npz (none found beside the model)")
+    """One sample of checked inputs from --inputs (by graph-input name), else inputs.npz beside the model."""
+    from .frontend.inputs import load_inputs as read_samples
+
+    source = Path(path) if path else default_inputs_path(model)
+    if source is None:
+        raise TinyDeployError("no inputs: pass --inputs FILE.npz (none found beside the model)")
+    return read_samples(source, graph)[0]
 
 
 def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tuple[int, int]] | None:
     """Value ranges of the test inputs, which type a Deeploy-dialect model's inputs (as Deeploy's runner does)."""
+    from .frontend.inputs import read_npz, select_arrays
     from .frontend.onnx_loader import detect_dialect, graph_input_shapes, load_onnx
 
     onnx_model = load_onnx(model)
     if detect_dialect(onnx_model) != "deeploy":
         return None
     names = list(graph_input_shapes(onnx_model))
-    path = Path(inputs_path) if inputs_path else Path(model).parent / "inputs.npz"
-    if not path.is_file():
+    path = Path(inputs_path) if inputs_path else default_inputs_path(model)
+    if path is None:
         return None
-    arrays = select_inputs(np.load(path), names)
-    if arrays is None:
-        return None
-    return {n: (int(a.min()), int(a.max())) for n, a in zip(names, arrays, strict=True) if a.size}
+    arrays = select_arrays(read_npz(path), names, str(path), positional=True)
+    ranges = {}
+    for name, value in arrays.items():
+        if value.dtype.kind not in "iu":
+            raise TinyDeployError(f"{path} array '{name}' holds {value.dtype} values; the model's inputs are integers")
+        if value.size:
+            ranges[name] = (int(value.min()), int(value.max()))
+    return ranges
 
 
-def random_inputs(graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs over each input's dtype range; indices feeding a Gather stay inside the gathered axis."""
-    from .ir.graph import DTYPE_RANGES
-
-    rng = np.random.default_rng(seed)
-    result = {}
-    for name in graph.inputs:
-        t = graph.tensors[name]
-        lo, hi = DTYPE_RANGES[t.dtype]
-        for node in graph.nodes:
-            if node.op == "Gather" and len(node.inputs) > 1 and node.inputs[1] == name:
-                data = graph.tensors[node.inputs[0]]
-                lo, hi = 0, data.shape[node.attrs.get("axis", 0)] - 1
-        result[name] = rng.integers(max(lo, -(2**31)), min(hi, 2**31 - 1) + 1, size=t.shape).astype(t.dtype)
-    return result
+def strict_json(value) -> str:
+    """JSON that every parser accepts: non-finite floats become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(value), indent=1, allow_nan=False) + "\n"
 
 
 # --- subcommands --------------------------------------------------------------------------------------------
 def cmd_zoo(args: argparse.Namespace) -> int:
+    from .files import staged_folder
     from .zoo.mobilebert import MobileBertSpec, build_mobilebert
 
     spec = MobileBertSpec.preset(args.size)
@@ -159,29 +155,34 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             setattr(spec, key, value)
-    if spec.hidden % spec.heads or spec.bottleneck % spec.heads:
-        raise TinyDeployError(f"--heads {spec.heads} must divide --hidden and --bottleneck")
+    problems = spec.problems()
+    if problems:
+        raise TinyDeployError("; ".join(problems))
     t0 = time.perf_counter()
-    with _stages("building, exporting and quantizing MobileBERT") as say:
-        paths = build_mobilebert(args.output, spec, progress=say)
+    with staged_folder(args.output, ours=lambda d: (d / "spec.json").is_file(), what="zoo model (spec.json)",
+                       force=args.force) as stage:
+        with _stages("building, exporting and quantizing MobileBERT") as say:
+            paths = build_mobilebert(stage, spec, progress=say)
     _say(f"MobileBERT ({args.size}: {spec.layers} layers, hidden {spec.hidden}, seq {spec.seq}) "
          f"written in {time.perf_counter() - t0:.0f}s")
     for kind, path in paths.items():
-        print(f"{kind:7s} {path}")
+        print(f"{kind:7s} {Path(args.output) / Path(path).name}")
     return EXIT_OK
 
 
 def cmd_golden(args: argparse.Namespace) -> int:
+    from .files import atomic_file, output_file
     from .ir.interpreter import cast_outputs, run_graph
 
+    output_file(args.output)
     _, int_graph = load_integer_graph(args.model, args.target, observed_input_ranges(args.model, args.inputs))
     inputs = load_inputs(args.inputs, args.model, int_graph)
     t0 = time.perf_counter()
     values = run_graph(int_graph, inputs, keep_all=args.all)
     _say(f"golden run in {time.perf_counter() - t0:.2f}s")
     values = cast_outputs(int_graph, values)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.output, **values)
+    with atomic_file(args.output) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **values)
     for name in int_graph.outputs:
         v = values[name]
         print(f"{name}: {v.dtype}{list(v.shape)} min {v.min()} max {v.max()}")
@@ -190,8 +191,11 @@ def cmd_golden(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
+    from .files import atomic_file, output_file
     from .frontend.fidelity import fidelity_report, format_report
 
+    if args.json:
+        output_file(args.json, "--json")
     graph, int_graph = load_integer_graph(args.model, args.target)
     if graph.meta.get("dialect") != "qdq":
         raise TinyDeployError("fidelity compares with onnxruntime and needs a QDQ model")
@@ -199,13 +203,20 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     report = fidelity_report(args.model, graph, int_graph, inputs)
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        with atomic_file(args.json, "--json") as tmp:
+            tmp.write_text(strict_json(report))
         print(f"wrote {args.json}")
     return EXIT_OK
 
 
+def is_build(folder: Path) -> bool:
+    return (folder / "tinydeploy.json").is_file()
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .backends import compile_graph
+    from .files import staged_folder
+    from .frontend.inputs import random_inputs
     from .ir.export import IrDumper
     from .target import load_target
 
@@ -213,16 +224,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
     ranges = observed_input_ranges(args.model, args.inputs)
     with _stages(f"compiling for {args.target}"):
         _, int_graph = load_integer_graph(args.model, args.target, ranges, dump)
-    try:
+    if args.inputs or default_inputs_path(args.model):
         inputs = load_inputs(args.inputs, args.model, int_graph)
-    except TinyDeployError:
-        if args.inputs:
-            raise
+    else:
         _say("no inputs.npz beside the model: golden vectors use seeded random inputs")
         inputs = random_inputs(int_graph)
     t0 = time.perf_counter()
-    with _stages("fusing, tiling, lowering and writing C"):
-        project = compile_graph(int_graph, args.target, args.output, inputs, weights=args.weights,
+    with staged_folder(args.output, ours=is_build, what="tinydeploy build (tinydeploy.json)", force=args.force) \
+            as stage, _stages("fusing, tiling, lowering and writing C"):
+        project = compile_graph(int_graph, args.target, stage, inputs, weights=args.weights,
                                 model_path=args.model, dump=dump)
     _say(f"generated C in {time.perf_counter() - t0:.1f}s")
     plan = project.plan
@@ -241,36 +251,61 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def build_samples(build: str, inputs: str | None):
+    """[None] for the compiled-in golden input, else one checked Sample per sample of the --inputs file."""
+    from .verify import golden_samples, load_manifest
+
+    if not inputs:
+        return [None]
+    samples = golden_samples(load_manifest(Path(build)), inputs)
+    _say(f"{inputs}: {len(samples)} sample{'s' if len(samples) != 1 else ''}, golden outputs computed")
+    return samples
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import MISMATCH_FILE, verify_build
 
     t0 = time.perf_counter()
-    result = verify_build(args.build, layers=args.layers, sanitize=args.sanitize, cc=args.cc, say=_say)
-    for name, (total, wrong) in result.outputs.items():
-        print(f"output {name}: {total - wrong}/{total} elements bit-exact")
-    if args.layers:
-        print(f"layers: {result.layers_checked} intermediate tensors compared")
-    if result.first:
-        print(f"FIRST DIVERGENCE: {result.first.describe()}")
+    samples = build_samples(args.build, args.inputs)
+    exact = True
+    for number, sample in enumerate(samples):
+        prefix = f"sample {number}: " if args.inputs else ""
+        result = verify_build(args.build, layers=args.layers, sanitize=args.sanitize, cc=args.cc, say=_say,
+                              sample=sample)
+        for name, (total, wrong) in result.outputs.items():
+            print(f"{prefix}output {name}: {total - wrong}/{total} elements bit-exact")
         if args.layers:
-            print(f"both tensors written to {Path(args.build) / MISMATCH_FILE}")
-    verdict = "BIT-EXACT" if result.bit_exact else "MISMATCH"
-    print(f"{verdict} ({time.perf_counter() - t0:.1f}s)")
-    return EXIT_OK if result.bit_exact else EXIT_CHECK_FAILED
+            print(f"{prefix}layers: {result.layers_checked} intermediate tensors compared")
+        if result.first:
+            print(f"{prefix}FIRST DIVERGENCE: {result.first.describe()}")
+            if args.layers:
+                print(f"both tensors written to {Path(args.build) / MISMATCH_FILE}")
+        exact = exact and result.bit_exact
+        if args.inputs:
+            print(f"{prefix}{'BIT-EXACT' if result.bit_exact else 'MISMATCH'}")
+    tail = f" ({len(samples)} samples)" if args.inputs else ""
+    print(f"{'BIT-EXACT' if exact else 'MISMATCH'}{tail} ({time.perf_counter() - t0:.1f}s)")
+    return EXIT_OK if exact else EXIT_CHECK_FAILED
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .sim.firmware import simulate_build
 
+    samples = build_samples(args.build, args.inputs)
+    runs = []
+    for number, sample in enumerate(samples):
+        with _progress_bar("simulating layers" + (f" (sample {number})" if args.inputs else "")) as update:
+            sim = simulate_build(args.build, cc=args.cc, max_cycles=args.max_cycles, accel=args.accel,
+                                 cmsis_nn=args.cmsis_nn, say=_say, sample=sample,
+                                 progress=lambda done, total, cycles, rate: update(
+                                     done, total, f"{cycles / 1e6:,.1f} M cycles, {rate / 1e6:.0f} M guest instr/s"))
+        runs.append(sim)
+        if args.inputs:
+            print(f"sample {number}: {sim.report['cycles_inference']:,} cycles, "
+                  f"{'BIT-EXACT' if sim.report['bit_exact'] else 'MISMATCH'}")
     if args.inputs:
-        raise TinyDeployError("--inputs: the firmware runs the golden input compiled into it; recompile with "
-                              "`tinydeploy compile --inputs FILE` to simulate other inputs")
-    with _progress_bar("simulating layers") as update:
-        sim = simulate_build(args.build, cc=args.cc, max_cycles=args.max_cycles, accel=args.accel,
-                             cmsis_nn=args.cmsis_nn, say=_say,
-                             progress=lambda done, total, cycles, rate: update(
-                                 done, total, f"{cycles / 1e6:,.1f} M cycles, {rate / 1e6:.0f} M guest instr/s"))
-    report = sim.report
+        return _write_sample_runs(args, runs)
+    report = runs[0].report
     print(report["console"].rstrip())
     if report["accel_busy_cycles"]:
         macs = sum(layer["macs"] for layer in report["layers"] if layer["engine"] == "accel")
@@ -282,10 +317,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     per_s = report["guest_instructions_per_second"] / 1e6
     print(f"cycles {report['cycles_inference']:,} for the inference ({report['cycles_total']:,} with the "
           f"harness's self-check); guest instructions {report['guest_instructions']:,} "
-          f"({per_s:.0f} M/s, {sim.wall_seconds:.1f} s); {len(report['layers'])} layers stamped")
+          f"({per_s:.0f} M/s, {runs[0].wall_seconds:.1f} s); {len(report['layers'])} layers stamped")
     print(f"wrote {Path(args.build) / 'outputs.npz'} and {Path(args.build) / 'report.json'}")
     print("BIT-EXACT" if report["bit_exact"] else "MISMATCH (run tinydeploy verify --layers to localise)")
     return EXIT_OK if report["bit_exact"] else EXIT_CHECK_FAILED
+
+
+def _write_sample_runs(args: argparse.Namespace, runs) -> int:
+    """--inputs: BUILD/<stem>.outputs.npz (outputs stacked over samples) and BUILD/<stem>.report.json."""
+    from .files import atomic_file
+
+    stem = Path(args.inputs).name.removesuffix(".npz")
+    build = Path(args.build)
+    outputs = {name: np.stack([run.outputs[name] for run in runs]) for name in runs[0].outputs}
+    with atomic_file(build / f"{stem}.outputs.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **outputs)
+    summary = {"inputs": str(args.inputs), "samples": [
+        {"sample": i, "bit_exact": run.report["bit_exact"], "cycles_inference": run.report["cycles_inference"]}
+        for i, run in enumerate(runs)]}
+    with atomic_file(build / f"{stem}.report.json") as tmp:
+        tmp.write_text(strict_json(summary))
+    exact = sum(run.report["bit_exact"] for run in runs)
+    cycles = sorted(run.report["cycles_inference"] for run in runs)
+    print(f"wrote {build / (stem + '.outputs.npz')} and {build / (stem + '.report.json')}")
+    print(f"{'BIT-EXACT' if exact == len(runs) else 'MISMATCH'}: {exact}/{len(runs)} samples bit-exact, one "
+          f"firmware build; median {cycles[len(cycles) // 2]:,} cycles per inference")
+    return EXIT_OK if exact == len(runs) else EXIT_CHECK_FAILED
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -308,6 +365,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """zoo (tiny) -> integer model -> fidelity -> C project -> ISS (or host) -> bit-exact check -> report."""
     from .backends import compile_graph
+    from .files import staged_folder
     from .frontend.fidelity import fidelity_report, format_report
     from .target import load_target
     from .verify import verify_build
@@ -315,7 +373,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     model = out / "model_qdq.onnx"
+    if out.exists() and not out.is_dir():
+        raise TinyDeployError(f"-o {out}: is a file, not a folder")
     if not model.exists():
+        if out.is_dir() and any(out.iterdir()) and not (out / "spec.json").is_file():
+            raise TinyDeployError(f"-o {out}: folder is not empty and holds no demo; choose another folder")
         build_mobilebert(out, MobileBertSpec.preset("tiny"), progress=_say)
     graph, int_graph = load_integer_graph(str(model), args.target)
     inputs = load_inputs(None, str(model), graph)
@@ -326,7 +388,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _say(f"the {backend} backend is not implemented yet: generating portable C with {args.target}'s "
              f"arithmetic and running it on this host")
     build = out / "build"
-    project = compile_graph(int_graph, backend_target, build, inputs, model_path=str(model))
+    with staged_folder(build, ours=is_build, what="tinydeploy build (tinydeploy.json)") as stage:
+        project = compile_graph(int_graph, backend_target, stage, inputs, model_path=str(model))
     print(f"C project: {build} ({len(project.kernels)} kernels; {project.plan.summary()})")
     if load_target(backend_target).backend in ("riscv", "cmsis"):
         from .sim.firmware import simulate_build
@@ -364,10 +427,28 @@ EXAMPLES = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2) like every other error of the CLI."""
+
+    def error(self, message: str):
+        _console().print(f"[bold red]error:[/bold red] {self.prog}: {message} (see {self.prog} --help)")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tinydeploy", description="Deploy 8-bit transformers to tiny RISC-V clusters and Cortex-M, bit-exact.",
-        epilog="exit codes: 0 ok, 1 check failed, 2 bad input/usage")
+        epilog="exit codes: 0 ok, 1 check failed, 2 bad input/usage, 130 interrupted")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and details")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -375,12 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example: {EXAMPLES[name]}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=fn)
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks and details")
         return p
 
     p = add("zoo", cmd_zoo, "build a seeded MobileBERT, export ONNX and quantize it (QDQ, int8)")
     p.add_argument("model", choices=["mobilebert"])
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    p.add_argument("--force", action="store_true", help="replace the contents of a non-empty folder that is not "
+                                                        "a zoo model")
     for flag, dest in (("--seq", "seq"), ("--seed", "seed"), ("--layers", "layers"), ("--hidden", "hidden"),
                        ("--bottleneck", "bottleneck"), ("--heads", "heads"), ("--ffn-stack", "ffn_stack"),
                        ("--intermediate", "intermediate"), ("--vocab", "vocab"), ("--embedding", "embedding")):
@@ -393,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", default="cluster8-ita", help="target name (see `tinydeploy targets`)")
         p.add_argument("--inputs", help=".npz with the inputs (default: inputs.npz beside the model)")
         if name == "golden":
-            p.add_argument("-o", "--output", required=True, help="output .npz")
+            p.add_argument("-o", "--output", required=True, help="output .npz (written under exactly this name)")
             p.add_argument("--all", action="store_true", help="also write every intermediate tensor")
         else:
             p.add_argument("--json", help="write the full report as JSON")
@@ -402,7 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "golden vectors, harness, Makefile/CMake)")
     p.add_argument("model", help="ONNX file (QDQ or Deeploy integer dialect)")
     p.add_argument("--target", default="generic", help="target name (see `tinydeploy targets`)")
-    p.add_argument("-o", "--output", required=True, help="build directory to write")
+    p.add_argument("-o", "--output", required=True, help="build directory to write (replaced as a whole when the "
+                                                         "compile succeeds)")
+    p.add_argument("--force", action="store_true", help="replace the contents of a non-empty folder that is not "
+                                                        "a tinydeploy build")
     p.add_argument("--inputs", help=".npz with the inputs for the golden vectors (default: inputs.npz beside "
                                     "the model, else seeded random)")
     p.add_argument("--weights", choices=["auto", "c", "incbin"], default="auto",
@@ -413,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", cmd_verify, "build a compiled project, run it, compare with the golden interpreter bit for "
                                   "bit (exit 1 on mismatch)")
     p.add_argument("build", help="directory written by `tinydeploy compile`")
+    p.add_argument("--inputs", help=".npz with other inputs (arrays named after the model's inputs; a leading "
+                                    "sample axis runs every sample); their golden outputs are computed")
     p.add_argument("--layers", action="store_true", help="compare every intermediate tensor, report the first "
                                                          "diverging layer and write mismatch.npz")
     p.add_argument("--sanitize", action="store_true", help="build with AddressSanitizer + UBSan")
@@ -422,10 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("simulate", cmd_simulate, "cross-build a cluster project and run it in the cluster ISS (writes "
                                       "outputs.npz and report.json)")
     p.add_argument("build", help="directory written by `tinydeploy compile --target cluster8`")
-    p.add_argument("--inputs", help="(not yet) other inputs than the golden ones compiled in")
+    p.add_argument("--inputs", help=".npz with other inputs than the golden ones compiled in (arrays named after "
+                                    "the model's inputs; a leading sample axis runs every sample): the same "
+                                    "firmware runs them, without recompiling, and each is checked against its "
+                                    "golden outputs (writes BUILD/<name>.outputs.npz and <name>.report.json)")
     p.add_argument("--cc", default=None, help="cross compiler: default pip ziglang's clang; or "
                                               "riscv64-unknown-elf-gcc")
-    p.add_argument("--max-cycles", type=int, default=None, help="cycle budget before the run is stopped")
+    p.add_argument("--max-cycles", type=positive_int, default=None, help="cycle budget before the run is stopped")
     p.add_argument("--cmsis-nn", metavar="PATH", help="Cortex-M: build the kernels from a CMSIS-NN checkout "
                                                       "instead of tinydeploy's implementations of its API")
     p.add_argument("--accel", default="model", choices=["model", "rtl"],
@@ -443,15 +536,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(message: str) -> None:
+    _console().print(f"[bold red]error:[/bold red] {message}", markup=True)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(" ".join(text.split()))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; every failure is one `error:` line and an exit code (tracebacks with -v)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
     try:
+        if getattr(args, "target", None):
+            from .target import load_target
+
+            load_target(args.target)          # an unknown target is refused before any work
         return args.func(args)
+    except KeyboardInterrupt:
+        _console().print("interrupted")
+        return EXIT_INTERRUPTED
     except TinyDeployError as exc:
-        if args.verbose:
-            raise
-        _console().print(f"[bold red]error:[/bold red] {exc.one_line()}")
+        if verbose:
+            traceback.print_exc()
+            if exc.details:
+                print(exc.details, file=sys.stderr)
+        _error(_escape(exc.one_line()))
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        if verbose:
+            traceback.print_exc()
+        _error(f"out of memory in tinydeploy {args.command} (the model or its arguments are too large for this "
+               "machine)")
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback without -v
+        if verbose:
+            traceback.print_exc()
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+        _error(_escape(f"internal error in tinydeploy {args.command} ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}{at}); the input may be malformed in "
+                       "a way tinydeploy does not check yet; rerun with -v for the traceback and please report it"))
         return EXIT_BAD_INPUT
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 class TinyDeployError(Exception):
     """An error caused by the user's input (model, options); the CLI prints it and exits with code 2."""
 
-    def __init__(self, reason: str, *, node: str | None = None, tensor: str | None = None) -> None:
+    def __init__(self, reason: str, *, node: str | None = None, tensor: str | None = None,
+                 details: str = "") -> None:
         self.reason = reason
         self.node = node
         self.tensor = tensor
+        self.details = details      # more lines (a compiler log), shown with -v
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
@@ -19,7 +21,7 @@ class TinyDeployError(Exception):
         if self.tensor:
             where.append(f"tensor '{self.tensor}'")
         prefix = (" ".join(where) + ": ") if where else ""
-        return prefix + self.reason
+        return " ".join((prefix + self.reason).split())
 
 
 class UnsupportedModelError(TinyDeployError):

@@ -2,13 +2,19 @@
 
 Reads BUILD/tinydeploy.json (steps, tiling, arena plan, placement) and BUILD/report.json (`tinydeploy simulate`:
 per-layer cycles, MACs, DMA bytes, accelerator busy cycles). Writes the page with the plots embedded (data URIs,
-so the file can be mailed) and the same plots as PNGs beside it:
-- per-layer table: op, engine, MACs, cycles, utilisation of the engine's peak, DMA bytes per memory-level pair;
+so the file can be mailed), the same plots as PNGs beside it and the page's figures as strict JSON
+(`X_summary.json`):
+- per-layer table: IR step beside the ONNX node it comes from, op, engine, MACs, cycles, utilisation of the
+  engine's peak, DMA bytes per memory-level pair (targets with DMA);
 - per-layer cycle bars, coloured by engine;
-- roofline: achieved MAC/cycle against operational intensity (MACs per DMA byte), under the target's compute
-  roofs (cores, accelerator) and bandwidth roofs (L2 and L3 streams);
-- memory map: the L2 activation arena over time (each tensor's lifetime x its offset range) and the L1 bytes of
-  every step's tiles.
+- roofline (targets with DMA): achieved MAC/cycle against operational intensity (MACs per DMA byte), under the
+  target's compute roofs (cores, accelerator) and DMA bandwidth roofs;
+- memory map: the activation arena over time (each tensor's lifetime x its offset range) and, on tiled targets,
+  the L1 bytes of every step's tiles.
+
+Every hardware figure on the page comes from the target file (targets/*.toml): the clock (`[clock] mhz`, see
+`clock_of`; without one the page gives cycles only), the core count and ISA, the accelerator's array and the
+DMA bandwidths. Nothing is shown for hardware the target does not have.
 """
 
 from __future__ import annotations
@@ -16,16 +22,121 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import TinyDeployError
-from .target import load_target
+from .target import Target, load_target
 
 ENGINE_COLOURS = {"cores": "#4C72B0", "accel": "#DD8452"}
-#: modelled peak MAC/cycle of one core running the backend's best GEMM kernel (benchmarks: RV32IMC blocked GEMM
-#: 2.58 instructions/MAC in bench_cluster.py; Cortex-M SMLAD fully-connected 1.84 in bench_cortexm.py)
-CORE_MACS_PER_CYCLE = {"riscv": 1 / 2.58, "cmsis": 1 / 1.84}
+#: where the clock is read from, first match wins: (table or "" for top level, key, factor to Hz).
+#: The target files are meant to carry `[clock] mhz = ...`; the others are accepted spellings.
+CLOCK_KEYS = (("clock", "mhz", 1e6), ("clock", "hz", 1.0), ("", "clock_mhz", 1e6), ("", "clock_hz", 1.0),
+              ("cluster", "clock_mhz", 1e6), ("cluster", "clock_hz", 1.0))
+#: arithmetic limit of one core in MAC/cycle where the target file gives no `[cluster] peak_macs_per_cycle_per_core`,
+#: by the ISA it names (`[cluster] isa`, else `[iss] cpu`); the ISSs count 1 instruction = 1 cycle.
+ISA_PEAK = {"rv32imc": (0.5, "the RV32IMC limit: a mul and an add per MAC"),
+            "cortex-m4": (2.0, "the DSP extension's limit: SMLAD does 2 MACs per instruction"),
+            "cortex-m7": (2.0, "the DSP extension's limit: SMLAD does 2 MACs per instruction")}
+ACCEL_ENGINES = {"model": "functional and timing model (sim/accel/model.py)",
+                 "rtl": "Verilated RTL, each job checked against the model"}
+DMA_ROOFS = (("l2_to_l1_bytes_per_cycle", "L2 -> L1"), ("l3_to_l2_bytes_per_cycle", "L3 -> L2/L1"))
+
+
+@dataclass
+class Hardware:
+    """What the target file says about the hardware the build ran on (nothing invented)."""
+
+    target: str
+    backend: str
+    iss: str                      # which simulator produced the cycles
+    time_model: str               # what one cycle is in that simulator
+    clock_hz: float | None
+    clock_source: str             # "[clock] mhz = 500 in targets/x.toml", or why there is none
+    cores: int
+    isa: str
+    peaks: dict[str, float] = field(default_factory=dict)         # engine -> MAC/cycle
+    peak_sources: dict[str, str] = field(default_factory=dict)    # engine -> how the peak was derived
+    bandwidths: dict[str, float] = field(default_factory=dict)    # DMA roof name -> bytes/cycle ({}: no DMA)
+    has_dma: bool = False
+    has_accel: bool = False
+    engine_labels: dict[str, str] = field(default_factory=dict)   # engine -> legend label
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every NaN/Infinity replaced by None (so json.dumps(..., allow_nan=False) succeeds)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):          # numpy scalars
+        return strict_json(value.item())
+    return value
+
+
+def dumps_strict(value: Any, **kwargs: Any) -> str:
+    return json.dumps(strict_json(value), allow_nan=False, **kwargs)
+
+
+def clock_of(target: Target) -> tuple[float | None, str]:
+    """The clock in Hz from the target file, and where it was read (or a note that there is none)."""
+    for table, key, factor in CLOCK_KEYS:
+        section = target.raw if not table else target.raw.get(table, {})
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            where = f"[{table}] {key}" if table else key
+            return float(value) * factor, f"{where} = {value:g} in the target file"
+    return None, "the target file names no clock"
+
+
+def hardware(target_name: str, report: dict[str, Any]) -> Hardware:
+    target = load_target(target_name)
+    cluster, accel, dma, iss = (target.section(k) for k in ("cluster", "accelerator", "dma", "iss"))
+    cores = int(cluster.get("cores", 1))
+    isa = str(cluster.get("isa") or iss.get("cpu") or "")
+    clock_hz, clock_source = clock_of(target)
+    harts = len(report.get("instructions") or []) or cores
+    if target.backend == "cmsis":
+        iss_name = f"tinydeploy's Cortex-M ISS (Unicorn M-class Thumb, {isa or 'Cortex-M'} model)"
+        time_model = "1 instruction = 1 cycle; no pipeline or memory wait states modelled"
+    else:
+        iss_name = f"tinydeploy's cluster ISS (Unicorn {isa.upper() or 'RV32'}, {harts} harts)"
+        time_model = "per hart 1 instruction = 1 cycle plus the stalls on barriers and DMA" + \
+            (" and the accelerator" if accel else "")
+    hw = Hardware(target.name, target.backend, iss_name, time_model, clock_hz, clock_source, cores, isa,
+                  has_dma=bool(dma), has_accel=bool(accel))
+    noun = "core" if cores == 1 else "cores"
+    per_core = cluster.get("peak_macs_per_cycle_per_core")
+    if isinstance(per_core, int | float) and per_core > 0:
+        hw.peaks["cores"] = cores * float(per_core)
+        hw.peak_sources["cores"] = f"{cores * float(per_core):g} MAC/cycle = {cores} {noun} ([cluster] cores) x " \
+            f"{per_core:g} MAC/cycle ([cluster] peak_macs_per_cycle_per_core)"
+    elif isa.lower() in ISA_PEAK:
+        limit, why = ISA_PEAK[isa.lower()]
+        hw.peaks["cores"] = cores * limit
+        hw.peak_sources["cores"] = f"{cores * limit:g} MAC/cycle = {cores} {noun} ([cluster] cores) x " \
+            f"{limit:g} MAC/cycle ({why})"
+    shown = isa.upper() if isa.lower().startswith("rv") else isa.replace("cortex", "Cortex").replace("-m", "-M")
+    hw.engine_labels["cores"] = noun + \
+        (f" ({shown})" if cores == 1 else f" ({cores}x {shown})" if shown else "")
+    if accel:
+        pes, width = accel.get("processing_elements"), accel.get("dot_width")
+        kind = str(accel.get("kind", "")).upper()
+        if isinstance(pes, int) and isinstance(width, int):
+            hw.peaks["accel"] = float(pes * width)
+            hw.peak_sources["accel"] = f"{pes * width:,} MAC/cycle = {pes} processing elements x {width}-wide dot " \
+                "products ([accelerator])"
+            hw.engine_labels["accel"] = f"accelerator ({kind} {pes}x{width})".replace("( ", "(")
+        else:
+            hw.engine_labels["accel"] = f"accelerator ({kind})" if kind else "accelerator"
+    for key, name in DMA_ROOFS:
+        if isinstance(dma.get(key), int | float):
+            hw.bandwidths[name] = float(dma[key])
+    return hw
 
 
 def _load(build: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -37,79 +148,107 @@ def _load(build: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return json.loads(manifest_path.read_text()), json.loads(report_path.read_text())
 
 
-def _peaks(target_name: str) -> dict[str, float]:
-    target = load_target(target_name)
-    cores = int(target.section("cluster").get("cores", 1))
-    peaks = {"cores": cores * CORE_MACS_PER_CYCLE.get(target.backend, 1 / 2.58)}
-    accel = target.section("accelerator")
-    if accel:
-        peaks["accel"] = float(int(accel.get("processing_elements", 16)) * int(accel.get("dot_width", 64)))
-    return peaks
+def _layers(manifest: dict[str, Any], report: dict[str, Any]) -> list[dict[str, Any]]:
+    """report.json's layers, each with `origin` (the ONNX node) taken from the manifest's step if missing."""
+    steps = manifest.get("steps", [])
+    layers = []
+    for layer in report["layers"]:
+        step = steps[layer["index"]] if 0 <= layer.get("index", -1) < len(steps) else {}
+        layers.append({**layer, "origin": layer.get("origin") or step.get("origin") or ""})
+    return layers
 
 
-def _bandwidths(target_name: str) -> dict[str, float]:
-    dma = load_target(target_name).section("dma")
-    return {"L2 -> L1": float(dma.get("l2_to_l1_bytes_per_cycle", 8)),
-            "L3 -> L2/L1": float(dma.get("l3_to_l2_bytes_per_cycle", 4))}
+def _engines(layers: list[dict[str, Any]], hw: Hardware) -> list[str]:
+    """The engines that appear in the data, cores first; the accelerator only on a target that has one."""
+    present = {layer["engine"] for layer in layers}
+    return [e for e in ENGINE_COLOURS if e in present and (e != "accel" or hw.has_accel)] + \
+        sorted(e for e in present if e not in ENGINE_COLOURS)
 
 
-def _figure_cycles(layers: list[dict[str, Any]], path: Path) -> None:
+def _figure_cycles(layers: list[dict[str, Any]], hw: Hardware, path: Path) -> dict[str, Any]:
     import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(12, 4.2), dpi=110)
-    xs = list(range(len(layers)))
-    colours = [ENGINE_COLOURS.get(layer["engine"], "#888888") for layer in layers]
-    ax.bar(xs, [layer["cycles"] or 0 for layer in layers], color=colours, width=1.0)
-    ax.set_xlabel("layer (execution order)")
-    ax.set_ylabel("cycles")
-    ax.set_title("Cycles per layer")
-    ax.set_yscale("log")
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=colour, label=engine) for engine, colour in ENGINE_COLOURS.items()],
-              loc="upper right")
+    fig, ax = plt.subplots(figsize=(12, 4.2), dpi=110, layout="constrained")
+    xs = list(range(len(layers)))
+    colours = [ENGINE_COLOURS.get(layer["engine"], "#888888") for layer in layers]
+    heights = [layer["cycles"] or 0 for layer in layers]
+    ax.bar(xs, heights, color=colours, width=0.9)
+    idle = sorted({layer["op"] for layer, h in zip(layers, heights, strict=True) if h <= 0})
+    count = sum(1 for h in heights if h <= 0)
+    ax.set_xlabel("layer (execution order)" + (f"; {count} {'/'.join(idle)} layer{'s' if count > 1 else ''} "
+                                                 f"take{'' if count > 1 else 's'} 0 cycles: no bar" if idle else ""))
+    ax.set_ylabel("cycles (log)")
+    ax.set_title("Cycles per layer")
+    ax.set_yscale("log")
+    positive = [h for h in heights if h > 0]
+    if positive:
+        ax.set_ylim(min(positive) / 1.5, max(positive) * 2.5)    # headroom above the tallest bar
+    ax.set_xlim(-1, max(len(layers), 1))
+    engines = _engines(layers, hw)
+    labels = [hw.engine_labels.get(e, e) for e in engines]
+    # outside the axes, right of the plot: it cannot cover a bar
+    fig.legend(handles=[Patch(color=ENGINE_COLOURS.get(e, "#888888"), label=label)
+                        for e, label in zip(engines, labels, strict=True)], loc="outside right upper", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return {"legend": labels}
 
 
-def _figure_roofline(layers: list[dict[str, Any]], peaks: dict[str, float], bandwidths: dict[str, float],
-                     path: Path) -> None:
+def _figure_roofline(layers: list[dict[str, Any]], hw: Hardware, path: Path) -> dict[str, Any]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    points = [(layer["macs"] / max(layer["bytes_dma"], 1), layer["macs"] / max(layer["cycles"] or 1, 1),
-               layer["engine"]) for layer in layers if layer["macs"] and layer["cycles"]]
-    intensities = np.logspace(-2, 4, 200)
-    for name, bw in bandwidths.items():
-        ax.plot(intensities, bw * intensities, "--", color="#777777", linewidth=1)
-        ax.text(intensities[12], bw * intensities[12] * 1.3, f"{name}: {bw:g} B/cycle", fontsize=8, color="#555555")
-    for engine, peak in peaks.items():
-        ax.axhline(peak, color=ENGINE_COLOURS.get(engine, "#333333"), linewidth=1.5)
-        label = f"{engine} peak {peak:,.0f} MAC/cycle" if peak >= 100 else f"{engine} peak {peak:.2g} MAC/cycle"
-        ax.text(intensities[0] * 1.2, peak * 1.12, label, fontsize=8, color=ENGINE_COLOURS.get(engine, "#333333"))
-    for engine in {p[2] for p in points}:
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110, layout="constrained")
+    measured = [layer for layer in layers if layer["macs"] and layer["cycles"]]
+    points = [(layer["macs"] / layer["bytes_dma"], layer["macs"] / layer["cycles"], layer["engine"])
+              for layer in measured if layer["bytes_dma"]]
+    resident = len(measured) - len(points)           # MAC layers that moved no DMA bytes: no intensity
+    top_peak = max(hw.peaks.values(), default=None)
+    xs_data = [p[0] for p in points]
+    ridges = [peak / bw for peak in hw.peaks.values() for bw in hw.bandwidths.values() if bw]
+    lo = min([*xs_data, *ridges, 1.0]) / 10
+    hi = max([*xs_data, *ridges, 1.0]) * 10
+    intensities = np.logspace(math.log10(lo), math.log10(hi), 200)
+    legend = []
+    for (name, bw), style in zip(hw.bandwidths.items(), ("--", ":", "-."), strict=False):
+        roof = bw * intensities if top_peak is None else np.minimum(bw * intensities, top_peak)
+        label = f"DMA {name}: {bw:g} B/cycle"
+        ax.plot(intensities, roof, style, color="#666666", linewidth=1.2, label=label)
+        legend.append(label)
+    for engine, peak in hw.peaks.items():
+        label = f"{hw.engine_labels.get(engine, engine)} peak {peak:,.0f} MAC/cycle" if peak >= 100 else \
+            f"{hw.engine_labels.get(engine, engine)} peak {peak:.2g} MAC/cycle"
+        ax.axhline(peak, color=ENGINE_COLOURS.get(engine, "#333333"), linewidth=1.5, label=label)
+        legend.append(label)
+    for engine in _engines(layers, hw):
         mine = [p for p in points if p[2] == engine]
-        ax.scatter([p[0] for p in mine], [p[1] for p in mine], s=14, color=ENGINE_COLOURS.get(engine, "#333333"),
-                   label=f"{engine} layers", zorder=3)
+        if mine:
+            label = f"{hw.engine_labels.get(engine, engine)} layers"
+            ax.scatter([p[0] for p in mine], [p[1] for p in mine], s=16,
+                       color=ENGINE_COLOURS.get(engine, "#333333"), label=label, zorder=3)
+            legend.append(label)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlim(intensities[0], intensities[-1])
-    ax.set_ylim(1e-2, max(peaks.values()) * 3)
+    ax.set_xlim(lo, hi)
+    ys = [p[1] for p in points]
+    ax.set_ylim(min([*ys, *(hw.peaks.values() or [1.0])]) / 10, max([*ys, *(hw.peaks.values() or [1.0])]) * 4)
     ax.set_xlabel("operational intensity (MACs per DMA byte)")
     ax.set_ylabel("achieved MAC/cycle")
-    ax.set_title("Roofline")
+    title = "Roofline"
+    if resident:
+        title += f" ({resident} layer{'s' if resident > 1 else ''} with MACs moved no DMA bytes: not plotted)"
+    ax.set_title(title, fontsize=11)
     ax.grid(which="both", alpha=0.2)
-    if points:
-        ax.legend(loc="lower right")
-    fig.tight_layout()
+    if legend:
+        fig.legend(loc="outside right upper", fontsize=9)           # outside the axes: covers no point
     fig.savefig(path)
     plt.close(fig)
+    return {"legend": legend, "points": len(points), "not_plotted_no_dma_bytes": resident}
 
 
-def _figure_memory(manifest: dict[str, Any], path: Path) -> None:
+def _figure_memory(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -117,9 +256,10 @@ def _figure_memory(manifest: dict[str, Any], path: Path) -> None:
     steps = len(manifest["steps"])
     tiling = manifest.get("tiling")
     if tiling:   # cluster: the arena in L2 above, the L1 tiles of every step below
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), dpi=110, height_ratios=[3, 1], sharex=True)
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), dpi=110, height_ratios=[3, 1], sharex=True,
+                                          layout="constrained")
     else:
-        fig, top = plt.subplots(figsize=(12, 5.5), dpi=110)
+        fig, top = plt.subplots(figsize=(12, 5.5), dpi=110, layout="constrained")
         bottom = top
     for i, buffer in enumerate(arena.get("buffers", [])):
         top.add_patch(Rectangle((buffer["first"], buffer["offset"] / 1024), buffer["last"] - buffer["first"] + 1,
@@ -128,92 +268,156 @@ def _figure_memory(manifest: dict[str, Any], path: Path) -> None:
     top.set_ylim(0, max(arena["bytes"], 1) / 1024)
     top.set_ylabel("arena offset (KiB)")
     where = manifest.get("placement", {}).get("arena_region", "L2")
-    top.set_title(f"Activation arena in {where}: {arena['bytes'] / 1024:.0f} KiB (lower bound "
-                  f"{arena['lower_bound'] / 1024:.0f} KiB); each box is one tensor's lifetime")
+    top.set_title(f"Activation arena in {where}: {arena['bytes'] / 1024:.1f} KiB (lower bound "
+                  f"{arena['lower_bound'] / 1024:.1f} KiB); each box is one tensor's lifetime", fontsize=11)
+    info: dict[str, Any] = {"arena_bytes": arena["bytes"], "arena_region": where}
     if tiling:
+        budget = tiling["l1_budget"] / 1024
         by_step = {s["index"]: s["l1_bytes"] / 1024 for s in tiling["steps"]}
-        xs = list(range(steps))
-        bottom.step(xs, [by_step.get(i, 0) for i in xs], where="post", color="#4C72B0")
-        bottom.axhline(tiling["l1_budget"] / 1024, color="#C44E52", linewidth=1)
-        bottom.text(0, tiling["l1_budget"] / 1024 * 1.02, "L1 budget", fontsize=8, color="#C44E52")
-        bottom.set_ylim(0, tiling["l1_budget"] / 1024 * 1.15)
+        peak = max(by_step.values(), default=0.0)
+        xs = list(range(steps + 1))
+        bottom.step(xs, [by_step.get(min(i, steps - 1), 0) for i in xs], where="post", color="#4C72B0")
+        bottom.axhline(budget, color="#C44E52", linewidth=1)
+        # the label sits above the line at the right end, in headroom no step can reach (tiles fit the budget)
+        bottom.annotate(f"L1 budget {budget:.0f} KiB (tiles peak at {peak:.1f} KiB)", xy=(1.0, budget),
+                        xycoords=("axes fraction", "data"),
+                        xytext=(-4, 3), textcoords="offset points", ha="right", va="bottom", fontsize=8,
+                        color="#C44E52")
+        bottom.set_ylim(0, budget * 1.35)
         bottom.set_ylabel("L1 tiles (KiB)")
+        info["l1_budget_bytes"] = tiling["l1_budget"]
+        info["l1_peak_bytes"] = max((s["l1_bytes"] for s in tiling["steps"]), default=0)
     bottom.set_xlabel("step")
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return info
 
 
-def _table(layers: list[dict[str, Any]], peaks: dict[str, float]) -> str:
-    pairs = sorted({key for layer in layers for key in layer.get("dma", {})})
+def _utilisation(layer: dict[str, Any], hw: Hardware) -> float | None:
+    peak = hw.peaks.get(layer["engine"])
+    return layer["macs"] / (peak * layer["cycles"]) if peak and layer["cycles"] and layer["macs"] else None
+
+
+def _table(layers: list[dict[str, Any]], hw: Hardware) -> str:
+    pairs = sorted({key for layer in layers for key in layer.get("dma", {})}) if hw.has_dma else []
     head = "".join(f"<th>DMA {html.escape(p)} (B)</th>" for p in pairs)
     rows = []
+    def engine_shown(engine: str) -> str:
+        return "core" if engine == "cores" and hw.cores == 1 else engine
+
     for layer in layers:
-        cycles = layer["cycles"] or 0
-        util = layer["macs"] / (peaks.get(layer["engine"], 1) * cycles) if cycles and layer["macs"] else None
+        cycles = layer["cycles"]
+        util = _utilisation(layer, hw)
         dma = "".join(f"<td>{layer.get('dma', {}).get(p, 0):,}</td>" for p in pairs)
-        rows.append(f"<tr><td>{layer['index']}</td><td class='name'>{html.escape(layer['name'])}</td>"
-                    f"<td>{html.escape(layer['op'])}</td><td>{layer['engine']}</td><td>{layer['macs']:,}</td>"
-                    f"<td>{cycles:,}</td><td>{'' if util is None else f'{util:.1%}'}</td>{dma}</tr>")
-    return (f"<table><thead><tr><th>#</th><th>layer</th><th>op</th><th>engine</th><th>MACs</th><th>cycles</th>"
+        origin = layer.get("origin", "")
+        rows.append(f"<tr><td>{layer['index']}</td><td class='name' title='{html.escape(layer['name'])}'>"
+                    f"{html.escape(layer['name'])}</td><td class='name' title='{html.escape(origin)}'>"
+                    f"{html.escape(origin)}</td><td class='op'>{html.escape(layer['op'])}</td>"
+                    f"<td class='op'>{html.escape(engine_shown(layer['engine']))}</td><td>{layer['macs']:,}</td>"
+                    f"<td>{'' if cycles is None else f'{cycles:,}'}</td>"
+                    f"<td>{'' if util is None else f'{util:.1%}'}</td>{dma}</tr>")
+    return (f"<table><thead><tr><th>#</th><th class='name'>IR step</th><th class='name'>ONNX node</th>"
+            f"<th class='op'>op</th><th class='op'>engine</th><th>MACs</th><th>cycles</th>"
             f"<th>utilisation</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def _image(path: Path) -> str:
+def _image(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f"<img alt='{path.stem}' src='data:image/png;base64,{data}'>"
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}h1{margin-bottom:4px}
-.sub{color:#666;margin-bottom:18px}.kpi{display:inline-block;margin:0 18px 12px 0;padding:8px 12px;background:#f3f5f8;
-border-radius:6px}.kpi b{display:block;font-size:20px}img{max-width:100%;margin:8px 0 20px}
+.sub{color:#555;margin-bottom:6px;max-width:1300px}.kpi{display:inline-block;vertical-align:top;margin:0 18px 12px 0;
+padding:8px 12px;background:#f3f5f8;border-radius:6px}.kpi b{display:block;font-size:20px}
+.kpi b.note{font-size:13px;font-weight:normal;color:#555;max-width:260px}img{max-width:100%;margin:8px 0 20px}
 table{border-collapse:collapse;font-size:12px}th,td{border-bottom:1px solid #e3e3e3;padding:3px 8px;text-align:right}
-th{background:#f3f5f8;position:sticky;top:0}td.name{text-align:left;max-width:420px;overflow:hidden;
-text-overflow:ellipsis;white-space:nowrap}"""
+th{background:#f3f5f8;position:sticky;top:0}td.name,th.name{text-align:left;max-width:380px;overflow:hidden;
+text-overflow:ellipsis;white-space:nowrap}td.op,th.op{text-align:left}ul.hw{margin:4px 0 16px;color:#444}"""
+
+
+def _kpis(layers: list[dict[str, Any]], report: dict[str, Any], hw: Hardware) -> list[tuple[str, str, bool]]:
+    """(label, value, value is a note) for the boxes at the top of the page."""
+    cycles = max(report.get("cycles_inference") or report["cycles_total"], 1)
+    macs = sum(layer["macs"] for layer in layers)
+    kpis = [("cycles per inference", f"{cycles:,}", False)]
+    if hw.clock_hz:
+        mhz = hw.clock_hz / 1e6
+        kpis += [(f"inferences/s at {mhz:g} MHz", f"{hw.clock_hz / cycles:,.1f}", False),
+                 (f"latency at {mhz:g} MHz", f"{cycles / hw.clock_hz * 1e3:,.3f} ms", False)]
+    else:
+        kpis.append(("inferences/s", "cycles only (the target file names no clock)", True))
+    kpis += [("MACs", f"{macs:,}", False), ("MAC/cycle", f"{macs / cycles:.2f}", False),
+             ("bit-exact", "yes" if report["bit_exact"] else "NO", False)]
+    if hw.has_dma:
+        overlap = report.get("dma_overlap")
+        kpis.append(("DMA overlap", "n/a" if overlap is None else f"{overlap:.0%}", False))
+    if hw.has_accel and "accel" in hw.peaks:
+        accel_macs = sum(layer["macs"] for layer in layers if layer["engine"] == "accel")
+        kpis.append(("accelerator utilisation", f"{accel_macs / (hw.peaks['accel'] * cycles):.1%} end to end",
+                     False))
+    elif "cores" in hw.peaks:
+        core_macs = sum(layer["macs"] for layer in layers if layer["engine"] == "cores")
+        kpis.append((f"{'core' if hw.cores == 1 else 'cores'} utilisation",
+                     f"{core_macs / (hw.peaks['cores'] * cycles):.1%} end to end", False))
+    return kpis
 
 
 def write_report(build: str | Path, out: str | Path) -> list[Path]:
-    """Write the HTML page and its PNGs; returns the files written."""
+    """Write the HTML page, its PNGs and its figures as strict JSON; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     build, out = Path(build), Path(out)
     manifest, report = _load(build)
-    layers = report["layers"]
-    peaks, bandwidths = _peaks(manifest["target"]), _bandwidths(manifest["target"])
+    layers = _layers(manifest, report)
+    hw = hardware(manifest["target"], report)
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("")
-    pngs = {name: Path(f"{stem}_{name}.png") for name in ("cycles", "roofline", "memory")}
-    has_dma = bool(load_target(manifest["target"]).section("dma"))
-    if not has_dma:       # a microcontroller reads its memories directly: no DMA traffic, no bandwidth roofs
-        del pngs["roofline"]
-    _figure_cycles(layers, pngs["cycles"])
-    if has_dma:
-        _figure_roofline(layers, peaks, bandwidths, pngs["roofline"])
-    _figure_memory(manifest, pngs["memory"])
-    cycles = report.get("cycles_inference", report["cycles_total"])
-    macs = sum(layer["macs"] for layer in layers)
-    accel_macs = sum(layer["macs"] for layer in layers if layer["engine"] == "accel")
-    kpis = [("cycles per inference", f"{cycles:,}"), ("inferences/s at 500 MHz", f"{500e6 / cycles:.1f}"),
-            ("MACs", f"{macs:,}"), ("MAC/cycle", f"{macs / cycles:.1f}"),
-            ("bit-exact", "yes" if report["bit_exact"] else "NO"),
-            ("DMA overlap", f"{report.get('dma_overlap', 0):.0%}")]
-    if "accel" in peaks:
-        kpis.append(("accelerator utilisation", f"{accel_macs / (peaks['accel'] * cycles):.1%} end to end"))
+    names = ("cycles", "roofline", "memory") if hw.has_dma else ("cycles", "memory")
+    pngs = {name: Path(f"{stem}_{name}.png") for name in names}
+    figures = {"cycles": _figure_cycles(layers, hw, pngs["cycles"])}
+    if hw.has_dma:
+        figures["roofline"] = _figure_roofline(layers, hw, pngs["roofline"])
+    figures["memory"] = _figure_memory(manifest, pngs["memory"])
+    kpis = _kpis(layers, report, hw)
+
+    facts = [f"simulated by {hw.iss}; {hw.time_model}",
+             f"clock: {f'{hw.clock_hz / 1e6:g} MHz ({hw.clock_source})' if hw.clock_hz else hw.clock_source}"]
+    facts += [f"{hw.engine_labels.get(e, e)} peak: {src}" for e, src in hw.peak_sources.items()]
+    if hw.bandwidths:
+        facts.append("DMA bandwidth: " + ", ".join(f"{n} {bw:g} B/cycle" for n, bw in hw.bandwidths.items()))
+    if hw.has_accel:
+        engine = report.get("accel_engine", "model")
+        facts.append("accelerator jobs: " + ACCEL_ENGINES.get(engine, str(engine)))
+    roofline = f"<h2>Roofline</h2>{_image(pngs['roofline'], 'roofline: ' + '; '.join(figures['roofline']['legend']))}" \
+        if "roofline" in pngs else ""
+    placement = manifest.get("placement", {})
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tinydeploy report</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(Path(manifest.get('model') or 'model').name)} on {html.escape(manifest['target'])}</h1>
 <div class="sub">{len(layers)} layers; weights {manifest['weights']['bytes']:,} B in
-{manifest.get('placement', {}).get('weights_region', '?')}; arena {manifest['arena']['bytes']:,} B in
-{manifest.get('placement', {}).get('arena_region', '?')}; simulated by tinydeploy's cluster ISS
-(accelerator: {html.escape(report.get('accel_engine', 'model'))})</div>
-{''.join(f'<div class="kpi">{html.escape(k)}<b>{html.escape(v)}</b></div>' for k, v in kpis)}
-<h2>Cycles per layer</h2>{_image(pngs['cycles'])}
-<h2>Roofline</h2>{_image(pngs['roofline']) if 'roofline' in pngs else
-    '<p>No DMA on this target (the core reads its memories directly): no roofline.</p>'}
-<h2>Memory</h2>{_image(pngs['memory'])}
-<h2>Layers</h2>{_table(layers, peaks)}
+{html.escape(str(placement.get('weights_region', '?')))}; arena {manifest['arena']['bytes']:,} B in
+{html.escape(str(placement.get('arena_region', '?')))}</div>
+<ul class="hw">{''.join(f'<li>{html.escape(f)}</li>' for f in facts)}</ul>
+{''.join(f'<div class="kpi">{html.escape(k)}<b{" class=note" if note else ""}>{html.escape(v)}</b></div>'
+         for k, v, note in kpis)}
+<h2>Cycles per layer</h2>{_image(pngs['cycles'], 'cycles per layer; legend: ' + ', '.join(figures['cycles']['legend']))}
+{roofline}
+<h2>Memory</h2>{_image(pngs['memory'], 'memory map')}
+<h2>Layers</h2>{_table(layers, hw)}
 </body></html>
 """
     out.write_text(page)
-    return [out, *pngs.values()]
+    summary = {
+        "target": hw.target, "backend": hw.backend, "iss": hw.iss, "time_model": hw.time_model,
+        "clock_hz": hw.clock_hz, "clock_source": hw.clock_source, "peaks_macs_per_cycle": hw.peaks,
+        "peak_sources": hw.peak_sources, "dma_bandwidths_bytes_per_cycle": hw.bandwidths,
+        "kpis": {k: v for k, v, _ in kpis}, "figures": figures,
+        "layers": [{"index": layer["index"], "name": layer["name"], "onnx_node": layer["origin"], "op": layer["op"],
+                    "engine": layer["engine"], "macs": layer["macs"], "cycles": layer["cycles"],
+                    "utilisation": _utilisation(layer, hw),
+                    **({"dma": layer.get("dma", {})} if hw.has_dma else {})} for layer in layers],
+    }
+    json_path = Path(f"{stem}_summary.json")      # not {stem}.json: -o BUILD/report.html must keep report.json
+    json_path.write_text(dumps_strict(summary, indent=1) + "\n")
+    return [out, *pngs.values(), json_path]

@@ -66,11 +66,52 @@ class VerifyResult:
     log: list[str] = field(default_factory=list)
 
 
+MANIFEST_KEYS = {"target": str, "backend": str, "inputs": list, "outputs": list, "tensors": list}
+SLOT_KEYS = {"name": str, "dtype": str, "shape": list, "offset": int, "nbytes": int}
+
+
 def load_manifest(build_dir: Path) -> dict[str, Any]:
+    """BUILD/tinydeploy.json, checked enough that a damaged one is one error naming it, not a crash later."""
     path = build_dir / "tinydeploy.json"
+    if not build_dir.is_dir():
+        raise TinyDeployError(f"build folder '{build_dir}' does not exist" if not build_dir.exists()
+                              else f"'{build_dir}' is a file, not a build folder")
     if not path.is_file():
         raise TinyDeployError(f"{build_dir} is not a tinydeploy build (no tinydeploy.json); run tinydeploy compile")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise TinyDeployError(f"{path} is damaged ({str(exc).splitlines()[0][:120]}); recompile the build") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise TinyDeployError(f"{path} is damaged ({problem}); recompile the build")
+    return manifest
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """Why a parsed manifest cannot be used (the keys simulate and verify read), or None."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            return f"'{key}' missing or not a {kind.__name__}"
+    for key in ("inputs", "outputs"):
+        for slot in manifest[key]:
+            if not isinstance(slot, dict) or any(not isinstance(slot.get(k), t) for k, t in SLOT_KEYS.items()):
+                return f"an entry of '{key}' lacks {', '.join(SLOT_KEYS)}"
+            try:
+                dtype = np.dtype(slot["dtype"])
+            except TypeError:
+                return f"'{key}' entry '{slot['name']}' has dtype {slot['dtype']!r}"
+            shape = slot["shape"]
+            if (dtype.kind not in "iu" or not all(isinstance(d, int) and d >= 0 for d in shape)
+                    or slot["offset"] < 0 or slot["nbytes"] != dtype.itemsize * int(np.prod(shape, dtype=np.int64))):
+                return f"'{key}' entry '{slot['name']}' has an inconsistent dtype/shape/size"
+    for entry in manifest["tensors"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or \
+                not isinstance(entry.get("id"), int) or not isinstance(entry.get("dtype"), str):
+            return "an entry of 'tensors' lacks name, id or dtype"
+    return None
 
 
 def compare_arrays(name: str, got: np.ndarray, expected: np.ndarray, info: dict[str, Any],
@@ -90,29 +131,77 @@ def compare_arrays(name: str, got: np.ndarray, expected: np.ndarray, info: dict[
 
 def golden_outputs(build_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(inputs, outputs) stored by compile in golden.npz."""
-    data = np.load(build_dir / "golden.npz")
-    inputs = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("input:")}
-    outputs = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("output:")}
+    from .frontend.inputs import read_npz
+
+    path = build_dir / "golden.npz"
+    try:
+        data = read_npz(path)
+    except TinyDeployError as exc:
+        raise TinyDeployError(f"golden vectors of {build_dir}: {exc.reason}; recompile the build") from None
+    inputs = {k.split(":", 1)[1]: v for k, v in data.items() if k.startswith("input:")}
+    outputs = {k.split(":", 1)[1]: v for k, v in data.items() if k.startswith("output:")}
+    manifest = load_manifest(build_dir)
+    for kind, values in (("inputs", inputs), ("outputs", outputs)):
+        for slot in manifest[kind]:
+            value = values.get(slot["name"])
+            if value is None or list(value.shape) != slot["shape"] or value.dtype.kind not in "iu":
+                raise TinyDeployError(f"{path} is damaged ({kind[:-1]} '{slot['name']}' missing or not an integer "
+                                      f"array of shape {slot['shape']}); recompile the build")
     return inputs, outputs
+
+
+def integer_graph(manifest: dict[str, Any]):
+    """The build's integer graph, re-derived from the model it came from (which must be unchanged)."""
+    from .frontend.onnx_loader import import_model
+    from .passes.integerize import integerize
+
+    model = Path(str(manifest.get("model", "")))
+    if not model.is_file():
+        raise TinyDeployError(f"the model this build came from is needed, not found at '{model}'")
+    if manifest.get("model_sha256") and hashlib.sha256(model.read_bytes()).hexdigest() != manifest["model_sha256"]:
+        raise TinyDeployError(f"model '{model}' changed since this build was compiled; recompile first")
+    ranges = {k: tuple(v) for k, v in manifest.get("input_ranges", {}).items()} or None
+    arithmetic = manifest.get("arithmetic_target", manifest["target"])
+    return integerize(import_model(str(model), input_ranges=ranges), arithmetic)
 
 
 def golden_tensors(manifest: dict[str, Any], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every intermediate tensor from the golden interpreter, re-deriving the integer graph from the model."""
     from .backends import backend_passes
-    from .frontend.onnx_loader import import_model
     from .ir.interpreter import run_graph
-    from .passes.integerize import integerize
 
-    model = Path(manifest.get("model", ""))
-    if not model.is_file():
-        raise TinyDeployError(f"--layers needs the model the build came from, not found at '{model}'")
-    if manifest.get("model_sha256") and hashlib.sha256(model.read_bytes()).hexdigest() != manifest["model_sha256"]:
-        raise TinyDeployError(f"model '{model}' changed since this build was compiled; recompile first")
-    ranges = {k: tuple(v) for k, v in manifest.get("input_ranges", {}).items()} or None
-    arithmetic = manifest.get("arithmetic_target", manifest["target"])
-    graph = integerize(import_model(str(model), input_ranges=ranges), arithmetic)
-    graph, _ = backend_passes(graph, manifest["target"])     # the same rewrites as compile: same tensor names
+    graph, _ = backend_passes(integer_graph(manifest), manifest["target"])  # same rewrites: same tensor names
     return run_graph(graph, inputs, keep_all=True)
+
+
+def golden_samples(manifest: dict[str, Any], path: str | Path) -> list[Sample]:
+    """Samples from an inputs file (checked against the model's inputs) with their golden outputs."""
+    from .frontend.inputs import load_inputs
+    from .ir.interpreter import cast_outputs, run_graph
+
+    graph = integer_graph(manifest)
+    samples = []
+    for inputs in load_inputs(path, graph, batched=True):
+        outputs = cast_outputs(graph, run_graph(graph, inputs))
+        samples.append(Sample(inputs, {name: outputs[name] for name in graph.outputs}))
+    return samples
+
+
+@dataclass
+class Sample:
+    """One set of inputs and the golden interpreter's outputs for it."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+def pack_slots(slots: list[dict[str, Any]], values: dict[str, np.ndarray]) -> bytes:
+    """A packed buffer of network_run() (the layout of the manifest's input or output slots)."""
+    blob = bytearray(slots[-1]["offset"] + slots[-1]["nbytes"] if slots else 0)
+    for slot in slots:
+        data = np.ascontiguousarray(values[slot["name"]].astype(np.dtype(slot["dtype"]).newbyteorder("<")))
+        blob[slot["offset"]:slot["offset"] + slot["nbytes"]] = data.tobytes()
+    return bytes(blob)
 
 
 def unpack_outputs(manifest: dict[str, Any], blob: bytes) -> dict[str, np.ndarray]:
@@ -127,13 +216,15 @@ def unpack_outputs(manifest: dict[str, Any], blob: bytes) -> dict[str, np.ndarra
 
 
 def verify_build(build_dir: str | Path, *, layers: bool = False, sanitize: bool = False, cc: str = "gcc",
-                 say: Callable[[str], None] = lambda msg: None) -> VerifyResult:
+                 say: Callable[[str], None] = lambda msg: None, sample: Sample | None = None) -> VerifyResult:
     """Run `build_dir` (host build, or the ISS for cluster builds), compare with golden bit for bit; writes
-    mismatch.npz on the first divergence."""
+    mismatch.npz on the first divergence. `sample`: other inputs than the compiled-in golden ones."""
     build = Path(build_dir)
     manifest = load_manifest(build)
     inputs, expected = golden_outputs(build)
-    got, trace, log = _run(build, manifest, layers, sanitize, cc, say)
+    if sample is not None:
+        inputs, expected = sample.inputs, sample.outputs
+    got, trace, log = _run(build, manifest, layers, sanitize, cc, say, sample)
     info = {t["name"]: t for t in manifest["tensors"]}
     result = VerifyResult(True, {})
     result.log.append(log)
@@ -153,7 +244,7 @@ def verify_build(build_dir: str | Path, *, layers: bool = False, sanitize: bool 
 
 
 def _run(build: Path, manifest: dict[str, Any], layers: bool, sanitize: bool, cc: str,
-         say: Callable[[str], None]) -> tuple[dict[str, np.ndarray], dict[int, bytes], str]:
+         say: Callable[[str], None], sample: Sample | None) -> tuple[dict[str, np.ndarray], dict[int, bytes], str]:
     """(outputs, trace, console) from the host harness (generic builds) or the cluster ISS (riscv builds)."""
     if manifest.get("backend") in ("riscv", "cmsis"):
         from .sim.firmware import simulate_build
@@ -162,11 +253,11 @@ def _run(build: Path, manifest: dict[str, Any], layers: bool, sanitize: bool, cc
             raise TinyDeployError("--sanitize builds for the host; cluster firmware runs in the ISS (use a "
                                   "generic build to sanitize the kernels)")
         outputs_file = build / "outputs.npz"
-        if not layers and outputs_file.is_file():
+        if not layers and sample is None and _fresh_outputs(build, outputs_file):
             say(f"using {outputs_file} from tinydeploy simulate")
             data = np.load(outputs_file)
             return {k: data[k] for k in data.files}, {}, ""
-        sim = simulate_build(build, cc=None if cc == "gcc" else cc, trace=layers, say=say)
+        sim = simulate_build(build, cc=None if cc == "gcc" else cc, trace=layers, say=say, sample=sample)
         return sim.outputs, sim.trace, sim.result.console
     if manifest.get("backend") != "generic":
         raise TinyDeployError(f"verify of '{manifest.get('backend')}' builds is not implemented yet")
@@ -174,8 +265,25 @@ def _run(build: Path, manifest: dict[str, Any], layers: bool, sanitize: bool, cc
 
     exe = build_host(build, cc=cc, sanitize=sanitize, trace=layers)
     say(f"built {exe.relative_to(build)} with {cc}{' (ASan+UBSan)' if sanitize else ''}")
-    run = run_host(exe, exe.parent, trace=layers)
+    inputs_file = None
+    if sample is not None:
+        inputs_file = exe.parent / "inputs.bin"
+        inputs_file.write_bytes(pack_slots(manifest["inputs"], sample.inputs))
+    run = run_host(exe, exe.parent, trace=layers, inputs=inputs_file)
     return unpack_outputs(manifest, run.outputs), run.trace, run.stdout.strip()
+
+
+def _fresh_outputs(build: Path, outputs_file: Path) -> bool:
+    """outputs.npz of a simulate run of this very build (written after its manifest and golden vectors)."""
+    if not outputs_file.is_file():
+        return False
+    newest_input = max((build / name).stat().st_mtime for name in ("tinydeploy.json", "golden.npz"))
+    try:
+        data = np.load(outputs_file, allow_pickle=False)
+        readable = isinstance(data, np.lib.npyio.NpzFile)
+    except (OSError, ValueError, EOFError):
+        readable = False
+    return readable and outputs_file.stat().st_mtime >= newest_input
 
 
 def traced_tensor(raw: bytes, dtype: np.dtype, entry: dict[str, Any]) -> np.ndarray:

@@ -268,14 +268,17 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
             path.write_bytes(text)
         else:
             path.write_text(text if text.endswith("\n") else text + "\n")
+    written = set(files) | {"golden.npz", MANIFEST}
     for runtime_dir in options.runtime_dirs:
         for src in sorted(runtime_dir.iterdir()):
             if src.is_file():
                 shutil.copyfile(src, out / src.name)
+                written.add(src.name)
     np.savez(out / "golden.npz", **{f"input:{k}": v for k, v in inputs.items()},
              **{f"output:{k}": v for k, v in golden.items()})
     manifest = _manifest(graph, target, plan, calls, cnames, in_slots, out_slots, weights_bytes, weights_format,
                          placement, options, refs.views)
+    manifest["files"] = sorted(written)      # what simulate/verify need before they run make
     if tiling is not None:
         manifest["tiling"] = {"l1_budget": tiling.l1_budget, "l1_peak": tiling.l1_peak,
                               "steps": [tiling.steps[i].to_json() for i in sorted(tiling.steps)]}

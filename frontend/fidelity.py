@@ -6,10 +6,14 @@ Three views, all on the same input:
     (errors accumulate along the network);
   * op in isolation: each linear op (MatMul/Gemm + requant, Add, Sub, Mul, Div) fed onnxruntime's own
     int8 inputs, its int8 output vs onnxruntime's: the loss that op alone adds.
+
+The report dict holds no NaN or Infinity (a figure that does not apply, e.g. `identical` where the two scales
+differ, is None), so json.dumps of it is strict JSON.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -118,13 +122,24 @@ def fidelity_report(model_path: str | Path, quant_graph: Graph, int_graph: Graph
     isolated = _isolated_ops(quant_graph, int_graph, ref, onnx_names, scales)
     worst = sorted(isolated, key=lambda a: (a.within_1lsb, -a.max_diff_lsb))[:5]
     total = sum(a.elements for a in isolated)
-    within = sum(a.within_1lsb * a.elements for a in isolated) / total if total else float("nan")
-    return {"model": str(model_path), "target": int_graph.meta.get("target"),
-            "end_to_end": [asdict(a) for a in end_to_end],
-            "linear_ops_within_1lsb": within,
-            "isolated_ops": [asdict(a) for a in isolated],
-            "worst_ops": [asdict(a) for a in worst],
-            "layers": [asdict(a) for a in layers]}
+    within = sum(a.within_1lsb * a.elements for a in isolated) / total if total else None
+    return _finite({"model": str(model_path), "target": int_graph.meta.get("target"),
+                    "end_to_end": [asdict(a) for a in end_to_end],
+                    "linear_ops_within_1lsb": within, "linear_ops_elements": total,
+                    "isolated_ops": [asdict(a) for a in isolated],
+                    "worst_ops": [asdict(a) for a in worst],
+                    "layers": [asdict(a) for a in layers]})
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN/Infinity (a figure that does not apply) replaced by None: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _producer_op(graph: Graph, tensor: str) -> str:
@@ -164,20 +179,45 @@ def _isolated_ops(quant_graph: Graph, int_graph: Graph, ref: dict[str, np.ndarra
     return results
 
 
+#: below this many elements a share is given as a count ("0 of 2 elements"), not a percentage
+FEW_ELEMENTS = 100
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _within(a: dict[str, Any]) -> str:
+    """`a`'s share within 1 LSB, with the number of elements it is taken over."""
+    n, share = a["elements"], a["within_1lsb"]
+    if share is None:
+        return f"n/a of {n:,} elements within 1 LSB"
+    if n < FEW_ELEMENTS:
+        return f"{round(share * n)} of {n} elements within 1 LSB"
+    return f"{_pct(share)} of {n:,} elements within 1 LSB"
+
+
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"fidelity of {report['model']} on target {report['target']} vs onnxruntime (QDQ)"]
+    lines = [f"fidelity of {report['model']} on target {report['target']} vs onnxruntime (QDQ)",
+             "  agreement = share of a tensor's elements within 1 LSB (one step of its int8 scale) of onnxruntime "
+             "running the same QDQ model on the same input"]
+    if report["end_to_end"]:
+        lines.append("  outputs (end to end: the error accumulated over the whole network):")
     for a in report["end_to_end"]:
-        lines.append(f"  output {a['name']}: cosine {a['cosine']:.5f}, max |diff| {a['max_diff_lsb']:.1f} LSB, "
-                     f"{100 * a['within_1lsb']:.2f}% within 1 LSB")
-    lines.append(f"  linear ops fed onnxruntime's int8 inputs: {100 * report['linear_ops_within_1lsb']:.3f}% of "
-                 f"elements within 1 LSB ({len(report['isolated_ops'])} ops)")
-    lines.append("  ops that lose the most (in isolation):")
+        cosine = "n/a" if a["cosine"] is None else f"{a['cosine']:.5f}"
+        lines.append(f"    {a['name']}: cosine {cosine}, max |diff| {a['max_diff_lsb']:.1f} LSB, {_within(a)}")
+    elements = report.get("linear_ops_elements") or 0
+    lines.append(f"  linear ops fed onnxruntime's int8 inputs: {_pct(report['linear_ops_within_1lsb'], 3)} of "
+                 f"{elements:,} elements within 1 LSB ({len(report['isolated_ops'])} ops)")
+    if report["worst_ops"]:
+        lines.append("  ops that lose the most (in isolation):")
     for a in report["worst_ops"]:
-        lines.append(f"    {a['op']:<7} {a['name']}: {100 * a['within_1lsb']:.2f}% within 1 LSB, "
-                     f"max {a['max_diff_lsb']:.1f} LSB, {100 * a['identical']:.1f}% identical")
-    worst_layers = sorted(report["layers"], key=lambda a: a["cosine"])[:3]
+        identical = "" if a["identical"] is None else f", {_pct(a['identical'], 1)} identical"
+        lines.append(f"    {a['op']:<7} {a['name']}: {_within(a)}, max {a['max_diff_lsb']:.1f} LSB{identical}")
+    worst_layers = sorted(report["layers"], key=lambda a: -2.0 if a["cosine"] is None else a["cosine"])[:3]
     if worst_layers:
         lines.append("  layers with the lowest cosine (accumulated error):")
         for a in worst_layers:
-            lines.append(f"    {a['op']:<9} {a['name']}: cosine {a['cosine']:.5f}, max {a['max_diff_lsb']:.1f} LSB")
+            cosine = "n/a" if a["cosine"] is None else f"{a['cosine']:.5f}"
+            lines.append(f"    {a['op']:<9} {a['name']}: cosine {cosine}, max {a['max_diff_lsb']:.1f} LSB")
     return "\n".join(lines)

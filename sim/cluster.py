@@ -37,6 +37,7 @@ from typing import Any
 from ..errors import TinyDeployError
 from ..target import Target, load_target
 from .accel.model import JOB_REGISTERS, MODE_SOFTMAX, AccelSpec, Job, job_cycles, operand_spans, pitch, run_job
+from .interrupt import raise_if_interrupted
 from .native import NO_BLOCK, HartCounter, attach_counter
 
 LEVELS = ("l1", "l2", "l3")
@@ -567,6 +568,7 @@ class ClusterISS:
         budget = max_cycles or self.spec.max_cycles
         reported = time.perf_counter()
         while not self.finished:
+            raise_if_interrupted()
             for hart in self.harts:
                 if not hart.running or hart.waiting:
                     continue
@@ -604,6 +606,7 @@ class ClusterISS:
             hart.uc.emu_start(hart.pc, 0)
         except uc_error as error:
             self._decode_error(hart, error)
+        raise_if_interrupted()
         if self._pending_fault is not None:
             raise self._pending_fault
         hart.pc = hart.uc.reg_read(pc_register)

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import TinyDeployError
 from ..target import Target, load_target
 from .cluster import GuestFault, LayerStamp, SimResult, Symbols
+from .interrupt import raise_if_interrupted
 from .native import attach_counter
 
 REGIONS = ("flash", "xip", "sram")
@@ -145,6 +146,7 @@ class CortexMISS:
         budget = max_cycles or self.max_cycles
         reported = time.perf_counter()
         while not self.finished:
+            raise_if_interrupted()
             self.counter.limit = self.counter.instructions + self.quantum
             try:
                 self.uc.emu_start(self.pc | 1, 0)

@@ -8,18 +8,23 @@ and `layers`: one entry per IR step {name, op, engine, macs, cycles, bytes_dma}.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import TinyDeployError
 from .cluster import ClusterISS, ClusterSpec, SimResult
-from .host import run_make
+from .host import check_build_files, run_make
+from .interrupt import deferred_sigint
+
+if TYPE_CHECKING:
+    from ..verify import Sample
 
 GCC_ARCH_FLAGS = {"riscv": "-march=rv32imc -mabi=ilp32", "cmsis": "-mcpu=cortex-m4 -mthumb"}
 
@@ -39,9 +44,12 @@ def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False, 
 
     cmsis_nn: a CMSIS-NN checkout to build the Cortex-M kernels from instead of tinydeploy's own."""
     out = ("fw-trace" if trace else "fw") + ("-cmsis-nn" if cmsis_nn else "")
+    out += "" if cc is None else f"-{Path(cc).name}"      # one folder per compiler; run_make also checks flags
     if cc is None or cc in ("zig", "clang"):
         variables = [f"CC={sys.executable} -m ziglang cc"]
     else:
+        if shutil.which(cc) is None and not Path(cc).is_file():
+            raise TinyDeployError(f"--cc {cc}: cross compiler not found (default: pip ziglang's clang)")
         variables = [f"CC={cc}", f"ARCH_FLAGS={GCC_ARCH_FLAGS[backend]}",
                      "LDFLAGS=-nostartfiles -static -Wl,--gc-sections -lgcc"]
     if trace:
@@ -59,10 +67,14 @@ def build_firmware(build_dir: Path, cc: str | None = None, trace: bool = False, 
 def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool = False,
                    max_cycles: int | None = None, accel: str = "model", cmsis_nn: str | None = None,
                    say: Callable[[str], None] = lambda m: None,
-                   progress: Callable[[int, int, int, float], None] | None = None) -> Simulation:
-    """`progress(layers done, layers, cycles, guest instructions/s)` is called about twice a second."""
-    """Build, run in the ISS, write outputs.npz and report.json (report only for the untraced run)."""
-    from ..verify import golden_outputs, load_manifest, unpack_outputs
+                   progress: Callable[[int, int, int, float], None] | None = None,
+                   sample: Sample | None = None) -> Simulation:
+    """Build, run in the ISS, write outputs.npz and report.json (only for the untraced run on the golden input).
+
+    `sample`: other inputs (and their golden outputs) placed in the firmware's input and golden buffers before
+    the run, so the same ELF runs them without recompiling. `progress(layers done, layers, cycles, guest
+    instructions/s)` is called about twice a second."""
+    from ..verify import golden_outputs, load_manifest, pack_slots, unpack_outputs
 
     build = Path(build_dir)
     manifest = load_manifest(build)
@@ -70,6 +82,8 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
     if backend not in ("riscv", "cmsis"):
         raise TinyDeployError(f"simulate runs cluster and Cortex-M builds; this one is for {manifest.get('target')} "
                               f"(use tinydeploy verify for host builds)")
+    _, golden = golden_outputs(build)
+    check_build_files(build, manifest)
     elf = build_firmware(build, cc, trace, backend, cmsis_nn)
     say(f"built {elf.relative_to(build)}")
     if backend == "cmsis":
@@ -78,6 +92,10 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
         iss = CortexMISS(manifest["target"], elf)
     else:
         iss = ClusterISS(ClusterSpec.from_target(manifest["target"]), elf, accel=accel)
+    if sample is not None:
+        golden = sample.outputs
+        _place(iss, elf, "golden_input", pack_slots(manifest["inputs"], sample.inputs))
+        _place(iss, elf, "golden_output", pack_slots(manifest["outputs"], golden))
     t0 = time.perf_counter()
     steps = len(manifest.get("steps", []))
     last_line = [0.0]
@@ -90,21 +108,29 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
             last_line[0] = time.perf_counter()
             say(f"layer {layers}/{steps}, {cycles / 1e6:.0f} M cycles, {rate / 1e6:.0f} M guest instr/s")
 
-    result = iss.run(max_cycles, progress=report)
+    with deferred_sigint():
+        result = iss.run(max_cycles, progress=report)
     wall = time.perf_counter() - t0
     address = iss.symbols.by_name.get("td_output")
     if address is None:
         raise TinyDeployError(f"{elf} has no td_output symbol")
     outputs = unpack_outputs(manifest, iss.read(address, _output_bytes(manifest)))
-    _, golden = golden_outputs(build)
     bit_exact = all(np.array_equal(outputs[k], v) for k, v in golden.items())
     report = _report(manifest, result, bit_exact, wall)
     report["accel_engine"] = accel
     report["accel_jobs_checked_against_rtl"] = iss.accel_jobs_checked
-    if not trace:
+    if not trace and sample is None:
         np.savez(build / "outputs.npz", **outputs)
         (build / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return Simulation(result, outputs, iss.trace, report, wall)
+
+
+def _place(iss, elf: Path, symbol: str, data: bytes) -> None:
+    """Overwrite the start of a firmware buffer (the golden vectors) in the simulator's memory."""
+    address = iss.symbols.by_name.get(symbol)
+    if address is None:
+        raise TinyDeployError(f"{elf} has no {symbol} symbol to place the inputs in")
+    iss.write(address, data)
 
 
 def _output_bytes(manifest: dict[str, Any]) -> int:

@@ -39,13 +39,35 @@ def compiler_command(cc: str) -> tuple[str, bool]:
     return cc, False
 
 
+#: records the make variables a build folder's objects were made with
+BUILD_STAMP = ".tinydeploy-make"
+
+
+def check_build_files(build_dir: Path, manifest: dict) -> None:
+    """Every file compile wrote is still there (a missing weights.bin is named, not blamed on the linker)."""
+    missing = [name for name in manifest.get("files", []) if not (build_dir / name).is_file()]
+    if missing:
+        raise TinyDeployError(f"build folder {build_dir} lacks {', '.join(missing[:3])} (written by tinydeploy "
+                              f"compile); recompile the build")
+
+
 def run_make(build_dir: Path, out: str, variables: list[str], what: str) -> None:
-    """Run the project's Makefile into build_dir/out with `variables` (VAR=value); failure shows the tail."""
+    """Run the project's Makefile into build_dir/out with `variables` (VAR=value); failure names the first
+    compiler error (the tail of the log with -v).
+
+    Objects made with other variables (another compiler, other flags) are removed first, so a result never
+    comes from a stale ELF."""
+    folder, wanted = build_dir / out, "\n".join(variables) + "\n"
+    stamp = folder / BUILD_STAMP
+    if folder.exists() and not (stamp.is_file() and stamp.read_text() == wanted):
+        shutil.rmtree(folder)
     make = ["make", "-s", "-C", str(build_dir), f"-j{os.cpu_count() or 1}", f"BUILD_DIR={out}", *variables]
     result = subprocess.run(make, capture_output=True, text=True)
     if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
-        raise TinyDeployError(f"{what} failed:\n{tail}")
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        first = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
+        raise TinyDeployError(f"{what} failed: {first.strip()}", details="\n".join(lines[-25:]))
+    stamp.write_text(wanted)
 
 
 def build_host(build_dir: Path, cc: str = "gcc", sanitize: bool = False, trace: bool = False,
@@ -65,13 +87,18 @@ def build_host(build_dir: Path, cc: str = "gcc", sanitize: bool = False, trace: 
     return build_dir / out / "network"
 
 
-def run_host(executable: Path, work_dir: Path, trace: bool = False, repeat: int = 1, timeout: float = 1800) -> HostRun:
-    """Run the harness once; reads back the packed outputs and the trace."""
+def run_host(executable: Path, work_dir: Path, trace: bool = False, repeat: int = 1, timeout: float = 1800,
+             inputs: Path | None = None) -> HostRun:
+    """Run the harness once (on the packed input buffer in `inputs`, else the golden input); reads back the packed
+    outputs and the trace."""
     outputs_path = work_dir / "outputs.bin"
     trace_path = work_dir / "trace.bin"
     args = [str(executable), "--outputs", str(outputs_path), "--repeat", str(repeat)]
     if trace:
         args += ["--trace", str(trace_path)]
+    if inputs is not None:
+        args += ["--inputs", str(inputs)]
+    outputs_path.unlink(missing_ok=True)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
     try:
         result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
@@ -79,7 +106,9 @@ def run_host(executable: Path, work_dir: Path, trace: bool = False, repeat: int 
         raise TinyDeployError(f"{executable} did not finish within {timeout:.0f}s") from None
     if result.returncode not in (0, 1):
         tail = "\n".join(result.stderr.strip().splitlines()[-30:])
-        raise TinyDeployError(f"{executable} crashed (exit {result.returncode}):\n{tail}")
+        first = next((line for line in tail.splitlines() if "ERROR" in line or "error" in line), "")
+        raise TinyDeployError(f"{executable} crashed (exit {result.returncode}){': ' + first.strip() if first else ''}",
+                              details=tail)
     outputs = outputs_path.read_bytes() if outputs_path.exists() else b""
     records = read_trace(trace_path) if trace else {}
     return HostRun(result.returncode, result.stdout, result.stderr, outputs, records)

@@ -5,6 +5,7 @@ folder outside the repository."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,7 +24,10 @@ TARGETS = ("generic", "cluster1", "cluster8", "cluster8-ita", "cortex-m4", "cort
 def wheel(tmp_path_factory) -> Path:
     """A wheel built from the checkout (no build isolation: setuptools comes from the test's environment)."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
+    source = out / "source"      # a copy, so setuptools' build/ folder never lands in the checkout
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "out", "models",
+                                                                "__pycache__", "*.egg-info", ".*_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(out)], check=True, capture_output=True, text=True, cwd=out)
     wheels = list(out.glob("tinydeploy-*.whl"))
     assert len(wheels) == 1, wheels

@@ -48,6 +48,25 @@ class MobileBertSpec:
                        vocab=30522, embedding=128, seq=128)
         raise ValueError(f"unknown size '{size}' (tiny or full)")
 
+    #: largest value of each knob the zoo builds (beyond them the export needs tens of GB)
+    LIMITS = {"layers": 64, "hidden": 4096, "bottleneck": 4096, "heads": 64, "ffn_stack": 16, "intermediate": 16384,
+              "vocab": 250_000, "embedding": 4096, "seq": 4096, "labels": 1000}
+
+    def problems(self) -> list[str]:
+        """What makes this spec unbuildable, one phrase per knob (empty when it is fine)."""
+        found = []
+        for knob, limit in self.LIMITS.items():
+            value = getattr(self, knob)
+            if not 1 <= value <= limit:
+                found.append(f"--{knob.replace('_', '-')} {value} is outside [1, {limit}]")
+        if self.seed < 0:
+            found.append(f"--seed {self.seed} is negative")
+        if not found:
+            for knob in ("hidden", "bottleneck"):
+                if getattr(self, knob) % self.heads:
+                    found.append(f"--heads {self.heads} does not divide --{knob} {getattr(self, knob)}")
+        return found
+
 
 def make_torch_model(spec: MobileBertSpec):
     """MobileBertForSequenceClassification with seeded random weights, in eval mode."""

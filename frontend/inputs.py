@@ -1,0 +1,130 @@
+"""A model's inputs from the user: read from an .npz, checked against the graph's input types and ranges.
+
+Every problem is one TinyDeployError naming the file and the key: a missing key, an array that is not an
+integer array (a float holding 1.5 is never rounded into a token id), a wrong shape, a value outside the
+input's integer type or outside the table a Gather indexes with it (token ids beyond the vocabulary).
+A leading sample dimension (shape [N, *input shape]) gives N samples.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TinyDeployError
+from ..ir.graph import DTYPE_RANGES, Graph
+
+#: keys numpy.savez gives positional arrays
+POSITIONAL_KEY = re.compile(r"arr_\d+$")
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file (no pickles); a file that is not one is refused naming it."""
+    if not path.is_file():
+        raise TinyDeployError(f"inputs file '{path}' does not exist" if not path.exists()
+                              else f"inputs file '{path}' is not a file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise TinyDeployError(f"'{path}' is a single .npy array, not an .npz of named inputs")
+            return {key: data[key] for key in data.files}
+    except TinyDeployError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise TinyDeployError(f"'{path}' is not a readable .npz file ({_short(exc)})") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+def select_arrays(arrays: dict[str, np.ndarray], names: list[str], source: str,
+                  positional: bool) -> dict[str, np.ndarray]:
+    """Arrays for the graph inputs `names`: by name; by position only for numpy's arr_N keys or when the model's
+    dialect names its inputs arbitrarily (Deeploy's test data; it may append constant operands)."""
+    if all(name in arrays for name in names):
+        return {name: arrays[name] for name in names}
+    keys = list(arrays)
+    if (positional or all(POSITIONAL_KEY.match(k) for k in keys)) and len(keys) >= len(names):
+        return dict(zip(names, (arrays[k] for k in keys[:len(names)]), strict=True))
+    missing = [name for name in names if name not in arrays]
+    raise TinyDeployError(f"{source} has no array named '{missing[0]}' (it holds {keys}; the model's inputs are "
+                          f"{names})")
+
+
+def gather_bounds(graph: Graph, name: str) -> tuple[int, int] | None:
+    """[0, size - 1] of the axis a Gather indexes with input `name`, if some Gather does."""
+    for node in graph.nodes:
+        if node.op == "Gather" and len(node.inputs) > 1 and node.inputs[1] == name:
+            data = graph.tensors[node.inputs[0]]
+            axis = node.attrs.get("axis", 0)
+            return 0, data.shape[axis] - 1
+    return None
+
+
+def check_array(graph: Graph, name: str, value: np.ndarray, source: str, *, batched: bool = False) -> np.ndarray:
+    """`value` for graph input `name` in the input's dtype; batched=True accepts a leading sample axis."""
+    tensor = graph.tensors[name]
+    value = np.asarray(value)
+    where = f"{source} array '{name}'"
+    if value.dtype.kind not in "iub":
+        raise TinyDeployError(f"{where} holds {value.dtype} values; the input is {tensor.dtype} (integer): pass an "
+                              "integer array")
+    shape = tuple(tensor.shape)
+    if value.shape != shape and not (batched and value.ndim == len(shape) + 1 and value.shape[1:] == shape):
+        expected = f"{list(shape)}" + (f" or [N, {', '.join(map(str, shape))}]" if batched else "")
+        raise TinyDeployError(f"{where} has shape {list(value.shape)}; the input needs {expected}")
+    lo, hi = DTYPE_RANGES[tensor.dtype]
+    bounds = gather_bounds(graph, name)
+    what = f"{tensor.dtype}"
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+        what = f"indices into a table of {bounds[1] + 1} rows (e.g. token ids within the vocabulary)"
+    if value.size:
+        vmin, vmax = int(value.min()), int(value.max())
+        if vmin < lo or vmax > hi:
+            bad = vmin if vmin < lo else vmax
+            raise TinyDeployError(f"{where} holds {bad}, outside [{lo}, {hi}] ({what})")
+    return value.astype(tensor.dtype)
+
+
+def load_inputs(path: str | Path, graph: Graph, *, batched: bool = False) -> list[dict[str, np.ndarray]]:
+    """Checked inputs from an .npz: one dict per sample (one sample unless batched arrays carry N)."""
+    source = str(path)
+    arrays = select_arrays(read_npz(Path(path)), graph.inputs, source,
+                           positional=graph.meta.get("dialect") == "deeploy")
+    checked = {name: check_array(graph, name, value, source, batched=batched) for name, value in arrays.items()}
+    return split_samples(graph, checked, source)
+
+
+def split_samples(graph: Graph, arrays: dict[str, np.ndarray], source: str) -> list[dict[str, np.ndarray]]:
+    """One dict per sample; every input must carry the same number of samples."""
+    counts = {name: (value.shape[0] if value.ndim == len(graph.tensors[name].shape) + 1 else None)
+              for name, value in arrays.items()}
+    batched = {c for c in counts.values() if c is not None}
+    if not batched:
+        return [arrays]
+    if len(batched) > 1 or None in counts.values():
+        raise TinyDeployError(f"{source}: inputs carry different sample counts {counts}")
+    count = batched.pop()
+    if count == 0:
+        raise TinyDeployError(f"{source}: the sample axis is empty")
+    return [{name: value[i] for name, value in arrays.items()} for i in range(count)]
+
+
+def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs over each input's dtype range; indices feeding a Gather stay inside the gathered axis."""
+    rng = np.random.default_rng(seed)
+    result = {}
+    for name in graph.inputs:
+        t = graph.tensors[name]
+        lo, hi = DTYPE_RANGES[t.dtype]
+        bounds = gather_bounds(graph, name)
+        if bounds is not None:
+            lo, hi = bounds
+        result[name] = rng.integers(max(lo, -(2**31)), min(hi, 2**31 - 1) + 1, size=t.shape).astype(t.dtype)
+    return result
