@@ -65,12 +65,12 @@ def staged_folder(path: str | Path, *, ours: Callable[[Path], bool], what: str, 
     dest = Path(path)
     if dest.exists() and not dest.is_dir():
         raise TinyDeployError(f"{flag} {path}: is a file, not a folder")
-    if dest.exists() and dest.resolve() in (Path.cwd(), *Path.cwd().parents):
-        raise TinyDeployError(f"{flag} {path}: is the current folder (or one above it), which cannot be replaced; "
-                              "write into a subfolder")
     if dest.is_dir() and any(dest.iterdir()) and not ours(dest) and not force:
         raise TinyDeployError(f"{flag} {path}: folder is not empty and holds no {what}; choose another folder "
                               f"or pass --force to replace its contents")
+    if dest.exists() and dest.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise TinyDeployError(f"{flag} {path}: is the current folder (or one above it), which cannot be replaced; "
+                              "write into a subfolder")
     _make_parent(dest, flag)
     try:
         stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))

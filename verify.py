@@ -261,8 +261,9 @@ def _run(build: Path, manifest: dict[str, Any], layers: bool, sanitize: bool, cc
         return sim.outputs, sim.trace, sim.result.console
     if manifest.get("backend") != "generic":
         raise TinyDeployError(f"verify of '{manifest.get('backend')}' builds is not implemented yet")
-    from .sim.host import build_host, run_host
+    from .sim.host import build_host, check_build_files, run_host
 
+    check_build_files(build, manifest)
     exe = build_host(build, cc=cc, sanitize=sanitize, trace=layers)
     say(f"built {exe.relative_to(build)} with {cc}{' (ASan+UBSan)' if sanitize else ''}")
     inputs_file = None

@@ -279,6 +279,8 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     manifest = _manifest(graph, target, plan, calls, cnames, in_slots, out_slots, weights_bytes, weights_format,
                          placement, options, refs.views)
     manifest["files"] = sorted(written)      # what simulate/verify need before they run make
+    manifest["data_sha256"] = {name: hashlib.sha256(text).hexdigest() for name, text in sorted(files.items())
+                               if isinstance(text, bytes)}     # binary blobs: a damaged one is named, not run
     if tiling is not None:
         manifest["tiling"] = {"l1_budget": tiling.l1_budget, "l1_peak": tiling.l1_peak,
                               "steps": [tiling.steps[i].to_json() for i in sorted(tiling.steps)]}

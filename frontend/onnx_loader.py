@@ -46,7 +46,48 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     if not model.graph.node:
         raise ModelFileError(f"'{path}' parsed as protobuf but holds no ONNX graph nodes "
                              "(truncated or not an ONNX model)")
+    _load_external_data(model, path)
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Tensors stored beside the model (external data) are read relative to the model's folder, not the cwd."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    if not any(uses_external_data(t) for t in model.graph.initializer):
+        return
+    try:
+        load_external_data_for_model(model, str(path.resolve().parent))
+    except Exception as exc:  # missing/short/out-of-folder data files raise several types; all mean the same
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"'{path}': its external tensor data cannot be read ({reason})") from None
+
+
+def check_structure(model: onnx.ModelProto) -> None:
+    """Every tensor a node reads is defined before it (graph input, initializer, earlier node): names the node
+    and tensor of an undefined input, a cycle or out-of-order nodes, and a tensor written twice."""
+    defined = {i.name for i in model.graph.input} | initializer_names(model) | {""}
+    producer = {}
+    for node in model.graph.node:
+        for out in node.output:
+            if out and (out in producer or out in defined):
+                raise ModelFileError(f"tensor '{out}' is written twice (also by "
+                                     f"'{producer.get(out, 'a graph input or initializer')}')", node=node.name or None)
+            producer[out] = node.name or node.op_type
+    seen = set(defined)
+    for node in model.graph.node:
+        for name in node.input:
+            if name in seen:
+                continue
+            if name in producer:
+                raise ModelFileError(f"reads tensor '{name}' before node '{producer[name]}' computes it (a cycle, "
+                                     "or nodes out of topological order)", node=node.name or node.op_type)
+            raise ModelFileError(f"reads tensor '{name}', which no graph input, initializer or node defines",
+                                 node=node.name or node.op_type)
+        seen.update(node.output)
+    for out in model.graph.output:
+        if out.name not in seen:
+            raise ModelFileError("graph output is not computed by any node", tensor=out.name)
 
 
 def initializer_names(model: onnx.ModelProto) -> set[str]:
@@ -117,13 +158,17 @@ def check_standard_model(model: onnx.ModelProto, path: str | Path) -> None:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelFileError(f"'{path}' fails the ONNX checker: {first}") from None
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        where = next((line.split("Name:", 1)[1].strip() for line in lines if "Name:" in line), "")
+        name, _, op = where.partition(" OpType: ")
+        node = f" at node '{name}'" + (f" ({op})" if op else "") if where else ""
+        raise ModelFileError(f"'{path}' fails the ONNX checker{node}: {lines[0] if lines else 'invalid'}") from None
 
 
 def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] | None = None) -> Graph:
     """ONNX file -> IR graph (quantized for QDQ models, already integer for the Deeploy dialect)."""
     model = load_onnx(path)
+    check_structure(model)
     graph_input_shapes(model)  # static shapes first: the most basic requirement
     dialect = detect_dialect(model)
     if dialect == "qdq":

@@ -447,7 +447,11 @@ class ClusterISS:
                                            f"in L1")
                 return
         job = Job(self.accel_next_id, regs, layer=self.open_layer.index if self.open_layer else -1)
-        job.result = run_job(job, self.read)
+        try:
+            job.result = run_job(job, self.read)
+        except (ValueError, KeyError, IndexError, OverflowError, TinyDeployError) as exc:
+            self._callback_fault(hart, f"accelerator job {job.id} has an invalid configuration ({exc})")
+            return
         job.cycles = job_cycles(self.spec.accel, regs["m"], regs["k"], regs["n"], bool(regs["mode"] & MODE_SOFTMAX))
         if self.accel_engine == "rtl" and not self._rtl_job(hart, job):
             return

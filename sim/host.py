@@ -3,6 +3,7 @@ harness, returning the packed outputs and (optionally) the per-node tensor trace
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import struct
@@ -45,10 +46,17 @@ BUILD_STAMP = ".tinydeploy-make"
 
 def check_build_files(build_dir: Path, manifest: dict) -> None:
     """Every file compile wrote is still there (a missing weights.bin is named, not blamed on the linker)."""
-    missing = [name for name in manifest.get("files", []) if not (build_dir / name).is_file()]
+    files, hashes = manifest.get("files", []), manifest.get("data_sha256", {})
+    if not isinstance(files, list) or not isinstance(hashes, dict):
+        raise TinyDeployError(f"{build_dir}/tinydeploy.json is damaged ('files' or 'data_sha256'); recompile")
+    missing = [str(name) for name in files if not (build_dir / str(name)).is_file()]
     if missing:
         raise TinyDeployError(f"build folder {build_dir} lacks {', '.join(missing[:3])} (written by tinydeploy "
                               f"compile); recompile the build")
+    for name, digest in hashes.items():
+        path = build_dir / str(name)
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise TinyDeployError(f"{path} differs from what tinydeploy compile wrote (sha256); recompile the build")
 
 
 def run_make(build_dir: Path, out: str, variables: list[str], what: str) -> None:

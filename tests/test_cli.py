@@ -153,3 +153,34 @@ def test_compile_dump_ir_writes_every_pass(tiny_zoo, tmp_path):
     ops = {(n.domain, n.op_type) for n in model.graph.node}
     assert ("ai.tinydeploy", "ITAGemm") in ops and not any(op == "MatMulInt" for _, op in ops)
     assert "ITAGemm(" in (ir / "05_fuse_attention.txt").read_text()
+
+
+def test_simulate_inputs_runs_new_samples_on_the_same_firmware(tiny_zoo, tmp_path):
+    """8 new samples through one compiled firmware: each bit-exact against its own golden outputs."""
+    build = tmp_path / "c8"
+    proc = run_cli("compile", str(tiny_zoo / "model_qdq.onnx"), "--target", "cluster8", "-o", str(build))
+    assert proc.returncode == 0, proc.stderr
+    manifest = (build / "tinydeploy.json").read_bytes()
+    ids = np.random.default_rng(7).integers(0, 1000, size=(8, 1, 32))
+    np.savez(tmp_path / "samples.npz", input_ids=ids)
+    proc = run_cli("simulate", str(build), "--inputs", str(tmp_path / "samples.npz"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("BIT-EXACT") == 9 and "8/8 samples bit-exact" in proc.stdout
+    assert (build / "tinydeploy.json").read_bytes() == manifest
+    got = np.load(build / "samples.outputs.npz")["last_hidden_state"]
+    assert got.shape == (8, 1, 32, 128) and not np.array_equal(got[0], got[1])
+    for i in (0, 7):       # the golden interpreter on its own, sample by sample
+        np.savez(tmp_path / "one.npz", input_ids=ids[i])
+        assert run_cli("golden", str(tiny_zoo), "--target", "cluster8", "--inputs", str(tmp_path / "one.npz"),
+                       "-o", str(tmp_path / "g.npz")).returncode == 0
+        assert np.array_equal(got[i], np.load(tmp_path / "g.npz")["last_hidden_state"])
+    summary = json.loads((build / "samples.report.json").read_text())
+    assert [s["bit_exact"] for s in summary["samples"]] == [True] * 8
+
+
+def test_verify_inputs_on_a_host_build(tiny_zoo, tmp_path):
+    build = tmp_path / "gen"
+    assert run_cli("compile", str(tiny_zoo / "model_qdq.onnx"), "-o", str(build)).returncode == 0
+    np.savez(tmp_path / "s.npz", input_ids=np.random.default_rng(3).integers(0, 1000, size=(3, 1, 32)))
+    proc = run_cli("verify", str(build), "--inputs", str(tmp_path / "s.npz"), "--layers")
+    assert proc.returncode == 0 and "BIT-EXACT (3 samples)" in proc.stdout, proc.stdout + proc.stderr

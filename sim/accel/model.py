@@ -99,6 +99,8 @@ class Job:
                            "add": _s32(r["rq3_add"]), "lo": lo3, "hi": hi3})
         for row in stage_table if stage_table is not None else []:
             fields = dict(zip(STAGE_FIELDS, (int(v) for v in row), strict=True))
+            if fields["kind"] not in STAGE_KINDS:
+                raise ValueError(f"stage table entry of kind {fields['kind']} (known: {sorted(STAGE_KINDS)})")
             stage = {"op": STAGE_KINDS[fields["kind"]], "operand": 4 + fields["src"], "chain": fields["chain"],
                      "a_zero": fields["a_zero"], "b_zero": fields["b_zero"], "mul": fields["mul"],
                      "shift": fields["shift"], "add": fields["add"], "lo": fields["lo"], "hi": fields["hi"]}
