@@ -66,11 +66,23 @@ def gather_bounds(graph: Graph, name: str) -> tuple[int, int] | None:
     return None
 
 
+def whole_float_values(value: np.ndarray, where: str) -> np.ndarray:
+    """Deeploy's test data stores integers in float arrays: accepted when every value is a whole number."""
+    if value.dtype.kind != "f" or not np.all(np.isfinite(value)) or not np.all(np.mod(value, 1) == 0):
+        bad = value.reshape(-1)[np.flatnonzero(~np.isfinite(value) | (np.mod(value, 1) != 0))[:1]]
+        example = f" (e.g. {bad[0]})" if bad.size else ""
+        raise TinyDeployError(f"{where} holds {value.dtype} values that are not whole numbers{example}; the model's "
+                              "inputs are integers")
+    return value.astype(np.int64)
+
+
 def check_array(graph: Graph, name: str, value: np.ndarray, source: str, *, batched: bool = False) -> np.ndarray:
     """`value` for graph input `name` in the input's dtype; batched=True accepts a leading sample axis."""
     tensor = graph.tensors[name]
     value = np.asarray(value)
     where = f"{source} array '{name}'"
+    if value.dtype.kind == "f" and graph.meta.get("dialect") == "deeploy":
+        value = whole_float_values(value, where)
     if value.dtype.kind not in "iub":
         raise TinyDeployError(f"{where} holds {value.dtype} values; the input is {tensor.dtype} (integer): pass an "
                               "integer array")

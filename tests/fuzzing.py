@@ -19,10 +19,12 @@ Mutators:
 The driver calls `tinydeploy.cli.main(argv)` in-process with stdout/stderr redirected to StringIO (the CLI's
 rich Console(stderr=True) looks `sys.stderr` up at every print, so it follows the redirection). To keep one
 segfault, OOM or native hang from taking pytest down, cases run in worker processes (`python fuzzing.py
-worker`), each calling main() in-process case after case, with an address-space limit (`MEMORY_LIMIT`) and
-one thread per BLAS pool. Time bound per case: `CASE_TIMEOUT` seconds of wall time, enforced in the worker by
-SIGALRM (raises `CaseTimeout`, re-armed every second because Unicorn drops exceptions raised in its hooks)
-and by the parent, which kills a worker that has not answered `HARD_TIMEOUT_MARGIN` seconds later.
+worker`), each calling main() in-process case after case, one thread per BLAS pool; the parent kills a
+worker whose resident memory passes `MEMORY_LIMIT` (SIGABRT first: faulthandler prints where it was).
+
+Time bound per case: `CASE_TIMEOUT` (60) seconds of wall time, enforced in the worker by SIGALRM (raises
+`CaseTimeout`, re-armed every second because Unicorn drops exceptions raised in its hooks) and by the
+parent, which kills a worker that has not answered `HARD_TIMEOUT_MARGIN` seconds later.
 
 Pass criteria per case (`judge`): no exception escapes main(); exit code in {0, 1, 2}; exit 2 has exactly one
 line starting with `error:` and it is the last line on stderr (no multi-line message); exit 0/1 has none;
@@ -35,13 +37,13 @@ import argparse
 import contextlib
 import copy
 import faulthandler
+import gc
 import io
 import json
 import math
 import os
 import random
 import re
-import resource
 import selectors
 import shutil
 import signal
@@ -50,6 +52,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,8 +64,10 @@ import numpy as np
 CASE_TIMEOUT = 60.0
 #: The parent kills a worker that has not answered this long after the bound.
 HARD_TIMEOUT_MARGIN = 30.0
-#: Address-space limit of a worker (bytes); children (make, gcc, zig) inherit it.
-MEMORY_LIMIT = 8 << 30
+#: Resident-memory limit of a worker (bytes), checked every 50 ms by a watchdog thread in the parent (a thread
+#: in the worker would wait for the GIL behind the allocating numpy call; no RLIMIT_AS either: every cluster ISS
+#: run maps 8 x 1 GiB of Unicorn translation buffers, virtual and untouched). Normal cases stay below 0.5 GiB.
+MEMORY_LIMIT = 3 << 30
 #: Cycle budget passed to `simulate --max-cycles` (the unmutated builds need ~0.1-0.4 M).
 MAX_CYCLES = 20_000_000
 #: A worker is replaced after this many cases (bounds memory growth from caches and leaks).
@@ -112,7 +117,8 @@ def _overwrite_bytes(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     where = []
     for _ in range(n):
         i = rng.randrange(len(buf))
-        buf[i] = rng.choice(INTERESTING_BYTES) if rng.random() < 0.5 else rng.randrange(256)
+        value = rng.choice(INTERESTING_BYTES) if rng.random() < 0.5 else rng.randrange(256)
+        buf[i] = value if value != buf[i] else value ^ 0xFF
         where.append(i)
     return bytes(buf), f"overwrite {n} byte(s) at {sorted(where)[:4]}{'...' if n > 4 else ''}"
 
@@ -157,6 +163,18 @@ STANDARD_OPS = ("Add", "Mul", "MatMul", "Gemm", "Relu", "Softmax", "Reshape", "T
 #: TensorProto.DataType values (0 UNDEFINED ... 16 BFLOAT16, 17-23 float8/int4) and one out of the enum.
 ELEM_TYPES = tuple(range(0, 24)) + (99, -1)
 NUMPY_TYPES = ("int8", "uint8", "int16", "int32", "int64", "float32", "float64", "float16", "bool")
+
+
+def _other(rng: random.Random, choices, current):
+    """A random choice different from `current` (NaN counts as equal to NaN)."""
+    def same(v):
+        if isinstance(v, float) and isinstance(current, float) and math.isnan(v) and math.isnan(current):
+            return True
+        return type(v) is type(current) and v == current
+    pool = [v for v in choices if not same(v)]
+    if not pool:
+        raise NotApplicable(f"no value other than {current!r}")
+    return rng.choice(pool)
 
 
 def _random_name(rng: random.Random) -> str:
@@ -212,8 +230,10 @@ def m_change_op_type(model, rng):
     i, node = _pick_node(model, rng)
     seen = sorted({n.op_type for n in model.graph.node} - {node.op_type})
     r = rng.random()
-    new = rng.choice(seen) if seen and r < 0.5 else rng.choice(STANDARD_OPS) if r < 0.8 else _random_name(rng)
     old = node.op_type
+    new = rng.choice(seen) if seen and r < 0.5 else _other(rng, STANDARD_OPS, old) if r < 0.8 else _random_name(rng)
+    if new == old:
+        new += "_x"
     node.op_type = new
     if rng.random() < 0.2:
         node.domain = rng.choice(("", "ai.onnx", "com.microsoft", "bogus.domain"))
@@ -226,7 +246,9 @@ def _redirect(model, rng, field_name: str):
     k = rng.randrange(len(names))
     old = names[k]
     r = rng.random()
-    new = rng.choice(_tensor_names(model)) if r < 0.6 else _random_name(rng)
+    new = _other(rng, _tensor_names(model), old) if r < 0.6 else _random_name(rng)
+    if new == old:
+        new += "_x"
     if r > 0.9 and field_name == "input":
         names.append(rng.choice(_tensor_names(model)))
         return f"add input {names[-1]!r} to {_node_label(i, node)}"
@@ -263,7 +285,7 @@ def _mutate_tensor_proto(t, rng: random.Random) -> str:
         op = rng.choice(("dim", "add", "drop"))
         if op == "dim" and dims:
             k = rng.randrange(len(dims))
-            dims[k] = rng.choice((dims[k] + 1, max(dims[k] - 1, 0), 0, 1, -1, 2**31, dims[k] * 2))
+            dims[k] = _other(rng, (dims[k] + 1, max(dims[k] - 1, 0), 0, 1, -1, 2**31, dims[k] * 2), dims[k])
         elif op == "add" or not dims:
             dims.insert(rng.randrange(len(dims) + 1), rng.choice((1, 2, 0)))
         else:
@@ -300,10 +322,10 @@ def _mutate_tensor_proto(t, rng: random.Random) -> str:
         flat = arr.reshape(-1).copy()
         k = rng.randrange(flat.size)
         if arr.dtype.kind == "f":
-            flat[k] = rng.choice((math.nan, math.inf, -math.inf, 0.0, 1e38))
+            flat[k] = _other(rng, (math.nan, math.inf, -math.inf, 0.0, 1e38), float(flat[k]))
         elif arr.dtype.kind in "iu":
             info = np.iinfo(arr.dtype)
-            flat[k] = rng.choice((info.min, info.max, 0))
+            flat[k] = _other(rng, (int(info.min), int(info.max), 0), int(flat[k]))
         else:
             raise NotApplicable(f"dtype {arr.dtype}")
         t.CopyFrom(numpy_helper.from_array(flat.reshape(arr.shape), t.name))
@@ -317,8 +339,12 @@ def _mutate_tensor_proto(t, rng: random.Random) -> str:
         t.raw_data = raw[:cut]
         return f"raw_data truncated {len(raw)} -> {cut} B"
     if choice == "empty":
+        if arr.ndim and arr.shape[0] == 0:
+            raise NotApplicable("already empty")
         t.CopyFrom(numpy_helper.from_array(np.zeros((0,) + arr.shape[1:], arr.dtype), t.name))
         return f"empty ({arr.dtype}{[0, *arr.shape[1:]]})"
+    if arr.ndim == 0:
+        raise NotApplicable("already a scalar")
     t.CopyFrom(numpy_helper.from_array(np.asarray(arr.reshape(-1)[0] if arr.size else 0, arr.dtype), t.name))
     return f"scalar (was {list(arr.shape)})"
 
@@ -340,20 +366,21 @@ def m_alter_attribute(model, rng):
         a.CopyFrom(new)
         return f"{where}: type {old_type} -> {a.type} value {value!r}"
     if a.type == AttributeProto.INT:
-        old, a.i = a.i, rng.choice(INT_VALUES)
+        old, a.i = a.i, _other(rng, INT_VALUES, a.i)
         return f"{where}: {old} -> {a.i}"
     if a.type == AttributeProto.FLOAT:
-        old, a.f = a.f, rng.choice(FLOAT_VALUES)
+        old, a.f = a.f, _other(rng, FLOAT_VALUES, float(a.f))
         return f"{where}: {old} -> {a.f}"
     if a.type in (AttributeProto.INTS, AttributeProto.FLOATS):
         values = list(a.ints if a.type == AttributeProto.INTS else a.floats)
         pool = INT_VALUES if a.type == AttributeProto.INTS else FLOAT_VALUES
         op = rng.choice(("set", "append", "drop", "clear"))
         if op == "set" and values:
-            values[rng.randrange(len(values))] = rng.choice(pool)
+            k = rng.randrange(len(values))
+            values[k] = _other(rng, pool, values[k])
         elif op == "drop" and values:
             values.pop(rng.randrange(len(values)))
-        elif op == "clear":
+        elif op == "clear" and values:
             values = []
         else:
             values.append(rng.choice(pool))
@@ -364,7 +391,7 @@ def m_alter_attribute(model, rng):
     if a.type == AttributeProto.TENSOR:
         return f"{where}: " + _mutate_tensor_proto(a.t, rng)
     if a.type == AttributeProto.STRING:
-        old, a.s = a.s, _random_name(rng).encode()
+        old, a.s = a.s, _random_name(rng).encode() + b"~"
         return f"{where}: {old!r} -> {a.s!r}"
     del node.attribute[:]
     return f"{where}: cleared all attributes (type {a.type})"
@@ -402,10 +429,10 @@ def m_shape(model, rng):
         k = rng.randrange(len(dims))
         d = dims[k]
         if op == "dim":
-            d.dim_value = rng.choice(HUGE_DIMS + (d.dim_value + 1, max(d.dim_value - 1, 1), 1))
+            d.dim_value = _other(rng, HUGE_DIMS + (d.dim_value + 1, max(d.dim_value - 1, 1), 1), d.dim_value)
             return f"graph value {vi.name!r} dim {k} := {d.dim_value}"
         if op == "symbolic":
-            d.dim_param = rng.choice(("batch", "N", "", "seq_len"))
+            d.dim_param = rng.choice(("batch", "N", "seq_len"))
             return f"graph value {vi.name!r} dim {k} := symbolic {d.dim_param!r}"
         d.Clear()
         return f"graph value {vi.name!r} dim {k} := unknown (no value, no param)"
@@ -413,7 +440,7 @@ def m_shape(model, rng):
         k = rng.randrange(len(dims))
         del dims[k]
         return f"graph value {vi.name!r}: drop dim {k}"
-    if op == "noshape":
+    if op == "noshape" and vi.type.tensor_type.HasField("shape"):
         vi.type.tensor_type.ClearField("shape")
         return f"graph value {vi.name!r}: no shape"
     dims.add().dim_value = rng.choice((1, 2, 0, 3))
@@ -488,7 +515,7 @@ def m_graph_io(model, rng):
         raise NotApplicable("no outputs")
     k = rng.randrange(len(g.output))
     old = g.output[k].name
-    g.output[k].name = rng.choice(_tensor_names(model)) if rng.random() < 0.6 else _random_name(rng)
+    g.output[k].name = _other(rng, _tensor_names(model), old) if rng.random() < 0.6 else _random_name(rng) + "~"
     return f"graph output {k}: {old!r} -> {g.output[k].name!r}"
 
 
@@ -498,7 +525,7 @@ def m_opset(model, rng):
     k = rng.randrange(len(model.opset_import))
     op = model.opset_import[k]
     old = op.version
-    op.version = rng.choice((0, 1, 7, 10, 12, 25, 99, -1))
+    op.version = _other(rng, (0, 1, 7, 10, 12, 25, 99, -1), old)
     if rng.random() < 0.3:
         model.ir_version = rng.choice((0, 1, 3, 99))
     return f"opset {op.domain!r} {old} -> {op.version} (ir_version {model.ir_version})"
@@ -567,7 +594,7 @@ def mutate_manifest(path: Path, rng: random.Random) -> str:
         pos = rng.randrange(len(text))
         junk = rng.choice(("}", "{", ",", "\"", "NaN", "\x00", "]]", "garbage"))
         path.write_text(text[:pos] + junk + text[pos:])
-        return f"insert {junk!r} at {pos} (invalid JSON)"
+        return f"insert {junk!r} at {pos}"
     if op == "empty":
         path.write_text("")
         return "empty file"
@@ -648,8 +675,11 @@ def mutate_npz(path: Path, rng: random.Random) -> str:
         data, desc = mutate_bytes(path.read_bytes(), rng)
         path.write_bytes(data)
         return desc
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
+    try:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:        # already damaged by a first mutation
+        raise NotApplicable(f"np.load: {exc}") from None
     if not arrays:
         raise NotApplicable("no arrays")
     key = rng.choice(sorted(arrays))
@@ -766,10 +796,11 @@ BUILD_MUTATORS = {"manifest": (0.30, lambda b, r: mutate_manifest(b / "tinydeplo
                   "source": (0.35, mutate_source)}
 
 
-def mutate_build(build: Path, rng: random.Random, kind: str | None = None) -> str:
+def mutate_build(build: Path, rng: random.Random, kind: str | None = None, count: int | None = None) -> str:
     """One (sometimes two) mutation(s) of a copied build folder; returns the description."""
     names = sorted(BUILD_MUTATORS)
-    count = 1 + (rng.random() < 0.15)
+    if count is None:
+        count = 1 + (rng.random() < 0.15)
     done = []
     for _ in range(count):
         for _attempt in range(30):
@@ -958,7 +989,23 @@ def _tail(text: str, n: int = 12, width: int = 400) -> str:
     return "\n".join(line[:width] for line in text.splitlines()[-n:])
 
 
-def run_argv(argv: list[str], timeout: float = CASE_TIMEOUT) -> dict[str, Any]:
+TRACEBACK_FRAME = re.compile(r'^  File "([^"]+)", line (\d+), in (\S+)', re.M)
+
+
+def parse_printed_traceback(text: str) -> dict[str, Any] | None:
+    """{exception, frame, traceback} from the last traceback printed in `text` (tinydeploy -v), or None."""
+    start = text.rfind("Traceback (most recent call last):")
+    if start < 0:
+        return None
+    block = text[start:]
+    frames = [traceback.FrameSummary(f, int(n), fn) for f, n, fn in TRACEBACK_FRAME.findall(block)]
+    lines = block.splitlines()
+    # the exception line: the first line after the frames that is not indented
+    exc = next((line for line in lines[1:] if line and not line.startswith(" ")), "?")
+    return {"exception": exc[:300], "frame": deepest_frame(frames), "traceback": _tail(block, 30, 300)}
+
+
+def run_argv(argv: list[str], timeout: float = CASE_TIMEOUT, full_stderr: bool = False) -> dict[str, Any]:
     """Call tinydeploy.cli.main(argv) in this process; returns code, output tails, error lines, exception."""
     from tinydeploy.cli import main
 
@@ -967,7 +1014,10 @@ def run_argv(argv: list[str], timeout: float = CASE_TIMEOUT) -> dict[str, Any]:
     t0 = time.perf_counter()
     alarm = _Alarm(timeout)
     try:
-        with alarm, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        # catch_warnings + a filter change invalidate the warning registries: each case shows its warnings
+        # once per location, as a fresh `tinydeploy` process would (ResourceWarning hidden, as by default).
+        with alarm, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=ResourceWarning)
             try:
                 result["code"] = main(argv)
             except SystemExit as exc:      # argparse, or a sys.exit in the code
@@ -991,6 +1041,14 @@ def run_argv(argv: list[str], timeout: float = CASE_TIMEOUT) -> dict[str, Any]:
     result["error_lines"] = [line[:600] for line in lines if line.startswith("error:")]
     result["error_is_last"] = bool(lines) and lines[-1].startswith("error:")
     result["traceback_printed"] = "Traceback" in stdout or "Traceback" in stderr
+    # Not a failure, but reported: stderr lines other than progress (`· ...`) and the error line (warnings from
+    # numpy/onnx, library logging), and stdout lines from libraries on a failed run.
+    noise = [line for line in lines if line.strip() and not line.startswith(("· ", "error:"))]
+    if result["code"] == 2:
+        noise += [f"stdout: {line}" for line in stdout.splitlines() if line.strip()]
+    result["noise"] = [line[:200] for line in noise[:6]]
+    if full_stderr:
+        result["stderr"] = stderr
     return result
 
 
@@ -1014,8 +1072,8 @@ def judge(result: dict[str, Any]) -> list[str]:
             problems.append("exit 2 but the error message spans several lines (error: line is not the last)")
         elif code in (0, 1) and n:
             problems.append(f"exit {code} with {n} 'error:' line(s)")
-    if result["traceback_printed"]:
-        problems.append("'Traceback' printed")
+    if result["traceback_printed"] and not result["timed_out"]:     # (a re-armed CaseTimeout in a finaliser
+        problems.append("'Traceback' printed")                      # prints "Exception ignored ... Traceback")
     return problems
 
 
@@ -1044,9 +1102,12 @@ def run_case(corpus: Corpus, seed: int, scratch: Path, timeout: float = CASE_TIM
     if diagnose and result["internal"] and not result["exception"]:
         shutil.rmtree(case_dir, ignore_errors=True)
         again = make_case(corpus, seed, case_dir)
-        verbose = run_argv(["-v", *again.argv], timeout)
+        verbose = run_argv(["-v", *again.argv], timeout, full_stderr=True)
+        diagnosis = parse_printed_traceback(verbose.pop("stderr"))
         if verbose["exception"]:
-            result["diagnosis"] = {k: verbose[k] for k in ("exception", "frame", "traceback")}
+            diagnosis = {k: verbose[k] for k in ("exception", "frame", "traceback")}
+        if diagnosis:
+            result["diagnosis"] = diagnosis
     if not keep:
         shutil.rmtree(case_dir, ignore_errors=True)
     return result
@@ -1065,8 +1126,6 @@ def _worker(corpus_file: str, scratch: str) -> None:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     faulthandler.enable(sys.stderr)
     corpus = Corpus.load(corpus_file)
     import tinydeploy.cli  # noqa: F401  (warm the imports before the first case)
@@ -1077,8 +1136,35 @@ def _worker(corpus_file: str, scratch: str) -> None:
             return
         req = json.loads(line)
         print(f"--- seed {req['seed']}", file=sys.stderr, flush=True)
+        if req["seed"] < 0:
+            _self_test(req["seed"])
         result = run_case(corpus, req["seed"], Path(scratch), req["timeout"], req["diagnose"])
         proto.write(json.dumps(result, default=str) + "\n")
+        gc.collect()        # the ISS's Unicorn engines (8 GiB of mappings each run) go with their cycles
+
+
+def _self_test(seed: int) -> None:
+    """Negative seeds test the driver: -1 segfault, -2 a hang SIGALRM cannot stop, -3 a memory blow-up."""
+    if seed == -1:
+        faulthandler._sigsegv()
+    if seed == -2:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(3600)
+    if seed == -3:
+        hog = np.ones(int(os.environ.get("TINYDEPLOY_FUZZ_HOG", 1 << 30)), np.uint8)
+        time.sleep(3600)
+        del hog
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 class _Worker:
@@ -1153,6 +1239,13 @@ class Campaign:
         lines = [f"fuzz: {len(self.results)} cases in {self.seconds:.1f} s ({dict(sorted(kinds.items()))}); "
                  f"outcomes {dict(sorted(counts.items()))}; 'internal error' lines: {internal}; "
                  f"failures: {len(self.failures)}"]
+        noisy = [r for r in self.results if r.get("noise")]
+        if noisy:
+            kinds_of_noise = Counter(_normalise(line) for r in noisy for line in r["noise"][:1])
+            lines.append(f"{len(noisy)} cases printed other lines besides progress and the error line (not failures); "
+                         f"most common first lines: " + "; ".join(f"[{n}x] {k} (e.g. seed "
+                         f"{next(r['seed'] for r in noisy if _normalise(r['noise'][0]) == k)})"
+                         for k, n in kinds_of_noise.most_common(5)))
         if slowest:
             lines.append(f"slowest case: seed {slowest['seed']} {slowest.get('seconds', 0):.1f} s "
                          f"({' '.join(slowest['argv'][:1])} {slowest['base']})")
@@ -1173,8 +1266,8 @@ class Campaign:
                          f"  mutation: {r['mutation'][:300]}\n  argv: tinydeploy {' '.join(r['argv'])}")
             if r.get("frame"):
                 lines.append(f"  deepest tinydeploy frame: {r['frame']}")
-            detail = r.get("traceback") or r.get("stderr_tail") or ""
-            lines.extend("    " + line for line in detail.splitlines()[-6:])
+            detail = (r.get("traceback") or r.get("stderr_tail") or "").splitlines()
+            lines.extend("    " + line for line in (detail[:8] if r.get("crashed") else detail[-6:]))
         lines.append(self.summary())
         return "\n".join(lines)
 
@@ -1216,9 +1309,11 @@ def failure_classes(results: list[dict[str, Any]]) -> dict[str, list[dict[str, A
 
 
 def run_campaign(corpus: Corpus, seeds, workers: int = 2, timeout: float = CASE_TIMEOUT,
-                 scratch: str | Path | None = None, diagnose_limit: int = 40,
-                 progress=None) -> Campaign:
-    """Run every seed in worker processes (see the module docstring); returns the Campaign."""
+                 scratch: str | Path | None = None, diagnose_limit: int = 300, progress=None,
+                 hard_margin: float = HARD_TIMEOUT_MARGIN, memory_limit: int = MEMORY_LIMIT) -> Campaign:
+    """Run every seed in worker processes (see the module docstring); returns the Campaign.
+
+    diagnose_limit: how many `internal error` cases are rerun with -v for their traceback."""
     seeds = list(seeds)
     scratch = Path(scratch or Path(corpus.work) / "cases")
     scratch.mkdir(parents=True, exist_ok=True)
@@ -1229,6 +1324,25 @@ def run_campaign(corpus: Corpus, seeds, workers: int = 2, timeout: float = CASE_
     pool: list[_Worker] = []
     selector = selectors.DefaultSelector()
     diagnosed = [0]
+    over_memory: dict[int, int] = {}        # pid -> resident bytes when the watchdog stopped it
+    stop = threading.Event()
+
+    def watchdog() -> None:
+        aborted: dict[int, float] = {}
+        while not stop.wait(0.05):
+            for w in list(pool):
+                pid = w.proc.pid
+                if pid in aborted:
+                    if time.monotonic() - aborted[pid] > 2.0 and w.proc.poll() is None:
+                        with contextlib.suppress(OSError):
+                            w.proc.kill()
+                    continue
+                rss = _rss(pid)
+                if rss > memory_limit:
+                    over_memory[pid] = rss
+                    aborted[pid] = time.monotonic()
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGABRT)      # faulthandler prints the stack, then it dies
 
     def spawn(index: int) -> _Worker:
         w = _Worker(index, corpus_file, scratch)
@@ -1247,19 +1361,30 @@ def run_campaign(corpus: Corpus, seeds, workers: int = 2, timeout: float = CASE_
             w.seed = None
 
     def lost(w: _Worker, why: str, frame_text: str) -> dict[str, Any]:
+        # faulthandler's dump: "Fatal Python error: ...", then the frames, most recent call first
+        start = frame_text.find("Fatal Python error")
+        if start >= 0:
+            dump = frame_text[start:].splitlines()
+            frame_text = "\n".join([dump[0]] + [line for line in dump if line.startswith("  File")
+                                                and "/tests/fuzzing.py" not in line][:12])
         frames = re.findall(r'File "([^"]+)", line (\d+) in (\w+)', frame_text)
         root = str(_package_root())
         inside = [f for f in frames if f[0].startswith(root) and "/tests/" not in f[0] and "/.venv/" not in f[0]]
         # faulthandler prints the most recent call first
         frame = f"{Path(inside[0][0]).relative_to(root)}:{inside[0][1]} ({inside[0][2]})" if inside else None
-        return {"seed": w.seed, "kind": "?", "base": "?", "mutation": "(see: fuzzing.py run --seed)", "argv": [],
-                "code": None, "exception": None, "frame": frame, "traceback": frame_text, "timed_out": False,
-                "crashed": why, "error_lines": [], "traceback_printed": False, "seconds": time.monotonic() - w.started,
-                "internal": False}
+        described = {"kind": "?", "base": "?", "mutation": "?", "argv": []}
+        with contextlib.suppress(Exception):
+            case = make_case(corpus, w.seed, scratch / "describe")
+            described = {"kind": case.kind, "base": case.base, "mutation": case.mutation, "argv": case.argv}
+        shutil.rmtree(scratch / "describe", ignore_errors=True)
+        return {"seed": w.seed, **described, "code": None, "exception": None, "frame": frame,
+                "traceback": frame_text, "timed_out": False, "crashed": why, "error_lines": [],
+                "traceback_printed": False, "seconds": time.monotonic() - w.started, "internal": False}
 
     try:
         for i in range(max(1, workers)):
             pool.append(spawn(i))
+        threading.Thread(target=watchdog, daemon=True).start()
         while any(w.seed is not None or not w.ready for w in pool) or pending:
             events = selector.select(timeout=1.0)
             for key, _ in events:
@@ -1267,10 +1392,14 @@ def run_campaign(corpus: Corpus, seeds, workers: int = 2, timeout: float = CASE_
                 lines = w.read_lines()
                 if lines is None:       # the worker died
                     code = w.proc.wait()
-                    if not w.ready:
+                    if w.proc.pid in over_memory:
+                        why = (f"worker stopped: resident memory {over_memory[w.proc.pid] >> 20} MiB > "
+                               f"{memory_limit >> 20} MiB")
+                    elif not w.ready:
                         raise RuntimeError(f"fuzz worker failed to start (exit {code}):\n{w.log_tail()}")
-                    result = lost(w, f"worker died (exit {code}, signal {-code if code < 0 else 0}) "
-                                     f"during the case", w.log_tail())
+                    else:
+                        why = f"worker died (exit {code}, signal {-code if code < 0 else 0}) during the case"
+                    result = lost(w, why, w.log_tail(80))
                     result["problems"] = [result["crashed"]]
                     results.append(result)
                     index = w.index
@@ -1296,12 +1425,12 @@ def run_campaign(corpus: Corpus, seeds, workers: int = 2, timeout: float = CASE_
                         feed(w)
             now = time.monotonic()
             for w in list(pool):
-                if w.seed is not None and w.ready and now - w.started > timeout + HARD_TIMEOUT_MARGIN:
+                if w.seed is not None and w.ready and now - w.started > timeout + hard_margin:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(w.proc.pid, signal.SIGABRT)     # faulthandler dumps the Python stack
                     time.sleep(1.0)
-                    result = lost(w, f"worker killed: no answer within {timeout + HARD_TIMEOUT_MARGIN:.0f} s",
-                                  w.log_tail())
+                    result = lost(w, f"worker killed: no answer within {timeout + hard_margin:.0f} s",
+                                  w.log_tail(80))
                     result["timed_out"] = True
                     result["problems"] = [result["crashed"]]
                     results.append(result)
@@ -1309,6 +1438,7 @@ def run_campaign(corpus: Corpus, seeds, workers: int = 2, timeout: float = CASE_
                     retire(w, kill=True)
                     pool[pool.index(w)] = spawn(index)
     finally:
+        stop.set()
         for w in pool:
             with contextlib.suppress(Exception):
                 retire(w, kill=False)
@@ -1339,6 +1469,7 @@ def _cli(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0:300", help="A:B")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=CASE_TIMEOUT)
+    p.add_argument("--json", help="write every result to this file")
     p = sub.add_parser("worker")
     p.add_argument("corpus")
     p.add_argument("scratch")
@@ -1352,6 +1483,8 @@ def _cli(argv: list[str] | None = None) -> int:
         campaign = run_campaign(corpus, range(a, b), args.workers, args.timeout,
                                 progress=lambda done, total, r: print(f"\r{done}/{total}", end="", flush=True))
         print()
+        if args.json:
+            Path(args.json).write_text(json.dumps(campaign.results, indent=1, default=str))
         print(campaign.failure_report(20) if campaign.failures else campaign.summary())
         return 1 if campaign.failures else 0
     scratch = Path(args.work) / "repro"
@@ -1368,8 +1501,8 @@ def _cli(argv: list[str] | None = None) -> int:
             print("  with -v:\n" + "\n".join("    " + line for line in r["diagnosis"]["traceback"].splitlines()))
         if args.verbose and r["exception"] is None and not r.get("diagnosis") and r["code"] == 2:
             case = make_case(corpus, seed, scratch / f"case-{seed}-v")
-            v = run_argv(["-v", *case.argv], args.timeout)
-            if v["traceback"]:
+            v = parse_printed_traceback(run_argv(["-v", *case.argv], args.timeout, full_stderr=True)["stderr"])
+            if v:
                 print("  with -v:\n" + "\n".join("    " + line for line in v["traceback"].splitlines()))
         status |= bool(r["problems"])
     return status
