@@ -13,6 +13,7 @@ import math
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -553,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
+    if not verbose:      # numpy/onnx warnings on odd values are noise for a user; -v shows them
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
     try:
         if getattr(args, "target", None):
             from .target import load_target

@@ -111,6 +111,10 @@ def manifest_problem(manifest: Any) -> str | None:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or \
                 not isinstance(entry.get("id"), int) or not isinstance(entry.get("dtype"), str):
             return "an entry of 'tensors' lacks name, id or dtype"
+    for key in ("steps",):
+        if key in manifest and not (isinstance(manifest[key], list)
+                                    and all(isinstance(e, dict) for e in manifest[key])):
+            return f"'{key}' is not a list of objects"
     return None
 
 
@@ -138,9 +142,9 @@ def golden_outputs(build_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np
         data = read_npz(path)
     except TinyDeployError as exc:
         raise TinyDeployError(f"golden vectors of {build_dir}: {exc.reason}; recompile the build") from None
-    inputs = {k.split(":", 1)[1]: v for k, v in data.items() if k.startswith("input:")}
-    outputs = {k.split(":", 1)[1]: v for k, v in data.items() if k.startswith("output:")}
     manifest = load_manifest(build_dir)
+    inputs = {s["name"]: data[f"input:{s['name']}"] for s in manifest["inputs"] if f"input:{s['name']}" in data}
+    outputs = {s["name"]: data[f"output:{s['name']}"] for s in manifest["outputs"] if f"output:{s['name']}" in data}
     for kind, values in (("inputs", inputs), ("outputs", outputs)):
         for slot in manifest[kind]:
             value = values.get(slot["name"])
@@ -302,8 +306,15 @@ def _first_layer_mismatch(build: Path, manifest: dict[str, Any], inputs: dict[st
     for entry in manifest["tensors"]:
         if entry["id"] not in trace:
             raise TinyDeployError("the run did not trace this tensor (did it stop early?)", tensor=entry["name"])
-        dtype = np.dtype(entry["dtype"]).newbyteorder("<")
-        got = traced_tensor(trace[entry["id"]], dtype, entry)
+        if entry["name"] not in golden:
+            raise TinyDeployError("tinydeploy.json names a tensor the model does not have; recompile the build",
+                                  tensor=entry["name"])
+        try:
+            dtype = np.dtype(entry["dtype"]).newbyteorder("<")
+            got = traced_tensor(trace[entry["id"]], dtype, entry)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise TinyDeployError(f"tinydeploy.json's entry does not match the traced bytes ({exc}); recompile "
+                                  "the build", tensor=entry["name"]) from None
         mismatch = compare_arrays(entry["name"], got, golden[entry["name"]], entry, position=entry["id"])
         if mismatch:
             mismatch.tile = tile_of(manifest, entry["node"], mismatch.index)

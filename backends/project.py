@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from ..errors import TinyDeployError
+from ..errors import TinyDeployError, node_context
 from ..ir.graph import Graph
 from ..ir.interpreter import cast_outputs, run_graph
 from ..ir.ops import node_macs
@@ -132,8 +132,12 @@ def unique_identifiers(names: list[str], prefix: str, taken: set[str]) -> dict[s
     return result
 
 
-def c_comment(text: str) -> str:
-    return text.replace("*/", "* /")
+def c_comment(text: str | bytes) -> str:
+    """A name safe inside a C comment: decoded, printable, no comment terminator or line continuation."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    return text.replace("*/", "* /").replace("\\", "/")
 
 
 # --- layout of inputs/outputs ------------------------------------------------------------------------------
@@ -213,7 +217,10 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
         weights_level = _placement(target, plan, constant_bytes, tiled=True)["weights_region"].lower()
         calls, tiling, residency = lower_tiled(graph, target, lowering, refs, weights_level)
     else:
-        calls = [lowering.lower(i, node) for i, node in enumerate(graph.nodes)]
+        calls = []
+        for i, node in enumerate(graph.nodes):
+            with node_context(node.origin or node.name, node.op, "lowering"):
+                calls.append(lowering.lower(i, node))
         plan = plan_arena(graph, {i: c.scratch_bytes for i, c in enumerate(calls) if c.scratch_bytes},
                           aliases=aliases)
     in_slots = io_slots(graph, graph.inputs, cnames)

@@ -14,10 +14,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import OverflowRiskError, UnsupportedModelError
+from ..errors import OverflowRiskError, UnsupportedModelError, node_context
 from ..ir.graph import DTYPE_RANGES, Graph, Node, Tensor, smallest_signed_dtype
 from ..ir.ops import op_def
 from .onnx_loader import graph_input_shapes
+
+# onnx-graphsurgeon prints its own warnings and critical errors; ours name the node instead (exceptions still raise)
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL + 10
 
 
 def _scalar(value: Any) -> Any:
@@ -45,7 +48,11 @@ def _levels_range(n_levels: int, signed: bool) -> tuple[int, int]:
 class _Importer:
     def __init__(self, model: onnx.ModelProto, input_ranges: dict[str, tuple[int, int]] | None) -> None:
         self.model = model
-        self.gsg = gs.import_onnx(model)
+        try:
+            self.gsg = gs.import_onnx(model)
+        except Exception as exc:  # onnx-graphsurgeon raises its own exception types on malformed graphs
+            raise UnsupportedModelError(f"onnx-graphsurgeon cannot read the graph ({type(exc).__name__}: "
+                                        f"{str(exc).strip()[:160]})") from exc
         self.graph = Graph(name=model.graph.name or "network")
         self.input_ranges = input_ranges or {}
 
@@ -82,7 +89,8 @@ class _Importer:
             if handler is None:
                 raise UnsupportedModelError(f"unsupported op '{node.op}' in the integer (Deeploy) dialect; "
                                             f"supported: {', '.join(sorted(HANDLERS))}", node=node.name)
-            handler(self, node)
+            with node_context(node.name or node.op, node.op, "import"):
+                handler(self, node)
         self.graph.outputs = [o.name for o in self.gsg.outputs]
         self.assign_dtypes()
         return self.graph

@@ -13,7 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelFileError, UnsupportedModelError
-from ..ir.graph import Graph
+from ..ir.graph import Graph, check_tensor_size
 
 #: Ops that only exist in the Deeploy/QuantLib integer dialect.
 DEEPLOY_OPS = frozenset({"RequantShift", "iSoftmax", "ITAMax", "ITAPartialMax", "iNoNorm", "iLayerNorm",
@@ -90,6 +90,15 @@ def check_structure(model: onnx.ModelProto) -> None:
             raise ModelFileError("graph output is not computed by any node", tensor=out.name)
 
 
+def read_initializer(init: onnx.TensorProto) -> np.ndarray:
+    """An initializer's values; one that does not decode (data shorter than its dims, unknown type) is named."""
+    try:
+        return numpy_helper.to_array(init)
+    except Exception as exc:  # onnx raises ValueError, TypeError, KeyError... for the same thing: bad data
+        raise ModelFileError(f"initializer cannot be decoded ({type(exc).__name__}: "
+                             f"{str(exc).strip()[:120]})", tensor=init.name) from exc
+
+
 def initializer_names(model: onnx.ModelProto) -> set[str]:
     return {i.name for i in model.graph.initializer}
 
@@ -111,6 +120,7 @@ def graph_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
                     f"dynamic shape: dimension {i} is '{sym}'; tinydeploy needs static shapes "
                     "(export with fixed batch and sequence length, or fix it with onnxsim/--overwrite-input-shape)",
                     tensor=vi.name)
+        check_tensor_size(tuple(dims), vi.name)
         shapes[vi.name] = tuple(dims)
     return shapes
 
@@ -118,7 +128,7 @@ def graph_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 def const_array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
     for init in model.graph.initializer:
         if init.name == name:
-            return numpy_helper.to_array(init)
+            return read_initializer(init)
     return None
 
 
@@ -130,7 +140,7 @@ INTEGER_CAPABLE_OPS = frozenset({"MatMul", "Gemm", "Add", "ReduceMean", "Reshape
 def _initializers_are_integers(model: onnx.ModelProto) -> bool:
     """True when every constant holds whole numbers: an integerized graph, not a float model's weights."""
     for init in model.graph.initializer:
-        values = numpy_helper.to_array(init)
+        values = read_initializer(init)
         if values.dtype.kind == "f" and values.size and not np.all(np.mod(values, 1) == 0):
             return False
     return True

@@ -21,10 +21,10 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ..errors import UnsupportedModelError
-from ..ir.graph import DTYPE_RANGES, Graph, Node, QuantParams, Tensor
+from ..errors import UnsupportedModelError, node_context
+from ..ir.graph import DTYPE_RANGES, MAX_TENSOR_ELEMENTS, Graph, Node, QuantParams, Tensor, check_tensor_size
 from ..ir.ops import op_def
-from .onnx_loader import graph_input_shapes
+from .onnx_loader import graph_input_shapes, read_initializer
 
 #: float op -> quantized IR op
 COMPUTE_OPS = {"MatMul": "QMatMul", "Gemm": "QMatMul", "Add": "QAdd", "Sub": "QSub", "Mul": "QMul",
@@ -72,7 +72,9 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 def _fold(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
-    """Evaluate one node on constant inputs with ONNX's reference implementation."""
+    """Evaluate one node on constant inputs with ONNX's reference implementation (refusing, before it runs, an
+    op whose constant shape operand asks for a tensor larger than any target holds)."""
+    _check_fold_size(node, inputs)
     names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
     clone = helper.make_node(node.op_type, names, [f"out{i}" for i in range(len(node.output))],
                              domain=node.domain, **_attrs(node))
@@ -82,6 +84,30 @@ def _fold(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> list[np.ndar
     graph = helper.make_graph([clone], "fold", [], outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, {})]
+
+
+#: ops whose output size is set by a constant operand: (operand index, how it gives the output shape)
+SIZED_BY_OPERAND = {"Expand": 1, "ConstantOfShape": 0, "Tile": 1, "Reshape": 1}
+
+
+def _check_fold_size(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> None:
+    """The output of Expand/ConstantOfShape/Tile/Reshape stays within MAX_TENSOR_ELEMENTS (checked before the
+    reference evaluator allocates it); the same for Range's length."""
+    index = SIZED_BY_OPERAND.get(node.op_type)
+    if node.op_type == "Range" and len(inputs) == 3 and all(x is not None for x in inputs):
+        start, limit, delta = (float(np.asarray(x).reshape(-1)[0]) for x in inputs)
+        length = np.ceil((limit - start) / delta) if delta else np.inf
+        if not np.isfinite(length) or length > MAX_TENSOR_ELEMENTS:
+            raise UnsupportedModelError(f"Range of {length} elements", node=node.name or node.op_type)
+    if index is None or index >= len(inputs) or inputs[index] is None:
+        return
+    operand = np.asarray(inputs[index]).reshape(-1)
+    if node.op_type == "Tile" and inputs[0] is not None:
+        operand = np.asarray(inputs[0]).shape * operand if operand.size == np.asarray(inputs[0]).ndim else operand
+    if node.op_type == "Reshape":
+        operand = operand[operand > 0]
+    dims = [int(d) for d in operand if d > 0]
+    check_tensor_size(tuple(dims), node.output[0] if node.output else node.name)
 
 
 def _qparams(scale: np.ndarray, zero: np.ndarray | None, axis: int | None, ndim: int) -> QuantParams:
@@ -143,7 +169,7 @@ class _QDQImporter:
     # -- main loop ---------------------------------------------------------------------------------------
     def run(self) -> Graph:
         for init in self.model.graph.initializer:
-            self.env[init.name] = Const(numpy_helper.to_array(init))
+            self.env[init.name] = Const(read_initializer(init))
         for name, shape in graph_input_shapes(self.model).items():
             vi = next(v for v in self.model.graph.input if v.name == name)
             elem = vi.type.tensor_type.elem_type
@@ -157,7 +183,8 @@ class _QDQImporter:
             self.graph.inputs.append(name)
             self.env[name] = Act(name)
         for node in self.model.graph.node:
-            self.visit(node)
+            with node_context(node.name or node.op_type, node.op_type, "import"):
+                self.visit(node)
         for out in self.model.graph.output:
             value = self.env.get(out.name)
             if isinstance(value, Pending):
@@ -468,6 +495,7 @@ def _gather_shape(data: tuple[int, ...], idx: tuple[int, ...], axis: int) -> tup
 
 def _fold_shape(node: onnx.NodeProto, shape: tuple[int, ...], params: list[Any]) -> tuple[int, ...]:
     """Output shape of a layout op, computed by running it on a zero array of the input shape."""
+    check_tensor_size(tuple(shape), node.input[0] if node.input else node.name)
     dummy = np.zeros(shape, dtype=np.float32)
     return tuple(_fold(node, [dummy, *params])[0].shape)
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UnsupportedModelError
+
 #: dtypes the IR knows, with their numeric ranges.
 DTYPE_RANGES: dict[str, tuple[int, int]] = {
     "int8": (-128, 127),
@@ -24,13 +26,30 @@ INTEGER_DTYPES = frozenset(DTYPE_RANGES)
 FLOAT_DTYPES = frozenset({"float32"})
 
 
+#: the largest tensor tinydeploy handles (elements): 64 Mi, beyond any target memory (L3 is 64 MiB); a model
+#: asking for more is refused before anything allocates it
+MAX_TENSOR_ELEMENTS = 1 << 26
+
+
+def check_tensor_size(shape: tuple[int, ...], name: str) -> None:
+    """Refuse a tensor with a negative dimension or more elements than any target can hold."""
+    count = 1
+    for dim in shape:
+        if not isinstance(dim, int | np.integer) or dim < 0:
+            raise UnsupportedModelError(f"shape {list(shape)} has an invalid dimension {dim!r}", tensor=name)
+        count *= int(dim)
+    if count > MAX_TENSOR_ELEMENTS:
+        raise UnsupportedModelError(f"shape {list(shape)} has {count:,} elements, more than tinydeploy handles "
+                                    f"({MAX_TENSOR_ELEMENTS:,}; the largest target memory is 64 MiB)", tensor=name)
+
+
 def smallest_signed_dtype(lo: int, hi: int) -> str:
     """The narrowest signed (or uint8) dtype that holds [lo, hi]."""
     for name in ("int8", "uint8", "int16", "int32", "int64"):
         tlo, thi = DTYPE_RANGES[name]
         if tlo <= lo and hi <= thi:
             return name
-    raise ValueError(f"range [{lo}, {hi}] does not fit int64")
+    raise UnsupportedModelError(f"value range [{lo}, {hi}] does not fit int64")
 
 
 @dataclass
@@ -94,6 +113,7 @@ class Graph:
 
     # -- construction -------------------------------------------------------------------------------
     def add_tensor(self, tensor: Tensor) -> Tensor:
+        check_tensor_size(tensor.shape, tensor.name)
         self.tensors[tensor.name] = tensor
         return tensor
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..errors import TinyDeployError
+from ..errors import TinyDeployError, node_context
 from .graph import DTYPE_RANGES, Graph
 from .ops import op_def
 
@@ -32,7 +32,8 @@ def run_graph(graph: Graph, inputs: Mapping[str, np.ndarray], *, keep_all: bool 
     remaining_uses = _use_counts(graph) if not keep_all else {}
     for index, node in enumerate(graph.nodes):
         args = [values[i] for i in node.inputs if i]
-        results = op_def(node).run(node, args)
+        with node_context(node.origin or node.name, node.op, "the golden interpreter"):
+            results = op_def(node).run(node, args)
         for name, value in zip(node.outputs, results, strict=True):
             values[name] = _checked(graph, node.name, name, np.asarray(value))
         if not keep_all:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OverflowRiskError, TinyDeployError
+from ..errors import OverflowRiskError, TinyDeployError, node_context
 from .graph import DTYPE_RANGES, FLOAT_DTYPES, Graph
 from .ops import OPS, op_def
 
@@ -46,10 +46,8 @@ def _check_structure(graph: Graph) -> None:
 def _check_shapes(graph: Graph) -> None:
     for node in graph.nodes:
         in_shapes = [graph.tensors[i].shape for i in node.inputs if i]
-        try:
+        with node_context(node.origin or node.name, node.op, "shape inference"):
             expected = op_def(node).shape(node, in_shapes)
-        except (ValueError, KeyError, IndexError) as exc:
-            raise TinyDeployError(f"shape inference failed for {node.op}: {exc}", node=node.name) from None
         for name, shape in zip(node.outputs, expected, strict=True):
             if tuple(graph.tensors[name].shape) != tuple(shape):
                 raise TinyDeployError(f"{node.op} declares shape {list(graph.tensors[name].shape)}, "
@@ -87,7 +85,9 @@ def value_ranges(graph: Graph, *, check: bool = True) -> dict[str, tuple[int, in
                     ranges[t.name] = DTYPE_RANGES[t.dtype]
             continue
         shapes = [graph.tensors[i].shape for i in node.inputs if i]
-        for t, (lo, hi) in zip(outs, definition.ranges(node, in_ranges, shapes), strict=True):
+        with node_context(node.origin or node.name, node.op, "range analysis"):
+            out_ranges = definition.ranges(node, in_ranges, shapes)
+        for t, (lo, hi) in zip(outs, out_ranges, strict=True):
             lo, hi = int(lo), int(hi)
             if check and t.dtype in DTYPE_RANGES:
                 tlo, thi = DTYPE_RANGES[t.dtype]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedModelError, node_context
 from ..ir import arith
 from ..ir.graph import DTYPE_RANGES, Graph, Node, QuantParams, Tensor
 from ..ir.ops import FLOAT_FUNCS, dequantize, quantize
@@ -94,7 +94,8 @@ class _Lowering:
             if handler is None:
                 self.graph.nodes.append(node)  # already integer (layout ops, Deeploy dialect)
             else:
-                handler(self, node)
+                with node_context(node.origin or node.name, node.op, "integerize"):
+                    handler(self, node)
         self.graph.remove_unused()
         self.graph.meta["target"] = self.target.name
         self.graph.meta["integerized"] = True
