@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import math
 import sys
 import time
 import traceback
@@ -134,19 +132,6 @@ def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tupl
     return ranges
 
 
-def strict_json(value) -> str:
-    """JSON that every parser accepts: non-finite floats become null."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        return v
-    return json.dumps(clean(value), indent=1, allow_nan=False) + "\n"
-
-
 # --- subcommands --------------------------------------------------------------------------------------------
 def cmd_zoo(args: argparse.Namespace) -> int:
     from .files import staged_folder
@@ -194,7 +179,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
-    from .files import atomic_file, output_file
+    from .files import atomic_file, output_file, strict_json
     from .frontend.fidelity import fidelity_report, format_report
 
     if args.json:
@@ -328,7 +313,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def _write_sample_runs(args: argparse.Namespace, runs) -> int:
     """--inputs: BUILD/<stem>.outputs.npz (outputs stacked over samples) and BUILD/<stem>.report.json."""
-    from .files import atomic_file
+    from .files import atomic_file, strict_json
 
     stem = Path(args.inputs).name.removesuffix(".npz")
     build = Path(args.build)

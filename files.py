@@ -9,13 +9,33 @@ refused unless the user says --force.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import TinyDeployError
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):          # numpy scalars
+        return _finite(value.item())
+    return value
+
+
+def strict_json(value: Any) -> str:
+    """JSON every parser accepts (JavaScript's JSON.parse included): NaN and infinities become null."""
+    return json.dumps(_finite(value), indent=1, allow_nan=False) + "\n"
 
 
 def output_file(path: str | Path, flag: str = "-o") -> Path:

@@ -28,18 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TinyDeployError
+from .files import strict_json
 from .target import Target, load_target
 
 ENGINE_COLOURS = {"cores": "#4C72B0", "accel": "#DD8452"}
-#: where the clock is read from, first match wins: (table or "" for top level, key, factor to Hz).
-#: The target files are meant to carry `[clock] mhz = ...`; the others are accepted spellings.
-CLOCK_KEYS = (("clock", "mhz", 1e6), ("clock", "hz", 1.0), ("", "clock_mhz", 1e6), ("", "clock_hz", 1.0),
-              ("cluster", "clock_mhz", 1e6), ("cluster", "clock_hz", 1.0))
-#: arithmetic limit of one core in MAC/cycle where the target file gives no `[cluster] peak_macs_per_cycle_per_core`,
-#: by the ISA it names (`[cluster] isa`, else `[iss] cpu`); the ISSs count 1 instruction = 1 cycle.
-ISA_PEAK = {"rv32imc": (0.5, "the RV32IMC limit: a mul and an add per MAC"),
-            "cortex-m4": (2.0, "the DSP extension's limit: SMLAD does 2 MACs per instruction"),
-            "cortex-m7": (2.0, "the DSP extension's limit: SMLAD does 2 MACs per instruction")}
 ACCEL_ENGINES = {"model": "functional and timing model (sim/accel/model.py)",
                  "rtl": "Verilated RTL, each job checked against the model"}
 DMA_ROOFS = (("l2_to_l1_bytes_per_cycle", "L2 -> L1"), ("l3_to_l2_bytes_per_cycle", "L3 -> L2/L1"))
@@ -65,31 +57,11 @@ class Hardware:
     engine_labels: dict[str, str] = field(default_factory=dict)   # engine -> legend label
 
 
-def strict_json(value: Any) -> Any:
-    """`value` with every NaN/Infinity replaced by None (so json.dumps(..., allow_nan=False) succeeds)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):          # numpy scalars
-        return strict_json(value.item())
-    return value
-
-
-def dumps_strict(value: Any, **kwargs: Any) -> str:
-    return json.dumps(strict_json(value), allow_nan=False, **kwargs)
-
-
 def clock_of(target: Target) -> tuple[float | None, str]:
     """The clock in Hz from the target file, and where it was read (or a note that there is none)."""
-    for table, key, factor in CLOCK_KEYS:
-        section = target.raw if not table else target.raw.get(table, {})
-        value = section.get(key) if isinstance(section, dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            where = f"[{table}] {key}" if table else key
-            return float(value) * factor, f"{where} = {value:g} in the target file"
+    value = target.section("clock").get("mhz")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value) * 1e6, f"[clock] mhz = {value:g} in the target file"
     return None, "the target file names no clock"
 
 
@@ -115,11 +87,6 @@ def hardware(target_name: str, report: dict[str, Any]) -> Hardware:
         hw.peaks["cores"] = cores * float(per_core)
         hw.peak_sources["cores"] = f"{cores * float(per_core):g} MAC/cycle = {cores} {noun} ([cluster] cores) x " \
             f"{per_core:g} MAC/cycle ([cluster] peak_macs_per_cycle_per_core)"
-    elif isa.lower() in ISA_PEAK:
-        limit, why = ISA_PEAK[isa.lower()]
-        hw.peaks["cores"] = cores * limit
-        hw.peak_sources["cores"] = f"{cores * limit:g} MAC/cycle = {cores} {noun} ([cluster] cores) x " \
-            f"{limit:g} MAC/cycle ({why})"
     shown = isa.upper() if isa.lower().startswith("rv") else isa.replace("cortex", "Cortex").replace("-m", "-M")
     hw.engine_labels["cores"] = noun + \
         (f" ({shown})" if cores == 1 else f" ({cores}x {shown})" if shown else "")
@@ -419,5 +386,5 @@ def write_report(build: str | Path, out: str | Path) -> list[Path]:
                     **({"dma": layer.get("dma", {})} if hw.has_dma else {})} for layer in layers],
     }
     json_path = Path(f"{stem}_summary.json")      # not {stem}.json: -o BUILD/report.html must keep report.json
-    json_path.write_text(dumps_strict(summary, indent=1) + "\n")
+    json_path.write_text(strict_json(summary))
     return [out, *pngs.values(), json_path]

@@ -13,7 +13,7 @@ last line on stderr), no "Traceback", done within fuzzing.CASE_TIMEOUT seconds, 
     .venv/bin/python -m pytest -q -p no:warnings -s -m slow tests/test_fuzz.py    # 10,000 cases
 
 Environment: TINYDEPLOY_FUZZ_QUICK / _SLOW (case counts), _SEED (first seed; the slow test starts 10^6 later),
-_WORKERS (default 2), _STRICT=1 (also fail on `error: internal error` lines: unchecked malformed input).
+_WORKERS (default 2), _STRICT=0 (let `error: internal error` lines pass; by default they fail: unchecked input).
 A failing seed is reproduced with `.venv/bin/python tests/fuzzing.py run --work WORK --seed SEED -v` (the
 assertion message prints the command with the corpus directory of the run).
 """
@@ -36,7 +36,7 @@ QUICK = int(os.environ.get("TINYDEPLOY_FUZZ_QUICK", "500"))
 SLOW = int(os.environ.get("TINYDEPLOY_FUZZ_SLOW", "10000"))
 SEED = int(os.environ.get("TINYDEPLOY_FUZZ_SEED", "0"))
 WORKERS = int(os.environ.get("TINYDEPLOY_FUZZ_WORKERS", "2"))
-STRICT = os.environ.get("TINYDEPLOY_FUZZ_STRICT") == "1"
+STRICT = os.environ.get("TINYDEPLOY_FUZZ_STRICT", "1") == "1"   # internal errors fail too
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,6 @@ def test_cluster8_ita_report_shows_cluster_dma_and_accelerator(ita_build, tmp_pa
 
 def test_clock_and_peaks_come_from_the_target_file(m4_build, tmp_path, monkeypatch):
     assert clock_of(Target("t", "", "cmsis", "cmsis", "cmsis", {"clock": {"mhz": 168}}))[0] == 168e6
-    assert clock_of(Target("t", "", "cmsis", "cmsis", "cmsis", {"clock_hz": 480_000_000}))[0] == 480e6
     assert clock_of(Target("t", "", "cmsis", "cmsis", "cmsis", {})) == (None, "the target file names no clock")
     m4 = load_target("cortex-m4")
     raw = {**m4.raw, "clock": {"mhz": 168}, "cluster": {**m4.raw["cluster"], "peak_macs_per_cycle_per_core": 1.5}}
