@@ -21,21 +21,22 @@ from typing import Any
 from .errors import TinyDeployError
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
+    """`value` with NaN/Infinity (a figure that does not apply) replaced by None, numpy scalars as Python ones."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):          # numpy scalars
-        return _finite(value.item())
+        return [finite(v) for v in value]
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:     # numpy scalars
+        return finite(value.item())
     return value
 
 
 def strict_json(value: Any) -> str:
     """JSON every parser accepts (JavaScript's JSON.parse included): NaN and infinities become null."""
-    return json.dumps(_finite(value), indent=1, allow_nan=False) + "\n"
+    return json.dumps(finite(value), indent=1, allow_nan=False) + "\n"
 
 
 def output_file(path: str | Path, flag: str = "-o") -> Path:

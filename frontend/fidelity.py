@@ -13,7 +13,6 @@ differ, is None), so json.dumps of it is strict JSON.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..files import finite
 from ..ir.graph import Graph, Tensor
 from ..ir.interpreter import run_graph
 from .onnx_loader import load_onnx
@@ -123,23 +123,12 @@ def fidelity_report(model_path: str | Path, quant_graph: Graph, int_graph: Graph
     worst = sorted(isolated, key=lambda a: (a.within_1lsb, -a.max_diff_lsb))[:5]
     total = sum(a.elements for a in isolated)
     within = sum(a.within_1lsb * a.elements for a in isolated) / total if total else None
-    return _finite({"model": str(model_path), "target": int_graph.meta.get("target"),
+    return finite({"model": str(model_path), "target": int_graph.meta.get("target"),
                     "end_to_end": [asdict(a) for a in end_to_end],
                     "linear_ops_within_1lsb": within, "linear_ops_elements": total,
                     "isolated_ops": [asdict(a) for a in isolated],
                     "worst_ops": [asdict(a) for a in worst],
                     "layers": [asdict(a) for a in layers]})
-
-
-def _finite(value: Any) -> Any:
-    """`value` with NaN/Infinity (a figure that does not apply) replaced by None: strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _producer_op(graph: Graph, tensor: str) -> str:
