@@ -341,6 +341,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_accel_check(args: argparse.Namespace) -> int:
+    """Every stage of PyITA vector files on the accelerator model (or RTL): one line per stage."""
+    from .sim.accel.check import accel_check
+
+    exact = True
+    for path in args.vectors:
+        t0 = time.perf_counter()
+        results, acc = accel_check(path, rtl=args.rtl)
+        engine = "RTL (Verilator)" if args.rtl else "model"
+        print(f"{path}: {len(results)} stages on the accelerator {engine}, {acc.jobs} jobs, {acc.cycles:,} "
+              f"accelerator cycles ({time.perf_counter() - t0:.1f} s)")
+        for result in results:
+            print(f"  {result.line()}")
+        exact = exact and all(not r.wrong for r in results)
+    print("EXACT: every stage equals PyITA" if exact else "DIFFERENT: some stages differ from PyITA")
+    return EXIT_OK if exact else EXIT_CHECK_FAILED
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from .target import available_targets, load_target
 
@@ -411,6 +429,7 @@ EXAMPLES = {
                 "tinydeploy simulate build/c8",
     "report": "tinydeploy simulate build/ita && tinydeploy report build/ita -o out/report.html",
     "targets": "tinydeploy targets",
+    "accel-check": "tinydeploy accel-check ../shared/conformance/ita/*.npz --rtl",
     "demo": "tinydeploy demo -o out/demo",
 }
 
@@ -518,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("build", help="directory written by `tinydeploy compile` and run by `tinydeploy simulate`")
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write (PNGs go beside it)")
     add("targets", cmd_targets, "list the known targets")
+    p = add("accel-check", cmd_accel_check, "run every stage of PyITA vector files (ITA's golden model) on the "
+                                            "accelerator model or RTL; exit 0 only when every stage is exact")
+    p.add_argument("vectors", nargs="+", help=".npz files written by PyITA (see shared/conformance/ita/README.md)")
+    p.add_argument("--rtl", action="store_true", help="run the jobs on the Verilated RTL instead of the model")
     p = add("demo", cmd_demo, "tiny MobileBERT: zoo -> integer model -> fidelity -> C -> host run, bit-exact check")
     p.add_argument("-o", "--output", default="out/demo")
     p.add_argument("--target", default="cluster8-ita")

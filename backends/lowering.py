@@ -671,7 +671,7 @@ def ita_job_fields(node: Node) -> dict[str, Any]:
     """The accelerator's epilogue registers for one ITAGemm (td_ita_job): mode bits and stage parameters."""
     at = node.attrs
     fields: dict[str, Any] = {"mode": 0, "rq_clip": _clip_word(at["lo"], at["hi"])}
-    mode = ITA_MODE_TRANS_B if at.get("trans_b") else 0
+    mode = (ITA_MODE_TRANS_B if at.get("trans_b") else 0) | (ITA_MODE_A_UNSIGNED if at.get("a_unsigned") else 0)
     for stage in at.get("stages", []):
         if stage["op"] == "Requant" and mode & ITA_MODE_SOFTMAX:     # after the softmax
             mode |= ITA_MODE_REQUANT3
@@ -723,6 +723,7 @@ def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
 
 #: td_ita_job.mode bits (mirrored by the accelerator model and the RTL)
 ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX, ITA_MODE_REQUANT3 = 1, 2, 4, 8, 16
+ITA_MODE_A_UNSIGNED = 32
 
 
 def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:

@@ -278,6 +278,28 @@ def ita_max(x: np.ndarray, n_levels: int = 256) -> np.ndarray:
     return np.right_shift(inverse, shift)
 
 
+def ita_gelu(q: np.ndarray, q_1: int, q_b: int, q_c: int) -> np.ndarray:
+    """ITA's integer GELU (PyITA gelu.i_gelu, I-BERT's erf polynomial): int8 in, int32 out, before its requant.
+
+    erf ~ sign(q) * ((min(|q|, -q_b) + q_b)^2 + q_c); out = q * (erf + q_1). The 1/2 of GELU is folded into
+    the requant multiplier, so no LSB is dropped by a `>> 1` (I-BERT's i-GELU drops it)."""
+    q = np.maximum(as_i64(q), -127)
+    a = np.clip(np.abs(q), 0, -int(q_b))
+    erf = np.sign(q) * ((a + int(q_b)) ** 2 + int(q_c))
+    return q * (erf + int(q_1))
+
+
+def ita_activation_table(kind: str, consts: np.ndarray | list[int]) -> np.ndarray:
+    """The accelerator's 256-entry activation LUT (index i: input i - 128) for ITA's GELU or ReLU followed by
+    ITA's activation requant; consts = (q_1, q_b, q_c, mul, shift, add) as PyITA's gelu_consts."""
+    q_1, q_b, q_c, mul, shift, add = (int(v) for v in consts)
+    x = np.arange(-128, 128, dtype=I64)
+    pre = ita_gelu(x, q_1, q_b, q_c) if kind == "gelu" else np.maximum(x, 0) if kind == "relu" else None
+    if pre is None:
+        raise ValueError(f"ITA activation '{kind}' (gelu or relu)")
+    return requant_ita(pre, mul, shift, add, -128, 127)
+
+
 # --- contract 5: integer softmax / GELU / norms on the cores --------------------------------------
 def i_softmax(x: np.ndarray, coeff_a: int, coeff_b: int, coeff_c: int, log2: int, n_levels: int,
               round_nearest: bool = False) -> np.ndarray:

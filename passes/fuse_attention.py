@@ -60,8 +60,8 @@ def _column_vector(value, n: int) -> np.ndarray | None:
 
 def _why_not(graph: Graph, mm: Node) -> str | None:
     a, b = (graph.tensors[name] for name in mm.inputs[:2])
-    if a.dtype != "int8" or b.dtype != "int8":
-        return "operands not int8"
+    if a.dtype not in ("int8", "uint8") or b.dtype != "int8":
+        return "operands not int8 (A may be uint8: the accelerator's sign mode)"
     if mm.attrs.get("a_zero", 0) or mm.attrs.get("b_zero", 0):
         return "zero points"
     if mm.attrs.get("trans_a"):
@@ -241,4 +241,6 @@ def _fused_node(graph: Graph, chain: list[Node]) -> Node | None:
         running = node.outputs[0]
     attrs = {"trans_b": int(mm.attrs.get("trans_b", 0)), "lo": int(requant.attrs["lo"]),
              "hi": int(requant.attrs["hi"]), "stages": stages}
+    if graph.tensors[mm.inputs[0]].dtype == "uint8":      # ITA's A.V reads the softmax probabilities unsigned
+        attrs["a_unsigned"] = 1
     return Node(f"{mm.name}/ita", "ITAGemm", inputs, [chain[-1].outputs[0]], attrs, origin=mm.origin)

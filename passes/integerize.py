@@ -32,6 +32,9 @@ IBERT_MIN_SCALE = float(np.log(2.0) / 64.0)
 SOFTMAX_OUT_LEVELS = 128
 #: largest L: keeps the ITA numerator L*256 and the I-BERT products y*L far inside int32
 SOFTMAX_MAX_LEVELS = 4096
+#: ITA's own softmax (DESIGN.md contract 4, PyITA): numerator (2^8 - 1) * 2^8, unsigned 8-bit probabilities
+#: (scale 1/255) that A.V reads as unsigned; n_levels is the IR's 2 * (L + 1) spelling of L
+ITA_SOFTMAX_LEVELS = 255
 
 
 class _Lowering:
@@ -297,8 +300,10 @@ def lower_softmax(low: _Lowering, node: Node) -> None:
         logits = low.temp(f"{a}_ita", "int8", low.graph.tensors[a].shape)
         low.graph.tensors[logits].quant = QuantParams(np.array(ITA_SOFTMAX_SCALE, np.float32), np.array(0))
         low.requant(a, float(qa.scale) / ITA_SOFTMAX_SCALE, logits, node, in_zero=_single_zero(qa, "input", node))
-        low.emit("ITAPartialMax", [logits], [out], {"group_width": group, "n_levels": 2 * (levels + 1),
-                                                    "lo": 0, "hi": hi}, node)
+        t_out.dtype = "uint8"
+        t_out.quant = QuantParams(np.array(1.0 / ITA_SOFTMAX_LEVELS, np.float32), np.array(0, np.int64))
+        low.emit("ITAPartialMax", [logits], [out], {"group_width": group, "n_levels": 2 * (ITA_SOFTMAX_LEVELS + 1),
+                                                    "lo": 0, "hi": ITA_SOFTMAX_LEVELS}, node)
         return
     scale = float(qa.scale)
     if scale < IBERT_MIN_SCALE:  # finer than the output can resolve: coarsen so 32-bit sums suffice

@@ -15,6 +15,7 @@ from tinydeploy.ir.interpreter import run_graph
 from tinydeploy.passes.fuse_attention import fuse_attention
 from tinydeploy.passes.integerize import integerize
 from tinydeploy.sim.accel.model import (
+    MODE_A_UNSIGNED,
     MODE_LUT,
     MODE_REQUANT2,
     MODE_REQUANT3,
@@ -37,13 +38,16 @@ def clip_word(lo: int, hi: int) -> int:
 
 STAGES = 1 << 8   # test-only flag: add AddRequant/MulRequant epilogue stages (not a mode bit)
 PITCHED = 1 << 9  # test-only flag: the residual tile's rows lie r_pitch > n bytes apart (a column tile in place)
+ITA255 = 1 << 10  # test-only flag: ITA's softmax numerator (L = 255, sm_levels 512) and an unsigned 0..255 output
 
 
 MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQUANT2, "gemm_lut": MODE_LUT,
          "qk_softmax": MODE_SOFTMAX, "qk_softmax_requant2_transposed": MODE_SOFTMAX | MODE_REQUANT2 | MODE_TRANS_B,
          "qk_softmax_requant3": MODE_SOFTMAX | MODE_REQUANT2 | MODE_REQUANT3,
          "gemm_residual_nonorm": STAGES, "gemm_lut_two_stages": MODE_LUT | STAGES,
-         "gemm_residual_pitched": STAGES | PITCHED}
+         "gemm_residual_pitched": STAGES | PITCHED, "av_a_unsigned": MODE_A_UNSIGNED,
+         "qk_softmax_ita255": MODE_SOFTMAX | ITA255,
+         "qk_softmax_ita255_requant3": MODE_SOFTMAX | ITA255 | MODE_REQUANT3}
 
 
 def random_stages(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -90,6 +94,8 @@ def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
             "rq3_shift": int(rng.integers(0, 10)), "rq3_add": int(rng.integers(-20, 20)) & 0xFFFFFFFF,
             "rq3_clip": clip_word(-128, 127), **extra}
     regs["mode"] = mode & 0xFF
+    if mode & ITA255:
+        regs.update(sm_levels=512, sm_clip=clip_word(0, 255))
 
     def read(address: int, nbytes: int) -> bytes:
         for start, data in memory.items():

@@ -22,7 +22,7 @@ import numpy as np
 from ...ir.graph import Node
 from ...ir.ops import OPS
 
-MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3 = 1, 2, 4, 8, 16
+MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3, MODE_A_UNSIGNED = 1, 2, 4, 8, 16, 32
 #: registers a job snapshots (names from the target's [mmio] table without the `accel_` prefix)
 JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
                  "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
@@ -156,7 +156,8 @@ def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
     """Compute the job's int8 output from the operands in memory (read(address, bytes))."""
     r = job.regs
     m, k, n = r["m"], r["k"], r["n"]
-    a = np.frombuffer(read(r["a"], m * k), dtype=np.int8).reshape(m, k)
+    a_type = np.uint8 if r["mode"] & MODE_A_UNSIGNED else np.int8      # sign mode of operand A (ITA's A.V)
+    a = np.frombuffer(read(r["a"], m * k), dtype=a_type).reshape(m, k)
     b_shape = (n, k) if r["mode"] & MODE_TRANS_B else (k, n)
     b = np.frombuffer(read(r["b"], k * n), dtype=np.int8).reshape(b_shape)
     bias = np.frombuffer(read(r["bias"], 4 * n), dtype="<i4")
@@ -178,4 +179,4 @@ def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
     # the IR ops compute on int64 values, as the golden interpreter holds them (int8 arithmetic would wrap)
     operands = [None if x is None else x.astype(np.int64) for x in (a, b, bias, rq, *extra)]
     y = OPS["ITAGemm"].run(job.node(lut, table), operands)[0]
-    return np.asarray(y).astype(np.int8).tobytes()
+    return (np.asarray(y, dtype=np.int64) & 0xFF).astype(np.uint8).tobytes()   # int8 or uint8 bytes

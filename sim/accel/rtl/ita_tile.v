@@ -33,7 +33,7 @@ module ita_tile #(
     input  wire        clk,
     input  wire        rst,
     // job registers (held while busy)
-    input  wire [4:0]  mode,
+    input  wire [5:0]  mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities)
     input  wire [15:0] m,
     input  wire [15:0] k,
     input  wire [15:0] n,
@@ -124,7 +124,7 @@ module ita_tile #(
                 a_idx = i * k + kpos;
                 b_idx = mode[0] ? col * k + kpos : kpos * n + col;
                 if (kpos < k && col < n)
-                    partial[p] = partial[p] + $signed({{24{amem[a_idx][7]}}, amem[a_idx]})
+                    partial[p] = partial[p] + $signed({{24{amem[a_idx][7] & ~mode[5]}}, amem[a_idx]})
                                             * $signed({{24{bmem[b_idx][7]}}, bmem[b_idx]});
             end
         end
