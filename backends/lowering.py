@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TinyDeployError
+from ..errors import TinyDeployError, node_context
 from ..ir.graph import DTYPE_RANGES, Graph, Node, Tensor
 
 CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t"}
@@ -203,7 +203,8 @@ class Lowering:
             raise TinyDeployError(f"op '{node.op}' has no C kernel (supported: {', '.join(sorted(LOWERINGS))})",
                                   node=node.name) from None
         call = Call(node)
-        rule(self, index, node, call)
+        with node_context(node.origin or node.name, node.op, "lowering"):
+            rule(self, index, node, call)
         return call
 
 

@@ -291,9 +291,16 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     if tiling is not None:
         manifest["tiling"] = {"l1_budget": tiling.l1_budget, "l1_peak": tiling.l1_peak,
                               "steps": [tiling.steps[i].to_json() for i in sorted(tiling.steps)]}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_text) + "\n")
     return Project(graph, plan, calls, list(lowering.kernels.values()), in_slots, out_slots, weights_bytes,
                    weights_format, manifest)
+
+
+def _json_text(value: Any) -> str:
+    """Attribute values json cannot hold (ONNX string attributes arrive as bytes) as text."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value.item() if isinstance(value, np.generic) else value)
 
 
 def _environment(template_dirs: list[Path]) -> jinja2.Environment:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...errors import node_context
 from ...ir.graph import Graph, Node
 from ...ir.ops import OPS
 from ..lowering import Call, Refs
@@ -78,6 +79,11 @@ def _runs(sources: np.ndarray) -> list[tuple[int, int, int]]:
 
 def copy_plan(graph: Graph, node: Node) -> CopyPlan | None:
     """The DMA transfers (and fills) of a data-movement step, or None when it needs too many of them."""
+    with node_context(node.origin or node.name, node.op, "DMA copy planning"):
+        return _copy_plan(graph, node)
+
+
+def _copy_plan(graph: Graph, node: Node) -> CopyPlan | None:
     if not _movable(graph, node):
         return None
     out = graph.tensors[node.outputs[0]]
