@@ -58,6 +58,10 @@ def _column_vector(value, n: int) -> np.ndarray | None:
     return None
 
 
+#: the softmax unit's numerator register: L = n_levels / 2 - 1 <= 255 (the RTL's divider takes 16-bit numerators)
+MAX_SOFTMAX_LEVELS = 512
+
+
 def _why_not(graph: Graph, mm: Node) -> str | None:
     a, b = (graph.tensors[name] for name in mm.inputs[:2])
     if a.dtype not in ("int8", "uint8") or b.dtype != "int8":
@@ -98,7 +102,8 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
     if nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
         chain.append(nxt)
         nxt = _single_consumer(graph, consumers, nxt.outputs[0])
-    if nxt is not None and nxt.op in ("LUT", "ITAPartialMax"):
+    if nxt is not None and (nxt.op == "LUT" or (nxt.op == "ITAPartialMax"
+                                                and nxt.attrs["n_levels"] <= MAX_SOFTMAX_LEVELS)):
         chain.append(nxt)
         nxt = _single_consumer(graph, consumers, nxt.outputs[0])
         if chain[-1].op == "ITAPartialMax" and nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
