@@ -621,18 +621,7 @@ def mutate_manifest(path: Path, rng: random.Random) -> str:
         parent[key] = rng.choice(choices)
         desc = f"{where} := {json.dumps(parent[key])[:40]} (was {type(old).__name__})"
     elif op == "number":
-        ints = []
-
-        def collect(node, trail):
-            if isinstance(node, dict):
-                for k in sorted(node):
-                    collect(node[k], trail + [k])
-            elif isinstance(node, list):
-                for k, v in enumerate(node):
-                    collect(v, trail + [k])
-            elif isinstance(node, int) and not isinstance(node, bool):
-                ints.append(trail)
-        collect(doc, [])
+        ints = [trail for trail, node in _json_nodes(doc) if isinstance(node, int) and not isinstance(node, bool)]
         if not ints:
             raise NotApplicable("no ints")
         trail = rng.choice(ints)
@@ -643,18 +632,7 @@ def mutate_manifest(path: Path, rng: random.Random) -> str:
         node[trail[-1]] = rng.choice((0, -1, old + 1, old - 1, -old, 2**31, 2**40, old * 1000))
         desc = f"{trail} {old} -> {node[trail[-1]]}"
     else:
-        lists = []
-
-        def collect_lists(node, trail):
-            if isinstance(node, dict):
-                for k in sorted(node):
-                    collect_lists(node[k], trail + [k])
-            elif isinstance(node, list):
-                if len(node) >= 2:
-                    lists.append(node)
-                for k, v in enumerate(node):
-                    collect_lists(v, trail + [k])
-        collect_lists(doc, [])
+        lists = [node for _, node in _json_nodes(doc) if isinstance(node, list) and len(node) >= 2]
         if not lists:
             raise NotApplicable("no lists")
         lst = rng.choice(lists)
@@ -663,6 +641,14 @@ def mutate_manifest(path: Path, rng: random.Random) -> str:
         desc = f"swap list elements {i} and {j} of a {len(lst)}-element list"
     path.write_text(json.dumps(doc, indent=1))
     return f"{op}: {desc}"
+
+
+def _json_nodes(node, trail=()):
+    """Every node of a parsed JSON document with its key path (dict keys sorted: reproducible by seed)."""
+    yield list(trail), node
+    children = sorted(node.items()) if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        yield from _json_nodes(child, (*trail, key))
 
 
 def mutate_npz(path: Path, rng: random.Random) -> str:
