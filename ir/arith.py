@@ -40,14 +40,23 @@ def requant_ita(x: np.ndarray, mul: np.ndarray | int, shift: np.ndarray | int, a
     return clip(np.right_shift(acc, shift), lo, hi)
 
 
+def _positive_finite(real_scale: np.ndarray | float) -> np.ndarray:
+    """The scale(s) as float64, refusing zero, negative, NaN and infinite values (one ValueError naming it)."""
+    real = np.atleast_1d(np.asarray(real_scale, dtype=np.float64))
+    bad = real[~(np.isfinite(real) & (real > 0))]
+    if bad.size:
+        raise ValueError(f"requant scale {bad[0]:g} is not a positive finite number")
+    return real
+
+
 def ita_requant_params(real_scale: np.ndarray | float, max_shift: int = 31) -> tuple[np.ndarray, np.ndarray]:
     """Approximate a positive real multiplier by mul/2^shift with mul an unsigned 8-bit integer in [128, 255].
 
     Picks the largest shift (best precision) that keeps mul <= 255; tiny scales saturate at max_shift.
     """
-    real = np.atleast_1d(np.asarray(real_scale, dtype=np.float64))
-    if np.any(real <= 0):
-        raise ValueError("requant scale must be positive")
+    real = _positive_finite(real_scale)
+    if np.any(real > 255.5):       # checked before any cast: float -> int64 would overflow silently
+        raise ValueError(f"requant scale {real.max():g} too large for an 8-bit multiplier (at most 255)")
     shift = np.floor(np.log2(255.5 / real)).astype(I64)
     shift = np.clip(shift, 0, max_shift)
     mul = np.round(real * np.exp2(shift)).astype(I64)
@@ -95,7 +104,9 @@ def requant_cmsis(x: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray
 
 def cmsis_requant_params(real_scale: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """TFLite QuantizeMultiplier: real = m31 * 2^(shift-31), m31 in [2^30, 2^31)."""
-    real = np.atleast_1d(np.asarray(real_scale, dtype=np.float64))
+    real = _positive_finite(real_scale)
+    if np.any(real >= 2.0**31):    # a left shift of 31 or more leaves no int32 result but saturation
+        raise ValueError(f"requant scale {real.max():g} too large for a Q31 multiplier and a left shift < 31")
     mant, exp = np.frexp(real)
     m31 = np.round(mant * (1 << 31)).astype(I64)
     carry = m31 == (1 << 31)

@@ -159,3 +159,23 @@ def test_add_cmsis_hand_computed():
     assert arith.add_cmsis(np.array([10, 127, -128]), np.array([-4, 127, -128]), -10, same["a_mult"],
                            same["a_shift"], 4, same["b_mult"], same["b_shift"], same["multiplier"], same["shift"],
                            3).tolist() == [3, 127, -128]
+
+
+@pytest.mark.parametrize("scale", [1e20, 256.0, 0.0, -1.0, float("nan"), float("inf")])
+def test_ita_requant_params_refuse_unrepresentable_scales(scale):
+    """1e20 used to come back as multiplier -2^63 (float -> int64 overflow) instead of an error."""
+    with pytest.raises(ValueError, match="requant scale"):
+        arith.ita_requant_params(scale)
+
+
+@pytest.mark.parametrize("scale", [1e20, 2.0**31, 0.0, -1.0, float("nan"), float("inf")])
+def test_cmsis_requant_params_refuse_unrepresentable_scales(scale):
+    with pytest.raises(ValueError, match="requant scale"):
+        arith.cmsis_requant_params(scale)
+
+
+def test_requant_params_keep_representable_extremes():
+    mul, shift = arith.ita_requant_params([255.0, 1e-12])
+    assert list(mul) == [255, 0] and list(shift) == [0, 31]
+    m31, exp = arith.cmsis_requant_params([2.0**30, 1e-12])
+    assert m31[0] == 1 << 30 and exp[0] == 31 and m31[1] == 0

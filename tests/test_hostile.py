@@ -263,3 +263,15 @@ def test_simulate_with_another_compiler_never_reuses_a_stale_elf(builds, tmp_pat
     assert (build / "host-x" / BUILD_STAMP).read_text() == "CC=gcc\nEXTRA_CFLAGS=-DTD_A=1 -O0\n"
     assert hashlib.sha256(exe.read_bytes()).hexdigest() != first
     refused(cli("simulate", builds["cluster8"], "--cc", "no-such-gcc"), "no-such-gcc")
+
+
+def test_unrepresentable_requant_scale_names_the_node(tiny_zoo, tmp_path):
+    """An output scale of 1e-30 makes the requant multiplier ~1e28: refused naming the node, never a wrapped int."""
+    def tiny_scale(m):
+        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and "MatMul" in n.input[0])
+        init = next(i for i in m.graph.initializer if i.name == q.input[1])
+        init.CopyFrom(onnx.numpy_helper.from_array(np.array(1e-30, np.float32), init.name))
+    path = save_mutant(tmp_path, tiny_zoo / "model_qdq.onnx", tiny_scale)
+    line = refused(cli("golden", path, "--inputs", tiny_zoo / "inputs.npz", "-o", tmp_path / "g.npz"),
+                   "requant scale", "node '")
+    assert "too large" in line
