@@ -5,7 +5,13 @@ Prints the instructions per MAC of the fully-connected kernel (arm_fully_connect
 MobileBERT seq 128 on cortex-m7: cycles per inference, peak SRAM (static data + arena + stack) beside the internal
 flash (code, constants) and XIP flash (weights) bytes.
 
-usage: python benchmarks/bench_cortexm.py [--model MODEL_QDQ.onnx] [--skip-full]
+With Arm's CMSIS-NN beside the checkout (../shared/third_party/CMSIS-NN, or --cmsis-nn PATH), the same firmware
+is also linked with Arm's kernels (built as Arm's and Deeploy's CMake builds do: -Ofast, memcpy/memset builtins)
+and both run on the same ISS: cycles per layer kind, tinydeploy's kernels vs Arm's, tiny MobileBERT on
+cortex-m4 (and full MobileBERT on cortex-m7 unless --skip-full). Cycles are the ISS's: one instruction = one
+cycle, no flash wait states or pipeline effects modelled (issue: calibrated Cortex-M timing).
+
+usage: python benchmarks/bench_cortexm.py [--model MODEL_QDQ.onnx] [--skip-full] [--cmsis-nn PATH]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from bench_cluster import compile_and_simulate  # noqa: E402
 from bench_compile import zoo_model  # noqa: E402
 
 FC_GOAL = 1.0
+DEFAULT_CMSIS_NN = Path(__file__).resolve().parents[1].parent / "shared" / "third_party" / "CMSIS-NN"
 
 
 def fc_graph(m: int, k: int, n: int):
@@ -76,11 +83,45 @@ def memory_figures(build: Path) -> dict[str, int]:
             "xip": sizes.get(".td_weights", 0)}
 
 
+def cycles_by_kind(report: dict) -> dict[str, int]:
+    """Cycles per IR op kind (FullyConnectedS8, BatchMatMulS8, SoftmaxS8, AddS8, ...) over the inference."""
+    kinds: dict[str, int] = {}
+    for layer in report["layers"]:
+        kinds[layer["op"]] = kinds.get(layer["op"], 0) + (layer["cycles"] or 0)
+    return kinds
+
+
+def arm_comparison(model: Path, target: str, cmsis_nn: Path, label: str) -> None:
+    """The same generated firmware with tinydeploy's kernels and with Arm's, cycles per layer kind."""
+    from tinydeploy.sim.firmware import simulate_build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = compile_and_simulate(model, target, Path(tmp) / "b")
+        arm = simulate_build(Path(tmp) / "b", cmsis_nn=str(cmsis_nn)).report
+    assert ours["bit_exact"] and arm["bit_exact"], "a firmware is not bit-exact"
+    mine, theirs = cycles_by_kind(ours), cycles_by_kind(arm)
+    print(f"{label} on {target}, same ISS, cycles per layer kind (tinydeploy's kernels vs Arm's CMSIS-NN, -Ofast):")
+    for kind in sorted(mine, key=lambda k: -theirs.get(k, 0)):
+        if mine[kind] or theirs.get(kind):
+            ratio = theirs.get(kind, 0) / mine[kind] if mine[kind] else float("inf")
+            print(f"  {kind:18s} tinydeploy {mine[kind]:>15,}  Arm {theirs.get(kind, 0):>15,}  Arm/tinydeploy "
+                  f"{ratio:5.2f}")
+    total_ours, total_arm = ours["cycles_inference"], arm["cycles_inference"]
+    print(f"  {'inference':18s} tinydeploy {total_ours:>15,}  Arm {total_arm:>15,}  Arm/tinydeploy "
+          f"{total_arm / total_ours:5.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="full MobileBERT model_qdq.onnx (default: zoo build)")
     parser.add_argument("--skip-full", action="store_true")
+    parser.add_argument("--cmsis-nn", type=Path, default=DEFAULT_CMSIS_NN, help="Arm's CMSIS-NN (Include/, Source/)")
     args = parser.parse_args()
+    arm = args.cmsis_nn if (args.cmsis_nn / "Include" / "arm_nnfunctions.h").is_file() else None
+    if arm is None:
+        print(f"no CMSIS-NN at {args.cmsis_nn}: the comparison with Arm's kernels is skipped")
+    else:
+        arm_comparison(zoo_model("tiny"), "cortex-m4", arm, "tiny MobileBERT")
     ipm, layer = fc_instructions_per_mac(128, 512, 512)
     print(f"fully connected 128x512 -> 512 on cortex-m4: {layer['instructions']:,} instructions for "
           f"{layer['macs']:,} MACs = {ipm:.3f} instructions/MAC (goal <= {FC_GOAL}; SMLAD limit 0.5)")
@@ -95,6 +136,8 @@ def main() -> int:
           f"480 MHz); bit-exact {report['bit_exact']}")
     print(f"memory: peak SRAM {mem['sram']:,} B (arena {mem['arena']:,} B + data + stack), internal flash "
           f"{mem['flash']:,} B, XIP flash (weights) {mem['xip']:,} B")
+    if arm is not None:
+        arm_comparison(model, "cortex-m7", arm, "full MobileBERT seq 128")
     return 0
 
 
