@@ -93,7 +93,27 @@ class _Importer:
                 handler(self, node)
         self.graph.outputs = [o.name for o in self.gsg.outputs]
         self.assign_dtypes()
+        self.widen_concat_inputs()
         return self.graph
+
+    def widen_concat_inputs(self) -> None:
+        """Concat copies bytes: an input narrower than the output (uint8 into int16) is first widened by an exact
+        elementwise op (x * 1 + 0), so every backend's copy sees one dtype."""
+        for node in list(self.graph.nodes):
+            if node.op != "Concat":
+                continue
+            out_dtype = self.graph.tensors[node.outputs[0]].dtype
+            for position, name in enumerate(node.inputs):
+                source = self.graph.tensors[name]
+                if source.dtype == out_dtype:
+                    continue
+                wide = self.graph.add_tensor(Tensor(self.graph.unique_name(f"{name}_{out_dtype}"), out_dtype,
+                                                    source.shape))
+                zero = self.graph.add_const(f"{wide.name}_zero", np.zeros((), dtype=np.int8), "int8")
+                widen = Node(f"{node.name}_widen_{position}", "Add", [name, zero.name], [wide.name], {"mul_b": 0},
+                             origin=node.origin)
+                self.graph.nodes.insert(self.graph.nodes.index(node), widen)
+                node.inputs[position] = wide.name
 
     def assign_dtypes(self) -> None:
         """Give every produced tensor the narrowest dtype of its proven range."""
@@ -245,6 +265,72 @@ def _transpose(imp: _Importer, node: gs.Node) -> None:
 def _gather(imp: _Importer, node: gs.Node) -> None:
     inputs = [imp.value(t, node) for t in node.inputs]
     imp.emit(node, "Gather", inputs, {"axis": int(node.attrs.get("axis", 0))})
+
+
+@handles("Sub")
+def _sub(imp: _Importer, node: gs.Node) -> None:
+    imp.emit(node, "Add", [imp.value(t, node) for t in node.inputs], {"mul_b": -1})
+
+
+@handles("Concat")
+def _concat(imp: _Importer, node: gs.Node) -> None:
+    imp.emit(node, "Concat", [imp.value(t, node) for t in node.inputs], {"axis": int(node.attrs["axis"])})
+
+
+def _operand_or_attr(node: gs.Node, index: int, name: str, default: list[int] | None) -> list[int] | None:
+    """A constant operand (opset >= 10/11/13 style) or the attribute of the older opsets."""
+    if len(node.inputs) > index and node.inputs[index].name:
+        return [int(v) for v in _int_array(node.inputs[index], node).reshape(-1)]
+    if name in node.attrs:
+        return [int(v) for v in np.asarray(node.attrs[name]).reshape(-1)]
+    return default
+
+
+@handles("Slice")
+def _slice(imp: _Importer, node: gs.Node) -> None:
+    src = imp.graph.tensors[imp.value(node.inputs[0], node)]
+    starts, ends = _operand_or_attr(node, 1, "starts", None), _operand_or_attr(node, 2, "ends", None)
+    if starts is None or ends is None:
+        raise UnsupportedModelError("Slice without constant starts/ends", node=node.name)
+    axes = _operand_or_attr(node, 3, "axes", list(range(len(starts))))
+    steps = _operand_or_attr(node, 4, "steps", [1] * len(starts))
+    rank = len(src.shape)
+    bounded = [max(min(e, 2**31 - 1), -(2**31)) for e in ends]      # INT64_MAX means "to the end"
+    imp.emit(node, "Slice", [src.name], {"starts": starts, "ends": bounded, "axes": [a % rank for a in axes],
+                                         "steps": steps})
+
+
+@handles("Pad")
+def _pad(imp: _Importer, node: gs.Node) -> None:
+    if str(node.attrs.get("mode", "constant")) not in ("constant", "b'constant'"):
+        raise UnsupportedModelError(f"Pad mode '{node.attrs.get('mode')}' (only constant)", node=node.name)
+    src = imp.graph.tensors[imp.value(node.inputs[0], node)]
+    pads = _operand_or_attr(node, 1, "pads", None)
+    if pads is None or len(pads) != 2 * len(src.shape) or min(pads) < 0:
+        raise UnsupportedModelError(f"Pad needs {2 * len(src.shape)} non-negative constant pads", node=node.name)
+    value = _operand_or_attr(node, 2, "value", [0])
+    imp.emit(node, "Pad", [src.name], {"pads": pads, "value": int(value[0]) if value else 0})
+
+
+@handles("Identity", "Flatten", "Squeeze", "Unsqueeze")
+def _shape_only(imp: _Importer, node: gs.Node) -> None:
+    """Ops that only relabel the shape: one Reshape (free: an alias of its input's bytes)."""
+    src = imp.graph.tensors[imp.value(node.inputs[0], node)]
+    shape = list(src.shape)
+    if node.op == "Flatten":
+        axis = int(node.attrs.get("axis", 1)) % (len(shape) + 1)
+        shape = [int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64))]
+    elif node.op == "Squeeze":
+        axes = [a % len(shape) for a in _operand_or_attr(node, 1, "axes", [i for i, d in enumerate(shape) if d == 1])]
+        shape = [d for i, d in enumerate(shape) if i not in axes]
+    elif node.op == "Unsqueeze":
+        axes = _operand_or_attr(node, 1, "axes", None)
+        if axes is None:
+            raise UnsupportedModelError("Unsqueeze without axes", node=node.name)
+        rank = len(shape) + len(axes)
+        for axis in sorted(a % rank for a in axes):
+            shape.insert(axis, 1)
+    imp.emit(node, "Reshape", [src.name], {"shape": shape})
 
 
 def import_deeploy(model: onnx.ModelProto, *, input_ranges: dict[str, tuple[int, int]] | None = None) -> Graph:

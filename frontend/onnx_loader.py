@@ -134,7 +134,8 @@ def const_array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
 
 #: Standard ops that also appear in integer-dialect graphs (integer values held in float tensors).
 INTEGER_CAPABLE_OPS = frozenset({"MatMul", "Gemm", "Add", "ReduceMean", "Reshape", "Transpose", "Gather",
-                                 "Constant"})
+                                 "Constant", "Concat", "Slice", "Sub", "Pad", "Identity", "Flatten", "Squeeze",
+                                 "Unsqueeze", "ReduceSum", "Conv", "MaxPool", "Mul"})
 
 
 def _initializers_are_integers(model: onnx.ModelProto) -> bool:
@@ -181,6 +182,10 @@ def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] |
     check_structure(model)
     graph_input_shapes(model)  # static shapes first: the most basic requirement
     dialect = detect_dialect(model)
+    if dialect == "deeploy" and not {n.op_type for n in model.graph.node} & DEEPLOY_OPS and input_ranges is None:
+        raise UnsupportedModelError(
+            "only standard ONNX ops on float tensors and no quantization: whole-number constants do not make it an "
+            "integer model; pass --inputs FILE.npz with its integer test inputs (as Deeploy's runner does)")
     if dialect == "qdq":
         check_standard_model(model, path)
     if dialect == "deeploy":
