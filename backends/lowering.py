@@ -310,6 +310,8 @@ ELEMENTWISE: dict[str, Elementwise] = {
     "LUT": Elementwise(("x",), (("in_min", "in_min", -128),), (("table", "table"),)),
     "Relu": Elementwise(("x",), (("zero", "zero", 0),)),
     "IGELU": Elementwise(("x",), (("gelu_b", "b", 0), ("one", "one", 0))),
+    "IHardswish": Elementwise(("x",), (("one_over_six", "one_over_six", 0), ("three", "three", 0), ("six", "six", 0),
+                                       ("input_offset", "input_offset", 0))),
     "TrueIntegerDiv": Elementwise(("x",), (("divisor", "y", 1), ("delta", "delta", 0), ("eps", "eps", 0),
                                            ("eta", "eta", 0))),
 }

@@ -94,6 +94,9 @@ class _Importer:
         self.graph.outputs = [o.name for o in self.gsg.outputs]
         self.assign_dtypes()
         self.widen_concat_inputs()
+        for node in self.graph.nodes:      # Deeploy offsets an unsigned iHardswish input by n_levels / 2
+            if node.op == "IHardswish" and self.graph.tensors[node.inputs[0]].dtype == "uint8":
+                node.attrs["input_offset"] = 128
         return self.graph
 
     def widen_concat_inputs(self) -> None:
@@ -265,6 +268,17 @@ def _transpose(imp: _Importer, node: gs.Node) -> None:
 def _gather(imp: _Importer, node: gs.Node) -> None:
     inputs = [imp.value(t, node) for t in node.inputs]
     imp.emit(node, "Gather", inputs, {"axis": int(node.attrs.get("axis", 0))})
+
+
+@handles("iHardswish")
+def _ihardswish(imp: _Importer, node: gs.Node) -> None:
+    attrs = {k: int(_scalar(node.attrs[k])) for k in ("one_over_six", "three", "six")}
+    imp.emit(node, "IHardswish", [imp.value(node.inputs[0], node)], {**attrs, "input_offset": 0})
+
+
+@handles("Mul")
+def _mul(imp: _Importer, node: gs.Node) -> None:
+    imp.emit(node, "Mul", [imp.value(t, node) for t in node.inputs], {})
 
 
 @handles("Sub")

@@ -330,6 +330,13 @@ def i_softmax(x: np.ndarray, coeff_a: int, coeff_b: int, coeff_c: int, log2: int
     return (y * (n_levels - 1)) // y_sum
 
 
+def i_hardswish(x: np.ndarray, one_over_six: int, three: int, six: int, input_offset: int = 0) -> np.ndarray:
+    """Deeploy's iHardswish: x * clip(x + input_offset + three, 0, six) * one_over_six, int32 (its requant
+    follows as a separate node); `three`, `six` and `one_over_six` are the integer images of 3, 6 and 1/6."""
+    x = as_i64(x)
+    return x * (np.clip(x + int(input_offset) + int(three), 0, int(six)) * int(one_over_six))
+
+
 def isqrt_floor(x: np.ndarray) -> np.ndarray:
     """floor(sqrt(x)) for x >= 0 (0 for x <= 0), exact for int64: Deeploy's binary-search sqrt."""
     x = as_i64(x)

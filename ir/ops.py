@@ -326,6 +326,19 @@ def run_igelu(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [arith.i_gelu(xs[0], node.attrs["b"], node.attrs["one"])]
 
 
+def _ihardswish_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[Range]:
+    gate = int(node.attrs["six"]) * int(node.attrs["one_over_six"])
+    bound = max(abs(ranges[0][0]), abs(ranges[0][1])) * gate
+    return [(-bound, bound)]
+
+
+@op("IHardswish", ranges=_ihardswish_range)
+def run_ihardswish(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Deeploy's integer hardswish (arith.i_hardswish), int32 output (requantized by the following op)."""
+    at = node.attrs
+    return [arith.i_hardswish(xs[0], at["one_over_six"], at["three"], at["six"], at.get("input_offset", 0))]
+
+
 @op("ILayerNorm", ranges=attr_range)
 def run_ilayernorm(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Contract 5: I-BERT integer LayerNorm over the last axis."""
