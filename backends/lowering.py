@@ -827,8 +827,10 @@ def lower_mean(low: Lowering, index: int, node: Node, call: Call) -> None:
     outer = int(np.prod(x.shape[:axes[0]], dtype=np.int64))
     reduced = int(np.prod(x.shape[axes[0]:axes[-1] + 1], dtype=np.int64))
     inner = int(np.prod(x.shape[axes[-1] + 1:], dtype=np.int64))
-    kernel = low.kernel("reduce", f"td_mean_{SUFFIXES[x.dtype]}_{SUFFIXES[out.dtype]}",
-                        doc="IntegerMean over adjacent axes", in_ctype=ctype(x.dtype), out_ctype=ctype(out.dtype))
+    mean = node.op == "IntegerMean"
+    kernel = low.kernel("reduce", f"td_{'mean' if mean else 'sum'}_{SUFFIXES[x.dtype]}_{SUFFIXES[out.dtype]}",
+                        doc=f"{node.op} over adjacent axes", in_ctype=ctype(x.dtype), out_ctype=ctype(out.dtype),
+                        mean=mean)
     call.kernels.append(kernel)
     call.statements.append(f"{kernel.name}({low.refs.pointer(x.name)}, {low.refs.pointer(out.name)}, {outer}, "
                            f"{reduced}, {inner});")
@@ -865,5 +867,6 @@ LOWERINGS: dict[str, Callable[[Lowering, int, Node, Call], None]] = {
     "ILayerNorm": lower_norm,
     "IRMSNorm": lower_norm,
     "IntegerMean": lower_mean,
+    "ReduceSum": lower_mean,
     "Gather": lower_gather,
 }

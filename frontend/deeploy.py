@@ -238,11 +238,16 @@ def _igelu(imp: _Importer, node: gs.Node) -> None:
     imp.emit(node, "IGELU", [imp.value(node.inputs[0], node)], attrs)
 
 
-@handles("IntegerMean", "ReduceMean")
-def _integer_mean(imp: _Importer, node: gs.Node) -> None:
-    axes = [int(a) for a in np.atleast_1d(node.attrs.get("axes", [-1]))]
-    attrs = {"axes": axes, "keepdims": int(node.attrs.get("keepdims", 1))}
-    imp.emit(node, "IntegerMean", [imp.value(node.inputs[0], node)], attrs)
+@handles("IntegerMean", "ReduceMean", "ReduceSum")
+def _reduce(imp: _Importer, node: gs.Node) -> None:
+    """Deeploy's IntegerMean (default: the last axis); ONNX ReduceMean/ReduceSum take their axes from the
+    attribute or, from opset 13 (ReduceSum) / 18 (ReduceMean), the second input; the default is every axis."""
+    source = imp.value(node.inputs[0], node)
+    rank = len(imp.graph.tensors[source].shape)
+    default = [-1] if node.op == "IntegerMean" else list(range(rank))
+    axes = _operand_or_attr(node, 1, "axes", default) or default
+    attrs = {"axes": [a % rank for a in axes], "keepdims": int(node.attrs.get("keepdims", 1))}
+    imp.emit(node, "ReduceSum" if node.op == "ReduceSum" else "IntegerMean", [source], attrs)
 
 
 @handles("TrueIntegerDiv")

@@ -381,6 +381,18 @@ def _reduce_shape(node: Node, shapes: list[Shape]) -> list[Shape]:
     return [tuple(d for i, d in enumerate(shapes[0]) if i not in axes)]
 
 
+def _sum_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[Range]:
+    n = int(np.prod([shapes[0][a % len(shapes[0])] for a in node.attrs["axes"]], dtype=np.int64))
+    return [(ranges[0][0] * n, ranges[0][1] * n)]
+
+
+@op("ReduceSum", shape=_reduce_shape, ranges=_sum_range)
+def run_reduce_sum(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Exact integer sum over `axes`."""
+    axes = tuple(a % xs[0].ndim for a in node.attrs["axes"])
+    return [xs[0].sum(axis=axes, keepdims=bool(node.attrs.get("keepdims", 1)))]
+
+
 @op("IntegerMean", shape=_reduce_shape, ranges=passthrough_range)
 def run_integer_mean(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Mean over `axes`, rounded half up: floor((sum + n/2) / n)."""

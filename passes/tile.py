@@ -28,7 +28,7 @@ ALIGNMENT = 16
 CYCLES_PER_ELEMENT = {"Copy": 6, "Requant": 14, "RequantShift": 14, "RequantCMSIS": 20, "Add": 16, "Mul": 14,
                       "INoNorm": 16, "LUT": 10, "Relu": 8, "IGELU": 24, "TrueIntegerDiv": 40, "ISoftmax": 60,
                       "ITAPartialMax": 24, "ITAMax": 30, "ILayerNorm": 40, "IRMSNorm": 30, "IntegerMean": 6,
-                      "Gather": 2}
+                      "ReduceSum": 6, "Gather": 2}
 CYCLES_PER_MAC = 2.7
 #: per tile: DMA programming, the barrier and loop bookkeeping on hart 0
 TILE_OVERHEAD_CYCLES = 120
@@ -266,7 +266,7 @@ def axis_maps(graph: Graph, node: Node, operands: list[Operand]) -> AxisMap:
         return maps
     if node.op in ROW_OPS:
         return _row_axes(node, operands, out_shape)
-    if node.op == "IntegerMean":
+    if node.op in ("IntegerMean", "ReduceSum"):
         return _mean_axes(node, operands, out_shape)
     return {}
 
