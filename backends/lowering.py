@@ -836,6 +836,46 @@ def lower_mean(low: Lowering, index: int, node: Node, call: Call) -> None:
                            f"{reduced}, {inner});")
 
 
+def window_geometry(node: Node, x: Tensor, out: Tensor) -> list[int]:
+    """N C H W M OH OW KH KW SH SW PH PW DH DW groups of a Conv/MaxPool (a 1-D window is a 2-D one of height 1)."""
+    at = node.attrs
+    rank = len(x.shape) - 2
+
+    def two_d(values: list[int], fill: int) -> list[int]:
+        return [fill, *values] if rank == 1 else list(values)
+
+    kernel, strides = two_d(at["kernel_shape"], 1), two_d(at.get("strides", [1] * rank), 1)
+    dilations = two_d(at.get("dilations", [1] * rank), 1)
+    pads = at.get("pads", [0] * (2 * rank))
+    begins = two_d(pads[:rank], 0)
+    in_hw, out_hw = two_d(list(x.shape[2:]), 1), two_d(list(out.shape[2:]), 1)
+    return [x.shape[0], x.shape[1], *in_hw, out.shape[1], *out_hw, *kernel, *strides, *begins, *dilations,
+            int(at.get("group", 1))]
+
+
+def lower_window(low: Lowering, index: int, node: Node, call: Call) -> None:
+    """ConvInt and MaxPool: one direct loop nest over output rows (the end padding only bounds the output)."""
+    x, out = low.t(node.inputs[0]), low.t(node.outputs[0])
+    conv = node.op == "ConvInt"
+    weights = low.t(node.inputs[1]) if conv else None
+    geometry = f"p{index}_geometry"
+    call.params[geometry] = np.asarray(window_geometry(node, x, out), dtype=np.int32)
+    fields: dict[str, Any] = {"op": node.op, "in_ctype": ctype(x.dtype), "out_ctype": ctype(out.dtype)}
+    if conv:
+        bias = low.t(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        # the verifier bounds the output by the sum of |terms|, so every partial sum fits the output's int32
+        fields.update(w_ctype=ctype(weights.dtype), bias_ctype=ctype(bias.dtype) if bias else "int32_t",
+                      acc_ctype="int32_t")
+    name = f"td_{'conv' if conv else 'maxpool'}_{SUFFIXES[x.dtype]}_{SUFFIXES[out.dtype]}"
+    kernel = low.kernel("window", name, doc=f"{node.op}: direct loop nest over output rows", **fields)
+    call.kernels.append(kernel)
+    args = [low.refs.pointer(x.name)]
+    if conv:
+        args += [low.refs.pointer(weights.name), low.refs.pointer(bias.name) if bias else "NULL"]
+    args += [low.refs.pointer(out.name), low.refs.param(geometry)]
+    call.statements.append(f"{kernel.name}({', '.join(args)});")
+
+
 def lower_gather(low: Lowering, index: int, node: Node, call: Call) -> None:
     data, idx, out = low.t(node.inputs[0]), low.t(node.inputs[1]), low.t(node.outputs[0])
     axis = node.attrs.get("axis", 0) % len(data.shape)
@@ -868,5 +908,7 @@ LOWERINGS: dict[str, Callable[[Lowering, int, Node, Call], None]] = {
     "IRMSNorm": lower_norm,
     "IntegerMean": lower_mean,
     "ReduceSum": lower_mean,
+    "ConvInt": lower_window,
+    "MaxPool": lower_window,
     "Gather": lower_gather,
 }

@@ -184,9 +184,20 @@ def _requant_shift(imp: _Importer, node: gs.Node) -> None:
     if 1 << log2d != div:
         raise UnsupportedModelError(f"RequantShift div={div} is not a power of two", node=node.name)
     lo, hi = _levels_range(n_levels, signed)
-    attrs = {"mul": _int_array(node.inputs[1], node), "add": _int_array(node.inputs[2], node),
-             "log2d": log2d, "lo": lo, "hi": hi}
-    imp.emit(node, "RequantShift", [imp.value(node.inputs[0], node)], attrs)
+    source = imp.value(node.inputs[0], node)
+    shape = imp.graph.tensors[source].shape
+    mul, add = (_channel_axis(_int_array(node.inputs[i], node), shape) for i in (1, 2))
+    attrs = {"mul": mul, "add": add, "log2d": log2d, "lo": lo, "hi": hi}
+    imp.emit(node, "RequantShift", [source], attrs)
+
+
+def _channel_axis(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Deeploy applies per-channel parameters of shape (C, 1, ..) along axis 1 (NCHW / NCW): reshaped so that
+    numpy-style broadcasting does the same on a tensor of any rank (rank 3 included)."""
+    channels = values.shape[0] if values.ndim else 1
+    if (values.ndim >= 2 and values.size == channels > 1 and len(shape) >= 2 and shape[1] == channels):
+        return values.reshape(1, channels, *[1] * (len(shape) - 2))
+    return values
 
 
 @handles("iSoftmax")
@@ -284,6 +295,38 @@ def _ihardswish(imp: _Importer, node: gs.Node) -> None:
 @handles("Mul")
 def _mul(imp: _Importer, node: gs.Node) -> None:
     imp.emit(node, "Mul", [imp.value(t, node) for t in node.inputs], {})
+
+
+def _window_attrs(node: gs.Node, rank: int) -> dict[str, list[int]]:
+    if str(node.attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "b'NOTSET'"):
+        raise UnsupportedModelError(f"auto_pad {node.attrs['auto_pad']} (give explicit pads)", node=node.name)
+    if int(node.attrs.get("ceil_mode", 0)):
+        raise UnsupportedModelError("ceil_mode 1", node=node.name)
+    return {"kernel_shape": [int(v) for v in node.attrs["kernel_shape"]],
+            "strides": [int(v) for v in node.attrs.get("strides", [1] * rank)],
+            "pads": [int(v) for v in node.attrs.get("pads", [0] * (2 * rank))],
+            "dilations": [int(v) for v in node.attrs.get("dilations", [1] * rank)]}
+
+
+@handles("Conv")
+def _conv(imp: _Importer, node: gs.Node) -> None:
+    inputs = [imp.value(t, node) for t in node.inputs if t.name]
+    rank = len(imp.graph.tensors[inputs[0]].shape) - 2
+    if rank not in (1, 2):
+        raise UnsupportedModelError(f"{rank}-D convolution (1-D and 2-D are supported)", node=node.name)
+    attrs = {**_window_attrs(node, rank), "group": int(node.attrs.get("group", 1))}
+    imp.emit(node, "ConvInt", inputs, attrs)
+
+
+@handles("MaxPool")
+def _max_pool(imp: _Importer, node: gs.Node) -> None:
+    if len(node.outputs) > 1 and node.outputs[1].name:
+        raise UnsupportedModelError("MaxPool with an Indices output", node=node.name)
+    source = imp.value(node.inputs[0], node)
+    rank = len(imp.graph.tensors[source].shape) - 2
+    if rank not in (1, 2):
+        raise UnsupportedModelError(f"{rank}-D pooling (1-D and 2-D are supported)", node=node.name)
+    imp.emit(node, "MaxPool", [source], _window_attrs(node, rank))
 
 
 @handles("Sub")

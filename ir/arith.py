@@ -337,6 +337,44 @@ def i_hardswish(x: np.ndarray, one_over_six: int, three: int, six: int, input_of
     return x * (np.clip(x + int(input_offset) + int(three), 0, int(six)) * int(one_over_six))
 
 
+def _windows(x: np.ndarray, kernel: list[int], strides: list[int], pads: list[int], dilations: list[int],
+             fill: int) -> np.ndarray:
+    """[N, C, *out, *kernel] views of the padded input (NCHW; a 1-D NCW input is one row of height 1)."""
+    rank = len(kernel)
+    padded = np.pad(x, [(0, 0), (0, 0), *[(pads[i], pads[i + rank]) for i in range(rank)]], constant_values=fill)
+    span = [dilations[i] * (kernel[i] - 1) + 1 for i in range(rank)]
+    view = np.lib.stride_tricks.sliding_window_view(padded, span, axis=tuple(range(2, 2 + rank)))
+    view = view[(Ellipsis, *[slice(None, None, dilations[i]) for i in range(rank)])]
+    return view[(slice(None), slice(None), *[slice(None, None, strides[i]) for i in range(rank)])]
+
+
+def conv_int(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, kernel: list[int], strides: list[int],
+             pads: list[int], dilations: list[int], group: int = 1) -> np.ndarray:
+    """ONNX Conv on integers (zero padding), exact in int64: y[n, m] = sum over the group's channels and taps."""
+    x, w = as_i64(x), as_i64(w)
+    win = _windows(x, kernel, strides, pads, dilations, 0)          # [N, C, *out, *kernel]
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    out = win.shape[2:2 + len(kernel)]
+    cg, mg = c // group, m // group
+    y = np.empty((n, m, *out), dtype=I64)
+    for g in range(group):
+        patch = win[:, g * cg:(g + 1) * cg]                            # [N, cg, *out, *kernel]
+        weights = w[g * mg:(g + 1) * mg]                               # [mg, cg, *kernel]
+        patch = np.moveaxis(patch, 1, 1 + len(out))                    # [N, *out, cg, *kernel]
+        flat = patch.reshape(n, int(np.prod(out)), -1)
+        y[:, g * mg:(g + 1) * mg] = np.einsum("npk,mk->nmp", flat, weights.reshape(mg, -1)).reshape(n, mg, *out)
+    if bias is not None:
+        y += as_i64(bias).reshape(1, m, *[1] * len(out))
+    return y
+
+
+def max_pool(x: np.ndarray, kernel: list[int], strides: list[int], pads: list[int], dilations: list[int]) -> np.ndarray:
+    """ONNX MaxPool on integers: padded positions hold the smallest int64, so they never win."""
+    win = _windows(as_i64(x), kernel, strides, pads, dilations, np.iinfo(I64).min)
+    return win.max(axis=tuple(range(-len(kernel), 0)))
+
+
 def isqrt_floor(x: np.ndarray) -> np.ndarray:
     """floor(sqrt(x)) for x >= 0 (0 for x <= 0), exact for int64: Deeploy's binary-search sqrt."""
     x = as_i64(x)

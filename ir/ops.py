@@ -415,6 +415,61 @@ def run_relu(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [np.maximum(xs[0], node.attrs.get("zero", 0))]
 
 
+# --- convolution and pooling (NCHW, or NCW as H = 1) -------------------------------------------------
+def _spatial(node: Node, shape: Shape) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """Per spatial axis: input size, kernel, stride, pad begin, pad end, dilation (ONNX attribute layout)."""
+    dims = list(shape[2:])
+    kernel = list(node.attrs["kernel_shape"])
+    rank = len(dims)
+    strides = list(node.attrs.get("strides", [1] * rank))
+    pads = list(node.attrs.get("pads", [0] * (2 * rank)))
+    dilations = list(node.attrs.get("dilations", [1] * rank))
+    return dims, kernel, strides, pads, dilations
+
+
+def _window_output(node: Node, shape: Shape) -> list[int]:
+    dims, kernel, strides, pads, dilations = _spatial(node, shape)
+    rank = len(dims)
+    out = [(dims[i] + pads[i] + pads[i + rank] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+           for i in range(rank)]
+    if min(out) < 1:
+        raise ValueError(f"window {kernel} does not fit the padded input {dims}")
+    return out
+
+
+def _conv_shape(node: Node, shapes: list[Shape]) -> list[Shape]:
+    x, w = shapes[0], shapes[1]
+    group = int(node.attrs.get("group", 1))
+    if len(x) != len(w) or x[1] != w[1] * group or w[0] % group:
+        raise ValueError(f"Conv input {list(x)}, weights {list(w)} and group {group} do not agree")
+    return [(x[0], w[0], *_window_output(node, x))]
+
+
+def _conv_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[Range]:
+    taps = int(np.prod(shapes[1][1:], dtype=np.int64))
+    bound = taps * max(abs(ranges[0][0]), abs(ranges[0][1])) * max(abs(ranges[1][0]), abs(ranges[1][1]))
+    lo, hi = -bound, bound
+    if len(ranges) > 2:
+        lo, hi = lo + ranges[2][0], hi + ranges[2][1]
+    return [(lo, hi)]
+
+
+@op("ConvInt", shape=_conv_shape, ranges=_conv_range,
+    macs=lambda node, shapes: int(np.prod(_conv_shape(node, shapes)[0], dtype=np.int64))
+    * int(np.prod(shapes[1][1:], dtype=np.int64)))
+def run_conv_int(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Integer convolution (ONNX Conv semantics on int64 values, zero padding), + bias [M]; exact."""
+    return [arith.conv_int(xs[0], xs[1], xs[2] if len(xs) > 2 else None, *_spatial(node, xs[0].shape)[1:],
+                           int(node.attrs.get("group", 1)))]
+
+
+@op("MaxPool", shape=lambda node, shapes: [(*shapes[0][:2], *_window_output(node, shapes[0]))],
+    ranges=passthrough_range)
+def run_max_pool(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Window maximum (ONNX MaxPool; padded positions never win)."""
+    return [arith.max_pool(xs[0], *_spatial(node, xs[0].shape)[1:])]
+
+
 # --- data movement --------------------------------------------------------------------------------
 @op("Reshape", shape=lambda node, s: [tuple(node.attrs["shape"])], ranges=passthrough_range)
 def run_reshape(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:

@@ -54,8 +54,7 @@ def test_tiny_mobilebert_every_layer_in_the_iss(tiny_cluster_build):
     assert result.layers_checked > 120          # fused Add/Mul -> Requant pairs have one output
 
 
-CASES = sorted(p.name for p in CONFORMANCE.iterdir() if p.is_dir() and p.name != "Models_ICCT_ITA") \
-    if CONFORMANCE.exists() else []
+CASES = sorted(p.name for p in CONFORMANCE.iterdir() if p.is_dir()) if CONFORMANCE.exists() else []
 
 
 @pytest.mark.skipif(not CASES, reason="shared/conformance/deeploy not found")

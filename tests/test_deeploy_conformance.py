@@ -6,13 +6,11 @@ import numpy as np
 import onnx
 import pytest
 from conftest import CONFORMANCE
-from tinydeploy.errors import UnsupportedModelError
 from tinydeploy.frontend.onnx_loader import graph_input_shapes, import_model
 from tinydeploy.ir.interpreter import run_graph
 from tinydeploy.passes.integerize import integerize
 
 CASES = sorted(p.name for p in CONFORMANCE.iterdir() if p.is_dir()) if CONFORMANCE.exists() else []
-STRETCH = {"Models_ICCT_ITA"}
 
 
 def run_case(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -31,7 +29,7 @@ def run_case(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 @pytest.mark.skipif(not CASES, reason="shared/conformance/deeploy not found")
-@pytest.mark.parametrize("name", [c for c in CASES if c not in STRETCH])
+@pytest.mark.parametrize("name", CASES)
 def test_conformance_bit_exact(name):
     got, expected = run_case(name)
     assert len(got) == len(expected)
@@ -40,10 +38,3 @@ def test_conformance_bit_exact(name):
         mismatch = np.flatnonzero(g != e.astype(np.int64))
         assert mismatch.size == 0, (f"{name}: {mismatch.size}/{e.size} differ, first at {mismatch[0]}: "
                                     f"got {g.ravel()[mismatch[0]]} expected {e.ravel()[mismatch[0]]}")
-
-
-@pytest.mark.skipif("Models_ICCT_ITA" not in CASES, reason="conformance data not found")
-def test_icct_stretch_case_reports_first_unsupported_op():
-    """Stretch goal: the compact convolutional transformer needs Conv/MaxPool; until then a clear error."""
-    with pytest.raises(UnsupportedModelError, match="unsupported op 'Conv'"):
-        run_case("Models_ICCT_ITA")
