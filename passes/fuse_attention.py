@@ -82,6 +82,16 @@ def _single_consumer(graph: Graph, consumers: dict[str, list[Node]], name: str) 
     return users[0]
 
 
+def _no_chain_reason(graph: Graph, consumers: dict[str, list[Node]], mm: Node) -> str:
+    """Why a MatMul has no accelerator chain, in the words a user needs (the op that follows it)."""
+    users = consumers.get(mm.outputs[0], [])
+    if len(users) != 1:
+        return f"its result has {len(users)} readers"
+    if users[0].op == "RequantShift":
+        return "followed by Deeploy's RequantShift (its multiplier and rounding are not the accelerator's requant)"
+    return f"followed by {users[0].op}, not a Requant"
+
+
 def _per_tensor(requant: Node) -> bool:
     return all(np.asarray(requant.attrs[k]).size == 1 for k in ("mul", "shift", "add"))
 
@@ -167,7 +177,7 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
         reason = _why_not(graph, mm)
         chain = None if reason else fuse_chain(graph, consumers, mm, dropped)
         if chain is None:
-            reason = reason or "no Requant after it"
+            reason = reason or _no_chain_reason(graph, consumers, mm)
             report.skipped[reason] = report.skipped.get(reason, 0) + 1
             continue
         fused = _fused_node(graph, chain)
