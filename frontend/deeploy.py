@@ -164,10 +164,26 @@ def _matmul(imp: _Importer, node: gs.Node) -> None:
 
 @handles("Gemm")
 def _gemm(imp: _Importer, node: gs.Node) -> None:
-    if float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0:
-        raise UnsupportedModelError("Gemm with alpha/beta != 1 in the integer dialect", node=node.name)
+    """alpha * A @ B + beta * C; integer alpha/beta become the scales of an exact Add after the MatMul."""
+    alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+    if not (alpha.is_integer() and beta.is_integer()):
+        raise UnsupportedModelError(f"Gemm with alpha {alpha:g} / beta {beta:g} that are not integers in the "
+                                    "integer dialect", node=node.name)
     attrs = {"trans_a": int(node.attrs.get("transA", 0)), "trans_b": int(node.attrs.get("transB", 0))}
-    imp.emit(node, "MatMulInt", [imp.value(t, node) for t in node.inputs], attrs)
+    inputs = [imp.value(t, node) for t in node.inputs if t.name]
+    if alpha == 1.0 and beta == 1.0:
+        imp.emit(node, "MatMulInt", inputs, attrs)
+        return
+    product = imp.graph.unique_name(f"{node.outputs[0].name}_product")
+    matmul = Node(f"{node.name}_matmul", "MatMulInt", inputs[:2], [product], attrs, origin=node.name)
+    shape = op_def(matmul).shape(matmul, [imp.graph.tensors[i].shape for i in inputs[:2]])[0]
+    imp.graph.add_tensor(Tensor(product, "int64", tuple(shape)))
+    imp.graph.nodes.append(matmul)
+    if len(inputs) > 2:
+        imp.emit(node, "Add", [product, inputs[2]], {"mul_a": int(alpha), "mul_b": int(beta)})
+    else:
+        zero = imp.graph.add_const(f"{product}_zero", np.zeros((), dtype=np.int8), "int8").name
+        imp.emit(node, "Add", [product, zero], {"mul_a": int(alpha), "mul_b": 0})
 
 
 @handles("Add")

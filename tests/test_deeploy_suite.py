@@ -69,3 +69,24 @@ def test_a_standard_op_graph_needs_integer_inputs():
     """Whole-number constants do not make a float model an integer one: without integer test data it is refused."""
     with pytest.raises(UnsupportedModelError, match="--inputs"):
         import_model(SUITE / "Sub" / "network.onnx")
+
+
+def test_gemm_with_integer_alpha_and_beta(tmp_path):
+    """Deeploy's GEMM/Regular_RQPerRow kind: alpha * A @ B + beta * C with integer alpha, beta, on the host C too."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    b, c = rng.integers(-128, 128, (16, 8)), rng.integers(-1000, 1000, (8,))
+    node = helper.make_node("Gemm", ["x", "B", "C"], ["y"], alpha=2.0, beta=3.0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+                              [numpy_helper.from_array(b.astype(np.float32), "B"),
+                               numpy_helper.from_array(c.astype(np.float32), "C")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "network.onnx")
+    x = rng.integers(-128, 128, (4, 16))
+    np.savez(tmp_path / "inputs.npz", x=x.astype(np.float32))
+    graph = integerize(import_model(tmp_path / "network.onnx", input_ranges={"x": (-128, 127)}), "generic")
+    got = run_graph(graph, {"x": x})[graph.outputs[0]]
+    assert np.array_equal(got, 2 * x @ b + 3 * c)
+    compile_for(tmp_path / "network.onnx", tmp_path / "build", "generic")
+    assert verify_build(tmp_path / "build", layers=True).bit_exact
