@@ -78,7 +78,7 @@ def test_truncated_and_non_onnx_files(tmp_path, tiny_zoo):
 
 def test_int32_accumulator_overflow_names_node(tmp_path):
     with pytest.raises(OverflowRiskError, match="huge_dot.*beyond int32"):
-        import_model(_save(_overflowing_integer_model(), tmp_path / "m.onnx"))
+        import_model(_save(_overflowing_integer_model(), tmp_path / "m.onnx"), input_ranges={"x": (-128, 127)})
 
 
 @pytest.mark.parametrize("case", ["unsupported", "dynamic", "float", "truncated", "overflow"])
