@@ -748,9 +748,14 @@ def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     operands = ["NULL"] * 5                     # r, v0, v1, v2, v3
     for position, source in sources.items():
         operands[source] = low.refs.pointer(node.inputs[position])
-    args = [low.refs.pointer(name) for name in node.inputs[:4]]
+    def byte_pointer(name: str, const: bool) -> str:
+        """The driver moves bytes: a uint8 operand (ITA's sign mode) or output passes as its int8 bytes."""
+        pointer = low.refs.pointer(name)
+        return f"({'const ' if const else ''}int8_t *){pointer}" if low.t(name).dtype == "uint8" else pointer
+
+    args = [byte_pointer(node.inputs[0], True), *[low.refs.pointer(name) for name in node.inputs[1:4]]]
     args += [constants.get("table", "NULL"), constants.get("stages", "NULL"), *operands,
-             low.refs.pointer(node.outputs[0]), f"&mm_{index}", f"&ita_{index}"]
+             byte_pointer(node.outputs[0], False), f"&mm_{index}", f"&ita_{index}"]
     call.accel_job = f"{kernel.name}({', '.join(args)}"
     call.statements.append(f"td_accel_wait({call.accel_job}, -1));")
 
@@ -850,7 +855,7 @@ def window_geometry(node: Node, x: Tensor, out: Tensor) -> list[int]:
     begins = two_d(pads[:rank], 0)
     in_hw, out_hw = two_d(list(x.shape[2:]), 1), two_d(list(out.shape[2:]), 1)
     return [x.shape[0], x.shape[1], *in_hw, out.shape[1], *out_hw, *kernel, *strides, *begins, *dilations,
-            int(at.get("group", 1))]
+            int(at.get("group", 1)), int(at.get("a_zero", 0))]
 
 
 def lower_window(low: Lowering, index: int, node: Node, call: Call) -> None:

@@ -68,9 +68,13 @@ def _ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], extra: list[s
     """Run onnxruntime with extra intermediate tensors exposed as outputs."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     have = {o.name for o in model.graph.output}
+    zero_types = {i.name: i.data_type for i in model.graph.initializer}
+    types = {n.output[0]: zero_types.get(n.input[2], onnx.TensorProto.INT8) for n in model.graph.node
+             if n.op_type == "QuantizeLinear" and len(n.input) > 2}     # int8 or uint8, as the zero point says
     for name in extra:
         if name not in have:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT8, None))
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.INT8),
+                                                                         None))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -95,7 +99,11 @@ def fidelity_report(model_path: str | Path, quant_graph: Graph, int_graph: Graph
     model = load_onnx(model_path)
     onnx_names: dict[str, str] = quant_graph.meta.get("onnx_names", {})
     feeds = {name: np.asarray(v) for name, v in inputs.items()}
-    ort_feeds = {vi.name: feeds[vi.name].astype(np.int64) for vi in model.graph.input if vi.name in feeds}
+    float_inputs = quant_graph.meta.get("input_quant", {})
+    ort_feeds = {vi.name: (((feeds[vi.name].astype(np.float32) - float_inputs[vi.name]["zero_point"])
+                            * np.float32(float_inputs[vi.name]["scale"])) if vi.name in float_inputs
+                           else feeds[vi.name].astype(np.int64))
+                 for vi in model.graph.input if vi.name in feeds}
     ref = _ort_run(model, ort_feeds, sorted(set(onnx_names.values())))
     ours = run_graph(int_graph, feeds, keep_all=True)
     scales = {q: _q_scale(model, q) for q in set(onnx_names.values())}

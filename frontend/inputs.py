@@ -76,12 +76,25 @@ def whole_float_values(value: np.ndarray, where: str) -> np.ndarray:
     return value.astype(np.int64)
 
 
+def quantize_input(value: np.ndarray, quant: dict, where: str) -> np.ndarray:
+    """Float data for a float model input: quantized as the model's own QuantizeLinear does (round half to even,
+    saturate to the dtype), so the integer graph sees exactly what onnxruntime's first QuantizeLinear produces."""
+    if not np.all(np.isfinite(value)):
+        raise TinyDeployError(f"{where} holds NaN or infinite values")
+    lo, hi = DTYPE_RANGES[quant["dtype"]]
+    codes = np.rint(value.astype(np.float32) / np.float32(quant["scale"])) + quant["zero_point"]
+    return np.clip(codes, lo, hi).astype(np.int64)
+
+
 def check_array(graph: Graph, name: str, value: np.ndarray, source: str, *, batched: bool = False) -> np.ndarray:
     """`value` for graph input `name` in the input's dtype; batched=True accepts a leading sample axis."""
     tensor = graph.tensors[name]
     value = np.asarray(value)
     where = f"{source} array '{name}'"
-    if value.dtype.kind == "f" and graph.meta.get("dialect") == "deeploy":
+    input_quant = graph.meta.get("input_quant", {}).get(name)
+    if value.dtype.kind == "f" and input_quant is not None:
+        value = quantize_input(value, input_quant, where)
+    elif value.dtype.kind == "f" and graph.meta.get("dialect") == "deeploy":
         value = whole_float_values(value, where)
     if value.dtype.kind not in "iub":
         raise TinyDeployError(f"{where} holds {value.dtype} values; the input is {tensor.dtype} (integer): pass an "

@@ -29,9 +29,9 @@ from .onnx_loader import graph_input_shapes, read_initializer
 #: float op -> quantized IR op
 COMPUTE_OPS = {"MatMul": "QMatMul", "Gemm": "QMatMul", "Add": "QAdd", "Sub": "QSub", "Mul": "QMul",
                "Div": "QDiv", "Relu": "QRelu", "Tanh": "QTanh", "Sigmoid": "QSigmoid", "Softmax": "QSoftmax",
-               "Gelu": "QGelu"}
+               "Gelu": "QGelu", "Conv": "QConv"}
 LAYOUT_OPS = {"Reshape", "Transpose", "Slice", "Concat", "Pad", "Squeeze", "Unsqueeze", "Flatten", "Gather",
-              "Identity"}
+              "Identity", "MaxPool"}
 ONNX_TO_DTYPE = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
                  onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64"}
 
@@ -134,6 +134,7 @@ class _QDQImporter:
         self.graph = Graph(name=model.graph.name or "network")
         self.env: dict[str, Value] = {}
         self.counter = 0
+        self.skip: set[str] = set()          # outputs of the QuantizeLinear nodes folded into a float input
 
     # -- helpers ---------------------------------------------------------------------------------------
     def new_tensor(self, base: str, dtype: str, shape: tuple[int, ...], quant: QuantParams | None) -> str:
@@ -173,6 +174,8 @@ class _QDQImporter:
         for name, shape in graph_input_shapes(self.model).items():
             vi = next(v for v in self.model.graph.input if v.name == name)
             elem = vi.type.tensor_type.elem_type
+            if elem == onnx.TensorProto.FLOAT and self.quantized_float_input(name, shape):
+                continue
             if elem not in ONNX_TO_DTYPE:
                 raise UnsupportedModelError(
                     f"graph input has element type {onnx.TensorProto.DataType.Name(elem)}; the integer flow "
@@ -183,6 +186,8 @@ class _QDQImporter:
             self.graph.inputs.append(name)
             self.env[name] = Act(name)
         for node in self.model.graph.node:
+            if node.output and node.output[0] in self.skip:     # a float input's QuantizeLinear: folded above
+                continue
             with node_context(node.name or node.op_type, node.op_type, "import"):
                 self.visit(node)
         for out in self.model.graph.output:
@@ -195,6 +200,32 @@ class _QDQImporter:
             self.graph.outputs.append(value.tensor)
             self.graph.meta.setdefault("output_names", {})[value.tensor] = out.name
         return self.graph
+
+    def quantized_float_input(self, name: str, shape: tuple[int, ...]) -> bool:
+        """A float graph input read only by QuantizeLinear nodes of one scale and zero point becomes an integer
+        input with those parameters (graph.meta['input_quant']: tinydeploy quantizes float input data with them,
+        exactly as the model's first QuantizeLinear would)."""
+        readers = [n for n in self.model.graph.node if name in n.input]
+        if not readers or any(n.op_type != "QuantizeLinear" or n.input[0] != name for n in readers):
+            return False
+        params = []
+        for q in readers:
+            ins = [self.env.get(i) if i else None for i in q.input]
+            if any(v is not None and not isinstance(v, Const) for v in ins[1:]):
+                return False
+            params.append(self._params(q, ins, len(shape)))
+        (quant, dtype), rest = params[0], params[1:]
+        if quant.per_channel or any(not _same_quant(quant, q) or d != dtype for q, d in rest):
+            return False
+        self.graph.add_tensor(Tensor(name, dtype, shape, quant=quant))
+        self.graph.inputs.append(name)
+        self.graph.meta.setdefault("input_quant", {})[name] = {
+            "scale": float(np.asarray(quant.scale).reshape(-1)[0]),
+            "zero_point": int(np.asarray(quant.zero_point).reshape(-1)[0]), "dtype": dtype}
+        for q in readers:
+            self.skip.add(q.output[0])
+            self.env[q.output[0]] = Act(name)
+        return True
 
     def visit(self, node: onnx.NodeProto) -> None:
         op = node.op_type
@@ -359,6 +390,8 @@ class _QDQImporter:
             if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0):
                 raise UnsupportedModelError("Gemm with alpha/beta != 1 or transA", node=node.name)
             attrs["trans_b"] = int(a.get("transB", 0))
+        if op == "Conv":
+            attrs.update(_conv_attrs(node, self._shape_of(p.inputs[1])))
         if op == "Softmax":
             axis = _attrs(node).get("axis", -1)
             if axis not in (-1, len(self._shape_of(p.inputs[0])) - 1):
@@ -430,6 +463,10 @@ class _QDQImporter:
             clamp = [(int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
             return "Slice", {"starts": [c[0] for c in clamp], "ends": [min(c[1], 2**31 - 1) for c in clamp],
                              "axes": [int(x) for x in axes], "steps": [int(x) for x in steps]}
+        if op == "MaxPool":          # max commutes with a positive scale: it runs on the codes, quantization kept
+            if len(node.output) > 1 and node.output[1]:
+                raise UnsupportedModelError("MaxPool with an Indices output", node=node.name)
+            return "MaxPool", _conv_attrs(node, None)
         if op == "Pad":
             if a.get("mode", b"constant") not in (b"constant", "constant"):
                 raise UnsupportedModelError("only constant padding is supported", node=node.name)
@@ -486,6 +523,23 @@ class _QDQImporter:
         t = self.new_tensor(node.output[0], self.graph.tensors[names[0]].dtype, tuple(out_shape), quants[0])
         self.add_node("Concat", names, [t], {"axis": axis}, node.name)
         self.env[node.output[0]] = Deq(t)
+
+
+def _conv_attrs(node: onnx.NodeProto, weight_shape: tuple[int, ...] | None) -> dict[str, Any]:
+    """ONNX Conv/MaxPool window attributes with their defaults (explicit pads only)."""
+    a = _attrs(node)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or int(a.get("ceil_mode", 0)):
+        raise UnsupportedModelError("auto_pad or ceil_mode (export with explicit pads)", node=node.name)
+    kernel = [int(k) for k in a.get("kernel_shape", weight_shape[2:] if weight_shape else [])]
+    rank = len(kernel)
+    if rank not in (1, 2):
+        raise UnsupportedModelError(f"{rank}-D window (1-D and 2-D are supported)", node=node.name)
+    attrs = {"kernel_shape": kernel, "strides": [int(v) for v in a.get("strides", [1] * rank)],
+             "pads": [int(v) for v in a.get("pads", [0] * (2 * rank))],
+             "dilations": [int(v) for v in a.get("dilations", [1] * rank)]}
+    if weight_shape is not None:
+        attrs["group"] = int(a.get("group", 1))
+    return attrs
 
 
 def _gather_shape(data: tuple[int, ...], idx: tuple[int, ...], axis: int) -> tuple[int, ...]:

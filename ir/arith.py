@@ -349,9 +349,10 @@ def _windows(x: np.ndarray, kernel: list[int], strides: list[int], pads: list[in
 
 
 def conv_int(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, kernel: list[int], strides: list[int],
-             pads: list[int], dilations: list[int], group: int = 1) -> np.ndarray:
-    """ONNX Conv on integers (zero padding), exact in int64: y[n, m] = sum over the group's channels and taps."""
-    x, w = as_i64(x), as_i64(w)
+             pads: list[int], dilations: list[int], group: int = 1, x_zero: int = 0) -> np.ndarray:
+    """ONNX Conv on integers, exact in int64: y[n, m] = sum over the group's channels and taps of (x - x_zero) * w;
+    padded positions contribute nothing (they hold the real value 0, i.e. the code x_zero)."""
+    x, w = as_i64(x) - int(x_zero), as_i64(w)
     win = _windows(x, kernel, strides, pads, dilations, 0)          # [N, C, *out, *kernel]
     n, c = x.shape[:2]
     m = w.shape[0]

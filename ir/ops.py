@@ -447,7 +447,9 @@ def _conv_shape(node: Node, shapes: list[Shape]) -> list[Shape]:
 
 def _conv_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[Range]:
     taps = int(np.prod(shapes[1][1:], dtype=np.int64))
-    bound = taps * max(abs(ranges[0][0]), abs(ranges[0][1])) * max(abs(ranges[1][0]), abs(ranges[1][1]))
+    zero = int(node.attrs.get("a_zero", 0))
+    x_bound = max(abs(ranges[0][0] - zero), abs(ranges[0][1] - zero))
+    bound = taps * x_bound * max(abs(ranges[1][0]), abs(ranges[1][1]))
     lo, hi = -bound, bound
     if len(ranges) > 2:
         lo, hi = lo + ranges[2][0], hi + ranges[2][1]
@@ -460,7 +462,7 @@ def _conv_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[Ra
 def run_conv_int(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Integer convolution (ONNX Conv semantics on int64 values, zero padding), + bias [M]; exact."""
     return [arith.conv_int(xs[0], xs[1], xs[2] if len(xs) > 2 else None, *_spatial(node, xs[0].shape)[1:],
-                           int(node.attrs.get("group", 1)))]
+                           int(node.attrs.get("group", 1)), int(node.attrs.get("a_zero", 0)))]
 
 
 @op("MaxPool", shape=lambda node, shapes: [(*shapes[0][:2], *_window_output(node, shapes[0]))],
@@ -580,7 +582,27 @@ FLOAT_FUNCS: dict[str, Callable[..., np.ndarray]] = {
     "QSoftmax": lambda node, a: _softmax(a, node.attrs.get("axis", -1)),
     "QGelu": lambda node, a: 0.5 * a * (1.0 + _erf(a / np.sqrt(2.0))),
     "QRequant": lambda node, a: a,
+    "QConv": lambda node, x, w, *bias: _conv_float(node, x, w, bias[0] if bias else None),
 }
+
+
+def _conv_float(node: Node, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """ONNX Conv on real values (the quantized op's meaning before integerize)."""
+    _, kernel, strides, pads, dilations = _spatial(node, x.shape)
+    win = arith._windows(np.asarray(x, np.float64), kernel, strides, pads, dilations, 0.0)
+    group, rank = int(node.attrs.get("group", 1)), len(kernel)
+    n, c, m = x.shape[0], x.shape[1], w.shape[0]
+    out = win.shape[2:2 + rank]
+    cg, mg = c // group, m // group
+    y = np.empty((n, m, *out))
+    for g in range(group):
+        patch = np.moveaxis(win[:, g * cg:(g + 1) * cg], 1, 1 + rank).reshape(n, int(np.prod(out)), -1)
+        y[:, g * mg:(g + 1) * mg] = np.einsum("npk,mk->nmp", patch, np.asarray(w[g * mg:(g + 1) * mg],
+                                                                               np.float64).reshape(mg, -1)
+                                              ).reshape(n, mg, *out)
+    if bias is not None:
+        y += np.asarray(bias, np.float64).reshape(1, m, *[1] * rank)
+    return y
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -602,7 +624,7 @@ def _q_run_factory(name: str) -> Callable:
 
 
 for _name in FLOAT_FUNCS:
-    _shape = _matmul_shape if _name == "QMatMul" else (
+    _shape = _matmul_shape if _name == "QMatMul" else _conv_shape if _name == "QConv" else (
         same_shape if _name in ("QRelu", "QTanh", "QSigmoid", "QSoftmax", "QGelu", "QRequant") else broadcast_shape)
     OPS[_name] = OpDef(_name, _q_run_factory(_name), _shape, None, integer=False,
                        macs=_matmul_macs if _name == "QMatMul" else None)

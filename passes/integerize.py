@@ -150,6 +150,38 @@ def lower_matmul(low: _Lowering, node: Node) -> None:
     low.requant(acc, np.float64(qa.scale) * qb.scale.astype(np.float64) / float(low.q(out, node).scale), out, node)
 
 
+def lower_conv(low: _Lowering, node: Node) -> None:
+    """QConv -> ConvInt (input zero point inside the kernel, symmetric per-channel weights) + per-channel requant
+    along the output's channel axis 1."""
+    x, w = node.inputs[0], node.inputs[1]
+    qx, qw = low.q(x, node), low.q(w, node)
+    if qx.per_channel:
+        raise UnsupportedModelError("per-channel quantized convolution input", node=node.origin, tensor=x)
+    _check_weight_axis(low, qw, w, node, 0)
+    if np.any(np.asarray(qw.zero_point) != 0):
+        raise UnsupportedModelError("convolution weights with a zero point (quantize them symmetric)",
+                                    node=node.origin, tensor=w)
+    keys = ("kernel_shape", "strides", "pads", "dilations", "group")
+    attrs = {k: node.attrs[k] for k in keys if k in node.attrs}
+    attrs["a_zero"] = _single_zero(qx, "convolution input", node)
+    inputs = [x, w]
+    scale = (qx.scale * qw.scale).astype(np.float32)
+    if len(node.inputs) > 2 and node.inputs[2]:
+        bias = node.inputs[2]
+        if low.graph.tensors[bias].dtype != "int32" or not np.allclose(low.q(bias, node).scale, scale, rtol=1e-5):
+            raise UnsupportedModelError("convolution bias must be int32 at scale s_x*s_w", node=node.origin,
+                                        tensor=bias)
+        inputs.append(bias)
+    out = node.outputs[0]
+    shape = low.graph.tensors[out].shape
+    acc = low.temp(f"{out}_acc", "int32", shape)
+    low.emit("ConvInt", inputs, [acc], attrs, node)
+    real = np.float64(qx.scale) * np.asarray(qw.scale, np.float64) / float(low.q(out, node).scale)
+    if real.size > 1:                         # one scale per output channel: along axis 1 of [N, M, ...]
+        real = real.reshape(real.size, *[1] * (len(shape) - 2))
+    low.requant(acc, real, out, node)
+
+
 def _broadcast_channel(low: _Lowering, values: np.ndarray, quant: QuantParams, operand: str) -> np.ndarray:
     """Per-channel values of an operand, shaped [C, 1, ...] so they broadcast along its channel axis."""
     values = np.asarray(values)
@@ -339,7 +371,8 @@ def lower_softmax_tflite(low: _Lowering, node: Node) -> None:
 
 
 LOWERINGS: dict[str, Callable[[_Lowering, Node], None]] = {
-    "QMatMul": lower_matmul, "QAdd": lower_add, "QSub": lower_sub, "QMul": lower_mul, "QDiv": lower_div,
+    "QMatMul": lower_matmul, "QConv": lower_conv, "QAdd": lower_add, "QSub": lower_sub, "QMul": lower_mul,
+    "QDiv": lower_div,
     "QRequant": lower_requant, "QRelu": lower_unary_lut, "QTanh": lower_unary_lut, "QSigmoid": lower_unary_lut,
     "QGelu": lower_unary_lut, "QSoftmax": lower_softmax,
 }
