@@ -110,7 +110,7 @@ def load_inputs(path: str | None, model: str, graph) -> dict[str, np.ndarray]:
 
 def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tuple[int, int]] | None:
     """Value ranges of the test inputs, which type a Deeploy-dialect model's inputs (as Deeploy's runner does)."""
-    from .frontend.inputs import read_npz, select_arrays, whole_float_values
+    from .frontend.inputs import observed_ranges
     from .frontend.onnx_loader import detect_dialect, graph_input_shapes, load_onnx
 
     onnx_model = load_onnx(model)
@@ -120,16 +120,7 @@ def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tupl
     path = Path(inputs_path) if inputs_path else default_inputs_path(model)
     if path is None:
         return None
-    arrays = select_arrays(read_npz(path), names, str(path), positional=True)
-    ranges = {}
-    for name, value in arrays.items():
-        if value.dtype.kind == "f":
-            value = whole_float_values(value, f"{path} array '{name}'")
-        if value.dtype.kind not in "iub":
-            raise TinyDeployError(f"{path} array '{name}' holds {value.dtype} values; the model's inputs are integers")
-        if value.size:
-            ranges[name] = (int(value.min()), int(value.max()))
-    return ranges
+    return observed_ranges(path, names)
 
 
 # --- subcommands --------------------------------------------------------------------------------------------

@@ -133,8 +133,8 @@ def compare_arrays(name: str, got: np.ndarray, expected: np.ndarray, info: dict[
                     int(got.reshape(-1)[flat]), int(expected.reshape(-1)[flat]), int(diff.sum()), got.size, position)
 
 
-def golden_outputs(build_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(inputs, outputs) stored by compile in golden.npz."""
+def golden_outputs(build_dir: Path, manifest: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(inputs, outputs) stored by compile in golden.npz, checked against the build's manifest."""
     from .frontend.inputs import read_npz
 
     path = build_dir / "golden.npz"
@@ -142,7 +142,6 @@ def golden_outputs(build_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np
         data = read_npz(path)
     except TinyDeployError as exc:
         raise TinyDeployError(f"golden vectors of {build_dir}: {exc.reason}; recompile the build") from None
-    manifest = load_manifest(build_dir)
     inputs = {s["name"]: data[f"input:{s['name']}"] for s in manifest["inputs"] if f"input:{s['name']}" in data}
     outputs = {s["name"]: data[f"output:{s['name']}"] for s in manifest["outputs"] if f"output:{s['name']}" in data}
     for kind, values in (("inputs", inputs), ("outputs", outputs)):
@@ -200,12 +199,10 @@ class Sample:
 
 
 def pack_slots(slots: list[dict[str, Any]], values: dict[str, np.ndarray]) -> bytes:
-    """A packed buffer of network_run() (the layout of the manifest's input or output slots)."""
-    blob = bytearray(slots[-1]["offset"] + slots[-1]["nbytes"] if slots else 0)
-    for slot in slots:
-        data = np.ascontiguousarray(values[slot["name"]].astype(np.dtype(slot["dtype"]).newbyteorder("<")))
-        blob[slot["offset"]:slot["offset"] + slot["nbytes"]] = data.tobytes()
-    return bytes(blob)
+    """A packed buffer of network_run() for the manifest's input or output slots (compile's own packing)."""
+    from .backends.project import IoSlot, pack
+
+    return pack([IoSlot.from_json(slot) for slot in slots], values)
 
 
 def unpack_outputs(manifest: dict[str, Any], blob: bytes) -> dict[str, np.ndarray]:
@@ -225,9 +222,7 @@ def verify_build(build_dir: str | Path, *, layers: bool = False, sanitize: bool 
     mismatch.npz on the first divergence. `sample`: other inputs than the compiled-in golden ones."""
     build = Path(build_dir)
     manifest = load_manifest(build)
-    inputs, expected = golden_outputs(build)
-    if sample is not None:
-        inputs, expected = sample.inputs, sample.outputs
+    inputs, expected = golden_outputs(build, manifest) if sample is None else (sample.inputs, sample.outputs)
     got, trace, log = _run(build, manifest, layers, sanitize, cc, say, sample)
     info = {t["name"]: t for t in manifest["tensors"]}
     result = VerifyResult(True, {})

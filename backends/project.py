@@ -76,6 +76,12 @@ class IoSlot:
         return {"name": self.name, "c_name": self.cname, "dtype": self.dtype, "shape": list(self.shape),
                 "offset": self.offset, "nbytes": self.nbytes}
 
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> IoSlot:
+        """A slot as the manifest (tinydeploy.json) records it."""
+        return cls(entry["name"], entry.get("c_name", ""), entry["dtype"], tuple(entry["shape"]), entry["offset"],
+                   entry["nbytes"])
+
 
 # --- naming ----------------------------------------------------------------------------------------------
 NOISE = (("_DequantizeLinear_Output", ""), ("_QuantizeLinear_Output", "_q"), ("_output_0", ""))

@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from ..errors import OverflowRiskError, UnsupportedModelError, node_context
 from ..ir.graph import DTYPE_RANGES, Graph, Node, Tensor, smallest_signed_dtype
 from ..ir.ops import op_def
-from .onnx_loader import graph_input_shapes
+from .onnx_loader import graph_input_shapes, window_attributes
 
 # onnx-graphsurgeon prints its own warnings and critical errors; ours name the node instead (exceptions still raise)
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL + 10
@@ -313,36 +313,17 @@ def _mul(imp: _Importer, node: gs.Node) -> None:
     imp.emit(node, "Mul", [imp.value(t, node) for t in node.inputs], {})
 
 
-def _window_attrs(node: gs.Node, rank: int) -> dict[str, list[int]]:
-    if str(node.attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "b'NOTSET'"):
-        raise UnsupportedModelError(f"auto_pad {node.attrs['auto_pad']} (give explicit pads)", node=node.name)
-    if int(node.attrs.get("ceil_mode", 0)):
-        raise UnsupportedModelError("ceil_mode 1", node=node.name)
-    return {"kernel_shape": [int(v) for v in node.attrs["kernel_shape"]],
-            "strides": [int(v) for v in node.attrs.get("strides", [1] * rank)],
-            "pads": [int(v) for v in node.attrs.get("pads", [0] * (2 * rank))],
-            "dilations": [int(v) for v in node.attrs.get("dilations", [1] * rank)]}
-
-
 @handles("Conv")
 def _conv(imp: _Importer, node: gs.Node) -> None:
     inputs = [imp.value(t, node) for t in node.inputs if t.name]
-    rank = len(imp.graph.tensors[inputs[0]].shape) - 2
-    if rank not in (1, 2):
-        raise UnsupportedModelError(f"{rank}-D convolution (1-D and 2-D are supported)", node=node.name)
-    attrs = {**_window_attrs(node, rank), "group": int(node.attrs.get("group", 1))}
-    imp.emit(node, "ConvInt", inputs, attrs)
+    imp.emit(node, "ConvInt", inputs, window_attributes(node.attrs, node.name, imp.graph.tensors[inputs[1]].shape))
 
 
 @handles("MaxPool")
 def _max_pool(imp: _Importer, node: gs.Node) -> None:
     if len(node.outputs) > 1 and node.outputs[1].name:
         raise UnsupportedModelError("MaxPool with an Indices output", node=node.name)
-    source = imp.value(node.inputs[0], node)
-    rank = len(imp.graph.tensors[source].shape) - 2
-    if rank not in (1, 2):
-        raise UnsupportedModelError(f"{rank}-D pooling (1-D and 2-D are supported)", node=node.name)
-    imp.emit(node, "MaxPool", [source], _window_attrs(node, rank))
+    imp.emit(node, "MaxPool", [imp.value(node.inputs[0], node)], window_attributes(node.attrs, node.name))
 
 
 @handles("Sub")

@@ -76,6 +76,21 @@ def whole_float_values(value: np.ndarray, where: str) -> np.ndarray:
     return value.astype(np.int64)
 
 
+def observed_ranges(path: Path, names: list[str]) -> dict[str, tuple[int, int]]:
+    """The value range of each input array of an .npz (positional keys allowed): Deeploy's runner types a model's
+    inputs from its test data, which may hold whole numbers in float arrays."""
+    ranges = {}
+    for name, value in select_arrays(read_npz(path), names, str(path), positional=True).items():
+        where = f"{path} array '{name}'"
+        if value.dtype.kind == "f":
+            value = whole_float_values(value, where)
+        if value.dtype.kind not in "iub":
+            raise TinyDeployError(f"{where} holds {value.dtype} values; the model's inputs are integers")
+        if value.size:
+            ranges[name] = (int(value.min()), int(value.max()))
+    return ranges
+
+
 def quantize_input(value: np.ndarray, quant: dict, where: str) -> np.ndarray:
     """Float data for a float model input: quantized as the model's own QuantizeLinear does (round half to even,
     saturate to the dtype), so the integer graph sees exactly what onnxruntime's first QuantizeLinear produces."""

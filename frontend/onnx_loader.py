@@ -7,6 +7,7 @@ integer dialect of Deeploy/QuantLib) and returns the IR graph.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -162,6 +163,26 @@ def detect_dialect(model: onnx.ModelProto) -> str:
     raise UnsupportedModelError(
         "float-only model: no QuantizeLinear/DequantizeLinear and no integer-dialect ops; tinydeploy "
         "compiles 8-bit models (run `tinydeploy zoo` or onnxruntime.quantization.quantize_static with QDQ)")
+
+
+def window_attributes(attrs: dict[str, Any], node: str, weight_shape: tuple[int, ...] | None = None) -> dict:
+    """Conv/MaxPool window attributes with ONNX's defaults, for both importers: kernel (from the attribute, else
+    the weights), strides, pads, dilations and, for a convolution (weights given), group. Explicit pads only."""
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if (auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)) != "NOTSET":
+        raise UnsupportedModelError(f"auto_pad {auto_pad!r} (export with explicit pads)", node=node)
+    if int(attrs.get("ceil_mode", 0)):
+        raise UnsupportedModelError("ceil_mode 1 (export with ceil_mode 0)", node=node)
+    kernel = [int(k) for k in attrs.get("kernel_shape", weight_shape[2:] if weight_shape else [])]
+    rank = len(kernel)
+    if rank not in (1, 2):
+        raise UnsupportedModelError(f"{rank}-D window (1-D and 2-D are supported)", node=node)
+    result: dict[str, Any] = {"kernel_shape": kernel, "strides": [int(v) for v in attrs.get("strides", [1] * rank)],
+                              "pads": [int(v) for v in attrs.get("pads", [0] * (2 * rank))],
+                              "dilations": [int(v) for v in attrs.get("dilations", [1] * rank)]}
+    if weight_shape is not None:
+        result["group"] = int(attrs.get("group", 1))
+    return result
 
 
 def check_standard_model(model: onnx.ModelProto, path: str | Path) -> None:

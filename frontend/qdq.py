@@ -24,7 +24,7 @@ from onnx.reference import ReferenceEvaluator
 from ..errors import UnsupportedModelError, node_context
 from ..ir.graph import DTYPE_RANGES, MAX_TENSOR_ELEMENTS, Graph, Node, QuantParams, Tensor, check_tensor_size
 from ..ir.ops import op_def
-from .onnx_loader import graph_input_shapes, read_initializer
+from .onnx_loader import graph_input_shapes, read_initializer, window_attributes
 
 #: float op -> quantized IR op
 COMPUTE_OPS = {"MatMul": "QMatMul", "Gemm": "QMatMul", "Add": "QAdd", "Sub": "QSub", "Mul": "QMul",
@@ -391,7 +391,7 @@ class _QDQImporter:
                 raise UnsupportedModelError("Gemm with alpha/beta != 1 or transA", node=node.name)
             attrs["trans_b"] = int(a.get("transB", 0))
         if op == "Conv":
-            attrs.update(_conv_attrs(node, self._shape_of(p.inputs[1])))
+            attrs.update(window_attributes(_attrs(node), node.name, self._shape_of(p.inputs[1])))
         if op == "Softmax":
             axis = _attrs(node).get("axis", -1)
             if axis not in (-1, len(self._shape_of(p.inputs[0])) - 1):
@@ -466,7 +466,7 @@ class _QDQImporter:
         if op == "MaxPool":          # max commutes with a positive scale: it runs on the codes, quantization kept
             if len(node.output) > 1 and node.output[1]:
                 raise UnsupportedModelError("MaxPool with an Indices output", node=node.name)
-            return "MaxPool", _conv_attrs(node, None)
+            return "MaxPool", window_attributes(a, node.name)
         if op == "Pad":
             if a.get("mode", b"constant") not in (b"constant", "constant"):
                 raise UnsupportedModelError("only constant padding is supported", node=node.name)
@@ -523,23 +523,6 @@ class _QDQImporter:
         t = self.new_tensor(node.output[0], self.graph.tensors[names[0]].dtype, tuple(out_shape), quants[0])
         self.add_node("Concat", names, [t], {"axis": axis}, node.name)
         self.env[node.output[0]] = Deq(t)
-
-
-def _conv_attrs(node: onnx.NodeProto, weight_shape: tuple[int, ...] | None) -> dict[str, Any]:
-    """ONNX Conv/MaxPool window attributes with their defaults (explicit pads only)."""
-    a = _attrs(node)
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or int(a.get("ceil_mode", 0)):
-        raise UnsupportedModelError("auto_pad or ceil_mode (export with explicit pads)", node=node.name)
-    kernel = [int(k) for k in a.get("kernel_shape", weight_shape[2:] if weight_shape else [])]
-    rank = len(kernel)
-    if rank not in (1, 2):
-        raise UnsupportedModelError(f"{rank}-D window (1-D and 2-D are supported)", node=node.name)
-    attrs = {"kernel_shape": kernel, "strides": [int(v) for v in a.get("strides", [1] * rank)],
-             "pads": [int(v) for v in a.get("pads", [0] * (2 * rank))],
-             "dilations": [int(v) for v in a.get("dilations", [1] * rank)]}
-    if weight_shape is not None:
-        attrs["group"] = int(a.get("group", 1))
-    return attrs
 
 
 def _gather_shape(data: tuple[int, ...], idx: tuple[int, ...], axis: int) -> tuple[int, ...]:

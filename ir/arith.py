@@ -348,26 +348,32 @@ def _windows(x: np.ndarray, kernel: list[int], strides: list[int], pads: list[in
     return view[(slice(None), slice(None), *[slice(None, None, strides[i]) for i in range(rank)])]
 
 
-def conv_int(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, kernel: list[int], strides: list[int],
-             pads: list[int], dilations: list[int], group: int = 1, x_zero: int = 0) -> np.ndarray:
-    """ONNX Conv on integers, exact in int64: y[n, m] = sum over the group's channels and taps of (x - x_zero) * w;
-    padded positions contribute nothing (they hold the real value 0, i.e. the code x_zero)."""
-    x, w = as_i64(x) - int(x_zero), as_i64(w)
+def convolve(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, kernel: list[int], strides: list[int],
+             pads: list[int], dilations: list[int], group: int = 1) -> np.ndarray:
+    """ONNX Conv (zero padding, groups) in the arrays' own arithmetic: int64 for the integer op, float64 for the
+    quantized op's real-valued meaning. y[n, m] = bias[m] + sum over the group's channels and taps of x * w."""
     win = _windows(x, kernel, strides, pads, dilations, 0)          # [N, C, *out, *kernel]
     n, c = x.shape[:2]
-    m = w.shape[0]
-    out = win.shape[2:2 + len(kernel)]
+    m, rank = w.shape[0], len(kernel)
+    out = win.shape[2:2 + rank]
     cg, mg = c // group, m // group
-    y = np.empty((n, m, *out), dtype=I64)
+    y = np.empty((n, m, *out), dtype=np.result_type(x, w))
     for g in range(group):
-        patch = win[:, g * cg:(g + 1) * cg]                            # [N, cg, *out, *kernel]
-        weights = w[g * mg:(g + 1) * mg]                               # [mg, cg, *kernel]
-        patch = np.moveaxis(patch, 1, 1 + len(out))                    # [N, *out, cg, *kernel]
+        patch = np.moveaxis(win[:, g * cg:(g + 1) * cg], 1, 1 + rank)   # [N, *out, cg, *kernel]
         flat = patch.reshape(n, int(np.prod(out)), -1)
-        y[:, g * mg:(g + 1) * mg] = np.einsum("npk,mk->nmp", flat, weights.reshape(mg, -1)).reshape(n, mg, *out)
+        y[:, g * mg:(g + 1) * mg] = np.einsum("npk,mk->nmp", flat, w[g * mg:(g + 1) * mg].reshape(mg, -1)
+                                              ).reshape(n, mg, *out)
     if bias is not None:
-        y += as_i64(bias).reshape(1, m, *[1] * len(out))
+        y += np.asarray(bias, dtype=y.dtype).reshape(1, m, *[1] * rank)
     return y
+
+
+def conv_int(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, kernel: list[int], strides: list[int],
+             pads: list[int], dilations: list[int], group: int = 1, x_zero: int = 0) -> np.ndarray:
+    """ONNX Conv on integers, exact in int64, of (x - x_zero) * w; padded positions contribute nothing (they
+    hold the real value 0, i.e. the code x_zero)."""
+    bias = None if bias is None else as_i64(bias)
+    return convolve(as_i64(x) - int(x_zero), as_i64(w), bias, kernel, strides, pads, dilations, group)
 
 
 def max_pool(x: np.ndarray, kernel: list[int], strides: list[int], pads: list[int], dilations: list[int]) -> np.ndarray:

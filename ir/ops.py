@@ -588,21 +588,8 @@ FLOAT_FUNCS: dict[str, Callable[..., np.ndarray]] = {
 
 def _conv_float(node: Node, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """ONNX Conv on real values (the quantized op's meaning before integerize)."""
-    _, kernel, strides, pads, dilations = _spatial(node, x.shape)
-    win = arith._windows(np.asarray(x, np.float64), kernel, strides, pads, dilations, 0.0)
-    group, rank = int(node.attrs.get("group", 1)), len(kernel)
-    n, c, m = x.shape[0], x.shape[1], w.shape[0]
-    out = win.shape[2:2 + rank]
-    cg, mg = c // group, m // group
-    y = np.empty((n, m, *out))
-    for g in range(group):
-        patch = np.moveaxis(win[:, g * cg:(g + 1) * cg], 1, 1 + rank).reshape(n, int(np.prod(out)), -1)
-        y[:, g * mg:(g + 1) * mg] = np.einsum("npk,mk->nmp", patch, np.asarray(w[g * mg:(g + 1) * mg],
-                                                                               np.float64).reshape(mg, -1)
-                                              ).reshape(n, mg, *out)
-    if bias is not None:
-        y += np.asarray(bias, np.float64).reshape(1, m, *[1] * rank)
-    return y
+    as_float = [None if v is None else np.asarray(v, np.float64) for v in (x, w, bias)]
+    return arith.convolve(*as_float, *_spatial(node, x.shape)[1:], int(node.attrs.get("group", 1)))
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:

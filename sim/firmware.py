@@ -82,7 +82,7 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
     if backend not in ("riscv", "cmsis"):
         raise TinyDeployError(f"simulate runs cluster and Cortex-M builds; this one is for {manifest.get('target')} "
                               f"(use tinydeploy verify for host builds)")
-    _, golden = golden_outputs(build)
+    golden = golden_outputs(build, manifest)[1] if sample is None else sample.outputs
     check_build_files(build, manifest)
     elf = build_firmware(build, cc, trace, backend, cmsis_nn)
     say(f"built {elf.relative_to(build)}")
@@ -93,7 +93,6 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
     else:
         iss = ClusterISS(ClusterSpec.from_target(manifest["target"]), elf, accel=accel)
     if sample is not None:
-        golden = sample.outputs
         _place(iss, elf, "golden_input", pack_slots(manifest["inputs"], sample.inputs))
         _place(iss, elf, "golden_output", pack_slots(manifest["outputs"], golden))
     t0 = time.perf_counter()
