@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import CONFORMANCE
+
+needs_conformance = pytest.mark.skipif(not CONFORMANCE.is_dir(), reason="needs ../shared/conformance/deeploy")
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -46,6 +49,7 @@ def test_golden_writes_outputs_and_all_tensors(tiny_zoo, tmp_path):
     assert len(values.files) > 100
 
 
+@needs_conformance
 def test_golden_on_deeploy_network(tmp_path):
     case = CONFORMANCE / "Softmax_Regular"
     proc = run_cli("golden", str(case / "network.onnx"), "--inputs", str(case / "inputs.npz"), "--target",
@@ -84,6 +88,7 @@ def test_compile_then_verify(tiny_zoo, tmp_path):
     assert "BIT-EXACT" in proc.stdout and "intermediate tensors compared" in proc.stdout
 
 
+@needs_conformance
 def test_verify_reports_mismatch_with_exit_1(tmp_path):
     case = CONFORMANCE / "MatMul_Regular_RQ"
     build = tmp_path / "b"
@@ -102,6 +107,7 @@ def test_verify_on_a_non_build_is_a_usage_error(tmp_path):
     assert proc.returncode == 2 and "not a tinydeploy build" in proc.stderr
 
 
+@needs_conformance
 def test_compile_simulate_verify_on_cluster8(tmp_path):
     case = CONFORMANCE / "GEMM_Regular_RQPerColumn"
     build = tmp_path / "c8"
