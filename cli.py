@@ -125,6 +125,10 @@ def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tupl
 
 # --- subcommands --------------------------------------------------------------------------------------------
 def cmd_zoo(args: argparse.Namespace) -> int:
+    if args.model in ("minilm", "bert", "hf"):
+        return _zoo_encoder(args)
+    if args.path is not None:
+        raise TinyDeployError(f"zoo {args.model} takes no PATH (only `zoo hf PATH` does)")
     from .files import staged_folder
     from .zoo.mobilebert import MobileBertSpec, build_mobilebert
 
@@ -146,6 +150,69 @@ def cmd_zoo(args: argparse.Namespace) -> int:
          f"written in {time.perf_counter() - t0:.0f}s")
     for kind, path in paths.items():
         print(f"{kind:7s} {Path(args.output) / Path(path).name}")
+    return EXIT_OK
+
+
+def _zoo_encoder(args: argparse.Namespace) -> int:
+    """zoo minilm | bert | hf PATH: a BERT-family encoder with a real attention mask, quantized by a recipe."""
+    from .files import staged_folder
+    from .zoo import bert
+
+    seq = args.seq if args.seq is not None else (128 if args.model != "bert" else bert.BertSpec.seq)
+    if not 0 < seq <= 512:
+        raise TinyDeployError(f"--seq {seq} is outside 1..512")
+    if args.model == "hf" and args.path is None:
+        raise TinyDeployError("zoo hf needs the path of a local Hugging Face model folder: zoo hf PATH -o DIR")
+    if args.model != "hf" and args.path is not None:
+        raise TinyDeployError(f"zoo {args.model} takes no PATH (only `zoo hf PATH` does)")
+    if args.model == "bert":
+        spec = bert.BertSpec(seq=seq)
+        for key in ("layers", "hidden", "heads", "intermediate", "vocab", "seed"):
+            if getattr(args, key) is not None:
+                setattr(spec, key, getattr(args, key))
+        problems = spec.problems()
+        if problems:
+            raise TinyDeployError("; ".join(problems))
+    elif args.model == "minilm":
+        bert.minilm_folder()                      # a missing extra is named before anything is written
+    t0 = time.perf_counter()
+    with staged_folder(args.output, ours=lambda d: (d / "spec.json").is_file(), what="zoo model (spec.json)",
+                       force=args.force) as stage:
+        with _stages(f"exporting and quantizing {args.model}") as say:
+            if args.model == "minilm":
+                paths = bert.build_minilm(stage, seq, args.recipe, progress=say)
+            elif args.model == "hf":
+                paths = bert.build_hf(args.path, stage, seq, args.recipe, progress=say)
+            else:
+                paths = bert.build_bert(stage, spec, args.recipe, progress=say)
+    _say(f"{args.model} (seq {seq}, recipe {args.recipe}) written in {time.perf_counter() - t0:.0f}s")
+    for kind, path in paths.items():
+        print(f"{kind:7s} {Path(args.output) / Path(path).name}")
+    return EXIT_OK
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """quantize MODEL.onnx --calib CALIB.npz -o QDQ.onnx: onnxruntime static QDQ with a transformer recipe."""
+    from .files import atomic_file, output_file
+    from .frontend.inputs import read_npz
+    from .frontend.onnx_loader import load_onnx
+    from .zoo.quantize import quantize_transformer
+
+    output_file(args.output)
+    model = load_onnx(args.model)
+    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    arrays = read_npz(Path(args.calib))
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise TinyDeployError(f"{args.calib} has no array '{missing[0]}' (the model's inputs: {', '.join(names)})")
+    counts = {arrays[n].shape[0] for n in names}
+    if len(counts) != 1:
+        raise TinyDeployError(f"{args.calib}: the arrays hold different sample counts; each is [N, ...input shape]")
+    samples = [{n: np.asarray(arrays[n][i:i + 1]) for n in names} for i in range(counts.pop())]
+    with atomic_file(args.output) as tmp, _stages(f"quantizing ({args.recipe}) on {len(samples)} samples"):
+        info = quantize_transformer(args.model, tmp, samples, recipe=args.recipe)
+    _say(f"{info['float_nodes']} nodes left in float for the integer softmax/LUT/LayerNorm")
+    print(f"wrote {args.output}")
     return EXIT_OK
 
 
@@ -196,6 +263,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .backends import compile_graph
     from .files import staged_folder
     from .frontend.inputs import random_inputs
+    from .frontend.onnx_loader import model_file
     from .ir.export import IrDumper
     from .target import load_target
 
@@ -212,7 +280,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     with staged_folder(args.output, ours=is_build, what="tinydeploy build (tinydeploy.json)", force=args.force) \
             as stage, _stages("fusing, tiling, lowering and writing C"):
         project = compile_graph(int_graph, args.target, stage, inputs, weights=args.weights,
-                                model_path=args.model, dump=dump)
+                                model_path=model_file(args.model), dump=dump)
     _say(f"generated C in {time.perf_counter() - t0:.1f}s")
     plan = project.plan
     print(f"wrote {args.output}: {len(project.graph.nodes)} steps, {len(project.kernels)} kernel instances")
@@ -411,7 +479,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- parser -------------------------------------------------------------------------------------------------
 EXAMPLES = {
-    "zoo": "tinydeploy zoo mobilebert -o models/tiny --size tiny",
+    "zoo": "tinydeploy zoo mobilebert -o models/tiny --size tiny\n  tinydeploy zoo minilm -o models/minilm --seq 128\n"
+           "  tinydeploy zoo bert -o models/bert --layers 2 --hidden 128 --heads 4\n"
+           "  tinydeploy zoo hf path/to/hf-folder -o models/mine",
+    "quantize": "tinydeploy quantize model.onnx --calib calib.npz -o model_qdq.onnx --recipe int8",
     "golden": "tinydeploy golden models/tiny/model_qdq.onnx --target cluster8-ita -o out/golden.npz",
     "fidelity": "tinydeploy fidelity models/tiny/model_qdq.onnx --target cluster8-ita --json fid.json",
     "compile": "tinydeploy compile models/tiny/model_qdq.onnx --target generic -o build/tiny",
@@ -458,8 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show tracebacks and details")
         return p
 
-    p = add("zoo", cmd_zoo, "build a seeded MobileBERT, export ONNX and quantize it (QDQ, int8)")
-    p.add_argument("model", choices=["mobilebert"])
+    p = add("zoo", cmd_zoo, "build a model (MobileBERT, the pretrained MiniLM, a local Hugging Face BERT, a "
+                            "random BERT), export ONNX and quantize it (QDQ)")
+    p.add_argument("model", choices=["mobilebert", "minilm", "bert", "hf"])
+    p.add_argument("path", nargs="?", default=None, help="zoo hf: a local Hugging Face model folder")
+    p.add_argument("--recipe", default="int8", choices=["int8"], help="quantization recipe (minilm, bert, hf)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--size", choices=["tiny", "full"], default="tiny")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty folder that is not "
@@ -468,6 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--bottleneck", "bottleneck"), ("--heads", "heads"), ("--ffn-stack", "ffn_stack"),
                        ("--intermediate", "intermediate"), ("--vocab", "vocab"), ("--embedding", "embedding")):
         p.add_argument(flag, dest=dest, type=int, default=None)
+
+    p = add("quantize", cmd_quantize, "quantize a float transformer ONNX to QDQ (onnxruntime static, recipe)")
+    p.add_argument("model", help="float ONNX file")
+    p.add_argument("--calib", required=True, help=".npz with one [N, ...] array per model input (N samples)")
+    p.add_argument("-o", "--output", required=True, help="the QDQ ONNX file to write")
+    p.add_argument("--recipe", default="int8", choices=["int8"])
 
     for name, fn, text in (("golden", cmd_golden, "run the golden integer interpreter"),
                            ("fidelity", cmd_fidelity, "compare the integer model with onnxruntime (QDQ)")):

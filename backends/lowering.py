@@ -630,8 +630,9 @@ def lower_cmsis_elementwise(low: Lowering, index: int, node: Node, call: Call) -
 
 
 def lower_softmax_s8(low: Lowering, index: int, node: Node, call: Call) -> None:
-    """SoftmaxS8 -> arm_softmax_s8 (rows of the last axis) on CMSIS-NN backends, else the portable C kernel."""
-    if not low.cmsis_nn:
+    """SoftmaxS8 -> arm_softmax_s8 (rows of the last axis) on CMSIS-NN backends, else the portable C kernel (also
+    for a masked softmax: arm_softmax_s8 has no mask)."""
+    if not low.cmsis_nn or len(node.inputs) > 1:
         lower_softmax(low, index, node, call)
         return
     x = low.t(node.inputs[0])
@@ -770,14 +771,29 @@ def _rows_cols(tensor: Tensor) -> tuple[int, int]:
     return tensor.size // max(cols, 1), cols
 
 
+def _key_mask(low: Lowering, node: Node, cols: int) -> Tensor | None:
+    """The key mask operand of a softmax (contract 6): an int32 vector over the last axis, or None."""
+    if len(node.inputs) < 2:
+        return None
+    mask = low.t(node.inputs[1])
+    if mask.size != cols or mask.dtype != "int32":
+        raise TinyDeployError(f"softmax key mask of shape {list(mask.shape)} ({mask.dtype}) is not an int32 vector "
+                              f"over the last axis ({cols})", node=node.name, tensor=mask.name)
+    return mask
+
+
 def lower_softmax(low: Lowering, index: int, node: Node, call: Call) -> None:
     x, out = low.t(node.inputs[0]), low.t(node.outputs[0])
     rows, cols = _rows_cols(x)
     at = node.attrs
-    kernel = low.kernel("softmax", f"td_{node.op.lower()}_{SUFFIXES[x.dtype]}_{SUFFIXES[out.dtype]}", op=node.op,
-                        doc=f"{node.op} over the last axis", in_ctype=ctype(x.dtype), out_ctype=ctype(out.dtype))
+    mask = _key_mask(low, node, cols)
+    masked = "_masked" if mask is not None else ""
+    kernel = low.kernel("softmax", f"td_{node.op.lower()}{masked}_{SUFFIXES[x.dtype]}_{SUFFIXES[out.dtype]}",
+                        op=node.op, doc=f"{node.op} over the last axis", in_ctype=ctype(x.dtype),
+                        out_ctype=ctype(out.dtype), masked=mask is not None, mask_ctype="int32_t")
     call.kernels.append(kernel)
-    head = [low.refs.pointer(x.name), low.refs.pointer(out.name), str(rows), str(cols)]
+    head = [low.refs.pointer(x.name), *([low.refs.pointer(mask.name)] if mask is not None else []),
+            low.refs.pointer(out.name), str(rows), str(cols)]
     if node.op == "ISoftmax":
         rest = [at["coeff_a"], at["coeff_b"], at["coeff_c"], at["log2"], at["n_levels"],
                 int(at.get("round_nearest", 0)), at.get("out_offset", 0), at["lo"], at["hi"]]

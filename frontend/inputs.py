@@ -124,6 +124,10 @@ def check_array(graph: Graph, name: str, value: np.ndarray, source: str, *, batc
     if bounds is not None:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
         what = f"indices into a table of {bounds[1] + 1} rows (e.g. token ids within the vocabulary)"
+    values = graph.meta.get("input_values", {}).get(name)
+    if values is not None:
+        lo, hi = max(lo, values[0]), min(hi, values[1])
+        what = "an attention mask: 1 keeps a position, 0 masks it"
     if value.size:
         vmin, vmax = int(value.min()), int(value.max())
         if vmin < lo or vmax > hi:
@@ -163,7 +167,7 @@ def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     for name in graph.inputs:
         t = graph.tensors[name]
         lo, hi = DTYPE_RANGES[t.dtype]
-        bounds = gather_bounds(graph, name)
+        bounds = gather_bounds(graph, name) or graph.meta.get("input_values", {}).get(name)
         if bounds is not None:
             lo, hi = bounds
         result[name] = rng.integers(max(lo, -(2**31)), min(hi, 2**31 - 1) + 1, size=t.shape).astype(t.dtype)

@@ -25,8 +25,9 @@ ONNX_INT_TYPES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8"
                   onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT: "float32"}
 
 
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Read and parse an ONNX file; every failure is a one-line ModelFileError."""
+def model_file(path: str | Path) -> Path:
+    """The ONNX file a model argument names: the file itself, or a zoo/Deeploy folder's model_qdq.onnx or
+    network.onnx."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"model file '{path}' does not exist")
@@ -36,6 +37,12 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         if not found:
             raise ModelFileError(f"'{path}' is a directory without model_qdq.onnx or network.onnx")
         path = found[0]
+    return path
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Read and parse an ONNX file; every failure is a one-line ModelFileError."""
+    path = model_file(path)
     data = path.read_bytes()
     if not data:
         raise ModelFileError(f"'{path}' is empty, not an ONNX model")

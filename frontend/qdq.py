@@ -23,13 +23,17 @@ from onnx.reference import ReferenceEvaluator
 
 from ..errors import UnsupportedModelError, node_context
 from ..ir.graph import DTYPE_RANGES, MAX_TENSOR_ELEMENTS, Graph, Node, QuantParams, Tensor, check_tensor_size
-from ..ir.ops import op_def
+from ..ir.ops import dequantize, op_def
+from .float_subgraphs import ELEMENTWISE_OPS, Derived, elementwise_table, key_mask_source
 from .onnx_loader import graph_input_shapes, read_initializer, window_attributes
 
 #: float op -> quantized IR op
 COMPUTE_OPS = {"MatMul": "QMatMul", "Gemm": "QMatMul", "Add": "QAdd", "Sub": "QSub", "Mul": "QMul",
                "Div": "QDiv", "Relu": "QRelu", "Tanh": "QTanh", "Sigmoid": "QSigmoid", "Softmax": "QSoftmax",
                "Gelu": "QGelu", "Conv": "QConv"}
+#: float ops the importer keeps pending across several nodes (an elementwise expression, a softmax whose input is
+#: scaled and masked, a LayerNorm) until a QuantizeLinear gives the result its scale
+FLOAT_OPS = set(COMPUTE_OPS) | ELEMENTWISE_OPS | {"LayerNormalization"}
 LAYOUT_OPS = {"Reshape", "Transpose", "Slice", "Concat", "Pad", "Squeeze", "Unsqueeze", "Flatten", "Gather",
               "Identity", "MaxPool"}
 ONNX_TO_DTYPE = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
@@ -64,7 +68,7 @@ class Pending:
     inputs: list[Any] = field(default_factory=list)
 
 
-Value = Const | Act | Deq | Pending
+Value = Const | Act | Deq | Pending | Derived
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -75,6 +79,11 @@ def _fold(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> list[np.ndar
     """Evaluate one node on constant inputs with ONNX's reference implementation (refusing, before it runs, an
     op whose constant shape operand asks for a tensor larger than any target holds)."""
     _check_fold_size(node, inputs)
+    if node.op_type == "GatherElements" and len(inputs) == 2 and all(x is not None for x in inputs):
+        # onnx's reference GatherElements mis-shapes results for data larger than the indices (onnx 1.23)
+        data, indices = np.asarray(inputs[0]), np.asarray(inputs[1]).astype(np.int64)
+        axis = int(_attrs(node).get("axis", 0)) % data.ndim
+        return [np.take_along_axis(data, np.where(indices < 0, indices + data.shape[axis], indices), axis)]
     names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
     clone = helper.make_node(node.op_type, names, [f"out{i}" for i in range(len(node.output))],
                              domain=node.domain, **_attrs(node))
@@ -135,6 +144,8 @@ class _QDQImporter:
         self.env: dict[str, Value] = {}
         self.counter = 0
         self.skip: set[str] = set()          # outputs of the QuantizeLinear nodes folded into a float input
+        self.raw_inputs: dict[str, np.dtype] = {}   # integer graph inputs (token ids, masks) -> their ONNX dtype
+        self.mask_vectors: dict[str, str] = {}      # mask input -> its [seq] vector in the IR
 
     # -- helpers ---------------------------------------------------------------------------------------
     def new_tensor(self, base: str, dtype: str, shape: tuple[int, ...], quant: QuantParams | None) -> str:
@@ -182,6 +193,7 @@ class _QDQImporter:
                     "needs integer inputs (token ids) or a QuantizeLinear right after a float input",
                     tensor=name)
             dtype = "int32" if elem == onnx.TensorProto.INT64 else ONNX_TO_DTYPE[elem]
+            self.raw_inputs[name] = helper.tensor_dtype_to_np_dtype(elem)
             self.graph.add_tensor(Tensor(name, dtype, shape))
             self.graph.inputs.append(name)
             self.env[name] = Act(name)
@@ -195,6 +207,9 @@ class _QDQImporter:
             if isinstance(value, Pending):
                 raise UnsupportedModelError("graph output is a float result without QuantizeLinear",
                                             node=value.node.name, tensor=out.name)
+            if isinstance(value, Derived):
+                raise UnsupportedModelError(f"graph output is computed only from the input '{value.source}' "
+                                            "(a mask), not by the network", tensor=out.name)
             if not isinstance(value, Act | Deq):
                 raise UnsupportedModelError("graph output is not computed from the inputs", tensor=out.name)
             self.graph.outputs.append(value.tensor)
@@ -233,11 +248,13 @@ class _QDQImporter:
         for name, value in zip(node.input, ins, strict=True):
             if name and value is None:
                 raise UnsupportedModelError(f"input '{name}' is undefined", node=node.name)
-            if isinstance(value, Pending) and op != "QuantizeLinear":
+            if isinstance(value, Pending) and op != "QuantizeLinear" and op not in FLOAT_OPS:
                 raise UnsupportedModelError(
                     f"float result of {value.node.op_type} '{value.node.name}' feeds {op} without "
                     "QuantizeLinear: the model is only partly quantized (quantize every op, e.g. pass "
                     "op_types_to_quantize to quantize_static)", node=node.name)
+        if self.derived(node, ins):
+            return
         if op == "Constant":
             self.env[node.output[0]] = Const(_fold(node, [])[0])
         elif op in ("IsNaN", "IsInf") and isinstance(ins[0], Act | Deq):  # integers are never NaN/inf
@@ -258,14 +275,53 @@ class _QDQImporter:
                 self.env[name] = Const(value)
         elif op in LAYOUT_OPS:
             self.layout(node, ins)
-        elif op in COMPUTE_OPS:
-            if len(node.output) != 1:
+        elif op in FLOAT_OPS:
+            if len(node.output) != 1 and not (op == "LayerNormalization" and not any(node.output[1:])):
                 raise UnsupportedModelError(f"{op} with several outputs", node=node.name)
             self.env[node.output[0]] = Pending(node, ins)
         else:
             raise UnsupportedModelError(
                 f"unsupported op '{op}' (supported: {', '.join(sorted(set(COMPUTE_OPS) | LAYOUT_OPS))}, "
                 "QuantizeLinear, DequantizeLinear and constant subgraphs)", node=node.name)
+
+    def derived(self, node: onnx.NodeProto, ins: list[Value | None]) -> bool:
+        """Nodes that compute only from one integer input (an attention mask) and constants become a Derived value
+        (probed later, when a softmax reads it). True when `node` was taken this way."""
+        sources = [v for v in ins if isinstance(v, Derived)]
+        raw = [i for i, v in enumerate(ins) if isinstance(v, Act) and v.tensor in self.raw_inputs]
+        if node.op_type == "Gather" and isinstance(ins[0], Const):   # an embedding lookup, not mask arithmetic
+            return False
+        if not sources and (not raw or node.op_type == "Shape"):
+            return False
+        others = [v for i, v in enumerate(ins) if v is not None and not isinstance(v, Const | Derived) and i not in raw]
+        if others:
+            if node.op_type == "Add" and len(sources) == 1 and not raw:
+                return False                                   # scores + mask: a pending Add for the softmax
+            raise UnsupportedModelError(f"{node.op_type} combines an activation with a value computed from the "
+                                        f"input '{(sources[0].source if sources else ins[raw[0]].tensor)}' "
+                                        "(tinydeploy takes such values only as a softmax's attention mask)",
+                                        node=node.name)
+        if len(node.output) != 1:
+            raise UnsupportedModelError(f"{node.op_type} with several outputs on an input mask", node=node.name)
+        if node.op_type == "Shape":
+            probe = self.derived_probe(sources[0])
+            self.env[node.output[0]] = Const(_fold(node, [probe])[0])
+            return True
+        values = sources + [Derived(ins[i].tensor, (), node.input[i]) for i in raw]
+        self.env[node.output[0]] = Derived.combine(values, node)
+        return True
+
+    def derived_probe(self, value: Derived) -> np.ndarray:
+        """`value` evaluated for an all-ones input (for its shape)."""
+        from .float_subgraphs import _run
+        shape = self.graph.tensors[value.source].shape
+        feed = {value.source: np.ones(shape, self.raw_inputs[value.source])}
+        if not value.nodes:
+            return feed[value.source]
+        return _run(list(value.nodes), feed, self.constants(), value.output)
+
+    def constants(self) -> dict[str, np.ndarray]:
+        return {name: v.value for name, v in self.env.items() if isinstance(v, Const)}
 
     def select(self, node: onnx.NodeProto, ins: list[Value | None]) -> Value:
         """Where with a constant, uniform condition (a NaN guard, a folded mask) is one of its branches."""
@@ -294,8 +350,8 @@ class _QDQImporter:
             raise UnsupportedModelError("quantization scale/zero point must be constants", node=node.name)
         axis = _attrs(node).get("axis")
         dtype = "int8" if zero is None else str(zero.value.dtype)
-        if dtype not in ("int8", "uint8", "int32"):
-            raise UnsupportedModelError(f"quantized type {dtype} is not supported (int8/uint8/int32)",
+        if dtype not in ("int8", "uint8", "int16", "int32"):
+            raise UnsupportedModelError(f"quantized type {dtype} is not supported (int8/uint8/int16/int32)",
                                         node=node.name)
         return _qparams(scale.value, None if zero is None else zero.value, axis, ndim), dtype
 
@@ -309,10 +365,7 @@ class _QDQImporter:
         if isinstance(x, Pending):
             x = self.zero_add_operand(x) or x
         if isinstance(x, Pending):
-            inputs, attrs = self.pending_operands(x)
-            shape = self.op_shape(x, inputs, attrs)
-            q, dtype = self._params(node, ins, len(shape))
-            self.env[out] = Act(self.materialize(x, inputs, attrs, shape, q, dtype))
+            self.env[out] = Act(self.materialize_pending(x, node, ins))
             self.graph.meta.setdefault("onnx_names", {})[self.env[out].tensor] = out
             return
         shape = self._shape_of(x)
@@ -328,6 +381,167 @@ class _QDQImporter:
                 self.graph.meta.setdefault("onnx_names", {})[t] = out
         else:
             raise UnsupportedModelError("QuantizeLinear of an integer tensor", node=node.name)
+
+    def materialize_pending(self, x: Pending, qnode: onnx.NodeProto, ins: list[Value | None]) -> str:
+        """The integer IR op(s) for the float subgraph ending in `x`, quantized by `qnode`."""
+        op = x.node.op_type
+        simple = all(v is None or isinstance(v, Const | Deq) for v in x.inputs)
+        if op == "Softmax" and not simple:
+            return self.masked_softmax(x, qnode, ins)
+        if op == "LayerNormalization":
+            return self.layer_norm(x, qnode, ins)
+        if simple and op in COMPUTE_OPS:
+            inputs, attrs = self.pending_operands(x)
+            shape = self.op_shape(x, inputs, attrs)
+            q, dtype = self._params(qnode, ins, len(shape))
+            return self.materialize(x, inputs, attrs, shape, q, dtype)
+        return self.elementwise(x, qnode, ins)
+
+    def pending_tree(self, root: Pending) -> tuple[list[onnx.NodeProto], dict[str, str]]:
+        """The ONNX nodes of a pending float subgraph (topological order) and its leaves: ONNX name -> IR tensor
+        of each dequantized activation it reads."""
+        nodes: list[onnx.NodeProto] = []
+        leaves: dict[str, str] = {}
+
+        def visit(p: Pending) -> None:
+            if any(p.node is n for n in nodes):
+                return
+            for name, value in zip(p.node.input, p.inputs, strict=True):
+                if isinstance(value, Pending):
+                    visit(value)
+                elif isinstance(value, Deq):
+                    leaves[name] = value.tensor
+                elif isinstance(value, Act | Derived):
+                    raise UnsupportedModelError(f"{p.node.op_type} reads the integer value '{name}' in a float "
+                                                "subgraph", node=p.node.name)
+            nodes.append(p.node)
+
+        visit(root)
+        return nodes, leaves
+
+    def elementwise(self, x: Pending, qnode: onnx.NodeProto, ins: list[Value | None]) -> str:
+        """An elementwise float subgraph of one 8-bit activation (GELU's Erf or tanh form, ...) -> QTable: its
+        values on every input code, quantized by integerize to a lookup table."""
+        nodes, leaves = self.pending_tree(x)
+        tensors = sorted(set(leaves.values()))
+        if len(tensors) != 1:
+            raise UnsupportedModelError(f"float subgraph ending in {x.node.op_type} reads {len(tensors)} activations "
+                                        f"({', '.join(tensors)}); tinydeploy integerizes float subgraphs of one "
+                                        "activation (quantize the ops between them)", node=x.node.name)
+        src = self.graph.tensors[tensors[0]]
+        lo, hi = DTYPE_RANGES[src.dtype]
+        if hi - lo > 255 or src.quant is None or src.quant.per_channel:
+            raise UnsupportedModelError(f"float subgraph ending in {x.node.op_type} on a {src.dtype} activation "
+                                        "(tables are built for per-tensor 8-bit inputs)", node=x.node.name)
+        codes = np.arange(lo, hi + 1, dtype=np.int64)
+        real = dequantize(codes, src.quant.scale, src.quant.zero_point, None).astype(np.float32)
+        consts = self.constants()
+        values = elementwise_table(nodes, next(iter(leaves)), consts, real, x.node.output[0]) \
+            if len(leaves) == 1 else self.multi_leaf_table(nodes, leaves, consts, real, x)
+        q, dtype = self._params(qnode, ins, len(src.shape))
+        t = self.new_tensor(x.node.output[0], dtype, src.shape, q)
+        attrs = {"values": values, "in_min": lo, "ops": [n.op_type for n in nodes],
+                 **self._qattrs([src.name], q, dtype)}
+        self.add_node("QTable", [src.name], [t], attrs, x.node.name)
+        return t
+
+    def multi_leaf_table(self, nodes: list[onnx.NodeProto], leaves: dict[str, str], consts: dict[str, np.ndarray],
+                         real: np.ndarray, x: Pending) -> np.ndarray:
+        """A subgraph reading one activation through several DequantizeLinear outputs: every name gets the codes."""
+        renamed = {name: next(iter(leaves)) for name in leaves}
+        rewired = [helper.make_node(n.op_type, [renamed.get(i, i) for i in n.input], list(n.output), name=n.name,
+                                    domain=n.domain, **_attrs(n)) for n in nodes]
+        return elementwise_table(rewired, next(iter(leaves)), consts, real, x.node.output[0])
+
+    def softmax_operand(self, value: Value | None, where: str) -> tuple[str, float, Derived | None]:
+        """(scores tensor, scale factor, additive mask) of a softmax input `scores * c [/ c] [+ mask]`."""
+        if isinstance(value, Deq):
+            return value.tensor, 1.0, None
+        if not isinstance(value, Pending) or value.node.op_type not in ("Mul", "Div", "Add"):
+            kind = value.node.op_type if isinstance(value, Pending) else type(value).__name__
+            raise UnsupportedModelError(f"softmax input computed by {kind}: tinydeploy takes a dequantized "
+                                        "activation, scaled by a constant and plus an attention mask", node=where)
+        a, b = value.inputs
+        op = value.node.op_type
+        if op == "Add":
+            mask, other = (a, b) if isinstance(a, Derived | Const) else (b, a)
+            tensor, factor, inner = self.softmax_operand(other, where)
+            if isinstance(mask, Const) and not np.any(mask.value):
+                return tensor, factor, inner
+            if not isinstance(mask, Derived) or inner is not None:
+                raise UnsupportedModelError("softmax input plus a value that is not one attention mask", node=where)
+            return tensor, factor, mask
+        const, other = (b, a) if isinstance(b, Const) or op == "Div" else (a, b)
+        if not isinstance(const, Const) or const.value.size != 1 or float(const.value.reshape(-1)[0]) <= 0:
+            raise UnsupportedModelError(f"softmax input scaled by {op} with a value that is not a positive scalar "
+                                        "constant", node=where)
+        tensor, factor, mask = self.softmax_operand(other, where)
+        c = float(const.value.reshape(-1)[0])
+        if mask is not None:
+            raise UnsupportedModelError("softmax input scaled after the attention mask was added", node=where)
+        return tensor, factor * c if op == "Mul" else factor / c, None
+
+    def masked_softmax(self, x: Pending, qnode: onnx.NodeProto, ins: list[Value | None]) -> str:
+        """Softmax((scores * c) + mask) -> QSoftmax(scores, mask vector) with input factor c (contract 6)."""
+        where = x.node.name or "Softmax"
+        axis = _attrs(x.node).get("axis", -1)
+        tensor, factor, mask = self.softmax_operand(x.inputs[0], where)
+        src = self.graph.tensors[tensor]
+        if axis not in (-1, len(src.shape) - 1):
+            raise UnsupportedModelError("Softmax over a non-last axis", node=where)
+        if src.quant is None or src.quant.per_channel:
+            raise UnsupportedModelError("softmax input without per-tensor quantization", node=where, tensor=tensor)
+        lo, hi = DTYPE_RANGES[src.dtype]
+        zero = int(np.asarray(src.quant.zero_point).reshape(-1)[0])
+        bound = max(abs(lo - zero), abs(hi - zero)) * float(src.quant.scale) * factor
+        inputs = [tensor]
+        if mask is not None:
+            key_mask_source(mask, self.constants(), self.graph.tensors[mask.source].shape,
+                            self.raw_inputs[mask.source], src.shape, bound, where)
+            inputs.append(self.mask_vector(mask.source, x.node.name))
+        q, dtype = self._params(qnode, ins, len(src.shape))
+        t = self.new_tensor(x.node.output[0], dtype, src.shape, q)
+        self.add_node("QSoftmax", inputs, [t], {"input_factor": factor, **self._qattrs([tensor], q, dtype)},
+                      x.node.name)
+        return t
+
+    def mask_vector(self, source: str, origin: str) -> str:
+        """The key mask [seq] of integer input `source` [1, seq]; its values are checked to be 0 or 1."""
+        if source not in self.mask_vectors:
+            length = self.graph.tensors[source].shape[-1]
+            t = self.new_tensor(f"{source}_keys", self.graph.tensors[source].dtype, (length,), None)
+            self.add_node("Reshape", [source], [t], {"shape": [length]}, origin)
+            self.mask_vectors[source] = t
+            self.graph.meta.setdefault("input_values", {})[source] = [0, 1]
+        return self.mask_vectors[source]
+
+    def layer_norm(self, x: Pending, qnode: onnx.NodeProto, ins: list[Value | None]) -> str:
+        """LayerNormalization over the last axis of a dequantized activation -> QLayerNorm (gamma, beta, eps as
+        float attributes; integerize picks the integer LayerNorm's parameters)."""
+        where = x.node.name or "LayerNormalization"
+        a = _attrs(x.node)
+        data = x.inputs[0]
+        if not isinstance(data, Deq):
+            raise UnsupportedModelError("LayerNormalization of a value that is not a dequantized activation",
+                                        node=where)
+        src = self.graph.tensors[data.tensor]
+        if a.get("axis", -1) not in (-1, len(src.shape) - 1):
+            raise UnsupportedModelError("LayerNormalization over more than the last axis", node=where)
+        params = []
+        for value, default in zip((x.inputs + [None, None])[1:3], (1.0, 0.0), strict=True):
+            if value is not None and not isinstance(value, Const):
+                raise UnsupportedModelError("LayerNormalization scale/bias must be constants", node=where)
+            vec = np.broadcast_to(np.asarray(default if value is None else value.value, np.float64),
+                                  (src.shape[-1],))
+            params.append(np.array(vec))
+        if src.quant is None or src.quant.per_channel:
+            raise UnsupportedModelError("LayerNormalization input without per-tensor quantization", node=where)
+        q, dtype = self._params(qnode, ins, len(src.shape))
+        t = self.new_tensor(x.node.output[0], dtype, src.shape, q)
+        self.add_node("QLayerNorm", [src.name], [t], {"gamma": params[0], "beta": params[1],
+                                                      "epsilon": float(a.get("epsilon", 1e-5)),
+                                                      **self._qattrs([src.name], q, dtype)}, where)
+        return t
 
     def dequantize_linear(self, node: onnx.NodeProto, ins: list[Value | None]) -> None:
         x, out = ins[0], node.output[0]

@@ -178,17 +178,35 @@ def _clz32(x: np.ndarray) -> np.ndarray:
     return 32 - bit_length
 
 
-def softmax_cmsis(x: np.ndarray, multiplier: int, shift: int, diff_min: int) -> np.ndarray:
+def key_mask(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Contract 6: the positions of x's last axis a softmax may read (mask != 0), broadcast to x's shape.
+
+    A masked position contributes nothing to its row (not to the max, not to the sum) and its probability is 0."""
+    if mask is None:
+        return np.ones(np.shape(x), dtype=bool)
+    return np.broadcast_to(as_i64(mask) != 0, np.shape(x))
+
+
+def _masked_max(x: np.ndarray, valid: np.ndarray, empty: int) -> np.ndarray:
+    """Row max over the valid positions (`empty` for a row without any)."""
+    top = np.where(valid, x, np.iinfo(I64).min).max(axis=-1, keepdims=True)
+    return np.where(valid.any(axis=-1, keepdims=True), top, empty)
+
+
+def softmax_cmsis(x: np.ndarray, multiplier: int, shift: int, diff_min: int,
+                  mask: np.ndarray | None = None) -> np.ndarray:
     """arm_softmax_s8 (TFLite's int8 reference softmax) over the last axis; output scale 1/256, zero point -128.
 
     Per row: d = x - max; elements with d < diff_min get -128; the others exp(d * scale) via
     exp_on_negative_values (d rescaled to Q5.26 by multiplier * 2^shift), summed in Q12.19, inverted with
     one_over_one_plus_x after normalising the sum by its leading zeros, and scaled to 1/256 steps.
+    With a key mask (contract 6) masked positions are left out of the max and the sum and get -128.
     """
     srdhm = saturating_rounding_doubling_high_mul
     x = as_i64(x)
-    diff = x - x.max(axis=-1, keepdims=True)
-    valid = diff >= diff_min
+    keep = key_mask(x, mask)
+    diff = x - _masked_max(x, keep, -128)
+    valid = (diff >= diff_min) & keep
     exps = exp_on_negative_values(srdhm(np.where(valid, diff, 0) * (1 << shift), multiplier))
     total = np.where(valid, rounding_divide_by_pot(exps, SOFTMAX_ACCUM_BITS), 0).sum(axis=-1, keepdims=True)
     headroom = _clz32(total)
@@ -253,14 +271,18 @@ def ita_shift(diff: np.ndarray) -> np.ndarray:
     return np.right_shift(as_i64(diff) + 16, 5)
 
 
-def ita_partial_max(x: np.ndarray, group_width: int = 16, n_levels: int = 256) -> np.ndarray:
+def ita_partial_max(x: np.ndarray, group_width: int = 16, n_levels: int = 256,
+                    mask: np.ndarray | None = None) -> np.ndarray:
     """ITA streaming softmax over the last axis: running max over blocks of `group_width` columns.
 
     The denominator accumulates 2^8 >> shift per element and is renormalised by >> (max shift) when the
     running max grows; the inverse floor((n_levels/2-1) * 2^8 / sum) is shifted right per element.
     Output range [0, n_levels/2 - 1] (signed int8 operand for the next matmul).
+    With a key mask (contract 6) a masked element is absent: it sets no block max, adds nothing to the
+    denominator and its output is 0; a row without valid elements is all 0.
     """
     x = as_i64(x)
+    keep = key_mask(x, mask).reshape(-1, x.shape[-1])
     rows = x.reshape(-1, x.shape[-1])
     n_cols = rows.shape[1]
     if n_cols % group_width:
@@ -269,15 +291,17 @@ def ita_partial_max(x: np.ndarray, group_width: int = 16, n_levels: int = 256) -
     denom = np.zeros(rows.shape[0], dtype=I64)
     for g in range(n_cols // group_width):
         block = rows[:, g * group_width:(g + 1) * group_width]
-        block_max = block.max(axis=1)
+        valid = keep[:, g * group_width:(g + 1) * group_width]
+        block_max = np.where(valid, block, -(1 << 40)).max(axis=1)
         grows = block_max > global_max
         renorm = np.where(grows, ita_shift(block_max - global_max), 0)
         global_max = np.maximum(global_max, block_max)
-        contrib = np.right_shift(I64(256), ita_shift(global_max[:, None] - block)).sum(axis=1)
+        terms = np.right_shift(I64(256), np.clip(ita_shift(global_max[:, None] - block), 0, 63))
+        contrib = np.where(valid, terms, 0).sum(axis=1)
         denom = np.right_shift(denom, renorm) + contrib
-    inverse = ((n_levels // 2 - 1) * 256) // denom
-    out = np.right_shift(inverse[:, None], ita_shift(global_max[:, None] - rows))
-    return out.reshape(x.shape)
+    inverse = ((n_levels // 2 - 1) * 256) // np.maximum(denom, 1)
+    out = np.right_shift(inverse[:, None], np.clip(ita_shift(global_max[:, None] - rows), 0, 63))
+    return np.where(keep, out, 0).reshape(x.shape)
 
 
 def ita_max(x: np.ndarray, n_levels: int = 256) -> np.ndarray:
@@ -313,21 +337,25 @@ def ita_activation_table(kind: str, consts: np.ndarray | list[int]) -> np.ndarra
 
 # --- contract 5: integer softmax / GELU / norms on the cores --------------------------------------
 def i_softmax(x: np.ndarray, coeff_a: int, coeff_b: int, coeff_c: int, log2: int, n_levels: int,
-              round_nearest: bool = False) -> np.ndarray:
+              round_nearest: bool = False, mask: np.ndarray | None = None) -> np.ndarray:
     """I-BERT integer softmax as in Deeploy's iSoftmax: exp(p) ~ a(p+b)^2 + c, 2^-z by shifting.
 
     Output in [0, n_levels-1] (unsigned probabilities scaled by n_levels-1); the final division floors
     (Deeploy) or, with round_nearest, rounds half up (tinydeploy's lowering: 1/seq must not vanish).
+    With a key mask (contract 6) masked positions are left out of the max and the sum and get 0; a row
+    without valid positions is all 0.
     """
     x = as_i64(x)
-    x_tilde = x - x.max(axis=-1, keepdims=True)
+    keep = key_mask(x, mask)
+    x_tilde = np.where(keep, x - _masked_max(x, keep, 0), 0)
     z = np.clip(-c_div(x_tilde, log2), 0, 31)
     p = x_tilde + z * log2
-    y = np.right_shift(coeff_a * (p + coeff_b) ** 2 + coeff_c, z)
+    y = np.where(keep, np.right_shift(coeff_a * (p + coeff_b) ** 2 + coeff_c, z), 0)
     y_sum = y.sum(axis=-1, keepdims=True)
+    safe = np.maximum(y_sum, 1)
     if round_nearest:
-        return (y * (n_levels - 1) + y_sum // 2) // y_sum
-    return (y * (n_levels - 1)) // y_sum
+        return np.where(y_sum > 0, (y * (n_levels - 1) + y_sum // 2) // safe, 0)
+    return np.where(y_sum > 0, (y * (n_levels - 1)) // safe, 0)
 
 
 def i_hardswish(x: np.ndarray, one_over_six: int, three: int, six: int, input_offset: int = 0) -> np.ndarray:

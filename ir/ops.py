@@ -254,9 +254,15 @@ def run_batch_matmul_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 @op("SoftmaxS8", ranges=lambda node, r, s: [(-128, 127)])
 def run_softmax_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
-    """arm_softmax_s8 (TFLite int8 softmax, contract 5 on Cortex-M): probabilities in 1/256 steps, zero point -128."""
+    """arm_softmax_s8 (TFLite int8 softmax, contract 5 on Cortex-M): probabilities in 1/256 steps, zero point -128;
+    optional key mask input (contract 6)."""
     at = node.attrs
-    return [arith.softmax_cmsis(xs[0], at["multiplier"], at["shift"], at["diff_min"])]
+    return [arith.softmax_cmsis(xs[0], at["multiplier"], at["shift"], at["diff_min"], _key_mask(xs))]
+
+
+def _key_mask(xs: list[np.ndarray]) -> np.ndarray | None:
+    """The key mask of a softmax (its second input, a vector over the last axis), or None."""
+    return xs[1] if len(xs) > 1 else None
 
 
 @op("AddS8", shape=broadcast_shape, ranges=attr_range)
@@ -299,18 +305,19 @@ def run_itamax(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 @op("ITAPartialMax", ranges=attr_range)
 def run_ita_partial_max(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
-    """Contract 4, streaming (block-wise running max) ITA softmax."""
+    """Contract 4, streaming (block-wise running max) ITA softmax; an optional second input is the key mask
+    (contract 6)."""
     at = node.attrs
-    y = arith.ita_partial_max(xs[0], at["group_width"], at["n_levels"]) + at.get("out_offset", 0)
+    y = arith.ita_partial_max(xs[0], at["group_width"], at["n_levels"], _key_mask(xs)) + at.get("out_offset", 0)
     return [arith.clip(y, at["lo"], at["hi"])]
 
 
 @op("ISoftmax", ranges=attr_range)
 def run_isoftmax(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
-    """Contract 5: I-BERT integer softmax (Deeploy iSoftmax coefficients)."""
+    """Contract 5: I-BERT integer softmax (Deeploy iSoftmax coefficients); optional key mask input (contract 6)."""
     at = node.attrs
     y = arith.i_softmax(xs[0], at["coeff_a"], at["coeff_b"], at["coeff_c"], at["log2"], at["n_levels"],
-                        bool(at.get("round_nearest", 0)))
+                        bool(at.get("round_nearest", 0)), _key_mask(xs))
     return [arith.clip(y + at.get("out_offset", 0), at["lo"], at["hi"])]
 
 
@@ -579,7 +586,9 @@ FLOAT_FUNCS: dict[str, Callable[..., np.ndarray]] = {
     "QRelu": lambda node, a: np.maximum(a, 0),
     "QTanh": lambda node, a: np.tanh(a),
     "QSigmoid": lambda node, a: 1.0 / (1.0 + np.exp(-a)),
-    "QSoftmax": lambda node, a: _softmax(a, node.attrs.get("axis", -1)),
+    "QSoftmax": lambda node, a, *mask: _softmax(a * node.attrs.get("input_factor", 1.0), -1, *mask),
+    "QLayerNorm": lambda node, a: _layer_norm(a, node.attrs["gamma"], node.attrs["beta"], node.attrs["epsilon"]),
+    "QTable": lambda node, a: _table(node, a),
     "QGelu": lambda node, a: 0.5 * a * (1.0 + _erf(a / np.sqrt(2.0))),
     "QRequant": lambda node, a: a,
     "QConv": lambda node, x, w, *bias: _conv_float(node, x, w, bias[0] if bias else None),
@@ -592,9 +601,28 @@ def _conv_float(node: Node, x: np.ndarray, w: np.ndarray, bias: np.ndarray | Non
     return arith.convolve(*as_float, *_spatial(node, x.shape)[1:], int(node.attrs.get("group", 1)))
 
 
-def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+def _softmax(x: np.ndarray, axis: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Softmax; masked positions (contract 6) get probability 0 and take no part in the row."""
+    keep = arith.key_mask(x, mask)
+    x = np.where(keep, x, -np.inf)
+    top = np.where(keep.any(axis=axis, keepdims=True), x.max(axis=axis, keepdims=True), 0.0)
+    e = np.where(keep, np.exp(x - top), 0.0)
+    total = e.sum(axis=axis, keepdims=True)
+    return np.where(total > 0, e / np.where(total > 0, total, 1.0), 0.0)
+
+
+def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + epsilon) * np.asarray(gamma) + np.asarray(beta)
+
+
+def _table(node: Node, real: np.ndarray) -> np.ndarray:
+    """QTable: the float subgraph's value for each input code (node.attrs['values'], from in_min up)."""
+    q = node.attrs["in0"]
+    codes = np.rint(np.asarray(real, np.float64) / np.float64(q["scale"])).astype(np.int64) + int(q["zero_point"])
+    return np.asarray(node.attrs["values"])[codes - int(node.attrs["in_min"])]
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -612,7 +640,8 @@ def _q_run_factory(name: str) -> Callable:
 
 for _name in FLOAT_FUNCS:
     _shape = _matmul_shape if _name == "QMatMul" else _conv_shape if _name == "QConv" else (
-        same_shape if _name in ("QRelu", "QTanh", "QSigmoid", "QSoftmax", "QGelu", "QRequant") else broadcast_shape)
+        same_shape if _name in ("QRelu", "QTanh", "QSigmoid", "QSoftmax", "QGelu", "QRequant", "QLayerNorm", "QTable")
+        else broadcast_shape)
     OPS[_name] = OpDef(_name, _q_run_factory(_name), _shape, None, integer=False,
                        macs=_matmul_macs if _name == "QMatMul" else None)
 

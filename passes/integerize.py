@@ -314,15 +314,24 @@ def softmax_levels(calibrated_scale: float) -> int:
     return int(np.clip(np.round(1.0 / calibrated_scale), SOFTMAX_OUT_LEVELS - 1, SOFTMAX_MAX_LEVELS))
 
 
+#: I-BERT input scale used when the calibrated one is too coarse for its exp (coarser than ln 2 / 4): the logits
+#: are requantized to int16 at this scale first
+IBERT_COARSE_SCALE = float(np.log(2.0) / 32.0)
+
+
 def lower_softmax(low: _Lowering, node: Node) -> None:
+    """QSoftmax -> the target's integer softmax; the input factor (a constant scaling folded in by the frontend)
+    scales the input scale; a second input is the key mask (contract 6) and goes to the integer softmax."""
     a, out = node.inputs[0], node.outputs[0]
+    mask = node.inputs[1:]
     qa = low.q(a, node)
+    in_scale = float(qa.scale) * float(node.attrs.get("input_factor", 1.0))
     t_out = low.graph.tensors[out]
     levels = softmax_levels(float(low.q(out, node).scale))
     t_out.quant = QuantParams(np.array(1.0 / levels, np.float32), np.array(0, np.int64))
     hi = SOFTMAX_OUT_LEVELS - 1
     if low.target.softmax == "cmsis":
-        lower_softmax_tflite(low, node)
+        lower_softmax_tflite(low, node, in_scale)
         return
     if low.target.softmax == "ita":
         group = int(low.target.section("accelerator").get("softmax_group", 16))
@@ -331,18 +340,24 @@ def lower_softmax(low: _Lowering, node: Node) -> None:
                                         node=node.origin, tensor=a)
         logits = low.temp(f"{a}_ita", "int8", low.graph.tensors[a].shape)
         low.graph.tensors[logits].quant = QuantParams(np.array(ITA_SOFTMAX_SCALE, np.float32), np.array(0))
-        low.requant(a, float(qa.scale) / ITA_SOFTMAX_SCALE, logits, node, in_zero=_single_zero(qa, "input", node))
+        low.requant(a, in_scale / ITA_SOFTMAX_SCALE, logits, node, in_zero=_single_zero(qa, "input", node))
         t_out.dtype = "uint8"
         t_out.quant = QuantParams(np.array(1.0 / ITA_SOFTMAX_LEVELS, np.float32), np.array(0, np.int64))
-        low.emit("ITAPartialMax", [logits], [out], {"group_width": group, "n_levels": 2 * (ITA_SOFTMAX_LEVELS + 1),
-                                                    "lo": 0, "hi": ITA_SOFTMAX_LEVELS}, node)
+        low.emit("ITAPartialMax", [logits, *mask], [out], {"group_width": group,
+                                                          "n_levels": 2 * (ITA_SOFTMAX_LEVELS + 1),
+                                                          "lo": 0, "hi": ITA_SOFTMAX_LEVELS}, node)
         return
-    scale = float(qa.scale)
-    if scale < IBERT_MIN_SCALE:  # finer than the output can resolve: coarsen so 32-bit sums suffice
-        coarse = low.temp(f"{a}_coarse", "int8", low.graph.tensors[a].shape)
-        low.graph.tensors[coarse].quant = QuantParams(np.array(IBERT_MIN_SCALE, np.float32), np.array(0))
-        low.requant(a, scale / IBERT_MIN_SCALE, coarse, node, in_zero=_single_zero(qa, "input", node))
-        a, scale = coarse, IBERT_MIN_SCALE
+    scale, zero = in_scale, _single_zero(qa, "input", node)
+    target = IBERT_MIN_SCALE if scale < IBERT_MIN_SCALE else IBERT_COARSE_SCALE if scale > 4 * IBERT_COARSE_SCALE \
+        else None
+    if target is not None or zero:
+        # too fine: coarsen so 32-bit sums suffice; too coarse for the exp polynomial: refine into int16
+        dtype = "int16" if target == IBERT_COARSE_SCALE else "int8"
+        target = target or scale
+        rescaled = low.temp(f"{a}_softmax_in", dtype, low.graph.tensors[a].shape)
+        low.graph.tensors[rescaled].quant = QuantParams(np.array(target, np.float32), np.array(0))
+        low.requant(a, scale / target, rescaled, node, in_zero=zero)
+        a, scale = rescaled, target
     log2 = int(np.floor(np.log(2.0) / scale))
     if log2 < 1:
         raise UnsupportedModelError(f"softmax input scale {scale:g} is coarser than ln 2", node=node.origin)
@@ -352,29 +367,66 @@ def lower_softmax(low: _Lowering, node: Node) -> None:
     if (coeff_b**2 + coeff_c) * max(row, levels) >= 2**31:
         raise UnsupportedModelError(f"softmax input scale {scale:g} too fine for 32-bit I-BERT sums",
                                     node=node.origin)
-    low.emit("ISoftmax", [a], [out], {"coeff_a": 1, "coeff_b": coeff_b, "coeff_c": coeff_c, "log2": log2,
-                                      "n_levels": levels + 1, "round_nearest": 1, "lo": 0, "hi": hi}, node)
+    low.emit("ISoftmax", [a, *mask], [out], {"coeff_a": 1, "coeff_b": coeff_b, "coeff_c": coeff_c, "log2": log2,
+                                             "n_levels": levels + 1, "round_nearest": 1, "lo": 0, "hi": hi}, node)
 
 
-def lower_softmax_tflite(low: _Lowering, node: Node) -> None:
+def lower_softmax_tflite(low: _Lowering, node: Node, in_scale: float) -> None:
     """SoftmaxS8: arm_softmax_s8 / TFLite int8 softmax; the output is fixed at scale 1/256, zero point -128."""
     a, out = node.inputs[0], node.outputs[0]
     qa = low.q(a, node)
     if low.graph.tensors[a].dtype != "int8" or qa.per_channel:
         raise UnsupportedModelError("arm_softmax_s8 needs a per-tensor int8 input", node=node.origin, tensor=a)
     try:
-        multiplier, shift, diff_min = arith.softmax_cmsis_params(float(qa.scale))
+        multiplier, shift, diff_min = arith.softmax_cmsis_params(in_scale)
     except ValueError as exc:
         raise UnsupportedModelError(str(exc), node=node.origin, tensor=a) from None
     low.graph.tensors[out].quant = QuantParams(np.array(1.0 / 256.0, np.float32), np.array(-128, np.int64))
-    low.emit("SoftmaxS8", [a], [out], {"multiplier": multiplier, "shift": shift, "diff_min": diff_min}, node)
+    low.emit("SoftmaxS8", [a, *node.inputs[1:]], [out], {"multiplier": multiplier, "shift": shift,
+                                                          "diff_min": diff_min}, node)
+
+
+#: an 8-bit LayerNorm input is widened by this factor first, so the integer mean and floor sqrt (contract 5) keep
+#: their rounding far below one input step
+LAYERNORM_WIDEN = 128
+#: largest |weight| and |bias| of the integer LayerNorm (int32 vectors in C, products in int64)
+LAYERNORM_PARAM_LIMIT = 2**30
+
+
+def lower_layer_norm(low: _Lowering, node: Node) -> None:
+    """QLayerNorm -> ILayerNorm (I-BERT integer LayerNorm, Deeploy's iLayerNorm contract):
+    y = clip((c_div((x - mean) * w, std) + b) >> log2d) with w = round(gamma/s_out * 2^log2d),
+    b = round((beta/s_out + z_out + 1/2) * 2^log2d). The input scale cancels in (x - mean)/std; an 8-bit input is
+    widened by LAYERNORM_WIDEN into int16 first so the integer mean and sqrt are fine-grained."""
+    x, out = node.inputs[0], node.outputs[0]
+    qx, qo = low.q(x, node), low.q(out, node)
+    if qo.per_channel:
+        raise UnsupportedModelError("per-channel quantized LayerNorm output", node=node.origin, tensor=out)
+    gamma = np.asarray(node.attrs["gamma"], np.float64) / float(qo.scale)
+    beta = np.asarray(node.attrs["beta"], np.float64) / float(qo.scale) + float(np.asarray(qo.zero_point))
+    top = max(float(np.abs(gamma).max(initial=0)), float(np.abs(beta).max(initial=0)) + 1.0, 1e-30)
+    log2d = int(np.clip(np.floor(np.log2(LAYERNORM_PARAM_LIMIT / top)), 0, 30))
+    if top * 2.0**log2d >= LAYERNORM_PARAM_LIMIT:
+        raise UnsupportedModelError(f"LayerNorm scale/bias of {top:g} output steps do not fit its integer "
+                                    "parameters", node=node.origin)
+    weight = low.graph.add_const(f"{out}_ln_weight", np.round(gamma * 2.0**log2d).astype(np.int32), "int32")
+    bias = low.graph.add_const(f"{out}_ln_bias", np.round((beta + 0.5) * 2.0**log2d).astype(np.int32), "int32")
+    src = low.graph.tensors[x]
+    lo, hi = DTYPE_RANGES[src.dtype]
+    if hi - lo <= 255:
+        wide = low.temp(f"{x}_wide", "int16", src.shape)
+        factor = low.graph.add_const(f"{x}_widen", np.array(LAYERNORM_WIDEN, np.int16), "int16")
+        low.emit("Mul", [x, factor.name], [wide], {"a_zero": _single_zero(qx, "input", node), "b_zero": 0}, node)
+        x = wide
+    o_lo, o_hi = DTYPE_RANGES[low.graph.tensors[out].dtype]
+    low.emit("ILayerNorm", [x, weight.name, bias.name], [out], {"log2d": log2d, "lo": o_lo, "hi": o_hi}, node)
 
 
 LOWERINGS: dict[str, Callable[[_Lowering, Node], None]] = {
     "QMatMul": lower_matmul, "QConv": lower_conv, "QAdd": lower_add, "QSub": lower_sub, "QMul": lower_mul,
     "QDiv": lower_div,
     "QRequant": lower_requant, "QRelu": lower_unary_lut, "QTanh": lower_unary_lut, "QSigmoid": lower_unary_lut,
-    "QGelu": lower_unary_lut, "QSoftmax": lower_softmax,
+    "QGelu": lower_unary_lut, "QTable": lower_unary_lut, "QSoftmax": lower_softmax, "QLayerNorm": lower_layer_norm,
 }
 
 

@@ -328,7 +328,7 @@ void arm_softmax_s8(const int8_t *input, const int32_t num_rows, const int32_t r
                     const int32_t shift, const int32_t diff_min, int8_t *output)
 {
     td_softmax_s8_rows(input, output, 0, num_rows, row_size, mult, shift, diff_min,
-                       row_size <= TD_SOFTMAX_MAX_COLS ? td_softmax_exps : (int32_t *)0);
+                       row_size <= TD_SOFTMAX_MAX_COLS ? td_softmax_exps : (int32_t *)0, (const int32_t *)0);
 }
 
 /* ---- elementwise (ir/arith.py add_cmsis; MulS8) -------------------------------------------------------- */

@@ -189,21 +189,23 @@ static inline int32_t td_one_over_one_plus_x(int32_t a)
 
 /* arith.softmax_cmsis on rows [row_begin, row_end): arm_softmax_s8 / TFLite's int8 softmax, output 1/256 steps
  * with zero point -128. `exps` (cols entries) keeps a row's exponentials between the sum and the outputs; NULL
- * computes them twice. */
+ * computes them twice. `mask` (cols entries, or NULL for none) is the key mask of contract 6: a position with
+ * mask[c] == 0 is left out of the max and the sum and gets -128. */
 static inline void td_softmax_s8_rows(const int8_t *x, int8_t *y, int32_t row_begin, int32_t row_end, int32_t cols,
-                                      int32_t multiplier, int32_t shift, int32_t diff_min, int32_t *exps)
+                                      int32_t multiplier, int32_t shift, int32_t diff_min, int32_t *exps,
+                                      const int32_t *mask)
 {
     for (int32_t r = row_begin; r < row_end; ++r) {
         const int8_t *x_row = x + (int64_t)r * cols;
         int8_t *y_row = y + (int64_t)r * cols;
-        int32_t max = x_row[0];
-        for (int32_t c = 1; c < cols; ++c) {
-            max = x_row[c] > max ? x_row[c] : max;
+        int32_t max = -128;
+        for (int32_t c = 0; c < cols; ++c) {
+            max = (!mask || mask[c] != 0) && x_row[c] > max ? x_row[c] : max;
         }
         int32_t sum = 0;
         for (int32_t c = 0; c < cols; ++c) {
             const int32_t diff = x_row[c] - max;
-            if (diff >= diff_min) {
+            if (diff >= diff_min && (!mask || mask[c] != 0)) {
                 const int32_t e = td_exp_on_negative_values(td_srdhm32(diff * (1 << shift), multiplier));
                 if (exps) {
                     exps[c] = e;
@@ -224,7 +226,7 @@ static inline void td_softmax_s8_rows(const int8_t *x, int8_t *y, int32_t row_be
         for (int32_t c = 0; c < cols; ++c) {
             const int32_t diff = x_row[c] - max;
             int64_t p = -128;
-            if (diff >= diff_min) {
+            if (diff >= diff_min && (!mask || mask[c] != 0)) {
                 const int32_t e = exps ? exps[c]
                                        : td_exp_on_negative_values(td_srdhm32(diff * (1 << shift), multiplier));
                 p = td_clip(td_rdbpot(td_srdhm32(scale, e), 12 - headroom + 23) - 128, -128, 127);

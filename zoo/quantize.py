@@ -1,0 +1,150 @@
+"""Static QDQ quantization recipes for transformers (onnxruntime `quantize_static` with a recipe).
+
+`int8`: every MatMul/Add/Mul/Gather/LayerNormalization quantized to int8 (symmetric, per-channel weights), as
+the MobileBERT zoo does — except the float islands an integer softmax, LUT or LayerNorm takes whole:
+  * the attention-mask arithmetic and the Add that puts the mask on the scores (quantizing it at the mask's
+    scale, ~1e36, wipes out the scores), the scores' scaling and the Softmax itself: the frontend turns
+    `softmax(scores * c + mask)` into one integer softmax with a key mask (DESIGN.md contract 6);
+  * the nodes of GELU's Erf/tanh subgraph: the frontend makes one exact 256-entry table of them.
+
+`mixed`: as int8, but the residual stream (LayerNorm inputs, the Adds that build them, the graph outputs) is
+int16: per-tensor int8 scales there are set by outliers (MiniLM's layer-0 FFN output reaches 180 while 99.9% of
+its values lie within 1.3), so most values would round to 0. GEMM operands stay int8.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import TinyDeployError
+
+#: ops onnxruntime wraps in Q/DQ
+TRANSFORMER_OP_TYPES = ["MatMul", "Gemm", "Add", "Mul", "Gather", "LayerNormalization", "Reshape", "Transpose",
+                        "Softmax", "Squeeze", "Unsqueeze", "Concat", "Slice", "Relu", "Tanh", "Div", "Sub"]
+#: ops of an activation function's float island (GELU via Erf or tanh)
+ACTIVATION_OPS = {"Erf", "Tanh", "Gelu", "Sigmoid"}
+ISLAND_OPS = {"Add", "Mul", "Div", "Sub", "Pow", "Erf", "Tanh", "Sigmoid", "Gelu"}
+RECIPES = ("int8", "mixed")
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _mask_nodes(model: onnx.ModelProto, mask_inputs: Iterable[str]) -> set[str]:
+    """Names of the nodes computed from the mask inputs, the Adds that put that onto activations and the Softmax
+    after them (the scores' scaling stays quantized: it gives the scores their scale)."""
+    readers = _consumers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    tainted, frontier, found = set(mask_inputs), list(mask_inputs), set()
+    while frontier:
+        for node in readers.get(frontier.pop(), []):
+            if node.name in found:
+                continue
+            found.add(node.name)
+            if node.op_type == "Add" and not all(i in tainted or _is_const(model, i, producers) for i in node.input):
+                found |= {n.name for n in readers.get(node.output[0], []) if n.op_type == "Softmax"}
+                continue
+            tainted.update(node.output)
+            frontier.extend(node.output)
+    return found
+
+
+def _is_const(model: onnx.ModelProto, name: str, producers: dict[str, onnx.NodeProto]) -> bool:
+    if any(i.name == name for i in model.graph.initializer):
+        return True
+    node = producers.get(name)
+    return node is not None and node.op_type == "Constant"
+
+
+def _activation_islands(model: onnx.ModelProto) -> set[str]:
+    """Nodes of each elementwise float island around an Erf/Tanh (GELU's subgraph): the island grows through
+    ISLAND_OPS whose other operands are constants or values of the island's own input."""
+    readers = _consumers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found: set[str] = set()
+    for seed in (n for n in model.graph.node if n.op_type in ACTIVATION_OPS):
+        island = {seed.name}
+        # backwards: Div/Mul by a constant feeding the activation
+        src = seed.input[0]
+        while producers.get(src) is not None and producers[src].op_type in ("Div", "Mul") and any(
+                _is_const(model, i, producers) for i in producers[src].input[1:]):
+            island.add(producers[src].name)
+            src = producers[src].input[0]
+        # forwards: single chain of elementwise ops
+        out = seed.output[0]
+        while len(readers.get(out, [])) == 1 and readers[out][0].op_type in ISLAND_OPS:
+            node = readers[out][0]
+            operands = [i for i in node.input if i != out]
+            if not all(i == src or _is_const(model, i, producers) for i in operands):
+                break
+            island.add(node.name)
+            out = node.output[0]
+        found |= island
+    return found
+
+
+def residual_stream(model: onnx.ModelProto) -> set[str]:
+    """Tensors of the residual stream: every LayerNormalization input, the Adds that build it (embedding sums,
+    residual Adds, the bias Adds of the projections that feed them) and the MatMul/Gather results they add, plus
+    the graph outputs. LayerNorm outputs (GEMM operands) are not part of it."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    marked: set[str] = set()
+    frontier = [n.input[0] for n in model.graph.node if n.op_type == "LayerNormalization"]
+    while frontier:
+        name = frontier.pop()
+        node = producers.get(name)
+        if name in marked or name in inits or node is None or node.op_type in ("Constant", "LayerNormalization"):
+            continue
+        marked.add(name)
+        if node.op_type == "Add":
+            frontier.extend(node.input)
+    return marked | {o.name for o in model.graph.output}
+
+
+def quantize_transformer(float_path: str | Path, qdq_path: str | Path, calibration: list[dict[str, np.ndarray]],
+                         *, recipe: str = "int8", mask_inputs: Iterable[str] = ("attention_mask",)) -> dict:
+    """Quantize an exported transformer with `recipe`; returns what was left in float and why."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if recipe not in RECIPES:
+        raise TinyDeployError(f"unknown quantization recipe '{recipe}' (choose from {', '.join(RECIPES)})")
+    if not calibration:
+        raise TinyDeployError("quantization needs at least one calibration sample")
+    model = onnx.load(str(float_path))
+    masks = [m for m in mask_inputs if any(i.name == m for i in model.graph.input)]
+    excluded = sorted(_mask_nodes(model, masks) | _activation_islands(model))
+
+    overrides = {}
+    if recipe == "mixed":
+        overrides = {name: [{"quant_type": QuantType.QInt16}] for name in sorted(residual_stream(model))}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.samples = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.samples, None)
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs pre-processing advice through the root logger
+    try:
+        quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=TRANSFORMER_OP_TYPES, nodes_to_exclude=excluded,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "TensorQuantOverrides": overrides})
+    finally:
+        root.setLevel(level)
+    return {"recipe": recipe, "float_nodes": len(excluded), "int16_tensors": len(overrides)}
