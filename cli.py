@@ -180,11 +180,11 @@ def _zoo_encoder(args: argparse.Namespace) -> int:
                        force=args.force) as stage:
         with _stages(f"exporting and quantizing {args.model}") as say:
             if args.model == "minilm":
-                paths = bert.build_minilm(stage, seq, args.recipe, progress=say)
+                paths = bert.build_minilm(stage, seq, args.recipe, args.calibration, progress=say)
             elif args.model == "hf":
-                paths = bert.build_hf(args.path, stage, seq, args.recipe, progress=say)
+                paths = bert.build_hf(args.path, stage, seq, args.recipe, args.calibration, progress=say)
             else:
-                paths = bert.build_bert(stage, spec, args.recipe, progress=say)
+                paths = bert.build_bert(stage, spec, args.recipe, args.calibration, progress=say)
     _say(f"{args.model} (seq {seq}, recipe {args.recipe}) written in {time.perf_counter() - t0:.0f}s")
     for kind, path in paths.items():
         print(f"{kind:7s} {Path(args.output) / Path(path).name}")
@@ -210,7 +210,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise TinyDeployError(f"{args.calib}: the arrays hold different sample counts; each is [N, ...input shape]")
     samples = [{n: np.asarray(arrays[n][i:i + 1]) for n in names} for i in range(counts.pop())]
     with atomic_file(args.output) as tmp, _stages(f"quantizing ({args.recipe}) on {len(samples)} samples"):
-        info = quantize_transformer(args.model, tmp, samples, recipe=args.recipe)
+        info = quantize_transformer(args.model, tmp, samples, recipe=args.recipe, method=args.calibration)
     _say(f"{info['float_nodes']} nodes left in float for the integer softmax/LUT/LayerNorm")
     print(f"wrote {args.output}")
     return EXIT_OK
@@ -533,7 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "random BERT), export ONNX and quantize it (QDQ)")
     p.add_argument("model", choices=["mobilebert", "minilm", "bert", "hf"])
     p.add_argument("path", nargs="?", default=None, help="zoo hf: a local Hugging Face model folder")
-    p.add_argument("--recipe", default="int8", choices=["int8"], help="quantization recipe (minilm, bert, hf)")
+    p.add_argument("--recipe", default="mixed", choices=["int8", "mixed"],
+                   help="quantization recipe of minilm/bert/hf: mixed (int16 residual stream, the accurate one) or "
+                        "int8 (every activation int8)")
+    p.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"],
+                   help="onnxruntime calibration method (minilm, bert, hf)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--size", choices=["tiny", "full"], default="tiny")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty folder that is not "
@@ -547,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="float ONNX file")
     p.add_argument("--calib", required=True, help=".npz with one [N, ...] array per model input (N samples)")
     p.add_argument("-o", "--output", required=True, help="the QDQ ONNX file to write")
-    p.add_argument("--recipe", default="int8", choices=["int8"])
+    p.add_argument("--recipe", default="mixed", choices=["int8", "mixed"],
+                   help="mixed: int16 residual stream, int8 GEMM operands; int8: every activation int8")
+    p.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"])
 
     for name, fn, text in (("golden", cmd_golden, "run the golden integer interpreter"),
                            ("fidelity", cmd_fidelity, "compare the integer model with onnxruntime (QDQ)")):

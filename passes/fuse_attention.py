@@ -89,7 +89,15 @@ def _no_chain_reason(graph: Graph, consumers: dict[str, list[Node]], mm: Node) -
         return f"its result has {len(users)} readers"
     if users[0].op == "RequantShift":
         return "followed by Deeploy's RequantShift (its multiplier and rounding are not the accelerator's requant)"
+    if users[0].op == "Requant" and not _eight_bit(graph, users[0]):
+        return (f"its requant writes {graph.tensors[users[0].outputs[0]].dtype} (the accelerator writes 8-bit "
+                "results)")
     return f"followed by {users[0].op}, not a Requant"
+
+
+def _eight_bit(graph: Graph, node: Node) -> bool:
+    """The accelerator's stages write int8/uint8 only."""
+    return graph.tensors[node.outputs[0]].dtype in ("int8", "uint8")
 
 
 def _per_tensor(requant: Node) -> bool:
@@ -105,23 +113,27 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
     """The nodes one ITAGemm replaces (MatMulInt first), never a node another chain already `claimed`."""
     claimed = claimed or set()
     requant = _single_consumer(graph, consumers, mm.outputs[0])
-    if requant is None or requant.op != "Requant":
+    if requant is None or requant.op != "Requant" or not _eight_bit(graph, requant):
         return None
     chain = [mm, requant]
     nxt = _single_consumer(graph, consumers, requant.outputs[0])
+    if nxt is not None and not _eight_bit(graph, nxt):
+        return chain
     if nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
         chain.append(nxt)
         nxt = _single_consumer(graph, consumers, nxt.outputs[0])
-    if nxt is not None and (nxt.op == "LUT" or (nxt.op == "ITAPartialMax"
-                                                and nxt.attrs["n_levels"] <= MAX_SOFTMAX_LEVELS)):
+    if nxt is not None and _eight_bit(graph, nxt) and (
+            nxt.op == "LUT" or (nxt.op == "ITAPartialMax" and nxt.attrs["n_levels"] <= MAX_SOFTMAX_LEVELS
+                                and len(nxt.inputs) == 1)):     # a key mask: the accelerator has no mask input
         chain.append(nxt)
         nxt = _single_consumer(graph, consumers, nxt.outputs[0])
-        if chain[-1].op == "ITAPartialMax" and nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
+        if (chain[-1].op == "ITAPartialMax" and nxt is not None and nxt.op == "Requant" and _per_tensor(nxt)
+                and _eight_bit(graph, nxt)):
             chain.append(nxt)                   # the requant after the softmax (A.V operand scale)
             nxt = _single_consumer(graph, consumers, nxt.outputs[0])
     matrices = vectors = binary = 0
     while (nxt is not None and nxt.op in BINARY_STAGES and "ITAPartialMax" not in (n.op for n in chain)
-           and binary < MAX_BINARY_STAGES and nxt.name not in claimed):
+           and binary < MAX_BINARY_STAGES and nxt.name not in claimed and _eight_bit(graph, nxt)):
         operand = _binary_operand(graph, nxt, chain[-1].outputs[0], graph.tensors[mm.outputs[0]].shape)
         if operand is None or (operand == "matrix" and matrices) or (operand == "vector" and vectors == MAX_VECTORS):
             break

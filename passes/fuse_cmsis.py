@@ -29,7 +29,7 @@ def _fused(graph: Graph, mm: Node, requant: Node) -> Node | None:
     x, w = graph.tensors[mm.inputs[0]], graph.tensors[mm.inputs[1]]
     at = mm.attrs
     if (x.dtype != "int8" or w.dtype != "int8" or not w.is_const or len(w.shape) != 2 or at.get("b_zero", 0)
-            or at.get("trans_a")):
+            or at.get("trans_a") or graph.tensors[requant.outputs[0]].dtype != "int8"):   # s8 kernels write int8
         return None
     weights = np.asarray(w.data) if at.get("trans_b") else np.asarray(w.data).T
     n = weights.shape[0]
@@ -80,7 +80,8 @@ def _batched(graph: Graph, mm: Node, requant: Node, producers, consumers, new_no
     a, b = graph.tensors[mm.inputs[0]], graph.tensors[mm.inputs[1]]
     at, rq = mm.attrs, requant.attrs
     if (a.dtype != "int8" or b.dtype != "int8" or a.is_const or b.is_const or at.get("trans_a")
-            or len(mm.inputs) > 2 or not 3 <= len(a.shape) <= 4 or len(a.shape) != len(b.shape)
+            or graph.tensors[requant.outputs[0]].dtype != "int8" or len(mm.inputs) > 2
+            or not 3 <= len(a.shape) <= 4 or len(a.shape) != len(b.shape)
             or any(np.asarray(rq[k]).size != 1 for k in ("multiplier", "shift", "zero_point"))):
         return None
     rhs = _batch_operand(graph, mm, producers, consumers, new_nodes)

