@@ -291,6 +291,8 @@ class _QDQImporter:
         raw = [i for i, v in enumerate(ins) if isinstance(v, Act) and v.tensor in self.raw_inputs]
         if node.op_type == "Gather" and isinstance(ins[0], Const):   # an embedding lookup, not mask arithmetic
             return False
+        if node.op_type in ("DequantizeLinear", "QuantizeLinear"):   # an integer input's own dequantization
+            raw = []
         if not sources and (not raw or node.op_type == "Shape"):
             return False
         others = [v for i, v in enumerate(ins) if v is not None and not isinstance(v, Const | Derived) and i not in raw]
