@@ -216,6 +216,23 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def dequantized_outputs(graph, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`<output>_real` = scale * (q - zero point) per graph output with quantization parameters (float32), to
+    compare with the float model."""
+    real = {}
+    for name in graph.outputs:
+        quant = graph.tensors[name].quant
+        if quant is None or name not in values:
+            continue
+        scale, zero = np.asarray(quant.scale, np.float64), np.asarray(quant.zero_point, np.float64)
+        if quant.per_channel:
+            shape = [1] * values[name].ndim
+            shape[quant.axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        real[f"{name}_real"] = ((values[name].astype(np.float64) - zero) * scale).astype(np.float32)
+    return real
+
+
 def cmd_golden(args: argparse.Namespace) -> int:
     from .files import atomic_file, output_file
     from .ir.interpreter import cast_outputs, run_graph
@@ -227,6 +244,8 @@ def cmd_golden(args: argparse.Namespace) -> int:
     values = run_graph(int_graph, inputs, keep_all=args.all)
     _say(f"golden run in {time.perf_counter() - t0:.2f}s")
     values = cast_outputs(int_graph, values)
+    if args.dequantize:
+        values.update(dequantized_outputs(int_graph, values))
     with atomic_file(args.output) as tmp, open(tmp, "wb") as f:
         np.savez(f, **values)
     for name in int_graph.outputs:
@@ -564,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "golden":
             p.add_argument("-o", "--output", required=True, help="output .npz (written under exactly this name)")
             p.add_argument("--all", action="store_true", help="also write every intermediate tensor")
+            p.add_argument("--dequantize", action="store_true",
+                           help="also write each output's real values (scale x (q - zero point)) as <name>_real")
         else:
             p.add_argument("--json", help="write the full report as JSON")
 

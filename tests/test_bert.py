@@ -107,6 +107,18 @@ def test_mask_values_other_than_0_and_1_are_refused(bert, tmp_path):
     assert run.returncode == 2 and "attention mask" in run.stdout + run.stderr, run.stdout + run.stderr
 
 
+def test_golden_dequantize_writes_real_outputs(bert, tmp_path):
+    out = tmp_path / "g.npz"
+    run = subprocess.run([*CLI, "golden", str(bert), "--target", "generic", "--dequantize", "-o", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = np.load(out)
+    q = import_model(bert)
+    scale = float(integerize(q, "generic").tensors["last_hidden_state"].quant.scale)
+    assert data["last_hidden_state_real"].dtype == np.float32
+    assert np.allclose(data["last_hidden_state_real"], data["last_hidden_state"] * scale, rtol=1e-6)
+
+
 def test_quantize_command(bert, tmp_path):
     data = dict(np.load(bert / "inputs.npz"))
     calib = {k: np.concatenate([v, v]) for k, v in data.items()}
