@@ -54,8 +54,14 @@ class Derived:
             nodes += [n for n in value.nodes if all(n is not m for m in nodes)]
         return Derived(sources[0], (*nodes, node), node.output[0])
 
+    def evaluate(self, source_value: np.ndarray, consts: dict[str, np.ndarray]) -> np.ndarray:
+        """This value for `source_value` fed to its input."""
+        if not self.nodes:
+            return source_value
+        return run_subgraph(list(self.nodes), {self.source: source_value}, consts, self.output)
 
-def _run(nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray],
+
+def run_subgraph(nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray],
          output: str) -> np.ndarray:
     """Evaluate `nodes` (topologically ordered) with ONNX's reference implementation."""
     produced = {o for n in nodes for o in n.output}
@@ -99,8 +105,7 @@ def key_mask_source(value: Derived, consts: dict[str, np.ndarray], source_shape:
                                     tensor=value.source, node=where)
     limit = min(MASK_LIMIT, -MASK_MARGIN * score_bound)
     for probe in _mask_probes(length):
-        feed = {value.source: probe.reshape(source_shape).astype(source_dtype)}
-        added = _run(list(value.nodes), feed, consts, value.output).astype(np.float64)
+        added = value.evaluate(probe.reshape(source_shape).astype(source_dtype), consts).astype(np.float64)
         try:
             added = np.broadcast_to(added, scores_shape)
         except ValueError:
@@ -114,9 +119,10 @@ def key_mask_source(value: Derived, consts: dict[str, np.ndarray], source_shape:
                 "bias mask is not supported)", node=where)
 
 
-def elementwise_table(nodes: list[onnx.NodeProto], leaf: str, consts: dict[str, np.ndarray],
+def elementwise_table(nodes: list[onnx.NodeProto], leaves: list[str], consts: dict[str, np.ndarray],
                       real_inputs: np.ndarray, output: str) -> np.ndarray:
-    """The float subgraph `nodes` (elementwise in `leaf`, scalar constants) evaluated on `real_inputs`."""
+    """The float subgraph `nodes` (elementwise in one activation, read through the ONNX names `leaves`; scalar
+    constants) evaluated on `real_inputs`."""
     for node in nodes:
         if node.op_type not in ELEMENTWISE_OPS:
             raise UnsupportedModelError(f"{node.op_type} in a float subgraph between DequantizeLinear and "
@@ -127,7 +133,8 @@ def elementwise_table(nodes: list[onnx.NodeProto], leaf: str, consts: dict[str, 
                 raise UnsupportedModelError(f"{node.op_type} with a non-scalar constant '{name}' in a float "
                                             "subgraph (only scalar constants make it a per-element function)",
                                             node=node.name)
-    values = _run(nodes, {leaf: real_inputs.astype(np.float32)}, consts, output)
+    real = real_inputs.astype(np.float32)
+    values = run_subgraph(nodes, {leaf: real for leaf in leaves}, consts, output)
     if values.shape != real_inputs.shape:
         raise UnsupportedModelError("float subgraph is not elementwise", node=nodes[-1].name)
     return values.astype(np.float64)

@@ -315,12 +315,8 @@ class _QDQImporter:
 
     def derived_probe(self, value: Derived) -> np.ndarray:
         """`value` evaluated for an all-ones input (for its shape)."""
-        from .float_subgraphs import _run
-        shape = self.graph.tensors[value.source].shape
-        feed = {value.source: np.ones(shape, self.raw_inputs[value.source])}
-        if not value.nodes:
-            return feed[value.source]
-        return _run(list(value.nodes), feed, self.constants(), value.output)
+        source = value.source
+        return value.evaluate(np.ones(self.graph.tensors[source].shape, self.raw_inputs[source]), self.constants())
 
     def constants(self) -> dict[str, np.ndarray]:
         return {name: v.value for name, v in self.env.items() if isinstance(v, Const)}
@@ -437,23 +433,13 @@ class _QDQImporter:
                                         "(tables are built for per-tensor 8-bit inputs)", node=x.node.name)
         codes = np.arange(lo, hi + 1, dtype=np.int64)
         real = dequantize(codes, src.quant.scale, src.quant.zero_point, None).astype(np.float32)
-        consts = self.constants()
-        values = elementwise_table(nodes, next(iter(leaves)), consts, real, x.node.output[0]) \
-            if len(leaves) == 1 else self.multi_leaf_table(nodes, leaves, consts, real, x)
+        values = elementwise_table(nodes, list(leaves), self.constants(), real, x.node.output[0])
         q, dtype = self._params(qnode, ins, len(src.shape))
         t = self.new_tensor(x.node.output[0], dtype, src.shape, q)
         attrs = {"values": values, "in_min": lo, "ops": [n.op_type for n in nodes],
                  **self._qattrs([src.name], q, dtype)}
         self.add_node("QTable", [src.name], [t], attrs, x.node.name)
         return t
-
-    def multi_leaf_table(self, nodes: list[onnx.NodeProto], leaves: dict[str, str], consts: dict[str, np.ndarray],
-                         real: np.ndarray, x: Pending) -> np.ndarray:
-        """A subgraph reading one activation through several DequantizeLinear outputs: every name gets the codes."""
-        renamed = {name: next(iter(leaves)) for name in leaves}
-        rewired = [helper.make_node(n.op_type, [renamed.get(i, i) for i in n.input], list(n.output), name=n.name,
-                                    domain=n.domain, **_attrs(n)) for n in nodes]
-        return elementwise_table(rewired, next(iter(leaves)), consts, real, x.node.output[0])
 
     def softmax_operand(self, value: Value | None, where: str) -> tuple[str, float, Derived | None]:
         """(scores tensor, scale factor, additive mask) of a softmax input `scores * c [/ c] [+ mask]`."""
