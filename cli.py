@@ -282,7 +282,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .backends import compile_graph
     from .files import staged_folder
     from .frontend.inputs import random_inputs
-    from .frontend.onnx_loader import model_file
     from .ir.export import IrDumper
     from .target import load_target
 
@@ -299,7 +298,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     with staged_folder(args.output, ours=is_build, what="tinydeploy build (tinydeploy.json)", force=args.force) \
             as stage, _stages("fusing, tiling, lowering and writing C"):
         project = compile_graph(int_graph, args.target, stage, inputs, weights=args.weights,
-                                model_path=model_file(args.model), dump=dump)
+                                model_path=args.model, dump=dump)
     _say(f"generated C in {time.perf_counter() - t0:.1f}s")
     plan = project.plan
     print(f"wrote {args.output}: {len(project.graph.nodes)} steps, {len(project.kernels)} kernel instances")

@@ -18,7 +18,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import TinyDeployError
+from .errors import ModelFileError, TinyDeployError
+
+
+def model_file(path: str | Path) -> Path:
+    """The ONNX file a model argument names: the file itself, or a zoo/Deeploy folder's model_qdq.onnx or
+    network.onnx."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file '{path}' does not exist")
+    if path.is_dir():
+        candidates = [path / "model_qdq.onnx", path / "network.onnx"]
+        found = [c for c in candidates if c.exists()]
+        if not found:
+            raise ModelFileError(f"'{path}' is a directory without model_qdq.onnx or network.onnx")
+        path = found[0]
+    return path
 
 
 def finite(value: Any) -> Any:

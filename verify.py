@@ -155,12 +155,10 @@ def golden_outputs(build_dir: Path, manifest: dict[str, Any]) -> tuple[dict[str,
 
 def integer_graph(manifest: dict[str, Any]):
     """The build's integer graph, re-derived from the model it came from (which must be unchanged)."""
-    from .frontend.onnx_loader import import_model, model_file
+    from .frontend.onnx_loader import import_model
     from .passes.integerize import integerize
 
     model = Path(str(manifest.get("model", "")))
-    if model.is_dir():                      # a zoo folder: its model_qdq.onnx
-        model = model_file(model)
     if not model.is_file():
         raise TinyDeployError(f"the model this build came from is needed, not found at '{model}'")
     if manifest.get("model_sha256") and hashlib.sha256(model.read_bytes()).hexdigest() != manifest["model_sha256"]:

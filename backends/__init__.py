@@ -55,8 +55,10 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
 def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, inputs: dict[str, np.ndarray], *,
                   weights: str = "auto", model_path: str = "", dump=None):
     """Write the C project for `graph` on `target` into out_dir; returns the backends.project.Project."""
+    from ..files import model_file
     from .project import BACKENDS_DIR, ProjectOptions, build_project
 
+    model_path = str(model_file(model_path)) if model_path else ""   # a zoo folder: the manifest names its file
     target = load_target(target)
     graph, notes = backend_passes(graph, target, dump)
     if target.backend == "generic":

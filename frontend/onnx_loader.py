@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelFileError, UnsupportedModelError
+from ..files import model_file
 from ..ir.graph import Graph, check_tensor_size
 
 #: Ops that only exist in the Deeploy/QuantLib integer dialect.
@@ -23,21 +24,6 @@ DEEPLOY_OPS = frozenset({"RequantShift", "iSoftmax", "ITAMax", "ITAPartialMax", 
 ONNX_INT_TYPES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
                   onnx.TensorProto.INT16: "int16", onnx.TensorProto.INT32: "int32",
                   onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT: "float32"}
-
-
-def model_file(path: str | Path) -> Path:
-    """The ONNX file a model argument names: the file itself, or a zoo/Deeploy folder's model_qdq.onnx or
-    network.onnx."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"model file '{path}' does not exist")
-    if path.is_dir():
-        candidates = [path / "model_qdq.onnx", path / "network.onnx"]
-        found = [c for c in candidates if c.exists()]
-        if not found:
-            raise ModelFileError(f"'{path}' is a directory without model_qdq.onnx or network.onnx")
-        path = found[0]
-    return path
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:

@@ -98,6 +98,14 @@ def test_every_target_bit_exact(bert, target, tmp_path):
     assert result.bit_exact, result.first.describe()
 
 
+def test_a_build_from_a_zoo_folder_names_and_hashes_its_model_file(bert, tmp_path):
+    import json
+
+    compile_for(bert, tmp_path, "generic")
+    manifest = json.loads((tmp_path / "tinydeploy.json").read_text())
+    assert manifest["model"] == str((bert / "model_qdq.onnx").resolve()) and len(manifest["model_sha256"]) == 64
+
+
 def test_mask_values_other_than_0_and_1_are_refused(bert, tmp_path):
     data = dict(np.load(bert / "inputs.npz"))
     data["attention_mask"] = data["attention_mask"] * 2
