@@ -100,6 +100,12 @@ def _eight_bit(graph: Graph, node: Node) -> bool:
     return graph.tensors[node.outputs[0]].dtype in ("int8", "uint8")
 
 
+def _next_stage(graph: Graph, consumers: dict[str, list[Node]], name: str) -> Node | None:
+    """The single reader of `name` when it could be an accelerator stage (it writes 8 bits), else None."""
+    node = _single_consumer(graph, consumers, name)
+    return node if node is not None and _eight_bit(graph, node) else None
+
+
 def _per_tensor(requant: Node) -> bool:
     return all(np.asarray(requant.attrs[k]).size == 1 for k in ("mul", "shift", "add"))
 
@@ -112,28 +118,25 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
                claimed: set[str] | None = None) -> list[Node] | None:
     """The nodes one ITAGemm replaces (MatMulInt first), never a node another chain already `claimed`."""
     claimed = claimed or set()
-    requant = _single_consumer(graph, consumers, mm.outputs[0])
-    if requant is None or requant.op != "Requant" or not _eight_bit(graph, requant):
+    requant = _next_stage(graph, consumers, mm.outputs[0])
+    if requant is None or requant.op != "Requant":
         return None
     chain = [mm, requant]
-    nxt = _single_consumer(graph, consumers, requant.outputs[0])
-    if nxt is not None and not _eight_bit(graph, nxt):
-        return chain
+    nxt = _next_stage(graph, consumers, requant.outputs[0])
     if nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
         chain.append(nxt)
-        nxt = _single_consumer(graph, consumers, nxt.outputs[0])
-    if nxt is not None and _eight_bit(graph, nxt) and (
-            nxt.op == "LUT" or (nxt.op == "ITAPartialMax" and nxt.attrs["n_levels"] <= MAX_SOFTMAX_LEVELS
-                                and len(nxt.inputs) == 1)):     # a key mask: the accelerator has no mask input
+        nxt = _next_stage(graph, consumers, nxt.outputs[0])
+    softmax = (nxt is not None and nxt.op == "ITAPartialMax" and nxt.attrs["n_levels"] <= MAX_SOFTMAX_LEVELS
+               and len(nxt.inputs) == 1)       # with a key mask it stays on the cores: the accelerator has none
+    if nxt is not None and (nxt.op == "LUT" or softmax):
         chain.append(nxt)
-        nxt = _single_consumer(graph, consumers, nxt.outputs[0])
-        if (chain[-1].op == "ITAPartialMax" and nxt is not None and nxt.op == "Requant" and _per_tensor(nxt)
-                and _eight_bit(graph, nxt)):
+        nxt = _next_stage(graph, consumers, nxt.outputs[0])
+        if chain[-1].op == "ITAPartialMax" and nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
             chain.append(nxt)                   # the requant after the softmax (A.V operand scale)
-            nxt = _single_consumer(graph, consumers, nxt.outputs[0])
+            nxt = _next_stage(graph, consumers, nxt.outputs[0])
     matrices = vectors = binary = 0
     while (nxt is not None and nxt.op in BINARY_STAGES and "ITAPartialMax" not in (n.op for n in chain)
-           and binary < MAX_BINARY_STAGES and nxt.name not in claimed and _eight_bit(graph, nxt)):
+           and binary < MAX_BINARY_STAGES and nxt.name not in claimed):
         operand = _binary_operand(graph, nxt, chain[-1].outputs[0], graph.tensors[mm.outputs[0]].shape)
         if operand is None or (operand == "matrix" and matrices) or (operand == "vector" and vectors == MAX_VECTORS):
             break
@@ -141,7 +144,7 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
         vectors += operand == "vector"
         binary += 1
         chain.append(nxt)
-        nxt = _single_consumer(graph, consumers, nxt.outputs[0])
+        nxt = _next_stage(graph, consumers, nxt.outputs[0])
     return chain
 
 
