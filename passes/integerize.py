@@ -347,16 +347,16 @@ def lower_softmax(low: _Lowering, node: Node) -> None:
                                                           "n_levels": 2 * (ITA_SOFTMAX_LEVELS + 1),
                                                           "lo": 0, "hi": ITA_SOFTMAX_LEVELS}, node)
         return
-    scale, zero = in_scale, _single_zero(qa, "input", node)
-    target = IBERT_MIN_SCALE if scale < IBERT_MIN_SCALE else IBERT_COARSE_SCALE if scale > 4 * IBERT_COARSE_SCALE \
-        else None
-    if target is not None or zero:
-        # too fine: coarsen so 32-bit sums suffice; too coarse for the exp polynomial: refine into int16
-        dtype = "int16" if target == IBERT_COARSE_SCALE else "int8"
-        target = target or scale
+    scale, rescale = in_scale, None
+    if scale < IBERT_MIN_SCALE:               # finer than the output can resolve: coarsen so 32-bit sums suffice
+        rescale = IBERT_MIN_SCALE, "int8"
+    elif scale > 4 * IBERT_COARSE_SCALE:      # too coarse for the exp polynomial: refine into int16
+        rescale = IBERT_COARSE_SCALE, "int16"
+    if rescale is not None:                   # (a zero point alone needs nothing: the row max cancels it)
+        target, dtype = rescale
         rescaled = low.temp(f"{a}_softmax_in", dtype, low.graph.tensors[a].shape)
         low.graph.tensors[rescaled].quant = QuantParams(np.array(target, np.float32), np.array(0))
-        low.requant(a, scale / target, rescaled, node, in_zero=zero)
+        low.requant(a, scale / target, rescaled, node, in_zero=_single_zero(qa, "input", node))
         a, scale = rescaled, target
     log2 = int(np.floor(np.log(2.0) / scale))
     if log2 < 1:

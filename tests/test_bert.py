@@ -180,3 +180,23 @@ def test_minilm_seq128_bit_exact_in_the_iss(tmp_path_factory, target, tmp_path):
     compile_for(model, tmp_path, target)
     result = verify_build(tmp_path)
     assert result.bit_exact, result.first.describe()
+
+
+def test_an_asymmetric_softmax_input_is_not_requantized_for_its_zero_point():
+    """The row max cancels a zero point: uint8 codes go to the I-BERT softmax as they are (a requant to int8 around
+    the zero point would clip codes more than 127 above it)."""
+    from tinydeploy.ir.graph import Graph, Node, QuantParams, Tensor
+    from tinydeploy.ir.interpreter import run_graph
+
+    g = Graph("softmax")
+    g.add_tensor(Tensor("x", "uint8", (2, 32), quant=QuantParams(np.array(0.05, np.float32), np.array(3))))
+    g.add_tensor(Tensor("y", "int8", (2, 32), quant=QuantParams(np.array(1 / 128, np.float32), np.array(0))))
+    q = {"scale": np.array(0.05, np.float32), "zero_point": np.array(3), "axis": None}
+    out = {"scale": np.array(1 / 128, np.float32), "zero_point": np.array(0), "axis": None}
+    g.nodes.append(Node("sm", "QSoftmax", ["x"], ["y"], {"in0": q, "out": out, "out_dtype": "int8"}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    int_graph = integerize(g, "generic")
+    assert [n.op for n in int_graph.nodes] == ["ISoftmax"]
+    x = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (2, 1))
+    y = run_graph(int_graph, {"x": x})["y"]
+    assert y[0, -1] > y[0, -2] > y[0, -3]          # the top codes stay distinct (no clipping at zero + 127)
