@@ -66,6 +66,21 @@ def gather_bounds(graph: Graph, name: str) -> tuple[int, int] | None:
     return None
 
 
+def value_bounds(graph: Graph, name: str) -> tuple[int, int, str] | None:
+    """(lo, hi, what) an input's values must keep beyond its dtype: indices within the table a Gather reads with it,
+    0 or 1 for an attention mask (graph.meta['input_values']); None when only the dtype bounds it."""
+    found = []
+    table = gather_bounds(graph, name)
+    if table is not None:
+        found.append((*table, f"indices into a table of {table[1] + 1} rows (e.g. token ids within the vocabulary)"))
+    values = graph.meta.get("input_values", {}).get(name)
+    if values is not None:
+        found.append((values[0], values[1], "an attention mask: 1 keeps a position, 0 masks it"))
+    if not found:
+        return None
+    return max(f[0] for f in found), min(f[1] for f in found), found[-1][2]
+
+
 def whole_float_values(value: np.ndarray, where: str) -> np.ndarray:
     """Deeploy's test data stores integers in float arrays: accepted when every value is a whole number."""
     if value.dtype.kind != "f" or not np.all(np.isfinite(value)) or not np.all(np.mod(value, 1) == 0):
@@ -119,15 +134,10 @@ def check_array(graph: Graph, name: str, value: np.ndarray, source: str, *, batc
         expected = f"{list(shape)}" + (f" or [N, {', '.join(map(str, shape))}]" if batched else "")
         raise TinyDeployError(f"{where} has shape {list(value.shape)}; the input needs {expected}")
     lo, hi = DTYPE_RANGES[tensor.dtype]
-    bounds = gather_bounds(graph, name)
     what = f"{tensor.dtype}"
+    bounds = value_bounds(graph, name)
     if bounds is not None:
-        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-        what = f"indices into a table of {bounds[1] + 1} rows (e.g. token ids within the vocabulary)"
-    values = graph.meta.get("input_values", {}).get(name)
-    if values is not None:
-        lo, hi = max(lo, values[0]), min(hi, values[1])
-        what = "an attention mask: 1 keeps a position, 0 masks it"
+        lo, hi, what = max(lo, bounds[0]), min(hi, bounds[1]), bounds[2]
     if value.size:
         vmin, vmax = int(value.min()), int(value.max())
         if vmin < lo or vmax > hi:
@@ -167,8 +177,8 @@ def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     for name in graph.inputs:
         t = graph.tensors[name]
         lo, hi = DTYPE_RANGES[t.dtype]
-        bounds = gather_bounds(graph, name) or graph.meta.get("input_values", {}).get(name)
+        bounds = value_bounds(graph, name)
         if bounds is not None:
-            lo, hi = bounds
+            lo, hi = bounds[:2]
         result[name] = rng.integers(max(lo, -(2**31)), min(hi, 2**31 - 1) + 1, size=t.shape).astype(t.dtype)
     return result
