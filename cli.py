@@ -125,10 +125,12 @@ def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tupl
 
 # --- subcommands --------------------------------------------------------------------------------------------
 def cmd_zoo(args: argparse.Namespace) -> int:
+    if args.model == "hf" and args.path is None:
+        raise TinyDeployError("zoo hf needs the path of a local Hugging Face model folder: zoo hf PATH -o DIR")
+    if args.model != "hf" and args.path is not None:
+        raise TinyDeployError(f"zoo {args.model} takes no PATH (only `zoo hf PATH` does)")
     if args.model in ("minilm", "bert", "hf"):
         return _zoo_encoder(args)
-    if args.path is not None:
-        raise TinyDeployError(f"zoo {args.model} takes no PATH (only `zoo hf PATH` does)")
     from .files import staged_folder
     from .zoo.mobilebert import MobileBertSpec, build_mobilebert
 
@@ -159,12 +161,8 @@ def _zoo_encoder(args: argparse.Namespace) -> int:
     from .zoo import bert
 
     seq = args.seq if args.seq is not None else (128 if args.model != "bert" else bert.BertSpec.seq)
-    if not 0 < seq <= 512:
-        raise TinyDeployError(f"--seq {seq} is outside 1..512")
-    if args.model == "hf" and args.path is None:
-        raise TinyDeployError("zoo hf needs the path of a local Hugging Face model folder: zoo hf PATH -o DIR")
-    if args.model != "hf" and args.path is not None:
-        raise TinyDeployError(f"zoo {args.model} takes no PATH (only `zoo hf PATH` does)")
+    if args.model != "bert" and not 1 <= seq <= bert.BertSpec.LIMITS["seq"]:     # bert: checked with its spec
+        raise TinyDeployError(f"--seq {seq} is outside [1, {bert.BertSpec.LIMITS['seq']}]")
     if args.model == "bert":
         spec = bert.BertSpec(seq=seq)
         for key in ("layers", "hidden", "heads", "intermediate", "vocab", "seed"):

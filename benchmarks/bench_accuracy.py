@@ -70,13 +70,13 @@ def evaluate(seq: int = 128, recipes: tuple[str, ...] = ("int8", "mixed"), metho
     from tinydeploy.frontend.onnx_loader import import_model
     from tinydeploy.ir.interpreter import run_graph
     from tinydeploy.passes.integerize import integerize
-    from tinydeploy.zoo.bert import _input_names, _load_pretrained, build_encoder, encode, minilm_folder
+    from tinydeploy.zoo.bert import build_encoder, encode, input_names, load_pretrained, minilm_folder
 
     pairs = load_pairs()
     labels = np.array([p[0] for p in pairs])
     sentences = sorted({s for _, a, b in pairs for s in (a, b)})
-    model, tokenizer = _load_pretrained(minilm_folder())
-    names = _input_names(model)
+    model, tokenizer = load_pretrained(minilm_folder())
+    names = input_names(model)
     samples = dict(zip(sentences, encode(tokenizer, sentences, seq, names, model.config.vocab_size), strict=True))
     with torch.no_grad():
         floats = {s: mean_pool(model(**{k: torch.from_numpy(v) for k, v in x.items()}).last_hidden_state.numpy(),

