@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,52 +35,54 @@ ISLAND_OPS = {"Add", "Mul", "Div", "Sub", "Pow", "Erf", "Tanh", "Sigmoid", "Gelu
 RECIPES = ("int8", "mixed")
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
+@dataclass(frozen=True)
+class _Wiring:
+    """Who reads and who writes each value of a model, and which values are constants."""
+
+    readers: dict[str, list[onnx.NodeProto]]
+    producers: dict[str, onnx.NodeProto]
+    constants: set[str]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> _Wiring:
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        producers = {o: n for n in model.graph.node for o in n.output}
+        constants = {i.name for i in model.graph.initializer}
+        constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+        return cls(readers, producers, constants)
 
 
-def _mask_nodes(model: onnx.ModelProto, mask_inputs: Iterable[str]) -> set[str]:
+def _mask_nodes(wiring: _Wiring, mask_inputs: Iterable[str]) -> set[str]:
     """Names of the nodes computed from the mask inputs, the Adds that put that onto activations and the Softmax
     after them (the scores' scaling stays quantized: it gives the scores their scale)."""
-    readers = _consumers(model)
-    producers = {o: n for n in model.graph.node for o in n.output}
     tainted, frontier, found = set(mask_inputs), list(mask_inputs), set()
     while frontier:
-        for node in readers.get(frontier.pop(), []):
+        for node in wiring.readers.get(frontier.pop(), []):
             if node.name in found:
                 continue
             found.add(node.name)
-            if node.op_type == "Add" and not all(i in tainted or _is_const(model, i, producers) for i in node.input):
-                found |= {n.name for n in readers.get(node.output[0], []) if n.op_type == "Softmax"}
+            if node.op_type == "Add" and not all(i in tainted or i in wiring.constants for i in node.input):
+                found |= {n.name for n in wiring.readers.get(node.output[0], []) if n.op_type == "Softmax"}
                 continue
             tainted.update(node.output)
             frontier.extend(node.output)
     return found
 
 
-def _is_const(model: onnx.ModelProto, name: str, producers: dict[str, onnx.NodeProto]) -> bool:
-    if any(i.name == name for i in model.graph.initializer):
-        return True
-    node = producers.get(name)
-    return node is not None and node.op_type == "Constant"
-
-
-def _activation_islands(model: onnx.ModelProto) -> set[str]:
+def _activation_islands(wiring: _Wiring, model: onnx.ModelProto) -> set[str]:
     """Nodes of each elementwise float island around an Erf/Tanh (GELU's subgraph): the island grows through
     ISLAND_OPS whose other operands are constants or values of the island's own input."""
-    readers = _consumers(model)
-    producers = {o: n for n in model.graph.node for o in n.output}
+    readers, producers = wiring.readers, wiring.producers
     found: set[str] = set()
     for seed in (n for n in model.graph.node if n.op_type in ACTIVATION_OPS):
         island = {seed.name}
         # backwards: Div/Mul by a constant feeding the activation
         src = seed.input[0]
         while producers.get(src) is not None and producers[src].op_type in ("Div", "Mul") and any(
-                _is_const(model, i, producers) for i in producers[src].input[1:]):
+                i in wiring.constants for i in producers[src].input[1:]):
             island.add(producers[src].name)
             src = producers[src].input[0]
         # forwards: single chain of elementwise ops
@@ -87,7 +90,7 @@ def _activation_islands(model: onnx.ModelProto) -> set[str]:
         while len(readers.get(out, [])) == 1 and readers[out][0].op_type in ISLAND_OPS:
             node = readers[out][0]
             operands = [i for i in node.input if i != out]
-            if not all(i == src or _is_const(model, i, producers) for i in operands):
+            if not all(i == src or i in wiring.constants for i in operands):
                 break
             island.add(node.name)
             out = node.output[0]
@@ -95,18 +98,16 @@ def _activation_islands(model: onnx.ModelProto) -> set[str]:
     return found
 
 
-def residual_stream(model: onnx.ModelProto) -> set[str]:
+def residual_stream(wiring: _Wiring, model: onnx.ModelProto) -> set[str]:
     """Tensors of the residual stream: every LayerNormalization input, the Adds that build it (embedding sums,
     residual Adds, the bias Adds of the projections that feed them) and the MatMul/Gather results they add, plus
     the graph outputs. LayerNorm outputs (GEMM operands) are not part of it."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name for i in model.graph.initializer}
     marked: set[str] = set()
     frontier = [n.input[0] for n in model.graph.node if n.op_type == "LayerNormalization"]
     while frontier:
         name = frontier.pop()
-        node = producers.get(name)
-        if name in marked or name in inits or node is None or node.op_type in ("Constant", "LayerNormalization"):
+        node = wiring.producers.get(name)
+        if name in marked or name in wiring.constants or node is None or node.op_type == "LayerNormalization":
             continue
         marked.add(name)
         if node.op_type == "Add":
@@ -141,11 +142,12 @@ def quantize_transformer(float_path: str | Path, qdq_path: str | Path, calibrati
         raise TinyDeployError("quantization needs at least one calibration sample")
     model = onnx.load(str(float_path))
     masks = [m for m in mask_inputs if any(i.name == m for i in model.graph.input)]
-    excluded = sorted(_mask_nodes(model, masks) | _activation_islands(model))
+    wiring = _Wiring.of(model)
+    excluded = sorted(_mask_nodes(wiring, masks) | _activation_islands(wiring, model))
 
     overrides = {}
     if recipe == "mixed":
-        overrides = {name: [{"quant_type": QuantType.QInt16}] for name in sorted(residual_stream(model))}
+        overrides = {name: [{"quant_type": QuantType.QInt16}] for name in sorted(residual_stream(wiring, model))}
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
