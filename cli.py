@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TinyDeployError
+from .zoo.quantize import CALIBRATION_METHODS, RECIPES
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -193,16 +194,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     """quantize MODEL.onnx --calib CALIB.npz -o QDQ.onnx: onnxruntime static QDQ with a transformer recipe."""
     from .files import atomic_file, output_file
     from .frontend.inputs import read_npz
-    from .frontend.onnx_loader import load_onnx
+    from .frontend.onnx_loader import graph_input_shapes, load_onnx
     from .zoo.quantize import quantize_transformer
 
     output_file(args.output)
-    model = load_onnx(args.model)
-    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    shapes = graph_input_shapes(load_onnx(args.model))
+    names = list(shapes)
     arrays = read_npz(Path(args.calib))
     missing = [n for n in names if n not in arrays]
     if missing:
         raise TinyDeployError(f"{args.calib} has no array '{missing[0]}' (the model's inputs: {', '.join(names)})")
+    for name, shape in shapes.items():
+        if arrays[name].ndim != len(shape) or arrays[name].shape[1:] != shape[1:] or not arrays[name].shape[0]:
+            raise TinyDeployError(f"{args.calib} array '{name}' has shape {list(arrays[name].shape)}; calibration "
+                                  f"samples are [N, {', '.join(map(str, shape[1:]))}] for the input {list(shape)}")
     counts = {arrays[n].shape[0] for n in names}
     if len(counts) != 1:
         raise TinyDeployError(f"{args.calib}: the arrays hold different sample counts; each is [N, ...input shape]")
@@ -215,20 +220,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def dequantized_outputs(graph, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`<output>_real` = scale * (q - zero point) per graph output with quantization parameters (float32), to
-    compare with the float model."""
-    real = {}
-    for name in graph.outputs:
-        quant = graph.tensors[name].quant
-        if quant is None or name not in values:
-            continue
-        scale, zero = np.asarray(quant.scale, np.float64), np.asarray(quant.zero_point, np.float64)
-        if quant.per_channel:
-            shape = [1] * values[name].ndim
-            shape[quant.axis] = -1
-            scale, zero = scale.reshape(shape), zero.reshape(shape)
-        real[f"{name}_real"] = ((values[name].astype(np.float64) - zero) * scale).astype(np.float32)
-    return real
+    """`<output>_real` = scale * (q - zero point) per graph output with quantization parameters (float32, as
+    DequantizeLinear computes it), to compare with the float model."""
+    from .ir.ops import dequantize
+
+    return {f"{name}_real": dequantize(values[name], q.scale, q.zero_point, q.axis)
+            for name in graph.outputs if (q := graph.tensors[name].quant) is not None and name in values}
 
 
 def cmd_golden(args: argparse.Namespace) -> int:
@@ -549,10 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "random BERT), export ONNX and quantize it (QDQ)")
     p.add_argument("model", choices=["mobilebert", "minilm", "bert", "hf"])
     p.add_argument("path", nargs="?", default=None, help="zoo hf: a local Hugging Face model folder")
-    p.add_argument("--recipe", default="mixed", choices=["int8", "mixed"],
+    p.add_argument("--recipe", default="mixed", choices=RECIPES,
                    help="quantization recipe of minilm/bert/hf: mixed (int16 residual stream, the accurate one) or "
                         "int8 (every activation int8)")
-    p.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"],
+    p.add_argument("--calibration", default="minmax", choices=CALIBRATION_METHODS,
                    help="onnxruntime calibration method (minilm, bert, hf)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--size", choices=["tiny", "full"], default="tiny")
@@ -567,9 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="float ONNX file")
     p.add_argument("--calib", required=True, help=".npz with one [N, ...] array per model input (N samples)")
     p.add_argument("-o", "--output", required=True, help="the QDQ ONNX file to write")
-    p.add_argument("--recipe", default="mixed", choices=["int8", "mixed"],
+    p.add_argument("--recipe", default="mixed", choices=RECIPES,
                    help="mixed: int16 residual stream, int8 GEMM operands; int8: every activation int8")
-    p.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"])
+    p.add_argument("--calibration", default="minmax", choices=CALIBRATION_METHODS)
 
     for name, fn, text in (("golden", cmd_golden, "run the golden integer interpreter"),
                            ("fidelity", cmd_fidelity, "compare the integer model with onnxruntime (QDQ)")):

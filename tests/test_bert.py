@@ -138,6 +138,11 @@ def test_quantize_command(bert, tmp_path):
     bad = subprocess.run([*CLI, "quantize", str(bert / "model.onnx"), "--calib", str(bert / "inputs.npz"),
                           "-o", str(tmp_path / "q2.onnx"), "--recipe", "int4"], capture_output=True, text=True)
     assert bad.returncode == 2 and not (tmp_path / "q2.onnx").exists()
+    np.savez(tmp_path / "flat.npz", **{**calib, "attention_mask": np.array(1)})
+    flat = subprocess.run([*CLI, "quantize", str(bert / "model.onnx"), "--calib", str(tmp_path / "flat.npz"),
+                           "-o", str(tmp_path / "q3.onnx")], capture_output=True, text=True)
+    assert flat.returncode == 2 and "'attention_mask' has shape []" in flat.stdout + flat.stderr
+    assert "Traceback" not in flat.stdout + flat.stderr and not (tmp_path / "q3.onnx").exists()
 
 
 def test_missing_models_extra_is_named(monkeypatch):

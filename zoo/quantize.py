@@ -20,11 +20,13 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import onnx
+from typing import TYPE_CHECKING
 
 from ..errors import TinyDeployError
+
+if TYPE_CHECKING:       # onnx and onnxruntime load when a model is quantized, not when the CLI starts
+    import numpy as np
+    import onnx
 
 #: ops onnxruntime wraps in Q/DQ
 TRANSFORMER_OP_TYPES = ["MatMul", "Gemm", "Add", "Mul", "Gather", "LayerNormalization", "Reshape", "Transpose",
@@ -140,6 +142,8 @@ def quantize_transformer(float_path: str | Path, qdq_path: str | Path, calibrati
         raise TinyDeployError(f"unknown quantization recipe '{recipe}' (choose from {', '.join(RECIPES)})")
     if not calibration:
         raise TinyDeployError("quantization needs at least one calibration sample")
+    import onnx
+
     model = onnx.load(str(float_path))
     masks = [m for m in mask_inputs if any(i.name == m for i in model.graph.input)]
     wiring = _Wiring.of(model)
