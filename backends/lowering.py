@@ -671,11 +671,12 @@ def _clip_word(lo: int, hi: int) -> str:
     return f"0x{((hi & 0xFFFF) << 16) | (lo & 0xFFFF):08X}u"
 
 
-def ita_job_fields(node: Node) -> dict[str, Any]:
+def ita_job_fields(node: Node, out_dtype: str) -> dict[str, Any]:
     """The accelerator's epilogue registers for one ITAGemm (td_ita_job): mode bits and stage parameters."""
     at = node.attrs
     fields: dict[str, Any] = {"mode": 0, "rq_clip": _clip_word(at["lo"], at["hi"])}
     mode = (ITA_MODE_TRANS_B if at.get("trans_b") else 0) | (ITA_MODE_A_UNSIGNED if at.get("a_unsigned") else 0)
+    mode |= ITA_MODE_Y16 if out_dtype == "int16" else 0
     for stage in at.get("stages", []):
         if stage["op"] == "Requant" and mode & ITA_MODE_SOFTMAX:     # after the softmax
             mode |= ITA_MODE_REQUANT3
@@ -727,7 +728,7 @@ def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
 
 #: td_ita_job.mode bits (mirrored by the accelerator model and the RTL)
 ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX, ITA_MODE_REQUANT3 = 1, 2, 4, 8, 16
-ITA_MODE_A_UNSIGNED = 32
+ITA_MODE_A_UNSIGNED, ITA_MODE_Y16 = 32, 64
 
 
 def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
@@ -735,7 +736,7 @@ def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     kernel = low.kernel("ita_gemm", "td_ita_gemm", doc="GEMM + requant + epilogue on the ITA-like accelerator")
     call.kernels.append(kernel)
     call.descriptors.append(params_descriptor("td_matmul_params", f"mm_{index}", matmul_params(low, node)))
-    fields = ita_job_fields(node)
+    fields = ita_job_fields(node, low.t(node.outputs[0]).dtype)
     constants = {}
     for cname, _kind, values in kernel_constants(low.graph, node, index):
         call.params[cname] = values
@@ -743,16 +744,16 @@ def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     fields["stage_count"] = int(ita_stage_table(low.graph, node).shape[0])
     sources = ita_stage_sources(low.graph, node)
     residual = next((node.inputs[position] for position, source in sources.items() if source == 0), None)
-    fields["y_pitch"] = low.refs.pitch(node.outputs[0])
+    fields["y_pitch"] = low.refs.pitch(node.outputs[0])            # bytes (tile strides are)
     fields["r_pitch"] = low.refs.pitch(residual) if residual else 0
     call.descriptors.append(params_descriptor("td_ita_job", f"ita_{index}", fields))
     operands = ["NULL"] * 5                     # r, v0, v1, v2, v3
     for position, source in sources.items():
         operands[source] = low.refs.pointer(node.inputs[position])
     def byte_pointer(name: str, const: bool) -> str:
-        """The driver moves bytes: a uint8 operand (ITA's sign mode) or output passes as its int8 bytes."""
+        """The driver moves bytes: a uint8 operand (ITA's sign mode) or an int16 output passes as int8 bytes."""
         pointer = low.refs.pointer(name)
-        return f"({'const ' if const else ''}int8_t *){pointer}" if low.t(name).dtype == "uint8" else pointer
+        return f"({'const ' if const else ''}int8_t *){pointer}" if low.t(name).dtype != "int8" else pointer
 
     args = [byte_pointer(node.inputs[0], True), *[low.refs.pointer(name) for name in node.inputs[1:4]]]
     args += [constants.get("table", "NULL"), constants.get("stages", "NULL"), *operands,

@@ -1,7 +1,7 @@
 """Map GEMMs and attention onto the ITA-like accelerator: MatMulInt -> Requant [-> stages] becomes ITAGemm.
 
-The accelerator computes an int8 x int8 GEMM with an int32 bias, requantizes per output column (contract 1) and
-can continue with a second per-tensor Requant, a 256-entry LUT activation (GELU, tanh, ...) or the streaming
+The accelerator computes an int8 x int8 GEMM with an int32 bias, requantizes per output column (contract 1) into
+int16 (a projection into a 16-bit residual stream: the job ends there) or int8, and can continue with a second per-tensor Requant, a 256-entry LUT activation (GELU, tanh, ...) or the streaming
 ITA softmax (contract 4) before writing int8 results. So every chain
 
     MatMulInt(int8, int8, zero points 0) -> Requant (per tensor or per output column)
@@ -66,13 +66,30 @@ def _why_not(graph: Graph, mm: Node) -> str | None:
     a, b = (graph.tensors[name] for name in mm.inputs[:2])
     if a.dtype not in ("int8", "uint8") or b.dtype != "int8":
         return "operands not int8 (A may be uint8: the accelerator's sign mode)"
-    if mm.attrs.get("a_zero", 0) or mm.attrs.get("b_zero", 0):
+    if mm.attrs.get("b_zero", 0):
         return "zero points"
+    if mm.attrs.get("a_zero", 0) and not _foldable_weights(b):
+        return "zero point of A with a B that is not a constant matrix"
     if mm.attrs.get("trans_a"):
         return "transposed A"
     if len(mm.inputs) > 2 and mm.inputs[2] and graph.tensors[mm.inputs[2]].dtype != "int32":
         return "bias not int32"
     return None
+
+
+def _foldable_weights(b) -> bool:
+    """A constant 2-D B (leading axes of size 1): A's zero point then folds into the bias as -a_zero * sum_k B."""
+    return b.is_const and len(b.shape) >= 2 and int(np.prod(b.shape[:-2], dtype=np.int64)) == 1
+
+
+def _bias_with_a_zero(graph: Graph, mm: Node, bias: np.ndarray) -> np.ndarray | None:
+    """(A - z) @ B + bias = A @ B + (bias - z * column sums of B): exact for a constant B; None if it overflows
+    int32."""
+    weights = np.asarray(graph.tensors[mm.inputs[1]].data, dtype=np.int64)
+    weights = weights.reshape(weights.shape[-2:])
+    column_sums = weights.sum(axis=1 if mm.attrs.get("trans_b") else 0)
+    folded = bias.astype(np.int64) - int(mm.attrs["a_zero"]) * column_sums
+    return folded if np.abs(folded).max(initial=0) < 2**31 else None
 
 
 def _single_consumer(graph: Graph, consumers: dict[str, list[Node]], name: str) -> Node | None:
@@ -89,10 +106,14 @@ def _no_chain_reason(graph: Graph, consumers: dict[str, list[Node]], mm: Node) -
         return f"its result has {len(users)} readers"
     if users[0].op == "RequantShift":
         return "followed by Deeploy's RequantShift (its multiplier and rounding are not the accelerator's requant)"
-    if users[0].op == "Requant" and not _eight_bit(graph, users[0]):
-        return (f"its requant writes {graph.tensors[users[0].outputs[0]].dtype} (the accelerator writes 8-bit "
-                "results)")
+    if users[0].op == "Requant" and graph.tensors[users[0].outputs[0]].dtype not in OUTPUT_DTYPES:
+        return (f"its requant writes {graph.tensors[users[0].outputs[0]].dtype} (the accelerator writes 8- or "
+                "16-bit results)")
     return f"followed by {users[0].op}, not a Requant"
+
+
+#: what the accelerator's requantizer may write: 8-bit, or int16 (mode Y16) when nothing follows it
+OUTPUT_DTYPES = ("int8", "uint8", "int16")
 
 
 def _eight_bit(graph: Graph, node: Node) -> bool:
@@ -118,10 +139,12 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
                claimed: set[str] | None = None) -> list[Node] | None:
     """The nodes one ITAGemm replaces (MatMulInt first), never a node another chain already `claimed`."""
     claimed = claimed or set()
-    requant = _next_stage(graph, consumers, mm.outputs[0])
-    if requant is None or requant.op != "Requant":
+    requant = _single_consumer(graph, consumers, mm.outputs[0])
+    if requant is None or requant.op != "Requant" or graph.tensors[requant.outputs[0]].dtype not in OUTPUT_DTYPES:
         return None
     chain = [mm, requant]
+    if graph.tensors[requant.outputs[0]].dtype == "int16":
+        return chain                            # a 16-bit result ends the job (mode Y16): every stage is 8-bit
     nxt = _next_stage(graph, consumers, requant.outputs[0])
     if nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
         chain.append(nxt)
@@ -196,8 +219,8 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
             report.skipped[reason] = report.skipped.get(reason, 0) + 1
             continue
         fused = _fused_node(graph, chain)
-        if fused is None:
-            report.skipped["requant varies along rows"] = report.skipped.get("requant varies along rows", 0) + 1
+        if isinstance(fused, str):
+            report.skipped[fused] = report.skipped.get(fused, 0) + 1
             continue
         replaced[chain[-1].name] = fused
         dropped.update(n.name for n in chain)
@@ -238,20 +261,28 @@ def _b_as_transposed(graph: Graph) -> int:
     return count
 
 
-def _fused_node(graph: Graph, chain: list[Node]) -> Node | None:
+def _fused_node(graph: Graph, chain: list[Node]) -> Node | str:
+    """The ITAGemm computing `chain`, or the reason it cannot."""
     mm, requant, *rest = chain
     out = graph.tensors[mm.outputs[0]]
     n = out.shape[-1]
     vectors = [_column_vector(requant.attrs[k], n) for k in ("mul", "shift", "add")]
     if any(v is None for v in vectors):
-        return None
+        return "requant varies along rows"
     rq = graph.add_const(graph.unique_name(f"{mm.name}/rq"), np.stack(vectors).astype(np.int32), "int32")
     if len(mm.inputs) > 2 and mm.inputs[2]:
         bias = mm.inputs[2]
         if graph.tensors[bias].shape[-1] != n or graph.tensors[bias].size != n:
-            return None
+            return "bias is not one value per output column"
     else:
         bias = graph.add_const(graph.unique_name(f"{mm.name}/bias"), np.zeros(n, dtype=np.int32), "int32").name
+    if mm.attrs.get("a_zero", 0):
+        folded = None
+        if graph.tensors[bias].is_const:
+            folded = _bias_with_a_zero(graph, mm, np.asarray(graph.tensors[bias].data).reshape(n))
+        if folded is None:
+            return "zero point of A does not fold into an int32 bias"
+        bias = graph.add_const(graph.unique_name(f"{mm.name}/bias_a_zero"), folded.astype(np.int32), "int32").name
     inputs = [mm.inputs[0], mm.inputs[1], bias, rq.name]
     stages, running = [], requant.outputs[0]
     for node in rest:

@@ -36,7 +36,17 @@ from typing import Any
 
 from ..errors import TinyDeployError
 from ..target import Target, load_target
-from .accel.model import JOB_REGISTERS, MODE_SOFTMAX, AccelSpec, Job, job_cycles, operand_spans, pitch, run_job
+from .accel.model import (
+    JOB_REGISTERS,
+    MODE_SOFTMAX,
+    AccelSpec,
+    Job,
+    job_cycles,
+    operand_spans,
+    pitch,
+    row_bytes,
+    run_job,
+)
 from .interrupt import raise_if_interrupted
 from .native import NO_BLOCK, HartCounter, attach_counter
 
@@ -497,12 +507,12 @@ class ClusterISS:
     def _complete_accel(self, now: int) -> None:
         while self.accel_queue and self.accel_queue[0].done_at <= now:
             job = self.accel_queue.pop(0)
-            m, n, row_pitch = job.regs["m"], job.regs["n"], pitch(job.regs, "y")
-            if row_pitch == n:
+            m, row, row_pitch = job.regs["m"], row_bytes(job.regs, "y"), pitch(job.regs, "y")
+            if row_pitch == row:
                 self.write(job.regs["y"], job.result)
             else:                              # a column tile of a larger tensor: rows `pitch` bytes apart
                 for i in range(m):
-                    self.write(job.regs["y"] + i * row_pitch, job.result[i * n:(i + 1) * n])
+                    self.write(job.regs["y"] + i * row_pitch, job.result[i * row:(i + 1) * row])
 
     def _complete_dma(self, now: int) -> None:
         """Perform (copy) every queued transfer that has completed by cycle `now`."""

@@ -21,6 +21,7 @@ from tinydeploy.sim.accel.model import (
     MODE_REQUANT3,
     MODE_SOFTMAX,
     MODE_TRANS_B,
+    MODE_Y16,
     AccelSpec,
     Job,
     job_cycles,
@@ -47,7 +48,8 @@ MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQ
          "gemm_residual_nonorm": STAGES, "gemm_lut_two_stages": MODE_LUT | STAGES,
          "gemm_residual_pitched": STAGES | PITCHED, "av_a_unsigned": MODE_A_UNSIGNED,
          "qk_softmax_ita255": MODE_SOFTMAX | ITA255,
-         "qk_softmax_ita255_requant3": MODE_SOFTMAX | ITA255 | MODE_REQUANT3}
+         "qk_softmax_ita255_requant3": MODE_SOFTMAX | ITA255 | MODE_REQUANT3,
+         "gemm_y16": MODE_Y16, "gemm_y16_transposed_b": MODE_Y16 | MODE_TRANS_B}
 
 
 def random_stages(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -96,6 +98,8 @@ def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
     regs["mode"] = mode & 0xFF
     if mode & ITA255:
         regs.update(sm_levels=512, sm_clip=clip_word(0, 255))
+    if mode & MODE_Y16:                      # int16 results: the requant's whole 16-bit range
+        regs.update(rq_clip=clip_word(-32768, 32767))
 
     def read(address: int, nbytes: int) -> bytes:
         for start, data in memory.items():
@@ -275,3 +279,29 @@ def test_column_tiles_of_l1_resident_tensors_are_written_in_place(tmp_path):
     compile_graph(g, "cluster8-ita", tmp_path, {"x": rng.integers(-128, 128, (1, m, k0)).astype(np.int8)})
     assert re.search(r"y_pitch = 512", (tmp_path / "network.c").read_text())
     assert simulate_build(tmp_path).report["bit_exact"] is True
+
+
+def test_a_zero_point_folds_into_the_bias_and_int16_results_stay_on_the_accelerator(tmp_path):
+    """An FFN's second GEMM as the `mixed` recipe makes it: A (a GELU table's output) has a zero point and the
+    result is a 16-bit residual-stream value. The zero point folds into the bias (-z * column sums of B) and the
+    accelerator writes int16 (mode Y16): one ITAGemm, bit-exact in the ISS."""
+    from tinydeploy.backends import compile_graph
+
+    rng = np.random.default_rng(3)
+    m, k, n = 32, 128, 64
+    g = Graph(name="ffn_out")
+    g.add_tensor(Tensor("x", "int8", (1, m, k)))
+    g.add_const("w", rng.integers(-128, 128, (k, n)).astype(np.int8), "int8")
+    g.add_const("bias", rng.integers(-5000, 5000, n).astype(np.int32), "int32")
+    g.add_tensor(Tensor("acc", "int32", (1, m, n)))
+    g.add_tensor(Tensor("y", "int16", (1, m, n)))
+    g.nodes += [Node("mm", "MatMulInt", ["x", "w", "bias"], ["acc"], {"a_zero": -37}),
+                Node("rq", "Requant", ["acc"], ["y"], {"mul": 181, "shift": 9, "add": 3, "lo": -32768, "hi": 32767})]
+    g.inputs, g.outputs = ["x"], ["y"]
+    fused, report = fuse_attention(g, "cluster8-ita")
+    assert [node.op for node in fused.nodes] == ["ITAGemm"] and report.fused == 1
+    x = rng.integers(-128, 128, (1, m, k)).astype(np.int8)
+    assert np.array_equal(run_graph(fused, {"x": x})["y"], run_graph(g, {"x": x})["y"])
+    compile_graph(g, "cluster8-ita", tmp_path, {"x": x})
+    result = simulate_build(tmp_path)
+    assert result.report["bit_exact"] is True and result.report["accel_busy_cycles"] > 0

@@ -4,6 +4,7 @@ A job is a snapshot of the registers at `accel_start` (see targets/cluster8-ita.
 job is the IR op ITAGemm (ir/ops.py) applied to the operands read from L1: int8 GEMM + int32 bias, per-column
 requant (contract 1), then optionally a second requant, a LUT activation or the ITA streaming softmax
 (contract 4) — the same functions the golden interpreter runs, so model and golden agree by construction.
+Outputs are 8-bit, or int16 with MODE_Y16 (a projection into a 16-bit residual stream).
 Timing mirrors the RTL's schedule (sim/accel/rtl/ita_tile.v): `setup + m * P` cycles, P = G*C + row, with
 G = ceil(n / PEs) column groups and C = ceil(k / dot_width) chunks (16 PEs each reduce 64 int8 products per
 cycle: 1024 MAC/cycle) and `row` cycles to drain each row's last group. With the softmax, each row then spends
@@ -23,6 +24,8 @@ from ...ir.graph import Node
 from ...ir.ops import OPS
 
 MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3, MODE_A_UNSIGNED = 1, 2, 4, 8, 16, 32
+#: Y elements are int16 (two bytes, little endian): a requant into a 16-bit residual stream (no softmax)
+MODE_Y16 = 64
 #: registers a job snapshots (names from the target's [mmio] table without the `accel_` prefix)
 JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
                  "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
@@ -120,9 +123,19 @@ def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False) -
     return spec.setup_cycles + array + tail + (m - 1) * max(array, tail)
 
 
+def y_bytes(regs: dict[str, int]) -> int:
+    """Bytes per output element: 2 with MODE_Y16, else 1."""
+    return 2 if regs["mode"] & MODE_Y16 else 1
+
+
+def row_bytes(regs: dict[str, int], name: str) -> int:
+    """Bytes of one row of the [m, n] operand `name` (y or r)."""
+    return regs["n"] * (y_bytes(regs) if name == "y" else 1)
+
+
 def pitch(regs: dict[str, int], name: str) -> int:
-    """Bytes between rows of the [m, n] operand `name` (y or r): its pitch register, or n when that is 0."""
-    return regs.get(f"{name}_pitch", 0) or regs["n"]
+    """Bytes between rows of the [m, n] operand `name` (y or r): its pitch register, or a row's bytes when 0."""
+    return regs.get(f"{name}_pitch", 0) or row_bytes(regs, name)
 
 
 def read_rows(read: Callable[[int, int], bytes], address: int, m: int, n: int, row_pitch: int) -> bytes:
@@ -136,7 +149,7 @@ def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:
     """(address, bytes) of every operand a job reads or writes (rows of y and r `pitch` bytes apart)."""
     m, k, n = regs["m"], regs["k"], regs["n"]
     spans = {"a": (regs["a"], m * k), "b": (regs["b"], k * n), "bias": (regs["bias"], 4 * n),
-             "rq": (regs["rq"], 12 * n), "y": (regs["y"], (m - 1) * pitch(regs, "y") + n)}
+             "rq": (regs["rq"], 12 * n), "y": (regs["y"], (m - 1) * pitch(regs, "y") + row_bytes(regs, "y"))}
     if regs["mode"] & MODE_LUT:
         spans["lut"] = (regs["lut"], 256)
     if regs["stage_count"]:
@@ -178,5 +191,9 @@ def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
             extra.append(np.frombuffer(data, dtype=np.int8).reshape(shape))
     # the IR ops compute on int64 values, as the golden interpreter holds them (int8 arithmetic would wrap)
     operands = [None if x is None else x.astype(np.int64) for x in (a, b, bias, rq, *extra)]
-    y = OPS["ITAGemm"].run(job.node(lut, table), operands)[0]
-    return (np.asarray(y, dtype=np.int64) & 0xFF).astype(np.uint8).tobytes()   # int8 or uint8 bytes
+    y = np.asarray(OPS["ITAGemm"].run(job.node(lut, table), operands)[0], dtype=np.int64)
+    if r["mode"] & MODE_Y16:
+        if r["mode"] & MODE_SOFTMAX:
+            raise ValueError("16-bit outputs with the softmax (its outputs are 8-bit)")
+        return y.astype("<i2").tobytes()
+    return (y & 0xFF).astype(np.uint8).tobytes()   # int8 or uint8 bytes

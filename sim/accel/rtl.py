@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import TinyDeployError
 from ...resources import package_path
-from .model import MODE_LUT, STAGE_WORDS, Job, pitch, read_rows
+from .model import MODE_LUT, STAGE_WORDS, Job, pitch, read_rows, y_bytes
 
 SOURCE = package_path("sim", "accel", "rtl", "ita_tile.v")
 #: memory sizes of the RTL build (parameters of ita_tile.v)
@@ -83,7 +83,8 @@ class RtlAccelerator:
         """(Y bytes, RTL cycles) of one job whose operands `read(address, bytes)` returns."""
         r = job.regs
         m, k, n = r["m"], r["k"], r["n"]
-        if m * k > A_BYTES or k * n > B_BYTES or m * n > Y_BYTES or n > N_MAX:
+        out_bytes = m * n * y_bytes(r)
+        if m * k > A_BYTES or k * n > B_BYTES or out_bytes > Y_BYTES or n > N_MAX:
             raise TinyDeployError(f"job {m}x{k}x{n} exceeds the RTL build's memories (A {A_BYTES} B, B {B_BYTES} B, "
                                   f"Y {Y_BYTES} B, n <= {N_MAX})")
         self._load("a", read(r["a"], m * k))
@@ -102,7 +103,7 @@ class RtlAccelerator:
                 if r[name]:
                     self._load("vectors", read(r[name], n), j * N_MAX // 4)
         io = self.io
-        io.mode, io.m, io.k, io.n = r["mode"] & 0x3F, m, k, n
+        io.mode, io.m, io.k, io.n = r["mode"] & 0x7F, m, k, n
         io.stage_count = r["stage_count"]
         for name in CONFIG:
             io[name] = r[name] & 0xFFFFFFFF
@@ -118,8 +119,8 @@ class RtlAccelerator:
             raise TinyDeployError(f"the accelerator RTL did not finish a {m}x{k}x{n} job in {limit} cycles")
         cycles = int(io.cycles)
         out = bytearray()
-        for address in range((m * n + 3) // 4):
+        for address in range((out_bytes + 3) // 4):
             io.rd_addr = address
             self.sim.eval()
             out += int(io.rd_data).to_bytes(4, "little")
-        return bytes(out[:m * n]), cycles
+        return bytes(out[:out_bytes]), cycles

@@ -5,6 +5,7 @@
 //    accumulators; B is [k, n] or, with mode bit 0, [n, k];
 //  - requantizer per lane (contract 1): clip((mul*x + add*2^shift + 2^(shift-1)) >> shift), per-column mul,
 //    shift, add from the rq table (rows mul, shift, add), computed in 64 bits;
+//  - results are written as int8, or int16 with mode bit 6 (a projection into a 16-bit residual stream);
 //  - epilogue per lane: optional second per-tensor requant (mode bit 1), optional 256-entry LUT (bit 2), then
 //    up to 5 AddRequant/MulRequant stages (residual add, NoNorm) combining the running value with the residual
 //    tile R or a per-column vector V0..V3, parameters from a 12-word-per-stage table;
@@ -33,7 +34,8 @@ module ita_tile #(
     input  wire        clk,
     input  wire        rst,
     // job registers (held while busy)
-    input  wire [5:0]  mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities)
+    input  wire [6:0]  mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities),
+                                     // bit 6: Y int16 (two bytes per element, little endian; no softmax)
     input  wire [15:0] m,
     input  wire [15:0] k,
     input  wire [15:0] n,
@@ -232,7 +234,10 @@ module ita_tile #(
                 for (t = 0; t < PE; t = t + 1) begin
                     if (res_g * PE + t < n) begin
                         if (mode[3]) row[m_buf * N_MAX + res_g * PE + t] <= epi[t];
-                        else ymem[i * n + res_g * PE + t] <= epi[t][7:0];
+                        else if (mode[6]) begin
+                            ymem[2 * (i * n + res_g * PE + t)] <= epi[t][7:0];
+                            ymem[2 * (i * n + res_g * PE + t) + 1] <= epi[t][15:8];
+                        end else ymem[i * n + res_g * PE + t] <= epi[t][7:0];
                     end
                 end
                 if (mode[3]) begin
