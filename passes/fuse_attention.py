@@ -1,10 +1,12 @@
 """Map GEMMs and attention onto the ITA-like accelerator: MatMulInt -> Requant [-> stages] becomes ITAGemm.
 
 The accelerator computes an int8 x int8 GEMM with an int32 bias, requantizes per output column (contract 1) into
-int16 (a projection into a 16-bit residual stream: the job ends there) or int8, and can continue with a second per-tensor Requant, a 256-entry LUT activation (GELU, tanh, ...) or the streaming
-ITA softmax (contract 4) before writing int8 results. So every chain
+int16 (a projection into a 16-bit residual stream: the job ends there) or int8, and can continue with a second
+per-tensor Requant, a 256-entry LUT activation (GELU, tanh, ...) or the streaming ITA softmax (contract 4) before
+writing int8 results. So every chain
 
-    MatMulInt(int8, int8, zero points 0) -> Requant (per tensor or per output column)
+    MatMulInt(int8, int8, B zero point 0; an A zero point folds into the bias when B is constant)
+        -> Requant (per tensor or per output column)
         [-> Requant (per tensor)] [-> LUT | ITAPartialMax over the last axis]
 
 whose intermediate tensors have a single consumer becomes one ITAGemm node. Multi-head attention needs nothing

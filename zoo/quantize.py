@@ -35,8 +35,8 @@ if TYPE_CHECKING:       # onnx and onnxruntime load when a model is quantized, n
     import onnx
 
 #: ops onnxruntime wraps in Q/DQ
-TRANSFORMER_OP_TYPES = ["MatMul", "Gemm", "Add", "Identity", "Mul", "Gather", "LayerNormalization", "Reshape", "Transpose",
-                        "Softmax", "Squeeze", "Unsqueeze", "Concat", "Slice", "Relu", "Tanh", "Div", "Sub"]
+TRANSFORMER_OP_TYPES = ["MatMul", "Gemm", "Add", "Identity", "Mul", "Gather", "LayerNormalization", "Reshape",
+                        "Transpose", "Softmax", "Squeeze", "Unsqueeze", "Concat", "Slice", "Relu", "Tanh", "Div", "Sub"]
 #: ops of an activation function's float island (GELU via Erf or tanh)
 ACTIVATION_OPS = {"Erf", "Tanh", "Gelu", "Sigmoid"}
 ISLAND_OPS = {"Add", "Mul", "Div", "Sub", "Pow", "Erf", "Tanh", "Sigmoid", "Gelu"}
