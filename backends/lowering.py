@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TinyDeployError, node_context
+from ..ir.arith import ITA_OCTAVE_BITS
 from ..ir.graph import DTYPE_RANGES, Graph, Node, Tensor
 
 CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t"}
@@ -691,6 +692,8 @@ def ita_job_fields(node: Node, out_dtype: str) -> dict[str, Any]:
             fields.update(lut_min=int(stage.get("in_min", -128)))
         elif stage["op"] == "ITAPartialMax":
             mode |= ITA_MODE_SOFTMAX
+            mode |= ITA_MODE_SM_MASK if "operand" in stage else 0       # the key mask, read from v0
+            fields.update(sm_bits=int(stage.get("octave_bits", ITA_OCTAVE_BITS)))
             fields.update(sm_group=int(stage["group_width"]), sm_levels=int(stage["n_levels"]),
                           sm_offset=int(stage.get("out_offset", 0)), sm_clip=_clip_word(stage["lo"], stage["hi"]))
     fields["mode"] = mode
@@ -717,7 +720,7 @@ def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
     sources = ita_stage_sources(graph, node)
     rows = []
     for stage in node.attrs.get("stages", []):
-        if "operand" not in stage:
+        if "operand" not in stage or stage["op"] == "ITAPartialMax":     # the softmax's mask has no table row
             continue
         values = {**stage, "kind": 1 if stage["op"] == "AddRequant" else 2, "src": sources[stage["operand"]],
                   "chain": stage.get("chain", 0)}
@@ -728,7 +731,7 @@ def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
 
 #: td_ita_job.mode bits (mirrored by the accelerator model and the RTL)
 ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX, ITA_MODE_REQUANT3 = 1, 2, 4, 8, 16
-ITA_MODE_A_UNSIGNED, ITA_MODE_Y16 = 32, 64
+ITA_MODE_A_UNSIGNED, ITA_MODE_Y16, ITA_MODE_SM_MASK = 32, 64, 128
 
 
 def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
@@ -807,7 +810,8 @@ def lower_softmax(low: Lowering, index: int, node: Node, call: Call) -> None:
         if cols % at["group_width"]:
             raise TinyDeployError(f"row length {cols} is not a multiple of the group width {at['group_width']}",
                                   node=node.name)
-        rest = [at["group_width"], at["n_levels"], at.get("out_offset", 0), at["lo"], at["hi"]]
+        rest = [at["group_width"], at["n_levels"], at.get("out_offset", 0), at["lo"], at["hi"],
+                at.get("octave_bits", ITA_OCTAVE_BITS)]
         tail = []
     else:
         rest = [at["n_levels"], at.get("out_offset", 0)]

@@ -266,21 +266,31 @@ def requant_shift_deeploy(x: np.ndarray, mul: np.ndarray, add: np.ndarray, log2d
 
 
 # --- contract 4: ITA streaming softmax -------------------------------------------------------------
-def ita_shift(diff: np.ndarray) -> np.ndarray:
-    """Power-of-two exponent for a logit difference: (diff + 16) >> 5 (32 integer steps = one octave)."""
-    return np.right_shift(as_i64(diff) + 16, 5)
+#: the accelerator's octave-bits register holds 1..ITA_MAX_OCTAVE_BITS
+ITA_MAX_OCTAVE_BITS = 5
+#: ITA's logit resolution: 2^5 = 32 integer steps per octave (input scale ln 2 / 32)
+ITA_OCTAVE_BITS = 5
+
+
+def ita_shift(diff: np.ndarray, octave_bits: int = ITA_OCTAVE_BITS) -> np.ndarray:
+    """Power-of-two exponent for a logit difference: (diff + 2^(b-1)) >> b, 2^b integer steps per octave (ITA:
+    b = 5); clipped to 63 (every shifted value is then 0)."""
+    return np.minimum(np.right_shift(as_i64(diff) + (1 << (octave_bits - 1)), octave_bits), 63)
 
 
 def ita_partial_max(x: np.ndarray, group_width: int = 16, n_levels: int = 256,
-                    mask: np.ndarray | None = None) -> np.ndarray:
+                    mask: np.ndarray | None = None, octave_bits: int = ITA_OCTAVE_BITS) -> np.ndarray:
     """ITA streaming softmax over the last axis: running max over blocks of `group_width` columns.
 
     The denominator accumulates 2^8 >> shift per element and is renormalised by >> (max shift) when the
     running max grows; the inverse floor((n_levels/2-1) * 2^8 / sum) is shifted right per element.
     Output range [0, n_levels/2 - 1] (signed int8 operand for the next matmul).
     With a key mask (contract 6) a masked element is absent: it sets no block max, adds nothing to the
-    denominator and its output is 0; a row without valid elements is all 0.
+    denominator and its output is 0; a row without valid elements is all 0. `octave_bits` b sets the input scale
+    ln 2 / 2^b (ITA: 5); a smaller b covers wider logit ranges (BERT's scores) at the same power-of-two exp.
     """
+    if not 1 <= octave_bits <= ITA_MAX_OCTAVE_BITS:
+        raise ValueError(f"softmax octave bits {octave_bits} outside 1..{ITA_MAX_OCTAVE_BITS}")
     x = as_i64(x)
     keep = key_mask(x, mask).reshape(-1, x.shape[-1])
     rows = x.reshape(-1, x.shape[-1])
@@ -294,13 +304,13 @@ def ita_partial_max(x: np.ndarray, group_width: int = 16, n_levels: int = 256,
         valid = keep[:, g * group_width:(g + 1) * group_width]
         block_max = np.where(valid, block, -(1 << 40)).max(axis=1)
         grows = block_max > global_max
-        renorm = np.where(grows, ita_shift(block_max - global_max), 0)
+        renorm = np.where(grows, ita_shift(block_max - global_max, octave_bits), 0)
         global_max = np.maximum(global_max, block_max)
-        terms = np.right_shift(I64(256), np.clip(ita_shift(global_max[:, None] - block), 0, 63))
+        terms = np.right_shift(I64(256), np.clip(ita_shift(global_max[:, None] - block, octave_bits), 0, 63))
         contrib = np.where(valid, terms, 0).sum(axis=1)
         denom = np.right_shift(denom, renorm) + contrib
     inverse = ((n_levels // 2 - 1) * 256) // np.maximum(denom, 1)
-    out = np.right_shift(inverse[:, None], np.clip(ita_shift(global_max[:, None] - rows), 0, 63))
+    out = np.right_shift(inverse[:, None], np.clip(ita_shift(global_max[:, None] - rows, octave_bits), 0, 63))
     return np.where(keep, out, 0).reshape(x.shape)
 
 

@@ -308,7 +308,8 @@ def run_ita_partial_max(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Contract 4, streaming (block-wise running max) ITA softmax; an optional second input is the key mask
     (contract 6)."""
     at = node.attrs
-    y = arith.ita_partial_max(xs[0], at["group_width"], at["n_levels"], _key_mask(xs)) + at.get("out_offset", 0)
+    y = arith.ita_partial_max(xs[0], at["group_width"], at["n_levels"], _key_mask(xs),
+                              at.get("octave_bits", arith.ITA_OCTAVE_BITS)) + at.get("out_offset", 0)
     return [arith.clip(y, at["lo"], at["hi"])]
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph, Node, Tensor
 from ..ir.verify import verify
 from ..target import Target, load_target
 from .layout import swap_last_axes_of_producer
@@ -77,6 +77,27 @@ def _why_not(graph: Graph, mm: Node) -> str | None:
     if len(mm.inputs) > 2 and mm.inputs[2] and graph.tensors[mm.inputs[2]].dtype != "int32":
         return "bias not int32"
     return None
+
+
+def _column_mask(graph: Graph, softmax: Node) -> bool:
+    """The softmax's key mask is one value per column (per key): the accelerator reads it as a vector (mode bit 7,
+    register v0)."""
+    mask = graph.tensors[softmax.inputs[1]]
+    return mask.size == mask.shape[-1] == graph.tensors[softmax.inputs[0]].shape[-1]
+
+
+def _int8_mask(graph: Graph, mask: str, conversions: dict[str, Node]) -> str:
+    """An int8 copy of a 0/1 key mask (the accelerator reads int8 vectors; the frontend's mask keeps its input's
+    int64): one Requant (x * 1, clipped to 0..1) per mask, run once per inference on the cores."""
+    if graph.tensors[mask].dtype == "int8":
+        return mask
+    if mask not in conversions:
+        t = graph.tensors[mask]
+        out = graph.unique_name(f"{mask}_int8")
+        graph.add_tensor(Tensor(out, "int8", tuple(t.shape)))
+        conversions[mask] = Node(f"{out}/requant", "Requant", [mask], [out],
+                                 {"mul": 1, "shift": 0, "add": 0, "lo": 0, "hi": 1})
+    return conversions[mask].outputs[0]
 
 
 def _foldable_weights(b) -> bool:
@@ -152,7 +173,7 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
         chain.append(nxt)
         nxt = _next_stage(graph, consumers, nxt.outputs[0])
     softmax = (nxt is not None and nxt.op == "ITAPartialMax" and nxt.attrs["n_levels"] <= MAX_SOFTMAX_LEVELS
-               and len(nxt.inputs) == 1)       # with a key mask it stays on the cores: the accelerator has none
+               and (len(nxt.inputs) == 1 or _column_mask(graph, nxt)))
     if nxt is not None and (nxt.op == "LUT" or softmax):
         chain.append(nxt)
         nxt = _next_stage(graph, consumers, nxt.outputs[0])
@@ -213,6 +234,7 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
     consumers = graph.consumers()
     replaced: dict[str, Node] = {}       # first node of a chain -> its ITAGemm
     dropped: set[str] = set()
+    conversions: dict[str, Node] = {}    # key mask -> the node making its int8 copy
     for mm in [n for n in graph.nodes if n.op == "MatMulInt"]:
         reason = _why_not(graph, mm)
         chain = None if reason else fuse_chain(graph, consumers, mm, dropped)
@@ -220,7 +242,7 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
             reason = reason or _no_chain_reason(graph, consumers, mm)
             report.skipped[reason] = report.skipped.get(reason, 0) + 1
             continue
-        fused = _fused_node(graph, chain)
+        fused = _fused_node(graph, chain, conversions)
         if isinstance(fused, str):
             report.skipped[fused] = report.skipped.get(fused, 0) + 1
             continue
@@ -230,12 +252,13 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
         report.with_softmax += any(n.op == "ITAPartialMax" for n in chain)
         report.with_activation += any(n.op == "LUT" for n in chain)
         report.with_epilogue += any(n.op in BINARY_STAGES for n in chain)
-    nodes = []
+    nodes = [conversions[name] for name in graph.inputs if name in conversions]
     for node in graph.nodes:   # a fused node takes the place of its chain's last node: every input exists there
         if node.name in replaced:
             nodes.append(replaced[node.name])
         elif node.name not in dropped:
             nodes.append(node)
+            nodes.extend(conversions[name] for name in node.outputs if name in conversions)
     graph.nodes = nodes
     graph.remove_unused()
     verify(graph, integer_only=True)
@@ -263,8 +286,8 @@ def _b_as_transposed(graph: Graph) -> int:
     return count
 
 
-def _fused_node(graph: Graph, chain: list[Node]) -> Node | str:
-    """The ITAGemm computing `chain`, or the reason it cannot."""
+def _fused_node(graph: Graph, chain: list[Node], conversions: dict[str, Node]) -> Node | str:
+    """The ITAGemm computing `chain`, or the reason it cannot (`conversions`: int8 copies of key masks, added)."""
     mm, requant, *rest = chain
     out = graph.tensors[mm.outputs[0]]
     n = out.shape[-1]
@@ -289,6 +312,9 @@ def _fused_node(graph: Graph, chain: list[Node]) -> Node | str:
     stages, running = [], requant.outputs[0]
     for node in rest:
         stage = _stage(node)
+        if node.op == "ITAPartialMax" and len(node.inputs) > 1:      # the key mask: the vector at v0
+            inputs.append(_int8_mask(graph, node.inputs[1], conversions))
+            stage.update(operand=len(inputs) - 1, chain=0)
         if node.op in BINARY_STAGES:
             side = node.inputs.index(running)
             other = graph.tensors[node.inputs[1 - side]]

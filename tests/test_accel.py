@@ -19,6 +19,7 @@ from tinydeploy.sim.accel.model import (
     MODE_LUT,
     MODE_REQUANT2,
     MODE_REQUANT3,
+    MODE_SM_MASK,
     MODE_SOFTMAX,
     MODE_TRANS_B,
     MODE_Y16,
@@ -40,6 +41,7 @@ def clip_word(lo: int, hi: int) -> int:
 STAGES = 1 << 8   # test-only flag: add AddRequant/MulRequant epilogue stages (not a mode bit)
 PITCHED = 1 << 9  # test-only flag: the residual tile's rows lie r_pitch > n bytes apart (a column tile in place)
 ITA255 = 1 << 10  # test-only flag: ITA's softmax numerator (L = 255, sm_levels 512) and an unsigned 0..255 output
+OCTAVES = 1 << 11  # test-only flag: a random softmax input resolution (sm_bits 1..5) instead of ITA's 5
 
 
 MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQUANT2, "gemm_lut": MODE_LUT,
@@ -49,7 +51,10 @@ MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQ
          "gemm_residual_pitched": STAGES | PITCHED, "av_a_unsigned": MODE_A_UNSIGNED,
          "qk_softmax_ita255": MODE_SOFTMAX | ITA255,
          "qk_softmax_ita255_requant3": MODE_SOFTMAX | ITA255 | MODE_REQUANT3,
-         "gemm_y16": MODE_Y16, "gemm_y16_transposed_b": MODE_Y16 | MODE_TRANS_B}
+         "gemm_y16": MODE_Y16, "gemm_y16_transposed_b": MODE_Y16 | MODE_TRANS_B,
+         "qk_softmax_masked": MODE_SOFTMAX | MODE_SM_MASK | OCTAVES,
+         "qk_softmax_masked_ita255_requant3": MODE_SOFTMAX | MODE_SM_MASK | ITA255 | MODE_REQUANT3 | OCTAVES,
+         "qk_softmax_octaves": MODE_SOFTMAX | OCTAVES}
 
 
 def random_stages(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -100,6 +105,12 @@ def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
         regs.update(sm_levels=512, sm_clip=clip_word(0, 255))
     if mode & MODE_Y16:                      # int16 results: the requant's whole 16-bit range
         regs.update(rq_clip=clip_word(-32768, 32767))
+    regs["sm_bits"] = int(rng.integers(1, 6)) if mode & OCTAVES else 5
+    if mode & MODE_SM_MASK:                  # a key mask in v0; some blocks wholly masked, sometimes every column
+        keep = rng.random(n) < rng.choice([0.0, 0.3, 0.8])
+        keep[:16] &= rng.random() < 0.7
+        regs["v0"] = 0x3A000
+        memory[0x3A000] = (keep * rng.integers(1, 128, n)).astype(np.int8).tobytes()
 
     def read(address: int, nbytes: int) -> bytes:
         for start, data in memory.items():

@@ -205,3 +205,29 @@ def test_an_asymmetric_softmax_input_is_not_requantized_for_its_zero_point():
     x = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (2, 1))
     y = run_graph(int_graph, {"x": x})["y"]
     assert y[0, -1] > y[0, -2] > y[0, -3]          # the top codes stay distinct (no clipping at zero + 127)
+
+
+def test_masked_attention_runs_on_the_accelerator(bert):
+    """QK^T, its scaling (folded into the softmax's input scale), the key-masked softmax (the mask as an int8
+    vector at v0, mode bit 7) and, in `mixed`, the 16-bit projections: all accelerator jobs."""
+    from tinydeploy.passes.fuse_attention import fuse_attention
+
+    fused, report = fuse_attention(integerize(import_model(bert), "cluster8-ita"), "cluster8-ita")
+    assert report.with_softmax == 2, report.summary()                   # one per layer, masked
+    masks = [n for n in fused.nodes if n.op == "ITAGemm" and any(s["op"] == "ITAPartialMax" and "operand" in s
+                                                                  for s in n.attrs["stages"])]
+    assert len(masks) == 2 and all(fused.tensors[n.inputs[-1]].dtype == "int8" for n in masks)
+    assert not report.skipped, report.summary()                          # every MatMul is on the accelerator
+
+
+def test_ita_softmax_resolution_follows_the_calibrated_scale():
+    """ITA's 32 steps per octave unless the logits are coarser: then the finest resolution that covers them."""
+    from tinydeploy.passes.integerize import ita_octave_bits
+
+    assert ita_octave_bits(np.log(2) / 32) == 5 and ita_octave_bits(1e-4) == 5
+    assert ita_octave_bits(0.1) == 2 and ita_octave_bits(np.log(2) / 16) == 4 and ita_octave_bits(3.0) == 1
+    x, mask = _rows(4)
+    assert np.array_equal(arith.ita_partial_max(x, 16, 512, mask, 5), arith.ita_partial_max(x, 16, 512, mask))
+    row = np.zeros((1, 16), dtype=np.int64)
+    row[0, 0] = 8              # 2 octaves above the rest at 4 steps per octave: sum 256 + 15 * 64, inverse 53
+    assert arith.ita_partial_max(row, 16, 512, None, 2)[0, :2].tolist() == [53, 13]

@@ -63,9 +63,21 @@ class _Wiring:
         return cls(readers, producers, constants)
 
 
+def _score_scaling(wiring: _Wiring, scores: list[str]) -> set[str]:
+    """The Mul/Div by a constant that scales attention scores before the mask is added (BERT's 1/sqrt(d)): left
+    in float, the frontend folds it into the softmax's input scale, so QK^T's requant feeds the softmax directly
+    (one accelerator job) instead of a requantized multiply on the cores."""
+    found = set()
+    for name in scores:
+        node = wiring.producers.get(name)
+        if node is not None and node.op_type in ("Mul", "Div") and node.input[1] in wiring.constants:
+            found.add(node.name)
+    return found
+
+
 def _mask_nodes(wiring: _Wiring, mask_inputs: Iterable[str]) -> set[str]:
-    """Names of the nodes computed from the mask inputs, the Adds that put that onto activations and the Softmax
-    after them (the scores' scaling stays quantized: it gives the scores their scale)."""
+    """Names of the nodes computed from the mask inputs, the Adds that put that onto activations, the scaling of
+    the scores they are added to and the Softmax after them."""
     tainted, frontier, found = set(mask_inputs), list(mask_inputs), set()
     while frontier:
         for node in wiring.readers.get(frontier.pop(), []):
@@ -74,6 +86,7 @@ def _mask_nodes(wiring: _Wiring, mask_inputs: Iterable[str]) -> set[str]:
             found.add(node.name)
             if node.op_type == "Add" and not all(i in tainted or i in wiring.constants for i in node.input):
                 found |= {n.name for n in wiring.readers.get(node.output[0], []) if n.op_type == "Softmax"}
+                found |= _score_scaling(wiring, [i for i in node.input if i not in tainted])
                 continue
             tainted.update(node.output)
             frontier.extend(node.output)

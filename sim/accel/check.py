@@ -133,7 +133,7 @@ class Accelerator:
             memory = Memory()
             regs = dict.fromkeys(JOB_REGISTERS, 0)
             regs.update(mode=mode, m=tile.shape[0], k=k, n=n, rq_clip=clip_word(-128, 127),
-                        lut_min=-128 & 0xFFFFFFFF, sm_group=SOFTMAX_GROUP, sm_levels=SOFTMAX_LEVELS,
+                        lut_min=-128 & 0xFFFFFFFF, sm_group=SOFTMAX_GROUP, sm_levels=SOFTMAX_LEVELS, sm_bits=5,
                         sm_clip=clip_word(0, 255))
             regs["a"] = memory.put(np.ascontiguousarray(tile).tobytes())
             regs["b"] = memory.put(np.ascontiguousarray(b, dtype=np.int8).tobytes())

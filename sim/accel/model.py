@@ -20,17 +20,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...ir.arith import ITA_MAX_OCTAVE_BITS
 from ...ir.graph import Node
 from ...ir.ops import OPS
 
 MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3, MODE_A_UNSIGNED = 1, 2, 4, 8, 16, 32
 #: Y elements are int16 (two bytes, little endian): a requant into a 16-bit residual stream (no softmax)
 MODE_Y16 = 64
+#: the softmax reads a key mask (contract 6): the int8 vector at v0, nonzero = keep
+MODE_SM_MASK = 128
 #: registers a job snapshots (names from the target's [mmio] table without the `accel_` prefix)
 JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
                  "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
                  "stage_count", "r", "v0", "v1", "v2", "v3", "rq3_mul", "rq3_shift",
-                 "rq3_add", "rq3_clip", "y_pitch", "r_pitch")
+                 "rq3_add", "rq3_clip", "y_pitch", "r_pitch", "sm_bits")
 #: epilogue stage table: STAGE_WORDS int32 per stage, in this order (backends/lowering.py writes it)
 STAGE_FIELDS = ("kind", "src", "chain", "mul_a", "mul_b", "a_zero", "b_zero", "mul", "shift", "add", "lo", "hi")
 STAGE_WORDS = len(STAGE_FIELDS)
@@ -95,7 +98,9 @@ class Job:
         if r["mode"] & MODE_SOFTMAX:
             slo, shi = _clip(r["sm_clip"])
             stages.append({"op": "ITAPartialMax", "group_width": r["sm_group"], "n_levels": r["sm_levels"],
-                           "out_offset": _s32(r["sm_offset"]), "lo": slo, "hi": shi})
+                           "out_offset": _s32(r["sm_offset"]), "lo": slo, "hi": shi, "octave_bits": r["sm_bits"]})
+            if r["mode"] & MODE_SM_MASK:
+                stages[-1].update(operand=4 + 1, chain=0)          # operand 4 + 1: the vector at v0
         if r["mode"] & MODE_REQUANT3:
             lo3, hi3 = _clip(r["rq3_clip"])
             stages.append({"op": "Requant", "mul": _s32(r["rq3_mul"]), "shift": _s32(r["rq3_shift"]),
@@ -152,6 +157,8 @@ def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:
              "rq": (regs["rq"], 12 * n), "y": (regs["y"], (m - 1) * pitch(regs, "y") + row_bytes(regs, "y"))}
     if regs["mode"] & MODE_LUT:
         spans["lut"] = (regs["lut"], 256)
+    if regs["mode"] & MODE_SM_MASK:
+        spans["v0"] = (regs["v0"], n)
     if regs["stage_count"]:
         spans["stages"] = (regs["stages"], 4 * STAGE_WORDS * regs["stage_count"])
         for src in _stage_sources(regs):
@@ -177,6 +184,12 @@ def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
     rq = np.frombuffer(read(r["rq"], 12 * n), dtype="<i4").reshape(3, n)
     lut = np.frombuffer(read(r["lut"], 256), dtype=np.int8) if r["mode"] & MODE_LUT else None
     table, extra = None, []
+    if r["mode"] & MODE_SOFTMAX and not 1 <= r["sm_bits"] <= ITA_MAX_OCTAVE_BITS:
+        raise ValueError(f"softmax octave bits {r['sm_bits']} outside 1..{ITA_MAX_OCTAVE_BITS}")
+    if r["mode"] & MODE_SM_MASK:
+        if r["stage_count"] or not r["mode"] & MODE_SOFTMAX:
+            raise ValueError("a softmax key mask needs the softmax and no epilogue stages (it occupies v0)")
+        extra = [None, np.frombuffer(read(r["v0"], n), dtype=np.int8).reshape(n)]
     if r["stage_count"]:
         if r["stage_count"] > MAX_STAGES:
             raise ValueError(f"{r['stage_count']} epilogue stages (the accelerator has {MAX_STAGES})")

@@ -18,13 +18,14 @@ import numpy as np
 
 from ...errors import TinyDeployError
 from ...resources import package_path
-from .model import MODE_LUT, STAGE_WORDS, Job, pitch, read_rows, y_bytes
+from .model import MODE_LUT, MODE_SM_MASK, STAGE_WORDS, Job, pitch, read_rows, y_bytes
 
 SOURCE = package_path("sim", "accel", "rtl", "ita_tile.v")
 #: memory sizes of the RTL build (parameters of ita_tile.v)
 A_BYTES, B_BYTES, Y_BYTES, N_MAX = 8192, 65536, 8192, 512
 SELECT = {"a": 0, "b": 1, "bias": 2, "rq": 3, "lut": 4, "stages": 5, "r": 6, "vectors": 7}
 CONFIG = ("rq_clip", "rq2_mul", "rq2_shift", "rq2_add", "rq2_clip", "lut_min", "sm_levels", "sm_offset", "sm_clip",
+          "sm_bits",
           "rq3_mul", "rq3_shift", "rq3_add", "rq3_clip")
 
 
@@ -95,6 +96,8 @@ class RtlAccelerator:
             self._load("rq", rq[row].tobytes(), row * N_MAX)
         if r["mode"] & MODE_LUT:
             self._load("lut", read(r["lut"], 256))
+        if r["mode"] & MODE_SM_MASK:
+            self._load("vectors", read(r["v0"], n))
         if r["stage_count"]:
             self._load("stages", read(r["stages"], 4 * STAGE_WORDS * r["stage_count"]))
             if r["r"]:
@@ -103,7 +106,7 @@ class RtlAccelerator:
                 if r[name]:
                     self._load("vectors", read(r[name], n), j * N_MAX // 4)
         io = self.io
-        io.mode, io.m, io.k, io.n = r["mode"] & 0x7F, m, k, n
+        io.mode, io.m, io.k, io.n = r["mode"] & 0xFF, m, k, n
         io.stage_count = r["stage_count"]
         for name in CONFIG:
             io[name] = r[name] & 0xFFFFFFFF

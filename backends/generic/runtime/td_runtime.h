@@ -236,10 +236,11 @@ static inline void td_softmax_s8_rows(const int8_t *x, int8_t *y, int32_t row_be
     }
 }
 
-/* arith.ita_shift: power-of-two exponent of a logit difference. */
-static inline int64_t td_ita_shift(int64_t diff)
+/* arith.ita_shift: power-of-two exponent of a logit difference, 2^octave_bits steps per octave, at most 63. */
+static inline int64_t td_ita_shift(int64_t diff, int32_t octave_bits)
 {
-    return (diff + 16) >> 5;
+    int64_t shift = (diff + ((int64_t)1 << (octave_bits - 1))) >> octave_bits;
+    return shift < 63 ? shift : 63;
 }
 
 /* arith.isqrt_floor: floor(sqrt(x)) for x > 0, else 0 (bitwise, exact for 63-bit values). */

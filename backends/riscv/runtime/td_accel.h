@@ -24,6 +24,7 @@ typedef struct {
     int32_t rq3_mul, rq3_shift, rq3_add;
     uint32_t rq3_clip;     /* requant after the softmax (mode bit 4) */
     int32_t y_pitch, r_pitch; /* bytes between rows of Y / R when they are column tiles of wider tensors (0: n) */
+    int32_t sm_bits;       /* softmax input steps per octave: 2^sm_bits (ITA: 5) */
 } td_ita_job;
 
 #ifdef TD_REG_ACCEL_START
@@ -57,6 +58,7 @@ static inline void td_accel_epilogue(const td_ita_job *job, const void *lut, con
     TD_MMIO(TD_REG_ACCEL_Y_PITCH) = (uint32_t)job->y_pitch;
     TD_MMIO(TD_REG_ACCEL_R_PITCH) = (uint32_t)job->r_pitch;
     TD_MMIO(TD_REG_ACCEL_RQ3_CLIP) = job->rq3_clip;
+    TD_MMIO(TD_REG_ACCEL_SM_BITS) = (uint32_t)job->sm_bits;
 }
 
 /* Program one GEMM job's operand registers (the job is queued by td_accel_start; registers are snapshotted then,

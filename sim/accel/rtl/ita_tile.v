@@ -34,8 +34,9 @@ module ita_tile #(
     input  wire        clk,
     input  wire        rst,
     // job registers (held while busy)
-    input  wire [6:0]  mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities),
-                                     // bit 6: Y int16 (two bytes per element, little endian; no softmax)
+    input  wire [7:0]  mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities),
+                                     // bit 6: Y int16 (two bytes per element, little endian; no softmax),
+                                     // bit 7: softmax key mask, the int8 vector V0 (0 = masked column)
     input  wire [15:0] m,
     input  wire [15:0] k,
     input  wire [15:0] n,
@@ -48,6 +49,7 @@ module ita_tile #(
     input  wire [31:0] sm_levels,
     input  wire [31:0] sm_offset,
     input  wire [31:0] sm_clip,
+    input  wire [2:0]  sm_bits,      // softmax input steps per octave: 2^sm_bits (1..5; ITA: 5)
     input  wire [2:0]  stage_count,
     input  wire [31:0] rq3_mul,
     input  wire [31:0] rq3_shift,
@@ -180,10 +182,20 @@ module ita_tile #(
     end
 
     // ---- streaming softmax: block max, renormalised denominator --------------------------------------
-    function [4:0] ita_shift;          // (d + 16) >> 5 for a non-negative difference d
+    function [6:0] ita_shift;          // min((d + 2^(b-1)) >> b, 63) for a non-negative difference d
         input [15:0] d;
+        reg [16:0] s;
         begin
-            ita_shift = (d + 16) >> 5;
+            s = ({1'b0, d} + (17'd1 << (sm_bits - 1))) >> sm_bits;
+            ita_shift = (s > 63) ? 7'd63 : s[6:0];
+        end
+    endfunction
+
+    // key mask of column c (mode bit 7): V0[c] != 0 keeps it
+    function keep;
+        input [31:0] c;
+        begin
+            keep = !mode[7] || (vmem[c[8:0]] != 8'd0);
         end
     endfunction
 
@@ -193,13 +205,13 @@ module ita_tile #(
     reg [31:0] contrib;
     integer r;
     always @(*) begin
-        bmax = epi[0];
-        for (r = 1; r < PE; r = r + 1)
-            if (epi[r] > bmax) bmax = epi[r];
+        bmax = -16'sd32768;                // no kept column in the block: it sets no max
+        for (r = 0; r < PE; r = r + 1)
+            if (keep(res_g * PE + r) && epi[r] > bmax) bmax = epi[r];
         new_max = (bmax > gmax) ? bmax : gmax;
         contrib = 32'd0;
         for (r = 0; r < PE; r = r + 1)
-            contrib = contrib + (32'd256 >> ita_shift(new_max - epi[r]));
+            if (keep(res_g * PE + r)) contrib = contrib + (32'd256 >> ita_shift(new_max - epi[r]));
     end
 
     // ---- softmax tail: divider and normalisation of row t_i (buffer t_buf) ------------------------------
@@ -260,7 +272,8 @@ module ita_tile #(
                 T_NORM: begin    // out = clip((inverse >> ita_shift(max - x)) + offset)
                     for (t = 0; t < PE; t = t + 1) begin
                         if (t_g * PE + t < n)
-                            ymem[t_i * n + t_g * PE + t] <= sm_out(quot, t_max, row[t_buf * N_MAX + t_g * PE + t]);
+                            ymem[t_i * n + t_g * PE + t] <= sm_out(quot, t_max, row[t_buf * N_MAX + t_g * PE + t],
+                                                                   keep(t_g * PE + t));
                     end
                     if (t_g == groups - 1) begin
                         tstate <= T_IDLE;
@@ -314,15 +327,16 @@ module ita_tile #(
         end
     end
 
-    function [7:0] sm_out;   // clip((inverse >> ita_shift(max - x)) + offset), then the optional requant (bit 4)
-        input [31:0] inverse;
+    function [7:0] sm_out;   // clip((inverse >> ita_shift(max - x)) + offset), then the optional requant (bit 4);
+        input [31:0] inverse;    // a masked column's probability is 0
         input signed [15:0] mx, x;
+        input kept;
         reg signed [31:0] v;
         reg signed [63:0] w;
         reg signed [15:0] lo, hi;
         begin
             lo = sm_clip[15:0]; hi = sm_clip[31:16];
-            v = $signed(inverse >> ita_shift(mx - x)) + $signed(sm_offset);
+            v = (kept ? $signed(inverse >> ita_shift(mx - x)) : 32'sd0) + $signed(sm_offset);
             v = (v < lo) ? lo : ((v > hi) ? hi : v);
             w = mode[4] ? requant(v, rq3_mul, rq3_shift, rq3_add, rq3_clip[15:0], rq3_clip[31:16]) : v;
             sm_out = w[7:0];
