@@ -678,7 +678,7 @@ def ita_job_fields(node: Node, out_dtype: str) -> dict[str, Any]:
     fields: dict[str, Any] = {"mode": 0, "rq_clip": _clip_word(at["lo"], at["hi"])}
     mode = (ITA_MODE_TRANS_B if at.get("trans_b") else 0) | (ITA_MODE_A_UNSIGNED if at.get("a_unsigned") else 0)
     mode |= ITA_MODE_Y16 if out_dtype == "int16" else 0
-    for stage in at.get("stages", []):
+    for index, stage in enumerate(at.get("stages", [])):
         if stage["op"] == "Requant" and mode & ITA_MODE_SOFTMAX:     # after the softmax
             mode |= ITA_MODE_REQUANT3
             fields.update(rq3_mul=int(stage["mul"]), rq3_shift=int(stage["shift"]), rq3_add=int(stage["add"]),
@@ -688,7 +688,8 @@ def ita_job_fields(node: Node, out_dtype: str) -> dict[str, Any]:
             fields.update(rq2_mul=int(stage["mul"]), rq2_shift=int(stage["shift"]), rq2_add=int(stage["add"]),
                           rq2_clip=_clip_word(stage["lo"], stage["hi"]))
         elif stage["op"] == "LUT":
-            mode |= ITA_MODE_LUT
+            after_stages = any(s["op"] in ("AddRequant", "MulRequant") for s in at["stages"][:index])
+            mode |= ITA_MODE_LUT | (ITA_MODE_LUT_LAST if after_stages else 0)
             fields.update(lut_min=int(stage.get("in_min", -128)))
         elif stage["op"] == "ITAPartialMax":
             mode |= ITA_MODE_SOFTMAX
@@ -731,7 +732,7 @@ def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
 
 #: td_ita_job.mode bits (mirrored by the accelerator model and the RTL)
 ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX, ITA_MODE_REQUANT3 = 1, 2, 4, 8, 16
-ITA_MODE_A_UNSIGNED, ITA_MODE_Y16, ITA_MODE_SM_MASK = 32, 64, 128
+ITA_MODE_A_UNSIGNED, ITA_MODE_Y16, ITA_MODE_SM_MASK, ITA_MODE_LUT_LAST = 32, 64, 128, 256
 
 
 def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:

@@ -191,6 +191,8 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
         binary += 1
         chain.append(nxt)
         nxt = _next_stage(graph, consumers, nxt.outputs[0])
+    if binary and nxt is not None and nxt.op == "LUT" and not any(n.op in ("LUT", "ITAPartialMax") for n in chain):
+        chain.append(nxt)                       # an activation after a bias add (mode bit 8: LUT after the stages)
     return chain
 
 

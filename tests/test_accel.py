@@ -17,6 +17,7 @@ from tinydeploy.passes.integerize import integerize
 from tinydeploy.sim.accel.model import (
     MODE_A_UNSIGNED,
     MODE_LUT,
+    MODE_LUT_LAST,
     MODE_REQUANT2,
     MODE_REQUANT3,
     MODE_SM_MASK,
@@ -38,10 +39,10 @@ def clip_word(lo: int, hi: int) -> int:
     return ((hi & 0xFFFF) << 16) | (lo & 0xFFFF)
 
 
-STAGES = 1 << 8   # test-only flag: add AddRequant/MulRequant epilogue stages (not a mode bit)
-PITCHED = 1 << 9  # test-only flag: the residual tile's rows lie r_pitch > n bytes apart (a column tile in place)
-ITA255 = 1 << 10  # test-only flag: ITA's softmax numerator (L = 255, sm_levels 512) and an unsigned 0..255 output
-OCTAVES = 1 << 11  # test-only flag: a random softmax input resolution (sm_bits 1..5) instead of ITA's 5
+STAGES = 1 << 12  # test-only flag: add AddRequant/MulRequant epilogue stages (not a mode bit)
+PITCHED = 1 << 13  # test-only flag: the residual tile's rows lie r_pitch > n bytes apart (a column tile in place)
+ITA255 = 1 << 14  # test-only flag: ITA's softmax numerator (L = 255, sm_levels 512) and an unsigned 0..255 output
+OCTAVES = 1 << 15  # test-only flag: a random softmax input resolution (sm_bits 1..5) instead of ITA's 5
 
 
 MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQUANT2, "gemm_lut": MODE_LUT,
@@ -54,7 +55,8 @@ MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQ
          "gemm_y16": MODE_Y16, "gemm_y16_transposed_b": MODE_Y16 | MODE_TRANS_B,
          "qk_softmax_masked": MODE_SOFTMAX | MODE_SM_MASK | OCTAVES,
          "qk_softmax_masked_ita255_requant3": MODE_SOFTMAX | MODE_SM_MASK | ITA255 | MODE_REQUANT3 | OCTAVES,
-         "qk_softmax_octaves": MODE_SOFTMAX | OCTAVES}
+         "qk_softmax_octaves": MODE_SOFTMAX | OCTAVES,
+         "gemm_bias_stage_then_lut": MODE_LUT | MODE_LUT_LAST | STAGES}
 
 
 def random_stages(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -100,7 +102,7 @@ def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
             "sm_clip": clip_word(-128, 127), "rq3_mul": int(rng.integers(0, 256)),
             "rq3_shift": int(rng.integers(0, 10)), "rq3_add": int(rng.integers(-20, 20)) & 0xFFFFFFFF,
             "rq3_clip": clip_word(-128, 127), **extra}
-    regs["mode"] = mode & 0xFF
+    regs["mode"] = mode & 0xFFF
     if mode & ITA255:
         regs.update(sm_levels=512, sm_clip=clip_word(0, 255))
     if mode & MODE_Y16:                      # int16 results: the requant's whole 16-bit range

@@ -29,6 +29,8 @@ MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3, MODE_A_UNSIG
 MODE_Y16 = 64
 #: the softmax reads a key mask (contract 6): the int8 vector at v0, nonzero = keep
 MODE_SM_MASK = 128
+#: the LUT activation runs after the epilogue stages instead of before them (GELU after a bias-add stage)
+MODE_LUT_LAST = 256
 #: registers a job snapshots (names from the target's [mmio] table without the `accel_` prefix)
 JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
                  "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
@@ -93,8 +95,9 @@ class Job:
             lo2, hi2 = _clip(r["rq2_clip"])
             stages.append({"op": "Requant", "mul": _s32(r["rq2_mul"]), "shift": _s32(r["rq2_shift"]),
                            "add": _s32(r["rq2_add"]), "lo": lo2, "hi": hi2})
-        if r["mode"] & MODE_LUT:
-            stages.append({"op": "LUT", "table": lut, "in_min": _s32(r["lut_min"])})
+        activation = {"op": "LUT", "table": lut, "in_min": _s32(r["lut_min"])}
+        if r["mode"] & MODE_LUT and not r["mode"] & MODE_LUT_LAST:
+            stages.append(activation)
         if r["mode"] & MODE_SOFTMAX:
             slo, shi = _clip(r["sm_clip"])
             stages.append({"op": "ITAPartialMax", "group_width": r["sm_group"], "n_levels": r["sm_levels"],
@@ -115,6 +118,8 @@ class Job:
             if fields["kind"] == 1:
                 stage.update(mul_a=fields["mul_a"], mul_b=fields["mul_b"])
             stages.append(stage)
+        if r["mode"] & MODE_LUT and r["mode"] & MODE_LUT_LAST:
+            stages.append(activation)
         return Node(f"job{self.id}", "ITAGemm", [], [], {"trans_b": int(bool(r["mode"] & MODE_TRANS_B)), "lo": lo,
                                                           "hi": hi, "stages": stages})
 

@@ -106,7 +106,7 @@ class RtlAccelerator:
                 if r[name]:
                     self._load("vectors", read(r[name], n), j * N_MAX // 4)
         io = self.io
-        io.mode, io.m, io.k, io.n = r["mode"] & 0xFF, m, k, n
+        io.mode, io.m, io.k, io.n = r["mode"] & 0x1FF, m, k, n
         io.stage_count = r["stage_count"]
         for name in CONFIG:
             io[name] = r[name] & 0xFFFFFFFF

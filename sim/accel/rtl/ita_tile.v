@@ -34,9 +34,10 @@ module ita_tile #(
     input  wire        clk,
     input  wire        rst,
     // job registers (held while busy)
-    input  wire [7:0]  mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities),
+    input  wire [8:0]  mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities),
                                      // bit 6: Y int16 (two bytes per element, little endian; no softmax),
-                                     // bit 7: softmax key mask, the int8 vector V0 (0 = masked column)
+                                     // bit 7: softmax key mask, the int8 vector V0 (0 = masked column),
+                                     // bit 8: the LUT runs after the stages (GELU after a bias-add stage)
     input  wire [15:0] m,
     input  wire [15:0] k,
     input  wire [15:0] n,
@@ -159,7 +160,7 @@ module ita_tile #(
                         rq[2 * N_MAX + ecol[8:0]], rq_clip[15:0], rq_clip[31:16]);
             if (mode[1])
                 e = requant(e, rq2_mul, rq2_shift, rq2_add, rq2_clip[15:0], rq2_clip[31:16]);
-            if (mode[2])
+            if (mode[2] && !mode[8])
                 e = $signed({{56{lut[e[7:0] - lut_min[7:0]][7]}}, lut[e[7:0] - lut_min[7:0]]});
             for (st = 0; st < 5; st = st + 1) begin
                 if (st < stage_count) begin
@@ -177,6 +178,8 @@ module ita_tile #(
                                 stg[st * 12 + 11][15:0]);
                 end
             end
+            if (mode[2] && mode[8])
+                e = $signed({{56{lut[e[7:0] - lut_min[7:0]][7]}}, lut[e[7:0] - lut_min[7:0]]});
             epi[q] = e[15:0];
         end
     end
