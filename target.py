@@ -67,3 +67,40 @@ def load_target(name: str | Target) -> Target:
     if requant not in ("ita", "cmsis") or softmax not in ("ita", "ibert", "cmsis"):
         raise TinyDeployError(f"target '{name}': arithmetic requant={requant!r} softmax={softmax!r} unknown")
     return Target(raw["name"], raw.get("description", ""), raw.get("backend", "generic"), requant, softmax, raw)
+
+
+@dataclass(frozen=True)
+class AccelSpec:
+    processing_elements: int = 16
+    dot_width: int = 64
+    setup_cycles: int = 1
+    row_cycles: int = 1
+    divider_cycles: int = 8
+    #: the job memories (bytes) and widest row: a job's A [m, k], B [k, n] and Y [m, n] must fit them
+    a_bytes: int = 8192
+    b_bytes: int = 65536
+    y_bytes: int = 8192
+    max_columns: int = 512
+
+    @classmethod
+    def from_section(cls, section: dict) -> AccelSpec:
+        defaults = cls()
+        return cls(**{name: int(section.get(name, getattr(defaults, name))) for name in cls.__dataclass_fields__})
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.processing_elements * self.dot_width
+
+    def job_problem(self, m: int, k: int, n: int, out_bytes: int = 1) -> str | None:
+        """Why an m x k x n job does not fit the accelerator's memories, or None."""
+        if n > self.max_columns:
+            return f"n = {n} > {self.max_columns} columns"
+        for name, need, have in (("A", m * k, self.a_bytes), ("B", k * n, self.b_bytes),
+                                 ("Y", m * n * out_bytes, self.y_bytes)):
+            if need > have:
+                return f"{name} needs {need} B, the accelerator holds {have} B"
+        return None
+
+    def rows_per_job(self, k: int, n: int, out_bytes: int = 1) -> int:
+        """Most rows of an [m, k] x [k, n] GEMM one job holds (0: not even one row fits)."""
+        return min(self.a_bytes // max(k, 1), self.y_bytes // max(n * out_bytes, 1))

@@ -24,7 +24,7 @@ from ..ir.interpreter import cast_outputs, run_graph
 from ..ir.ops import node_macs
 from ..passes.memory import ArenaPlan, plan_arena, reshape_aliases, scratch_name
 from ..resources import package_path
-from ..target import Target
+from ..target import AccelSpec, Target
 from .lowering import CTYPES, Call, Kernel, Lowering, Refs
 
 BACKENDS_DIR = package_path("backends")
@@ -378,6 +378,15 @@ def _golden_c(env: jinja2.Environment, context: dict[str, Any], golden_in: bytes
                                                   golden_output=c_initializer(as_int8[1]))
 
 
+def _accel_memories(target: Target) -> dict[str, int]:
+    """The accelerator's job memories (bytes) for the driver, which splits a tile's rows into jobs that fit."""
+    section = target.section("accelerator")
+    if section.get("kind") != "ita":
+        return {}
+    spec = AccelSpec.from_section(section)
+    return {"a_bytes": spec.a_bytes, "y_bytes": spec.y_bytes}
+
+
 def _buffer_table(graph: Graph, plan: ArenaPlan, cnames: dict[str, str], in_slots: list[IoSlot],
                   out_slots: list[IoSlot], calls: list[Call]) -> list[dict[str, Any]]:
     """One #define per activation: where its bytes are (arena offset, or the caller's in/out buffer)."""
@@ -429,6 +438,7 @@ def _context(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], r
         "iss": target.section("iss"),
         "event": target.section("event"),
         "registers": [(k, v) for k, v in target.section("mmio").items() if k not in ("base", "size")],
+        "accel_memories": _accel_memories(target),
         "events": [(k, v) for k, v in target.section("event").items() if k not in ("base", "size")],
         "model_name": c_comment(Path(options.model_path).name if options.model_path else graph.name),
         "target": target, "plan": plan, "steps": steps, "inputs": in_slots, "outputs": out_slots,

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..ir.graph import Graph, Node, Tensor
 from ..ir.verify import verify
-from ..target import Target, load_target
+from ..target import AccelSpec, Target, load_target
 from .layout import swap_last_axes_of_producer
 
 
@@ -231,6 +231,7 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
     report = FusionReport(skipped={})
     if not has_accelerator(target):
         return graph, report
+    accel = AccelSpec.from_section(load_target(target).section("accelerator"))
     graph = graph.copy()
     report.b_transposed = _b_as_transposed(graph)
     consumers = graph.consumers()
@@ -245,6 +246,8 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
             report.skipped[reason] = report.skipped.get(reason, 0) + 1
             continue
         fused = _fused_node(graph, chain, conversions)
+        if not isinstance(fused, str):
+            fused = _job_problem(graph, fused, accel) or fused
         if isinstance(fused, str):
             report.skipped[fused] = report.skipped.get(fused, 0) + 1
             continue
@@ -286,6 +289,16 @@ def _b_as_transposed(graph: Graph) -> int:
             mm.attrs = {**mm.attrs, "trans_b": 1}
             count += 1
     return count
+
+
+def _job_problem(graph: Graph, node: Node, accel: AccelSpec) -> str | None:
+    """Why no tiling can run `node` as accelerator jobs (one row of A and Y, and B for the narrowest column tile
+    the tiler may take: all of n with the softmax, whose rows stay whole), or None."""
+    a, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+    k = a.shape[-1]
+    n = out.shape[-1] if any(s["op"] == "ITAPartialMax" for s in node.attrs["stages"]) else 1
+    problem = accel.job_problem(1, k, n, np.dtype(out.dtype).itemsize)
+    return f"the accelerator's job memories: {problem}" if problem else None
 
 
 def _fused_node(graph: Graph, chain: list[Node], conversions: dict[str, Node]) -> Node | str:

@@ -20,8 +20,8 @@ import numpy as np
 from ..errors import TinyDeployError
 from ..ir.graph import Graph, Node
 from ..ir.ops import node_macs
-from ..sim.accel.model import AccelSpec, job_cycles
-from ..target import Target
+from ..sim.accel.model import job_cycles
+from ..target import AccelSpec, Target
 
 ALIGNMENT = 16
 #: modelled core cycles per output element (per MAC for matmuls), before dividing by the cores
@@ -326,12 +326,14 @@ def two_d_geometry(dims: tuple[int, ...], strides: list[int]) -> tuple[int, int,
 def _compute_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int,
                     accel: AccelSpec | None = None) -> int:
     """Core cycles for one tile: the work per element times the share of the most loaded core."""
-    if node.op == "ITAGemm":   # one accelerator job per matrix (sim/accel/model.py: job_cycles)
+    if node.op == "ITAGemm":   # accelerator jobs of at most rows_per_job rows per matrix (model.job_cycles)
         spec = accel or AccelSpec()
         batch = int(np.prod(out_tile[:-2], dtype=np.int64))
-        k = node_macs(graph, node) // max(graph.tensors[node.outputs[0]].size, 1)
+        m, k, n = out_tile[-2], _ita_depth(graph, node), out_tile[-1]
         softmax = any(st["op"] == "ITAPartialMax" for st in node.attrs.get("stages", []))
-        return batch * (job_cycles(spec, out_tile[-2], k, out_tile[-1], softmax) + 40)
+        rows = max(min(spec.rows_per_job(k, n, _out_bytes(graph, node)), m), 1)
+        jobs = [rows] * (m // rows) + ([m % rows] if m % rows else [])
+        return batch * sum(job_cycles(spec, r, k, n, softmax) + 40 for r in jobs)
     if node.op == "MatMulInt":  # the cores share 4x4 output blocks (backends/riscv matmul_blocked)
         k = node_macs(graph, node) / max(graph.tensors[node.outputs[0]].size, 1)
         blocks = int(np.prod(out_tile[:-2], dtype=np.int64)) * -(-out_tile[-2] // 4) * -(-out_tile[-1] // 4)
@@ -369,6 +371,21 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _ita_depth(graph: Graph, node: Node) -> int:
+    """k of an ITAGemm (its MACs per output element)."""
+    return node_macs(graph, node) // max(graph.tensors[node.outputs[0]].size, 1)
+
+
+def _out_bytes(graph: Graph, node: Node) -> int:
+    return np.dtype(graph.tensors[node.outputs[0]].dtype).itemsize
+
+
+def accel_job_problem(graph: Graph, node: Node, out_tile: tuple[int, ...], accel: AccelSpec) -> str | None:
+    """Why the accelerator cannot run an output tile of an ITAGemm as jobs of whole rows, or None."""
+    k, n, size = _ita_depth(graph, node), out_tile[-1], _out_bytes(graph, node)
+    return accel.job_problem(1, k, n, size)
+
+
 def tile_candidates(graph: Graph, index: int, node: Node, operands: list[Operand], *, cores: int, bw: Bandwidth,
                     scratch_bytes: int = 0, accel: AccelSpec | None = None) -> list[StepTiling]:
     """Every tiling of one node the hardware can run, whatever L1 it needs (offsets not yet assigned)."""
@@ -389,6 +406,8 @@ def tile_candidates(graph: Graph, index: int, node: Node, operands: list[Operand
             continue                           # an in-place tile must be contiguous, or rows the accelerator pitches
         l1 = sum(t.l1_bytes for t in tiles if t.operand.role != "indirect") + _align(scratch_bytes)
         out_tile = out_shape if axis is None else out_shape[:axis] + (size,) + out_shape[axis + 1:]
+        if node.op == "ITAGemm" and accel_job_problem(graph, node, out_tile, accel or AccelSpec()):
+            continue                           # B or one row of A/Y does not fit the accelerator's memories
         model = _model(tiles, count, _compute_cycles(graph, node, out_tile, cores, accel), bw)
         result.append(StepTiling(index, node.name, node.op, axis, size if axis is not None else 1, count, tiles,
                                  l1_bytes=l1, model=model, scratch_bytes=scratch_bytes))

@@ -46,6 +46,7 @@ from .accel.model import (
     pitch,
     row_bytes,
     run_job,
+    y_bytes,
 )
 from .interrupt import raise_if_interrupted
 from .native import NO_BLOCK, HartCounter, attach_counter
@@ -456,6 +457,10 @@ class ClusterISS:
                 self._callback_fault(hart, f"accelerator operand {operand} at 0x{address:08x} ({nbytes} B) is not "
                                            f"in L1")
                 return
+        problem = self.spec.accel.job_problem(regs["m"], regs["k"], regs["n"], y_bytes(regs))
+        if problem:
+            self._callback_fault(hart, f"accelerator job {regs['m']}x{regs['k']}x{regs['n']} does not fit: {problem}")
+            return
         job = Job(self.accel_next_id, regs, layer=self.open_layer.index if self.open_layer else -1)
         try:
             job.result = run_job(job, self.read)
@@ -481,7 +486,7 @@ class ClusterISS:
         if self._rtl is None:
             from .accel.rtl import RtlAccelerator
 
-            self._rtl = RtlAccelerator()
+            self._rtl = RtlAccelerator(self.spec.accel)
         result, cycles = self._rtl.run(job, self.read)
         r = job.regs
         if result != job.result or cycles != job.cycles:

@@ -318,3 +318,37 @@ def test_a_zero_point_folds_into_the_bias_and_int16_results_stay_on_the_accelera
     compile_graph(g, "cluster8-ita", tmp_path, {"x": x})
     result = simulate_build(tmp_path)
     assert result.report["bit_exact"] is True and result.report["accel_busy_cycles"] > 0
+
+
+def test_jobs_are_sized_to_the_accelerators_memories(tmp_path):
+    """A 64x384x1536 GEMM holds neither its B (576 KiB) nor its A (24 KiB) in the accelerator's job memories
+    (targets/cluster8-ita.toml: 64 KiB B, 8 KiB A and Y): the tiler splits the columns, the driver the rows; every
+    job fits (the ISS faults on one that does not) and the result is bit-exact. A GEMM whose single row cannot fit
+    stays on the cores, and the fusion summary says why."""
+    from tinydeploy.backends import compile_graph
+    from tinydeploy.target import AccelSpec
+
+    spec = AccelSpec()
+    assert spec.job_problem(64, 384, 128) == "A needs 24576 B, the accelerator holds 8192 B"
+    assert spec.rows_per_job(384, 128) == 21 and spec.rows_per_job(384, 128, 2) == 21
+    assert spec.job_problem(1, 384, 1536).startswith("n = 1536")
+    rng = np.random.default_rng(4)
+
+    def gemm(m: int, k: int, n: int) -> Graph:
+        g = Graph(name="wide")
+        g.add_tensor(Tensor("x", "int8", (1, m, k)))
+        g.add_const("w", rng.integers(-128, 128, (k, n)).astype(np.int8), "int8")
+        g.add_tensor(Tensor("acc", "int32", (1, m, n)))
+        g.add_tensor(Tensor("y", "int8", (1, m, n)))
+        g.nodes += [Node("mm", "MatMulInt", ["x", "w"], ["acc"], {}),
+                    Node("rq", "Requant", ["acc"], ["y"], {"mul": 1, "shift": 12, "add": 0, "lo": -128, "hi": 127})]
+        g.inputs, g.outputs = ["x"], ["y"]
+        return g
+
+    _, report = fuse_attention(gemm(4, 9000, 16), "cluster8-ita")
+    assert report.fused == 0 and "job memories: A needs 9000 B" in report.summary()
+    x = rng.integers(-128, 128, (1, 64, 384)).astype(np.int8)
+    compile_graph(gemm(64, 384, 1536), "cluster8-ita", tmp_path, {"x": x})
+    assert "#define TD_ACCEL_A_BYTES 8192" in (tmp_path / "td_platform.h").read_text()
+    result = simulate_build(tmp_path)
+    assert result.report["bit_exact"] is True and result.report["accel_busy_cycles"] > 0

@@ -231,3 +231,16 @@ def test_ita_softmax_resolution_follows_the_calibrated_scale():
     row = np.zeros((1, 16), dtype=np.int64)
     row[0, 0] = 8              # 2 octaves above the rest at 4 steps per octave: sum 256 + 15 * 64, inverse 53
     assert arith.ita_partial_max(row, 16, 512, None, 2)[0, :2].tolist() == [53, 13]
+
+
+@pytest.mark.slow
+def test_minilm_shaped_bert_on_the_accelerator_rtl(tmp_path):
+    """2 layers of MiniLM's shape (hidden 384, 12 heads, FFN 1536), padded mask: every accelerator job of the
+    inference runs on the Verilated RTL (jobs sized to its memories) and equals the model; bit-exact."""
+    from tinydeploy.sim.firmware import simulate_build
+
+    model = tmp_path / "bert"
+    build_bert(model, BertSpec(layers=2, hidden=384, heads=12, intermediate=1536, vocab=1000, seq=32))
+    compile_for(model, tmp_path / "ita", "cluster8-ita")
+    report = simulate_build(tmp_path / "ita", accel="rtl").report
+    assert report["bit_exact"] is True and report["accel_jobs_checked_against_rtl"] > 100

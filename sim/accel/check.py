@@ -32,6 +32,7 @@ import numpy as np
 
 from ...errors import TinyDeployError
 from ...ir import arith
+from ...target import AccelSpec
 from .model import (
     JOB_REGISTERS,
     MODE_A_UNSIGNED,
@@ -41,7 +42,6 @@ from .model import (
     Job,
     run_job,
 )
-from .rtl import A_BYTES, B_BYTES, N_MAX, Y_BYTES
 
 #: ITA's streaming softmax as the accelerator runs it: 16-column blocks, L = 255 (sm_levels = 2 (L + 1))
 SOFTMAX_GROUP, SOFTMAX_LEVELS = 16, 512
@@ -105,7 +105,7 @@ class Accelerator:
         job = Job(self.jobs, regs)
         self.jobs += 1
         if self.rtl is None:
-            from .model import AccelSpec, job_cycles
+            from .model import job_cycles
 
             self.cycles += job_cycles(AccelSpec(), regs["m"], regs["k"], regs["n"], bool(regs["mode"] & MODE_SOFTMAX))
             return run_job(job, memory.read)
@@ -119,9 +119,11 @@ class Accelerator:
         a = np.asarray(a)
         m, k = a.shape
         n = b.shape[0] if trans_b else b.shape[1]
-        if n > N_MAX or k * n > B_BYTES:
-            raise TinyDeployError(f"a {k}x{n} weight operand exceeds the accelerator's memories")
-        rows = max(1, min(A_BYTES // max(k, 1), Y_BYTES // max(n, 1)))
+        spec = AccelSpec()
+        problem = spec.job_problem(1, k, n)
+        if problem:
+            raise TinyDeployError(f"a {k}x{n} weight operand does not fit the accelerator: {problem}")
+        rows = max(1, spec.rows_per_job(k, n))
         bias = np.zeros(n, np.int32) if bias is None else np.asarray(bias, np.int32).reshape(n)
         mode = (MODE_TRANS_B if trans_b else 0) | (MODE_SOFTMAX if softmax else 0) | (MODE_LUT if lut is not None
                                                                                        else 0)

@@ -23,6 +23,7 @@ import numpy as np
 from ...ir.arith import ITA_MAX_OCTAVE_BITS
 from ...ir.graph import Node
 from ...ir.ops import OPS
+from ...target import AccelSpec
 
 MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3, MODE_A_UNSIGNED = 1, 2, 4, 8, 16, 32
 #: Y elements are int16 (two bytes, little endian): a requant into a 16-bit residual stream (no softmax)
@@ -42,25 +43,6 @@ STAGE_WORDS = len(STAGE_FIELDS)
 STAGE_KINDS = {1: "AddRequant", 2: "MulRequant"}
 MAX_STAGES = 5
 VECTOR_REGISTERS = ("v0", "v1", "v2", "v3")
-
-
-@dataclass(frozen=True)
-class AccelSpec:
-    processing_elements: int = 16
-    dot_width: int = 64
-    setup_cycles: int = 1
-    row_cycles: int = 1
-    divider_cycles: int = 8
-
-    @classmethod
-    def from_section(cls, section: dict) -> AccelSpec:
-        return cls(int(section.get("processing_elements", 16)), int(section.get("dot_width", 64)),
-                   int(section.get("setup_cycles", 1)), int(section.get("row_cycles", 1)),
-                   int(section.get("divider_cycles", 8)))
-
-    @property
-    def macs_per_cycle(self) -> int:
-        return self.processing_elements * self.dot_width
 
 
 def _s32(value: int) -> int:
@@ -125,6 +107,7 @@ class Job:
 
 
 def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False) -> int:
+    """Cycles of one job from start to done (the RTL's schedule)."""
     groups, chunks = -(-n // spec.processing_elements), -(-k // spec.dot_width)
     array = groups * chunks + spec.row_cycles
     if not softmax:

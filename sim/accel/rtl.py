@@ -18,32 +18,43 @@ import numpy as np
 
 from ...errors import TinyDeployError
 from ...resources import package_path
-from .model import MODE_LUT, MODE_SM_MASK, STAGE_WORDS, Job, pitch, read_rows, y_bytes
+from .model import MODE_LUT, MODE_SM_MASK, STAGE_WORDS, AccelSpec, Job, pitch, read_rows, y_bytes
 
 SOURCE = package_path("sim", "accel", "rtl", "ita_tile.v")
-#: memory sizes of the RTL build (parameters of ita_tile.v)
-A_BYTES, B_BYTES, Y_BYTES, N_MAX = 8192, 65536, 8192, 512
+#: widest row of the RTL (its index widths are written for it)
+N_MAX = 512
 SELECT = {"a": 0, "b": 1, "bias": 2, "rq": 3, "lut": 4, "stages": 5, "r": 6, "vectors": 7}
 CONFIG = ("rq_clip", "rq2_mul", "rq2_shift", "rq2_add", "rq2_clip", "lut_min", "sm_levels", "sm_offset", "sm_clip",
           "sm_bits",
           "rq3_mul", "rq3_shift", "rq3_add", "rq3_clip")
 
 
-def _build_dir() -> Path:
+def _parameters(spec: AccelSpec) -> dict[str, int]:
+    """ita_tile.v's parameters for an accelerator description (the target's [accelerator] section)."""
+    if spec.max_columns != N_MAX:
+        raise TinyDeployError(f"the RTL is written for rows of up to {N_MAX} columns (max_columns = "
+                              f"{spec.max_columns} in the target)")
+    return {"PE": spec.processing_elements, "W": spec.dot_width, "A_BYTES": spec.a_bytes, "B_BYTES": spec.b_bytes,
+            "Y_BYTES": spec.y_bytes, "N_MAX": N_MAX}
+
+
+def _build_dir(parameters: dict[str, int]) -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(SOURCE.read_bytes() + repr(sorted(parameters.items())).encode()).hexdigest()[:16]
     return Path(root) / "tinydeploy" / "rtl" / digest
 
 
 class RtlAccelerator:
-    """One Verilated ita_tile instance."""
+    """One Verilated ita_tile instance, built with the memories and array of `spec`."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec: AccelSpec | None = None) -> None:
+        self.spec = spec or AccelSpec()
+        parameters = _parameters(self.spec)
         if shutil.which("verilator") is None:
             raise TinyDeployError("verilator is not installed (apt-get install -y verilator); needed for --accel rtl")
         from pyverilator import PyVerilator
 
-        build = _build_dir()
+        build = _build_dir(parameters)
         so_file = build / "obj" / "Vita_tile"
         if not so_file.exists():
             build.mkdir(parents=True, exist_ok=True)
@@ -52,7 +63,8 @@ class RtlAccelerator:
             try:
                 os.chdir(build)
                 self.sim = PyVerilator.build(SOURCE.name, build_dir="obj", quiet=True, dump_en=False,
-                                             args=["-O3", "--x-assign", "fast", "--x-initial", "fast"])
+                                             args=["-O3", "--x-assign", "fast", "--x-initial", "fast",
+                                                   *(f"-G{k}={v}" for k, v in parameters.items())])
             finally:
                 os.chdir(cwd)
         else:
@@ -85,9 +97,9 @@ class RtlAccelerator:
         r = job.regs
         m, k, n = r["m"], r["k"], r["n"]
         out_bytes = m * n * y_bytes(r)
-        if m * k > A_BYTES or k * n > B_BYTES or out_bytes > Y_BYTES or n > N_MAX:
-            raise TinyDeployError(f"job {m}x{k}x{n} exceeds the RTL build's memories (A {A_BYTES} B, B {B_BYTES} B, "
-                                  f"Y {Y_BYTES} B, n <= {N_MAX})")
+        problem = self.spec.job_problem(m, k, n, y_bytes(r))
+        if problem:
+            raise TinyDeployError(f"job {m}x{k}x{n} does not fit the RTL build: {problem}")
         self._load("a", read(r["a"], m * k))
         self._load("b", read(r["b"], k * n))
         self._load("bias", read(r["bias"], 4 * n))
