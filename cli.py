@@ -101,12 +101,18 @@ def default_inputs_path(model: str) -> Path | None:
 
 def load_inputs(path: str | None, model: str, graph) -> dict[str, np.ndarray]:
     """One sample of checked inputs from --inputs (by graph-input name), else inputs.npz beside the model."""
+    return load_samples(path, model, graph)[0]
+
+
+def load_samples(path: str | None, model: str, graph, *, batched: bool = False) -> list[dict[str, np.ndarray]]:
+    """Checked inputs from --inputs, else inputs.npz beside the model: one dict per sample (`batched`: arrays may
+    carry a leading sample axis N)."""
     from .frontend.inputs import load_inputs as read_samples
 
     source = Path(path) if path else default_inputs_path(model)
     if source is None:
         raise TinyDeployError("no inputs: pass --inputs FILE.npz (none found beside the model)")
-    return read_samples(source, graph)[0]
+    return read_samples(source, graph, batched=batched)
 
 
 def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tuple[int, int]] | None:
@@ -234,13 +240,19 @@ def cmd_golden(args: argparse.Namespace) -> int:
 
     output_file(args.output)
     _, int_graph = load_integer_graph(args.model, args.target, observed_input_ranges(args.model, args.inputs))
-    inputs = load_inputs(args.inputs, args.model, int_graph)
+    samples = load_samples(args.inputs, args.model, int_graph, batched=True)
+    stacked = _has_sample_axis(args.inputs, args.model, int_graph)
     t0 = time.perf_counter()
-    values = run_graph(int_graph, inputs, keep_all=args.all)
+    runs = []
+    for i, inputs in enumerate(samples):
+        values = cast_outputs(int_graph, run_graph(int_graph, inputs, keep_all=args.all))
+        if args.dequantize:
+            values.update(dequantized_outputs(int_graph, values))
+        runs.append(values)
+        if len(samples) > 1:
+            _say(f"sample {i + 1}/{len(samples)}")
     _say(f"golden run in {time.perf_counter() - t0:.2f}s")
-    values = cast_outputs(int_graph, values)
-    if args.dequantize:
-        values.update(dequantized_outputs(int_graph, values))
+    values = {name: np.stack([run[name] for run in runs]) for name in runs[0]} if stacked else runs[0]
     with atomic_file(args.output) as tmp, open(tmp, "wb") as f:
         np.savez(f, **values)
     for name in int_graph.outputs:
@@ -248,6 +260,16 @@ def cmd_golden(args: argparse.Namespace) -> int:
         print(f"{name}: {v.dtype}{list(v.shape)} min {v.min()} max {v.max()}")
     print(f"wrote {args.output} ({len(values)} tensors)")
     return EXIT_OK
+
+
+def _has_sample_axis(path: str | None, model: str, graph) -> bool:
+    """True when the inputs carry a leading sample axis N (the outputs then carry one too, even for N = 1)."""
+    from .frontend.inputs import read_npz, select_arrays
+
+    source = Path(path) if path else default_inputs_path(model)
+    arrays = select_arrays(read_npz(source), graph.inputs, str(source),
+                           positional=graph.meta.get("dialect") == "deeploy")
+    return any(value.ndim == len(graph.tensors[name].shape) + 1 for name, value in arrays.items())
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
@@ -573,7 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, fn, text)
         p.add_argument("model", help="ONNX file (QDQ or Deeploy integer dialect) or a zoo directory")
         p.add_argument("--target", default="cluster8-ita", help="target name (see `tinydeploy targets`)")
-        p.add_argument("--inputs", help=".npz with the inputs (default: inputs.npz beside the model)")
+        p.add_argument("--inputs", help=".npz with the inputs (default: inputs.npz beside the model)"
+                       + ("; arrays may carry a leading sample axis N, the outputs then do too" if name == "golden"
+                          else ""))
         if name == "golden":
             p.add_argument("-o", "--output", required=True, help="output .npz (written under exactly this name)")
             p.add_argument("--all", action="store_true", help="also write every intermediate tensor")

@@ -127,6 +127,29 @@ def test_golden_dequantize_writes_real_outputs(bert, tmp_path):
     assert np.allclose(data["last_hidden_state_real"], data["last_hidden_state"] * scale, rtol=1e-6)
 
 
+
+def test_golden_takes_a_leading_sample_axis(bert, tmp_path):
+    """--inputs with [N, ...] arrays: one golden run per sample, outputs stacked along the same axis."""
+    one = dict(np.load(bert / "inputs.npz"))
+    other = {k: v.copy() for k, v in one.items()}
+    other["attention_mask"][..., -8:] = 0
+    np.savez(tmp_path / "two.npz", **{k: np.stack([one[k], other[k]]) for k in one})
+    singles = []
+    for name, sample in (("a", one), ("b", other)):
+        np.savez(tmp_path / f"{name}.npz", **sample)
+        run = subprocess.run([*CLI, "golden", str(bert), "--target", "generic", "--inputs",
+                              str(tmp_path / f"{name}.npz"), "-o", str(tmp_path / f"{name}_out.npz")],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        singles.append(np.load(tmp_path / f"{name}_out.npz")["last_hidden_state"])
+    run = subprocess.run([*CLI, "golden", str(bert), "--target", "generic", "--inputs", str(tmp_path / "two.npz"),
+                          "--dequantize", "-o", str(tmp_path / "two_out.npz")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    both = np.load(tmp_path / "two_out.npz")
+    assert np.array_equal(both["last_hidden_state"], np.stack(singles))
+    assert both["last_hidden_state_real"].shape == both["last_hidden_state"].shape
+    assert not np.array_equal(singles[0], singles[1])                 # the second mask changed the result
+
 def test_quantize_command(bert, tmp_path):
     data = dict(np.load(bert / "inputs.npz"))
     calib = {k: np.concatenate([v, v]) for k, v in data.items()}
