@@ -142,6 +142,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from .zoo.mobilebert import MobileBertSpec, build_mobilebert
 
     spec = MobileBertSpec.preset(args.size)
+    spec.mask = args.mask
     for key in ("seq", "seed", "layers", "hidden", "bottleneck", "heads", "ffn_stack", "intermediate", "vocab",
                 "embedding"):
         value = getattr(args, key)
@@ -577,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=["tiny", "full"], default="tiny")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty folder that is not "
                                                         "a zoo model")
+    p.add_argument("--mask", action="store_true", help="mobilebert: an attention_mask input (key padding) instead "
+                                                       "of the all-ones mask inside the model")
     for flag, dest in (("--seq", "seq"), ("--seed", "seed"), ("--layers", "layers"), ("--hidden", "hidden"),
                        ("--bottleneck", "bottleneck"), ("--heads", "heads"), ("--ffn-stack", "ffn_stack"),
                        ("--intermediate", "intermediate"), ("--vocab", "vocab"), ("--embedding", "embedding")):

@@ -267,3 +267,21 @@ def test_minilm_shaped_bert_on_the_accelerator_rtl(tmp_path):
     compile_for(model, tmp_path / "ita", "cluster8-ita")
     report = simulate_build(tmp_path / "ita", accel="rtl").report
     assert report["bit_exact"] is True and report["accel_jobs_checked_against_rtl"] > 100
+
+
+@pytest.mark.parametrize("target", ["cluster8-ita", "cortex-m4"])
+def test_mobilebert_with_a_real_mask_input(tmp_path_factory, target, tmp_path):
+    """`zoo mobilebert --mask`: an attention_mask input with padding; its softmaxes take the key mask (on the
+    accelerator on cluster8-ita) and the firmware is bit-exact."""
+    from tinydeploy.zoo.mobilebert import MobileBertSpec, build_mobilebert
+
+    model = tmp_path_factory.getbasetemp() / "mobilebert_mask"
+    if not (model / "model_qdq.onnx").exists():
+        build_mobilebert(model, MobileBertSpec(mask=True))
+    inputs = np.load(model / "inputs.npz")
+    assert 0 < inputs["attention_mask"].sum() < inputs["attention_mask"].size
+    graph = import_model(model)
+    assert graph.meta["input_values"] == {"attention_mask": [0, 1]}
+    compile_for(model, tmp_path, target)
+    result = verify_build(tmp_path)
+    assert result.bit_exact, result.first.describe()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .knobs import knob_problems
+from .quantize import mask_float_nodes
 
 #: Ops onnxruntime is asked to wrap in Q/DQ. Everything numeric is quantized so the integer graph has
 #: a calibrated scale for every activation (including Softmax, Tanh and the attention scaling Div).
@@ -40,6 +41,8 @@ class MobileBertSpec:
     seq: int = 32
     labels: int = 2
     seed: int = 0
+    #: an attention_mask input (int64 [1, seq], 0 = padding) instead of the all-ones mask built inside the model
+    mask: bool = False
 
     @classmethod
     def preset(cls, size: str) -> MobileBertSpec:
@@ -76,7 +79,10 @@ def make_torch_model(spec: MobileBertSpec):
         true_hidden_size=spec.bottleneck, intra_bottleneck_size=spec.bottleneck,
         num_feedforward_networks=spec.ffn_stack, max_position_embeddings=max(512, spec.seq),
         num_labels=spec.labels, hidden_act="relu", normalization_type="no_norm",
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        # with a mask input, eager attention: SDPA's export zeroes fully masked rows with IsNaN/Where after the
+        # Softmax, which no integer softmax needs (contract 6 gives such a row all zeros itself)
+        **({"attn_implementation": "eager"} if spec.mask else {}))
     model = MobileBertForSequenceClassification(config).eval()
     _randomize_norms(model, spec.seed)
     return model
@@ -97,10 +103,10 @@ def _randomize_norms(model, seed: int) -> None:
 
 
 class _Wrapper:
-    """Returns (logits, last hidden state) from input ids only; the attention mask is all ones."""
+    """Returns (logits, last hidden state) from input ids (and the attention mask when the spec asks for one)."""
 
     @staticmethod
-    def build(model):
+    def build(model, with_mask: bool = False):
         import torch
 
         class Wrapped(torch.nn.Module):
@@ -108,13 +114,29 @@ class _Wrapper:
                 super().__init__()
                 self.inner = inner
 
-            def forward(self, input_ids):
-                # An explicit all-ones mask, as BERT exports have: its subgraph is folded by the frontend.
-                mask = torch.ones_like(input_ids)
+            def forward(self, input_ids, attention_mask=None):
+                # Without a mask input: an explicit all-ones mask, as BERT exports have (the frontend folds it).
+                mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
                 out = self.inner(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
                 return out.logits, out.hidden_states[-1]
 
         return Wrapped(model).eval()
+
+
+def padding_mask(spec: MobileBertSpec, seed: int) -> np.ndarray:
+    """A key-padding mask [1, seq]: the first tokens kept, the rest (a seeded quarter or less) padding."""
+    rng = np.random.default_rng(seed)
+    mask = np.ones((1, spec.seq), dtype=np.int64)
+    mask[0, spec.seq - int(rng.integers(0, spec.seq // 4 + 1)):] = 0
+    return mask
+
+
+def sample_inputs(spec: MobileBertSpec, seed: int) -> dict[str, np.ndarray]:
+    """The model's inputs for one seeded sample."""
+    sample = {"input_ids": seeded_input_ids(spec, seed)}
+    if spec.mask:
+        sample["attention_mask"] = padding_mask(spec, seed)
+    return sample
 
 
 def seeded_input_ids(spec: MobileBertSpec, seed: int) -> np.ndarray:
@@ -126,11 +148,11 @@ def export_onnx(spec: MobileBertSpec, path: Path) -> None:
     """torch -> ONNX opset 17 with static shapes (batch 1, fixed sequence length)."""
     import torch
 
-    model = _Wrapper.build(make_torch_model(spec))
-    ids = torch.from_numpy(seeded_input_ids(spec, spec.seed))
+    model = _Wrapper.build(make_torch_model(spec), spec.mask)
+    sample = {k: torch.from_numpy(v) for k, v in sample_inputs(spec, spec.seed).items()}
     with warnings.catch_warnings():  # tracer chatter about static shapes: intended here
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (ids,), str(path), input_names=["input_ids"],
+        torch.onnx.export(model, tuple(sample.values()), str(path), input_names=list(sample),
                           output_names=["logits", "last_hidden_state"], opset_version=17,
                           do_constant_folding=True, dynamo=False)
 
@@ -141,12 +163,12 @@ def quantize_qdq(spec: MobileBertSpec, float_path: Path, qdq_path: Path, calib_s
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"input_ids": seeded_input_ids(spec, spec.seed + 1000 + i)}
-                                 for i in range(calib_samples)])
+            self.batches = iter([sample_inputs(spec, spec.seed + 1000 + i) for i in range(calib_samples)])
 
         def get_next(self):
             return next(self.batches, None)
 
+    excluded = mask_float_nodes(float_path) if spec.mask else []
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime logs pre-processing advice through the root logger
@@ -154,7 +176,7 @@ def quantize_qdq(spec: MobileBertSpec, float_path: Path, qdq_path: Path, calib_s
         quantize_static(
             str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OP_TYPES,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+            nodes_to_exclude=excluded, extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     finally:
         root.setLevel(level)
 
@@ -170,6 +192,6 @@ def build_mobilebert(out_dir: str | Path, spec: MobileBertSpec,
     export_onnx(spec, paths["float"])
     say("quantizing with onnxruntime (static, QDQ, int8)")
     quantize_qdq(spec, paths["float"], paths["qdq"])
-    np.savez(paths["inputs"], input_ids=seeded_input_ids(spec, spec.seed + 7))
+    np.savez(paths["inputs"], **sample_inputs(spec, spec.seed + 7))
     (out / "spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return paths

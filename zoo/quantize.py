@@ -93,6 +93,15 @@ def _mask_nodes(wiring: _Wiring, mask_inputs: Iterable[str]) -> set[str]:
     return found
 
 
+def mask_float_nodes(float_path: str | Path, mask_inputs: Iterable[str] = ("attention_mask",)) -> list[str]:
+    """Names of the nodes a quantizer must leave in float for the frontend's masked softmax (see _mask_nodes)."""
+    import onnx
+
+    model = onnx.load(str(float_path))
+    masks = [m for m in mask_inputs if any(i.name == m for i in model.graph.input)]
+    return sorted(_mask_nodes(_Wiring.of(model), masks))
+
+
 def _activation_islands(wiring: _Wiring, model: onnx.ModelProto) -> dict[str, set[str]]:
     """Each elementwise float island around an Erf/Tanh (GELU's subgraph), by its output tensor: the names of its
     nodes. The island grows through ISLAND_OPS whose other operands are constants or values of its own input."""
