@@ -285,3 +285,21 @@ def test_mobilebert_with_a_real_mask_input(tmp_path_factory, target, tmp_path):
     compile_for(model, tmp_path, target)
     result = verify_build(tmp_path)
     assert result.bit_exact, result.first.describe()
+
+
+@pytest.mark.parametrize("activation,opset,op", [("gelu_new", 17, "QTable"), ("gelu", 20, "QGelu")])
+def test_gelu_in_tanh_form_and_as_the_gelu_op(tmp_path_factory, activation, opset, op, tmp_path):
+    """GELU's tanh approximation (a Tanh subgraph with a 0.5 * x side branch) becomes one exact table per layer;
+    opset 20's Gelu op one table too. Close to onnxruntime and bit-exact on the accelerator target."""
+    model = tmp_path_factory.mktemp(f"bert_{activation}_{opset}")
+    build_bert(model, BertSpec(layers=2, hidden=64, heads=4, intermediate=128, vocab=500, seq=32,
+                               activation=activation, opset=opset))
+    graph = import_model(model)
+    ops = [n.op for n in graph.nodes]
+    assert ops.count(op) == 2 and "QTanh" not in ops and "QMul" not in ops, ops
+    int_graph = integerize(graph, "cluster8-ita")
+    (out,) = fidelity_report(model, graph, int_graph, load_inputs(model / "inputs.npz", int_graph)[0])["end_to_end"]
+    assert out["cosine"] > 0.98, out
+    compile_for(model, tmp_path, "cluster8-ita")
+    result = verify_build(tmp_path)
+    assert result.bit_exact, result.first.describe()

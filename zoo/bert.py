@@ -41,6 +41,12 @@ CALIBRATION_SENTENCES = [
 ]
 
 
+#: BertSpec.activation choices
+ACTIVATIONS = ("gelu", "gelu_new")
+#: the ONNX opset exports use unless a spec asks for a later one
+EXPORT_OPSET = 17
+
+
 @dataclass
 class BertSpec:
     """A random-weight BERT encoder (transformers' BertConfig knobs)."""
@@ -52,6 +58,11 @@ class BertSpec:
     vocab: int = 1000
     seq: int = 32
     seed: int = 0
+    #: transformers' hidden_act: "gelu" (exported as an Erf subgraph, or as the Gelu op from opset 20) or
+    #: "gelu_new" (the tanh approximation, a Tanh subgraph)
+    activation: str = "gelu"
+    #: ONNX opset of the export (17: LayerNormalization and Erf; 20: also Gelu)
+    opset: int = EXPORT_OPSET
 
     #: largest value of each knob the zoo builds (seq: BERT's 512 position embeddings)
     LIMITS = {"layers": 64, "hidden": 4096, "heads": 64, "intermediate": 16384, "vocab": 250_000, "seq": 512}
@@ -61,6 +72,10 @@ class BertSpec:
         found = knob_problems(self, self.LIMITS)
         if not found and self.hidden % self.heads:
             found.append(f"--heads {self.heads} does not divide --hidden {self.hidden}")
+        if self.activation not in ACTIVATIONS:
+            found.append(f"--activation {self.activation} is not one of {', '.join(ACTIVATIONS)}")
+        if not EXPORT_OPSET <= self.opset <= 20:
+            found.append(f"--opset {self.opset} is outside [{EXPORT_OPSET}, 20]")
         return found
 
 
@@ -105,7 +120,8 @@ def _random_bert(spec: BertSpec):
     torch.manual_seed(spec.seed)
     config = BertConfig(vocab_size=spec.vocab, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
                         num_attention_heads=spec.heads, intermediate_size=spec.intermediate,
-                        max_position_embeddings=max(512, spec.seq), attn_implementation="eager")
+                        max_position_embeddings=max(512, spec.seq), attn_implementation="eager",
+                        hidden_act=spec.activation)
     return BertModel(config).eval()
 
 
@@ -139,8 +155,8 @@ def encode(tokenizer, sentences: list[str], seq: int, names: list[str], vocab: i
     return samples
 
 
-def export_encoder(model, path: Path, sample: dict[str, np.ndarray]) -> None:
-    """torch -> ONNX opset 17, static shapes, output last_hidden_state."""
+def export_encoder(model, path: Path, sample: dict[str, np.ndarray], opset: int = EXPORT_OPSET) -> None:
+    """torch -> ONNX (opset 17 unless asked), static shapes, output last_hidden_state."""
     import torch
 
     names = list(sample)
@@ -157,12 +173,13 @@ def export_encoder(model, path: Path, sample: dict[str, np.ndarray]) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(Encoder(model).eval(), args, str(path), input_names=names,
-                          output_names=["last_hidden_state"], opset_version=17, do_constant_folding=True,
+                          output_names=["last_hidden_state"], opset_version=opset, do_constant_folding=True,
                           dynamo=False)
 
 
 def build_encoder(out_dir: str | Path, model, tokenizer, *, seq: int, description: dict, recipe: str = "int8",
-                  method: str = "minmax", progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+                  method: str = "minmax", progress: Callable[[str], None] | None = None,
+                  opset: int = EXPORT_OPSET) -> dict[str, Path]:
     """Export, calibrate, quantize; write model.onnx, model_qdq.onnx, inputs.npz and spec.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +189,7 @@ def build_encoder(out_dir: str | Path, model, tokenizer, *, seq: int, descriptio
     paths = {"float": out / "model.onnx", "qdq": out / "model_qdq.onnx", "inputs": out / "inputs.npz"}
     demo = encode(tokenizer, [DEMO_SENTENCE], seq, names, vocab, seed=7)[0]
     say("exporting the torch model to ONNX")
-    export_encoder(model, paths["float"], demo)
+    export_encoder(model, paths["float"], demo, opset)
     say(f"quantizing with onnxruntime (static QDQ, recipe {recipe})")
     calibration = encode(tokenizer, CALIBRATION_SENTENCES, seq, names, vocab, seed=1)
     quantize_transformer(paths["float"], paths["qdq"], calibration, recipe=recipe, method=method)
@@ -204,5 +221,5 @@ def build_bert(out_dir: str | Path, spec: BertSpec, recipe: str = "mixed", metho
     if problems:
         raise TinyDeployError("; ".join(problems))
     return build_encoder(out_dir, _random_bert(spec), None, seq=spec.seq, recipe=recipe, method=method,
-                         progress=progress,
+                         progress=progress, opset=spec.opset,
                          description={"model": "bert", **asdict(spec)})

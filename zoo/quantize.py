@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..errors import TinyDeployError
 
 if TYPE_CHECKING:       # onnx and onnxruntime load when a model is quantized, not when the CLI starts
-    import numpy as np
     import onnx
 
 #: ops onnxruntime wraps in Q/DQ
@@ -50,6 +51,7 @@ class _Wiring:
     readers: dict[str, list[onnx.NodeProto]]
     producers: dict[str, onnx.NodeProto]
     constants: set[str]
+    scalars: set[str]          # constants of one element
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> _Wiring:
@@ -60,7 +62,15 @@ class _Wiring:
         producers = {o: n for n in model.graph.node for o in n.output}
         constants = {i.name for i in model.graph.initializer}
         constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-        return cls(readers, producers, constants)
+        scalars = {i.name for i in model.graph.initializer if int(np.prod(i.dims, dtype=np.int64)) == 1}
+        scalars |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"
+                    and all(int(np.prod(a.t.dims, dtype=np.int64)) == 1 for a in n.attribute if a.name == "value")}
+        for node in model.graph.node:      # torch's export shares equal weights through Identity nodes
+            if node.op_type == "Identity" and node.input[0] in constants:
+                constants.add(node.output[0])
+                if node.input[0] in scalars:
+                    scalars.add(node.output[0])
+        return cls(readers, producers, constants, scalars)
 
 
 def _score_scaling(wiring: _Wiring, scores: list[str]) -> set[str]:
@@ -103,29 +113,56 @@ def mask_float_nodes(float_path: str | Path, mask_inputs: Iterable[str] = ("atte
 
 
 def _activation_islands(wiring: _Wiring, model: onnx.ModelProto) -> dict[str, set[str]]:
-    """Each elementwise float island around an Erf/Tanh (GELU's subgraph), by its output tensor: the names of its
-    nodes. The island grows through ISLAND_OPS whose other operands are constants or values of its own input."""
+    """Each elementwise float island around an Erf/Tanh/... (GELU's Erf or tanh subgraph), by its output tensor:
+    the names of its nodes. Backwards from the activation, the island takes every ISLAND_OPS producer whose
+    constants are scalars, down to one root value (the activation's input x); forwards, the chain of ISLAND_OPS
+    whose other operands are scalars, x or the island's own values (x * (1 + erf(..)) * 0.5). An island with more
+    than one root is left alone."""
     readers, producers = wiring.readers, wiring.producers
     found: dict[str, set[str]] = {}
     for seed in (n for n in model.graph.node if n.op_type in ACTIVATION_OPS):
-        island = {seed.name}
-        # backwards: Div/Mul by a constant feeding the activation
-        src = seed.input[0]
-        while producers.get(src) is not None and producers[src].op_type in ("Div", "Mul") and any(
-                i in wiring.constants for i in producers[src].input[1:]):
-            island.add(producers[src].name)
-            src = producers[src].input[0]
-        # forwards: single chain of elementwise ops
-        out = seed.output[0]
-        while len(readers.get(out, [])) == 1 and readers[out][0].op_type in ISLAND_OPS:
-            node = readers[out][0]
-            operands = [i for i in node.input if i != out]
-            if not all(i == src or i in wiring.constants for i in operands):
-                break
+        island, values, roots, frontier = {seed.name}, set(seed.output), set(), list(seed.input[:1])
+        while frontier:
+            name = frontier.pop()
+            node = producers.get(name)
+            if name in values or name in wiring.constants or name in roots:
+                continue
+            if node is None or not _scalar_op(wiring, node):
+                roots.add(name)                  # e.g. the bias Add before GELU: its constant is a vector
+                continue
             island.add(node.name)
+            values.add(name)
+            frontier.extend(i for i in node.input if i not in wiring.constants)
+        if len(roots) != 1:
+            continue
+        known = values | roots
+        out = seed.output[0]
+        while len(readers.get(out, [])) == 1 and _scalar_op(wiring, readers[out][0]):
+            node, branch = readers[out][0], set()
+            if not all(_of_root(wiring, i, known, branch) for i in node.input):
+                break
+            island |= branch | {node.name}
             out = node.output[0]
+            known.add(out)
         found[out] = island
     return found
+
+
+def _scalar_op(wiring: _Wiring, node: onnx.NodeProto) -> bool:
+    """An island op whose constant operands are scalars."""
+    return node.op_type in ISLAND_OPS and all(i in wiring.scalars for i in node.input if i in wiring.constants)
+
+
+def _of_root(wiring: _Wiring, name: str, known: set[str], taken: set[str]) -> bool:
+    """`name` is known (the root or an island value), a constant, or computed from known values by scalar ops only
+    (a side branch such as 0.5 * x); the nodes of such a branch are added to `taken`."""
+    if name in known or name in wiring.constants:
+        return True
+    node = wiring.producers.get(name)
+    if node is None or not _scalar_op(wiring, node):
+        return False
+    taken.add(node.name)
+    return all(_of_root(wiring, i, known, taken) for i in node.input)
 
 
 def residual_stream(wiring: _Wiring, model: onnx.ModelProto) -> set[str]:
