@@ -173,7 +173,7 @@ def _zoo_encoder(args: argparse.Namespace) -> int:
         raise TinyDeployError(f"--seq {seq} is outside [1, {bert.BertSpec.LIMITS['seq']}]")
     if args.model == "bert":
         spec = bert.BertSpec(seq=seq)
-        for key in ("layers", "hidden", "heads", "intermediate", "vocab", "seed"):
+        for key in ("layers", "hidden", "heads", "intermediate", "vocab", "seed", "activation", "opset"):
             if getattr(args, key) is not None:
                 setattr(spec, key, getattr(args, key))
         problems = spec.problems()
@@ -578,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=["tiny", "full"], default="tiny")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty folder that is not "
                                                         "a zoo model")
+    p.add_argument("--activation", choices=["gelu", "gelu_new"], default=None,
+                   help="bert: GELU as transformers' gelu (Erf) or gelu_new (tanh approximation)")
+    p.add_argument("--opset", type=int, default=None, help="bert: ONNX opset of the export (17..20; 20 has Gelu)")
     p.add_argument("--mask", action="store_true", help="mobilebert: an attention_mask input (key padding) instead "
                                                        "of the all-ones mask inside the model")
     for flag, dest in (("--seq", "seq"), ("--seed", "seed"), ("--layers", "layers"), ("--hidden", "hidden"),
