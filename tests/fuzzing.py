@@ -766,7 +766,8 @@ def mutate_source(build: Path, rng: random.Random) -> str:
         matches = list(NUMBER.finditer(lines[k]))
         m = rng.choice(matches)
         old = int(m.group())
-        new = rng.choice((0, 1, old + 1, max(old - 1, 0), old * 2, old * 1000 + 7, 2**31 - 1, 65535))
+        new = rng.choice([v for v in (0, 1, old + 1, max(old - 1, 0), old * 2, old * 1000 + 7, 2**31 - 1, 65535)
+                          if v != old])                  # a mutation must change the number
         desc = f"line {k + 1}: number {old} -> {new} in {lines[k].strip()[:80]!r}"
         lines[k] = lines[k][:m.start()] + str(new) + lines[k][m.end():]
     else:
