@@ -39,6 +39,8 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
         return graph, notes
     from ..passes.fuse_attention import fuse_attention
     from ..passes.fuse_elementwise import fuse_elementwise, hoist_scalar_ops
+    from ..passes.split_rows import split_rows
+    from ..passes.tile import l1_budget
 
     graph, pairs = fuse_elementwise(graph)         # first: its AddRequant/MulRequant can join an ITAGemm
     dump("fuse_elementwise", graph)
@@ -46,9 +48,13 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
     dump("hoist_scalar_ops", graph)
     graph, fusion = fuse_attention(graph, target)
     dump("fuse_attention", graph)
+    graph, split = split_rows(graph, l1_budget(target))
+    dump("split_rows", graph)
     notes.append(f"fused {pairs} Add/Mul -> Requant pairs on the cores; moved {hoisted} scalar ops above layout ops")
     if fusion.fused or fusion.skipped:     # on a target with an accelerator: also why nothing went there
         notes.append(fusion.summary())
+    if split:
+        notes.append(f"{split} accelerator GEMMs run as row blocks (their A does not fit L1 whole)")
     return graph, notes
 
 

@@ -352,3 +352,30 @@ def test_jobs_are_sized_to_the_accelerators_memories(tmp_path):
     assert "#define TD_ACCEL_A_BYTES 8192" in (tmp_path / "td_platform.h").read_text()
     result = simulate_build(tmp_path)
     assert result.report["bit_exact"] is True and result.report["accel_busy_cycles"] > 0
+
+
+def test_a_gemm_whose_a_exceeds_l1_runs_as_row_blocks(tmp_path):
+    """BERT-base's FFN output projection shape: A = 128 x 3072 int8 (384 KiB) cannot stay whole in L1 while B is
+    streamed by columns; split_rows makes row blocks (Slice -> ITAGemm -> Concat), each tiled by columns.
+    Bit-exact in the ISS."""
+    from tinydeploy.backends import backend_passes, compile_graph
+    from tinydeploy.passes.split_rows import row_blocks
+    from tinydeploy.target import load_target
+
+    assert row_blocks(128, 3072, 245760) == 4 and row_blocks(128, 384, 245760) == 1
+    rng = np.random.default_rng(6)
+    m, k, n = 128, 3072, 64
+    g = Graph(name="ffn2_base")
+    g.add_tensor(Tensor("x", "int8", (1, m, k)))
+    g.add_const("w", rng.integers(-128, 128, (k, n)).astype(np.int8), "int8")
+    g.add_tensor(Tensor("acc", "int32", (1, m, n)))
+    g.add_tensor(Tensor("y", "int8", (1, m, n)))
+    g.nodes += [Node("mm", "MatMulInt", ["x", "w"], ["acc"], {}),
+                Node("rq", "Requant", ["acc"], ["y"], {"mul": 1, "shift": 14, "add": 0, "lo": -128, "hi": 127})]
+    g.inputs, g.outputs = ["x"], ["y"]
+    lowered, notes = backend_passes(g, load_target("cluster8-ita"))
+    assert [node.op for node in lowered.nodes].count("ITAGemm") == 4 and any("row blocks" in s for s in notes)
+    x = rng.integers(-128, 128, (1, m, k)).astype(np.int8)
+    assert np.array_equal(run_graph(lowered, {"x": x})["y"], run_graph(g, {"x": x})["y"])
+    compile_graph(g, "cluster8-ita", tmp_path, {"x": x})
+    assert simulate_build(tmp_path).report["bit_exact"] is True

@@ -303,3 +303,16 @@ def test_gelu_in_tanh_form_and_as_the_gelu_op(tmp_path_factory, activation, opse
     compile_for(model, tmp_path, "cluster8-ita")
     result = verify_build(tmp_path)
     assert result.bit_exact, result.first.describe()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layers,hidden,intermediate", [(4, 312, 1200), (6, 768, 3072)])
+def test_bert_shapes_bit_exact_on_the_accelerator(tmp_path, layers, hidden, intermediate):
+    """TinyBERT-4 and BERT-base shapes (12 heads, seq 128, random weights): the flow is shape-generic (row blocks
+    for BERT-base's 3072-wide FFN input, column tiles sized to the accelerator's memories)."""
+    model = tmp_path / "bert"
+    build_bert(model, BertSpec(layers=layers, hidden=hidden, heads=12, intermediate=intermediate, vocab=2000,
+                               seq=128))
+    compile_for(model, tmp_path / "ita", "cluster8-ita")
+    result = verify_build(tmp_path / "ita")
+    assert result.bit_exact, result.first.describe()
