@@ -243,6 +243,26 @@ static inline int64_t td_ita_shift(int64_t diff, int32_t octave_bits)
     return shift < 63 ? shift : 63;
 }
 
+/* num / den with C's truncation. A 32-bit core has no 64-bit divide (a libcall of ~100+ instructions): for a
+ * divisor below 2^16 and |num| below 2^48 (LayerNorm's (x - mean) * w / std) three 32-bit divisions of 16-bit
+ * digits give the same quotient exactly. */
+static inline int64_t td_div_trunc(int64_t num, int64_t den)
+{
+    uint64_t a = num < 0 ? (uint64_t)0 - (uint64_t)num : (uint64_t)num;
+    if (den > 0 && den < 65536 && a < ((uint64_t)1 << 48)) {
+        uint32_t d = (uint32_t)den;
+        uint32_t hi = (uint32_t)(a >> 32);
+        uint32_t q2 = hi / d, r = hi % d;
+        uint32_t mid = (r << 16) | (uint32_t)((a >> 16) & 0xFFFFu);
+        uint32_t q1 = mid / d;
+        uint32_t low = ((mid % d) << 16) | (uint32_t)(a & 0xFFFFu);
+        uint32_t q0 = low / d;
+        int64_t q = (int64_t)(((uint64_t)q2 << 32) | ((uint64_t)q1 << 16) | q0);
+        return num < 0 ? -q : q;
+    }
+    return num / den;
+}
+
 /* arith.isqrt_floor: floor(sqrt(x)) for x > 0, else 0 (bitwise, exact for 63-bit values). */
 static inline int64_t td_isqrt(int64_t x)
 {
