@@ -35,6 +35,20 @@ SOFTMAX_MAX_LEVELS = 4096
 ITA_SOFTMAX_LEVELS = 255
 
 
+def without_common_twos(mul: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Contract 1 parameters with the powers of two common to mul and 2^shift removed: the same function
+    ((2^p m x + a 2^s + 2^(s-1)) >> s == (m x + a 2^(s-p) + 2^(s-p-1)) >> (s-p), exactly), with a smaller
+    product, so an Add's power-of-two requant (mul 128, shift k + 7) runs in 32 bits on a 32-bit core."""
+    mul, shift = np.asarray(mul, dtype=np.int64).copy(), np.asarray(shift, dtype=np.int64).copy()
+    for _ in range(8):                            # an 8-bit multiplier has at most 7 factors of two
+        even = (mul != 0) & (mul % 2 == 0) & (shift > 0)
+        if not even.any():
+            break
+        mul = np.where(even, mul // 2, mul)
+        shift = np.where(even, shift - 1, shift)
+    return mul, shift
+
+
 class _Lowering:
     def __init__(self, graph: Graph, target: Target) -> None:
         self.src = graph
@@ -72,7 +86,7 @@ class _Lowering:
                 attrs = {"multiplier": _squeeze(mult), "shift": _squeeze(shift), "zero_point": zp}
                 op = "RequantCMSIS"
             else:
-                mul, shift = arith.ita_requant_params(real)
+                mul, shift = without_common_twos(*arith.ita_requant_params(real))
                 attrs = {"mul": _squeeze(mul), "shift": _squeeze(shift), "add": zp}
                 op = "Requant"
         except ValueError as exc:

@@ -19,12 +19,17 @@ import numpy as np
 from ..ir.graph import Graph, Node, Tensor
 from ..ir.verify import verify
 
+#: an A larger than this share of the L1 tile budget leaves too little room for B's column slices: split
+SPLIT_ABOVE = 0.8
 #: share of the L1 tile budget one row block's A may take (the rest: B slices double-buffered, Y, parameters)
 A_SHARE = 0.5
 
 
 def row_blocks(rows: int, row_bytes: int, budget: int) -> int:
-    """Fewest equal row blocks (a divisor of `rows`) whose A part fits A_SHARE of `budget` (1: no split)."""
+    """1 when A (rows x row_bytes) fits SPLIT_ABOVE of `budget`, else the fewest equal row blocks (a divisor of
+    `rows`) whose A part fits A_SHARE of it."""
+    if rows * row_bytes <= budget * SPLIT_ABOVE:
+        return 1
     limit = max(int(budget * A_SHARE), 1)
     for blocks in range(1, rows + 1):
         if rows % blocks == 0 and rows // blocks * row_bytes <= limit:
