@@ -179,3 +179,18 @@ def test_requant_params_keep_representable_extremes():
     assert list(mul) == [255, 0] and list(shift) == [0, 31]
     m31, exp = arith.cmsis_requant_params([2.0**30, 1e-12])
     assert m31[0] == 1 << 30 and exp[0] == 31 and m31[1] == 0
+
+
+def test_requant_without_common_twos_is_the_same_function():
+    """Removing powers of two common to mul and 2^shift keeps contract 1 exact (and makes Add requants 32-bit)."""
+    from tinydeploy.passes.integerize import without_common_twos
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        mul, shift, add = rng.integers(0, 256, 16), rng.integers(0, 31, 16), rng.integers(-100, 100, 16)
+        x = rng.integers(-2**30, 2**30, (64, 16))
+        reduced_mul, reduced_shift = without_common_twos(mul, shift)
+        assert np.array_equal(arith.requant_ita(x, mul, shift, add, -2**40, 2**40),
+                              arith.requant_ita(x, reduced_mul, reduced_shift, add, -2**40, 2**40))
+    assert [int(v) for v in without_common_twos(np.array(128), np.array(20))] == [1, 13]
+    assert [int(v) for v in without_common_twos(np.array(96), np.array(2))] == [24, 0]
