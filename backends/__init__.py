@@ -33,8 +33,11 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
         if luts:
             notes.append(f"{luts} chains of scalar elementwise ops became 256-entry LUTs")
         fc = sum(n.op == "FullyConnectedS8" for n in graph.nodes)
+        wide = sum(n.op == "FullyConnectedS8" and graph.tensors[n.outputs[0]].dtype == "int16" for n in graph.nodes)
         return graph, [*notes, f"{count} GEMMs on CMSIS-NN kernels: {fc} fully connected "
-                               f"(arm_fully_connected_[per_channel_]s8), {count - fc} arm_batch_matmul_s8"]
+                               f"(arm_fully_connected_[per_channel_]s8"
+                               + (f"; {wide} with int16 outputs on tinydeploy's td_fully_connected_s8_s16" if wide
+                                  else "") + f"), {count - fc} arm_batch_matmul_s8"]
     if target.backend != "riscv":
         return graph, notes
     from ..passes.fuse_attention import fuse_attention

@@ -537,6 +537,15 @@ def lower_fully_connected(low: Lowering, index: int, node: Node, call: Call) -> 
     channels, depth = w.shape
     batches = x.size // depth
     multiplier, shift = np.asarray(at["multiplier"], dtype=np.int32), np.asarray(at["shift"], dtype=np.int32)
+    if low.t(node.outputs[0]).dtype == "int16":      # CMSIS-NN has no int16-output FC: tinydeploy's own
+        call.params[f"p{index}_multiplier"] = np.broadcast_to(multiplier, (channels,)).copy()
+        call.params[f"p{index}_shift"] = np.broadcast_to(shift, (channels,)).copy()
+        args = [low.refs.pointer(x.name), low.refs.pointer(w.name), low.refs.pointer(node.inputs[2]),
+                low.refs.pointer(node.outputs[0]), str(batches), str(depth), str(channels), str(-int(at["a_zero"])),
+                str(int(at["zero_point"])), low.refs.param(f"p{index}_multiplier"),
+                low.refs.param(f"p{index}_shift"), str(int(at["lo"])), str(int(at["hi"]))]
+        call.statements.append(f"td_fully_connected_s8_s16({', '.join(args)});")
+        return
     per_tensor = bool(np.all(multiplier == multiplier.flat[0]) and np.all(shift == shift.flat[0]))
     if per_tensor:
         function = "arm_fully_connected_s8"

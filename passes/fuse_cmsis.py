@@ -29,8 +29,8 @@ def _fused(graph: Graph, mm: Node, requant: Node) -> Node | None:
     x, w = graph.tensors[mm.inputs[0]], graph.tensors[mm.inputs[1]]
     at = mm.attrs
     if (x.dtype != "int8" or w.dtype != "int8" or not w.is_const or len(w.shape) != 2 or at.get("b_zero", 0)
-            or at.get("trans_a") or graph.tensors[requant.outputs[0]].dtype != "int8"):   # s8 kernels write int8
-        return None
+            or at.get("trans_a") or graph.tensors[requant.outputs[0]].dtype not in ("int8", "int16")):
+        return None                     # int16: tinydeploy's td_fully_connected_s8_s16 (CMSIS-NN writes int8)
     weights = np.asarray(w.data) if at.get("trans_b") else np.asarray(w.data).T
     n = weights.shape[0]
     multiplier, shift = (_per_channel(requant.attrs[k], n) for k in ("multiplier", "shift"))

@@ -316,3 +316,19 @@ def test_bert_shapes_bit_exact_on_the_accelerator(tmp_path, layers, hidden, inte
     compile_for(model, tmp_path / "ita", "cluster8-ita")
     result = verify_build(tmp_path / "ita")
     assert result.bit_exact, result.first.describe()
+
+
+def test_int16_projections_on_cortex_m_use_the_wide_fc_with_both_kernel_sets(bert, tmp_path):
+    """`mixed` writes its projections into the int16 residual stream: CMSIS-NN's s8 FC cannot, so they run on
+    tinydeploy's td_fully_connected_s8_s16 (the same 4-row SMLAD core), bit-exact with tinydeploy's kernels and
+    beside Arm's CMSIS-NN (--cmsis-nn builds keep this one kernel of ours)."""
+    from test_cortexm import CMSIS_NN
+    from tinydeploy.sim.firmware import simulate_build
+
+    if "mixed" not in bert.name:
+        pytest.skip("the int8 recipe has no int16 projections")
+    compile_for(bert, tmp_path, "cortex-m4")
+    assert "td_fully_connected_s8_s16(" in (tmp_path / "network.c").read_text()
+    assert simulate_build(tmp_path).report["bit_exact"] is True
+    if (CMSIS_NN / "Include" / "arm_nnfunctions.h").is_file():
+        assert simulate_build(tmp_path, cmsis_nn=str(CMSIS_NN)).report["bit_exact"] is True

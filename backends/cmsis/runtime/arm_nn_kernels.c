@@ -12,9 +12,8 @@
 #include <arm_acle.h>
 #include <stdint.h>
 
-#include "arm_nnfunctions.h"
 #include "td_platform.h"
-#include "td_runtime.h"
+#include "td_runtime.h"   /* td_parallel.h: the CMSIS-NN API (Arm's header with -DTD_CMSIS_NN, else ours) */
 
 typedef int32_t __attribute__((aligned(1), may_alias)) td_unaligned_i32;
 
@@ -136,17 +135,8 @@ typedef struct {
     int8_t *y[TD_NN_ROWS];
     int32_t init[TD_NN_ROWS];     /* added to every accumulator of the row (the rhs-offset term of a matmul) */
     int32_t depth, in_offset, out_offset, lo, hi;
+    int16_t *y16[TD_NN_ROWS];     /* 16-bit output rows instead of y (td_fully_connected_s8_s16), else NULL */
 } td_rows4;
-
-/* Rows row0.. of the input and output (rows past the end repeat the last row: results land on the same bytes). */
-static void td_block_rows(td_rows4 *b, const int8_t *in, int8_t *out, int32_t row0, int32_t rows, int32_t cols)
-{
-    for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
-        const int32_t row = (row0 + r < rows) ? row0 + r : rows - 1;
-        b->x[r] = in + row * b->depth;
-        b->y[r] = out + row * cols;
-    }
-}
 
 /* rounding_divide_by_pot(x, exponent) for exponent >= 1 and x > INT32_MIN: ASRS leaves the half bit in the carry,
  * ADC adds it (round half up); negative values are first moved down by one so ties go away from zero. */
@@ -176,7 +166,12 @@ static void td_rows4_columns(const td_rows4 *b, const int8_t *w, int32_t cols, c
             td_rows4_tail(b->x, w, 4 * groups, depth, b->in_offset, acc);
         }
         const int32_t multiplier = mult[per_channel ? c : 0], sh = shift[per_channel ? c : 0];
-        if (sh < 0 && full_range) {      /* the common case: a right shift, the whole int8 range (~12 instr/output) */
+        if (b->y16[0]) {                 /* 16-bit outputs (td_fully_connected_s8_s16) */
+            for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
+                const int32_t v = td_requantize(acc[r], multiplier, sh) + offset;
+                b->y16[r][c] = (int16_t)(v < lo ? lo : (v > hi ? hi : v));
+            }
+        } else if (sh < 0 && full_range) {      /* the common case: a right shift, the whole int8 range (~12 instr/output) */
             const int32_t right = -sh;
             y0[c] = (int8_t)__ssat(td_round_shift(td_high_mul(acc[0], multiplier), right) + offset, 8);
             y1[c] = (int8_t)__ssat(td_round_shift(td_high_mul(acc[1], multiplier), right) + offset, 8);
@@ -199,6 +194,51 @@ static int32_t td_dot_offsets(const int8_t *x, const int8_t *w, int32_t depth, i
         acc += ((int32_t)x[k] + x_offset) * ((int32_t)w[k] + w_offset);
     }
     return acc;
+}
+
+/* tinydeploy's int8 x int8 -> int16 fully-connected layer (CMSIS-NN has none: its s8 kernels write int8): the
+ * same 4-row GEMM core and requantization as arm_fully_connected_per_channel_s8, outputs clamped to [lo, hi]
+ * in int16 (a projection into a 16-bit residual stream). Built in every configuration, --cmsis-nn too. */
+void td_fully_connected_s8_s16(const int8_t *input, const int8_t *filter, const int32_t *bias, int16_t *output,
+                               int32_t batches, int32_t depth, int32_t channels, int32_t input_offset,
+                               int32_t output_offset, const int32_t *mult, const int32_t *shift, int32_t lo,
+                               int32_t hi)
+{
+    if (depth > TD_NN_MAX_DEPTH) {
+        for (int32_t b = 0; b < batches; ++b) {
+            for (int32_t c = 0; c < channels; ++c) {
+                const int32_t acc = (bias ? bias[c] : 0)
+                                  + td_dot_offsets(input + b * depth, filter + c * depth, depth, input_offset, 0);
+                const int32_t v = td_requantize(acc, mult[c], shift[c]) + output_offset;
+                output[b * channels + c] = (int16_t)(v < lo ? lo : (v > hi ? hi : v));
+            }
+        }
+        return;
+    }
+    td_rows4 block = {.depth = depth, .in_offset = input_offset, .out_offset = output_offset, .lo = lo, .hi = hi};
+    for (int32_t b = 0; b < batches; b += TD_NN_ROWS) {
+        int32_t sums[TD_NN_ROWS];
+        for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
+            const int32_t row = (b + r < batches) ? b + r : batches - 1;
+            block.x[r] = input + row * depth;
+            block.y[r] = NULL;
+            block.y16[r] = output + row * channels;
+        }
+        td_widen_rows(block.x, depth / 4, input_offset, sums);
+        td_rows4_columns(&block, filter, channels, bias, mult, shift, 1);
+    }
+}
+
+#ifndef TD_CMSIS_NN   /* with --cmsis-nn, Arm's library provides the arm_* entry points below */
+
+/* Rows row0.. of the input and output (rows past the end repeat the last row: results land on the same bytes). */
+static void td_block_rows(td_rows4 *b, const int8_t *in, int8_t *out, int32_t row0, int32_t rows, int32_t cols)
+{
+    for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
+        const int32_t row = (row0 + r < rows) ? row0 + r : rows - 1;
+        b->x[r] = in + row * b->depth;
+        b->y[r] = out + row * cols;
+    }
 }
 
 /* ---- CMSIS-NN entry points ------------------------------------------------------------------------------- */
@@ -386,3 +426,4 @@ arm_cmsis_nn_status arm_elementwise_mul_s8(const int8_t *input_1_vect, const int
     }
     return ARM_CMSIS_NN_SUCCESS;
 }
+#endif /* TD_CMSIS_NN */

@@ -36,4 +36,11 @@ static inline void td_barrier(void)
 
 extern const cmsis_nn_context td_nn_context; /* the (empty) context tinydeploy passes */
 
+/* tinydeploy's own (not a CMSIS-NN entry point): arm_fully_connected_per_channel_s8's arithmetic with int16
+ * outputs clamped to [lo, hi]; weights [channels][depth], per-channel mult/shift. */
+void td_fully_connected_s8_s16(const int8_t *input, const int8_t *filter, const int32_t *bias, int16_t *output,
+                               int32_t batches, int32_t depth, int32_t channels, int32_t input_offset,
+                               int32_t output_offset, const int32_t *mult, const int32_t *shift, int32_t lo,
+                               int32_t hi);
+
 #endif /* TD_PARALLEL_H */
