@@ -741,7 +741,7 @@ def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
 
 #: td_ita_job.mode bits (mirrored by the accelerator model and the RTL)
 ITA_MODE_TRANS_B, ITA_MODE_REQUANT2, ITA_MODE_LUT, ITA_MODE_SOFTMAX, ITA_MODE_REQUANT3 = 1, 2, 4, 8, 16
-ITA_MODE_A_UNSIGNED, ITA_MODE_Y16, ITA_MODE_SM_MASK, ITA_MODE_LUT_LAST = 32, 64, 128, 256
+ITA_MODE_A_UNSIGNED, ITA_MODE_Y16, ITA_MODE_SM_MASK, ITA_MODE_LUT_LAST, ITA_MODE_R16 = 32, 64, 128, 256, 512
 
 
 def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
@@ -759,14 +759,17 @@ def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     residual = next((node.inputs[position] for position, source in sources.items() if source == 0), None)
     fields["y_pitch"] = low.refs.pitch(node.outputs[0])            # bytes (tile strides are)
     fields["r_pitch"] = low.refs.pitch(residual) if residual else 0
+    if residual and low.t(residual).dtype == "int16":
+        fields["mode"] |= ITA_MODE_R16
     call.descriptors.append(params_descriptor("td_ita_job", f"ita_{index}", fields))
-    operands = ["NULL"] * 5                     # r, v0, v1, v2, v3
-    for position, source in sources.items():
-        operands[source] = low.refs.pointer(node.inputs[position])
     def byte_pointer(name: str, const: bool) -> str:
-        """The driver moves bytes: a uint8 operand (ITA's sign mode) or an int16 output passes as int8 bytes."""
+        """The driver moves bytes: a uint8 operand (ITA's sign mode) or an int16 tile passes as int8 bytes."""
         pointer = low.refs.pointer(name)
         return f"({'const ' if const else ''}int8_t *){pointer}" if low.t(name).dtype != "int8" else pointer
+
+    operands = ["NULL"] * 5                     # r, v0, v1, v2, v3
+    for position, source in sources.items():
+        operands[source] = byte_pointer(node.inputs[position], True)
 
     args = [byte_pointer(node.inputs[0], True), *[low.refs.pointer(name) for name in node.inputs[1:4]]]
     args += [constants.get("table", "NULL"), constants.get("stages", "NULL"), *operands,

@@ -166,8 +166,8 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
     if requant is None or requant.op != "Requant" or graph.tensors[requant.outputs[0]].dtype not in OUTPUT_DTYPES:
         return None
     chain = [mm, requant]
-    if graph.tensors[requant.outputs[0]].dtype == "int16":
-        return chain                            # a 16-bit result ends the job (mode Y16): every stage is 8-bit
+    if graph.tensors[requant.outputs[0]].dtype == "int16":     # a 16-bit result (mode Y16): only 16-bit
+        return _wide_stages(graph, consumers, chain, claimed)   # AddRequant/MulRequant stages may follow
     nxt = _next_stage(graph, consumers, requant.outputs[0])
     if nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
         chain.append(nxt)
@@ -211,13 +211,36 @@ def _row_constant(tensor) -> bool:
     return bool(np.all(rows == rows[0]))
 
 
-def _binary_operand(graph: Graph, node: Node, running: str, out_shape: tuple[int, ...]) -> str | None:
-    """'matrix' (an int8 tile of the output's shape) or 'vector' (an int8 constant per output column) when
-    `node` can be an epilogue stage of the accelerator, else None. Its parameters must be per tensor."""
+def _wide_stages(graph: Graph, consumers: dict[str, list[Node]], chain: list[Node], claimed: set[str]) -> list[Node]:
+    """`chain` (ending in an int16 requant) extended by the epilogue stages that keep it 16-bit: AddRequant /
+    MulRequant into int16 with an int8 per-column vector (a bias) or one int16 tile of the output's shape (the
+    residual, read as int16: mode bit 9)."""
+    out_shape = graph.tensors[chain[0].outputs[0]].shape
+    matrices = vectors = 0
+    nxt = _single_consumer(graph, consumers, chain[-1].outputs[0])
+    while (nxt is not None and nxt.op in BINARY_STAGES and graph.tensors[nxt.outputs[0]].dtype == "int16"
+           and len(chain) - 2 < MAX_BINARY_STAGES and nxt.name not in claimed):
+        operand = _binary_operand(graph, nxt, chain[-1].outputs[0], out_shape, wide=True)
+        if operand is None or (operand == "matrix" and matrices) or (operand == "vector" and vectors == MAX_VECTORS):
+            break
+        matrices += operand == "matrix"
+        vectors += operand == "vector"
+        chain.append(nxt)
+        nxt = _single_consumer(graph, consumers, nxt.outputs[0])
+    return chain
+
+
+def _binary_operand(graph: Graph, node: Node, running: str, out_shape: tuple[int, ...],
+                    wide: bool = False) -> str | None:
+    """'matrix' (an int8 tile of the output's shape; int16 in a `wide` 16-bit chain) or 'vector' (an int8
+    constant per output column) when `node` can be an epilogue stage of the accelerator, else None. Its
+    parameters must be per tensor."""
     if node.inputs.count(running) != 1 or any(np.asarray(v).size != 1 for v in node.attrs.values()):
         return None
     other = graph.tensors[node.inputs[1 - node.inputs.index(running)]]
-    if other.dtype != "int8":
+    if wide and other.dtype == "int16":
+        return "matrix" if tuple(other.shape) == tuple(out_shape) and not other.is_const else None
+    if other.dtype != "int8" or (wide and tuple(other.shape) == tuple(out_shape) and not other.is_const):
         return None
     if tuple(other.shape) == tuple(out_shape):
         return "vector" if _row_constant(other) else "matrix"

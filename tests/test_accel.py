@@ -18,6 +18,7 @@ from tinydeploy.sim.accel.model import (
     MODE_A_UNSIGNED,
     MODE_LUT,
     MODE_LUT_LAST,
+    MODE_R16,
     MODE_REQUANT2,
     MODE_REQUANT3,
     MODE_SM_MASK,
@@ -56,17 +57,21 @@ MODES = {"gemm": 0, "gemm_transposed_b": MODE_TRANS_B, "gemm_requant2": MODE_REQ
          "qk_softmax_masked": MODE_SOFTMAX | MODE_SM_MASK | OCTAVES,
          "qk_softmax_masked_ita255_requant3": MODE_SOFTMAX | MODE_SM_MASK | ITA255 | MODE_REQUANT3 | OCTAVES,
          "qk_softmax_octaves": MODE_SOFTMAX | OCTAVES,
-         "gemm_bias_stage_then_lut": MODE_LUT | MODE_LUT_LAST | STAGES}
+         "gemm_bias_stage_then_lut": MODE_LUT | MODE_LUT_LAST | STAGES,
+         "gemm_y16_residual16": MODE_Y16 | MODE_R16 | STAGES,
+         "gemm_y16_residual16_pitched": MODE_Y16 | MODE_R16 | STAGES | PITCHED}
 
 
-def random_stages(rng: np.random.Generator, count: int) -> np.ndarray:
-    """Stage table rows (STAGE_FIELDS): stage 0 reads the residual tile, the others per-column vectors."""
+def random_stages(rng: np.random.Generator, count: int, wide: bool = False) -> np.ndarray:
+    """Stage table rows (STAGE_FIELDS): stage 0 reads the residual tile, the others per-column vectors; `wide`:
+    16-bit clip bounds."""
+    lo, hi = (-32768, 32767) if wide else (-128, 127)
     rows = []
     for s in range(count):
         kind = int(rng.integers(1, 3))
         rows.append([kind, 0 if s == 0 else s, int(rng.integers(0, 2)), int(rng.integers(-300, 300)),
                      int(rng.integers(-300, 300)), int(rng.integers(-3, 3)), int(rng.integers(-3, 3)),
-                     int(rng.integers(0, 256)), int(rng.integers(4, 16)), int(rng.integers(-8, 8)), -128, 127])
+                     int(rng.integers(0, 256)), int(rng.integers(4, 16)), int(rng.integers(-8, 8)), lo, hi])
     return np.asarray(rows, dtype="<i4")
 
 
@@ -88,10 +93,14 @@ def random_job(rng: np.random.Generator, mode: int) -> tuple[Job, callable]:
              "r_pitch": 0}
     if stage_count:
         extra.update(stages=0x36000, r=0x37000)
-        memory[0x36000] = random_stages(rng, stage_count).tobytes()
-        r_pitch = n + int(rng.integers(1, 40)) if mode & PITCHED else 0
+        memory[0x36000] = random_stages(rng, stage_count, bool(mode & MODE_Y16)).tobytes()
+        r_bytes = 2 if mode & MODE_R16 else 1
+        r_pitch = r_bytes * n + int(rng.integers(1, 40)) if mode & PITCHED else 0
         extra["r_pitch"] = r_pitch
-        memory[0x37000] = rng.integers(-128, 128, m * (r_pitch or n)).astype(np.int8).tobytes()
+        if mode & MODE_R16:               # an int16 residual tile (its pitch may be odd: bytes, as the DMA's)
+            memory[0x37000] = rng.integers(-3000, 3000, (m * (r_pitch or r_bytes * n) + 1) // 2).astype("<i2").tobytes()
+        else:
+            memory[0x37000] = rng.integers(-128, 128, m * (r_pitch or n)).astype(np.int8).tobytes()
         for j in range(1, stage_count):
             extra[f"v{j - 1}"] = 0x38000 + 0x1000 * j
             memory[extra[f"v{j - 1}"]] = rng.integers(-128, 128, n).astype(np.int8).tobytes()

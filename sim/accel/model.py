@@ -32,6 +32,8 @@ MODE_Y16 = 64
 MODE_SM_MASK = 128
 #: the LUT activation runs after the epilogue stages instead of before them (GELU after a bias-add stage)
 MODE_LUT_LAST = 256
+#: the residual tile R is int16 (a residual add into a 16-bit residual stream)
+MODE_R16 = 512
 #: registers a job snapshots (names from the target's [mmio] table without the `accel_` prefix)
 JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
                  "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
@@ -123,7 +125,9 @@ def y_bytes(regs: dict[str, int]) -> int:
 
 def row_bytes(regs: dict[str, int], name: str) -> int:
     """Bytes of one row of the [m, n] operand `name` (y or r)."""
-    return regs["n"] * (y_bytes(regs) if name == "y" else 1)
+    if name == "y":
+        return regs["n"] * y_bytes(regs)
+    return regs["n"] * (2 if regs["mode"] & MODE_R16 else 1)
 
 
 def pitch(regs: dict[str, int], name: str) -> int:
@@ -150,7 +154,7 @@ def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:
     if regs["stage_count"]:
         spans["stages"] = (regs["stages"], 4 * STAGE_WORDS * regs["stage_count"])
         for src in _stage_sources(regs):
-            spans[src] = (regs[src], (m - 1) * pitch(regs, "r") + n if src == "r" else n)
+            spans[src] = (regs[src], (m - 1) * pitch(regs, "r") + row_bytes(regs, "r") if src == "r" else n)
     return spans
 
 
@@ -188,8 +192,11 @@ def run_job(job: Job, read: Callable[[int, int], bytes]) -> bytes:
             if not r[name]:
                 extra.append(None)
                 continue
-            data = read_rows(read, r[name], m, n, pitch(r, "r")) if name == "r" else read(r[name], size)
-            extra.append(np.frombuffer(data, dtype=np.int8).reshape(shape))
+            if name == "r":
+                data = read_rows(read, r[name], m, row_bytes(r, "r"), pitch(r, "r"))
+                extra.append(np.frombuffer(data, dtype="<i2" if r["mode"] & MODE_R16 else np.int8).reshape(shape))
+            else:
+                extra.append(np.frombuffer(read(r[name], size), dtype=np.int8).reshape(shape))
     # the IR ops compute on int64 values, as the golden interpreter holds them (int8 arithmetic would wrap)
     operands = [None if x is None else x.astype(np.int64) for x in (a, b, bias, rq, *extra)]
     y = np.asarray(OPS["ITAGemm"].run(job.node(lut, table), operands)[0], dtype=np.int64)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import TinyDeployError
 from ...resources import package_path
-from .model import MODE_LUT, MODE_SM_MASK, STAGE_WORDS, AccelSpec, Job, pitch, read_rows, y_bytes
+from .model import MODE_LUT, MODE_SM_MASK, STAGE_WORDS, AccelSpec, Job, pitch, read_rows, row_bytes, y_bytes
 
 SOURCE = package_path("sim", "accel", "rtl", "ita_tile.v")
 #: widest row of the RTL (its index widths are written for it)
@@ -113,12 +113,12 @@ class RtlAccelerator:
         if r["stage_count"]:
             self._load("stages", read(r["stages"], 4 * STAGE_WORDS * r["stage_count"]))
             if r["r"]:
-                self._load("r", read_rows(read, r["r"], m, n, pitch(r, "r")))
+                self._load("r", read_rows(read, r["r"], m, row_bytes(r, "r"), pitch(r, "r")))
             for j, name in enumerate(("v0", "v1", "v2", "v3")):
                 if r[name]:
                     self._load("vectors", read(r[name], n), j * N_MAX // 4)
         io = self.io
-        io.mode, io.m, io.k, io.n = r["mode"] & 0x1FF, m, k, n
+        io.mode, io.m, io.k, io.n = r["mode"] & 0x3FF, m, k, n
         io.stage_count = r["stage_count"]
         for name in CONFIG:
             io[name] = r[name] & 0xFFFFFFFF

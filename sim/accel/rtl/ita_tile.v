@@ -34,10 +34,11 @@ module ita_tile #(
     input  wire        clk,
     input  wire        rst,
     // job registers (held while busy)
-    input  wire [8:0]  mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities),
+    input  wire [9:0]  mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities),
                                      // bit 6: Y int16 (two bytes per element, little endian; no softmax),
                                      // bit 7: softmax key mask, the int8 vector V0 (0 = masked column),
-                                     // bit 8: the LUT runs after the stages (GELU after a bias-add stage)
+                                     // bit 8: the LUT runs after the stages (GELU after a bias-add stage),
+                                     // bit 9: the residual tile R is int16 (two bytes per element)
     input  wire [15:0] m,
     input  wire [15:0] k,
     input  wire [15:0] n,
@@ -164,7 +165,10 @@ module ita_tile #(
                 e = $signed({{56{lut[e[7:0] - lut_min[7:0]][7]}}, lut[e[7:0] - lut_min[7:0]]});
             for (st = 0; st < 5; st = st + 1) begin
                 if (st < stage_count) begin
-                    sv = (stg[st * 12 + 1] == 0) ? $signed({{56{rmem[i * n + ecol][7]}}, rmem[i * n + ecol]})
+                    sv = (stg[st * 12 + 1] == 0)
+                       ? (mode[9] ? $signed({{48{rmem[2 * (i * n + ecol) + 1][7]}}, rmem[2 * (i * n + ecol) + 1],
+                                             rmem[2 * (i * n + ecol)]})
+                                  : $signed({{56{rmem[i * n + ecol][7]}}, rmem[i * n + ecol]}))
                        : $signed({{56{vmem[(stg[st * 12 + 1] - 1) * N_MAX + ecol][7]}},
                                   vmem[(stg[st * 12 + 1] - 1) * N_MAX + ecol]});
                     t0 = (stg[st * 12 + 2] == 0) ? e : sv;
