@@ -303,6 +303,19 @@ def test_column_tiles_of_l1_resident_tensors_are_written_in_place(tmp_path):
     assert simulate_build(tmp_path).report["bit_exact"] is True
 
 
+def one_gemm(rng: np.random.Generator, m: int, k: int, n: int, *, shift: int) -> Graph:
+    """x [1, m, k] int8 @ random int8 weights [k, n] -> Requant (>> shift) -> y int8."""
+    g = Graph(name="gemm")
+    g.add_tensor(Tensor("x", "int8", (1, m, k)))
+    g.add_const("w", rng.integers(-128, 128, (k, n)).astype(np.int8), "int8")
+    g.add_tensor(Tensor("acc", "int32", (1, m, n)))
+    g.add_tensor(Tensor("y", "int8", (1, m, n)))
+    g.nodes += [Node("mm", "MatMulInt", ["x", "w"], ["acc"], {}),
+                Node("rq", "Requant", ["acc"], ["y"], {"mul": 1, "shift": shift, "add": 0, "lo": -128, "hi": 127})]
+    g.inputs, g.outputs = ["x"], ["y"]
+    return g
+
+
 def test_a_zero_point_folds_into_the_bias_and_int16_results_stay_on_the_accelerator(tmp_path):
     """An FFN's second GEMM as the `mixed` recipe makes it: A (a GELU table's output) has a zero point and the
     result is a 16-bit residual-stream value. The zero point folds into the bias (-z * column sums of B) and the
@@ -342,22 +355,10 @@ def test_jobs_are_sized_to_the_accelerators_memories(tmp_path):
     assert spec.rows_per_job(384, 128) == 21 and spec.rows_per_job(384, 128, 2) == 21
     assert spec.job_problem(1, 384, 1536).startswith("n = 1536")
     rng = np.random.default_rng(4)
-
-    def gemm(m: int, k: int, n: int) -> Graph:
-        g = Graph(name="wide")
-        g.add_tensor(Tensor("x", "int8", (1, m, k)))
-        g.add_const("w", rng.integers(-128, 128, (k, n)).astype(np.int8), "int8")
-        g.add_tensor(Tensor("acc", "int32", (1, m, n)))
-        g.add_tensor(Tensor("y", "int8", (1, m, n)))
-        g.nodes += [Node("mm", "MatMulInt", ["x", "w"], ["acc"], {}),
-                    Node("rq", "Requant", ["acc"], ["y"], {"mul": 1, "shift": 12, "add": 0, "lo": -128, "hi": 127})]
-        g.inputs, g.outputs = ["x"], ["y"]
-        return g
-
-    _, report = fuse_attention(gemm(4, 9000, 16), "cluster8-ita")
+    _, report = fuse_attention(one_gemm(rng, 4, 9000, 16, shift=12), "cluster8-ita")
     assert report.fused == 0 and "job memories: A needs 9000 B" in report.summary()
     x = rng.integers(-128, 128, (1, 64, 384)).astype(np.int8)
-    compile_graph(gemm(64, 384, 1536), "cluster8-ita", tmp_path, {"x": x})
+    compile_graph(one_gemm(rng, 64, 384, 1536, shift=12), "cluster8-ita", tmp_path, {"x": x})
     assert "#define TD_ACCEL_A_BYTES 8192" in (tmp_path / "td_platform.h").read_text()
     result = simulate_build(tmp_path)
     assert result.report["bit_exact"] is True and result.report["accel_busy_cycles"] > 0
@@ -374,14 +375,7 @@ def test_a_gemm_whose_a_exceeds_l1_runs_as_row_blocks(tmp_path):
     assert row_blocks(128, 3072, 245760) == 4 and row_blocks(128, 384, 245760) == 1
     rng = np.random.default_rng(6)
     m, k, n = 128, 3072, 64
-    g = Graph(name="ffn2_base")
-    g.add_tensor(Tensor("x", "int8", (1, m, k)))
-    g.add_const("w", rng.integers(-128, 128, (k, n)).astype(np.int8), "int8")
-    g.add_tensor(Tensor("acc", "int32", (1, m, n)))
-    g.add_tensor(Tensor("y", "int8", (1, m, n)))
-    g.nodes += [Node("mm", "MatMulInt", ["x", "w"], ["acc"], {}),
-                Node("rq", "Requant", ["acc"], ["y"], {"mul": 1, "shift": 14, "add": 0, "lo": -128, "hi": 127})]
-    g.inputs, g.outputs = ["x"], ["y"]
+    g = one_gemm(rng, m, k, n, shift=14)
     lowered, notes = backend_passes(g, load_target("cluster8-ita"))
     assert [node.op for node in lowered.nodes].count("ITAGemm") == 4 and any("row blocks" in s for s in notes)
     x = rng.integers(-128, 128, (1, m, k)).astype(np.int8)
