@@ -580,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "a zoo model")
     p.add_argument("--activation", choices=["gelu", "gelu_new"], default=None,
                    help="bert: GELU as transformers' gelu (Erf) or gelu_new (tanh approximation)")
-    p.add_argument("--opset", type=int, default=None, help="bert: ONNX opset of the export (17..20; 20 has Gelu)")
+    p.add_argument("--opset", type=int, default=None,
+                   help="bert: ONNX opset of the export (14..20; before 17 LayerNorm is decomposed, 20 has Gelu)")
     p.add_argument("--mask", action="store_true", help="mobilebert: an attention_mask input (key padding) instead "
                                                        "of the all-ones mask inside the model")
     for flag, dest in (("--seq", "seq"), ("--seed", "seed"), ("--layers", "layers"), ("--hidden", "hidden"),

@@ -332,3 +332,28 @@ def test_int16_projections_on_cortex_m_use_the_wide_fc_with_both_kernel_sets(ber
     assert simulate_build(tmp_path).report["bit_exact"] is True
     if (CMSIS_NN / "Include" / "arm_nnfunctions.h").is_file():
         assert simulate_build(tmp_path, cmsis_nn=str(CMSIS_NN)).report["bit_exact"] is True
+
+
+def test_decomposed_layernorm_is_one_layernorm(tmp_path_factory, tmp_path):
+    """An opset-14 export spells LayerNorm as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add: the quantizer
+    fuses each into LayerNormalization (same float function), the frontend makes it the integer LayerNorm;
+    bit-exact on the accelerator target."""
+    import onnx
+    import onnxruntime as ort
+    from tinydeploy.zoo.quantize import fuse_decomposed_layernorms
+
+    model = tmp_path_factory.mktemp("bert_opset14")
+    build_bert(model, BertSpec(layers=2, hidden=64, heads=4, intermediate=128, vocab=500, seq=32, opset=14))
+    float_model = onnx.load(model / "model.onnx")
+    assert sum(n.op_type == "ReduceMean" for n in float_model.graph.node) == 10
+    fused = onnx.load(model / "model.onnx")
+    assert fuse_decomposed_layernorms(fused) == 5
+    assert not any(n.op_type in ("ReduceMean", "Sqrt") for n in fused.graph.node)
+    inputs = dict(np.load(model / "inputs.npz"))
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
+           for m in (float_model, fused)]
+    assert np.allclose(run[0], run[1], atol=1e-4)
+    assert [n.op for n in import_model(model).nodes].count("QLayerNorm") == 5
+    compile_for(model, tmp_path, "cluster8-ita")
+    result = verify_build(tmp_path)
+    assert result.bit_exact, result.first.describe()

@@ -61,7 +61,8 @@ class BertSpec:
     #: transformers' hidden_act: "gelu" (exported as an Erf subgraph, or as the Gelu op from opset 20) or
     #: "gelu_new" (the tanh approximation, a Tanh subgraph)
     activation: str = "gelu"
-    #: ONNX opset of the export (17: LayerNormalization and Erf; 20: also Gelu)
+    #: ONNX opset of the export (14-16: LayerNorm decomposed into ReduceMean/Sub/Pow/Sqrt/Div; 17: the
+    #: LayerNormalization op; 20: also Gelu)
     opset: int = EXPORT_OPSET
 
     #: largest value of each knob the zoo builds (seq: BERT's 512 position embeddings)
@@ -74,8 +75,8 @@ class BertSpec:
             found.append(f"--heads {self.heads} does not divide --hidden {self.hidden}")
         if self.activation not in ACTIVATIONS:
             found.append(f"--activation {self.activation} is not one of {', '.join(ACTIVATIONS)}")
-        if not EXPORT_OPSET <= self.opset <= 20:
-            found.append(f"--opset {self.opset} is outside [{EXPORT_OPSET}, 20]")
+        if not 14 <= self.opset <= 20:
+            found.append(f"--opset {self.opset} is outside [14, 20]")
         return found
 
 

@@ -182,6 +182,130 @@ def residual_stream(wiring: _Wiring, model: onnx.ModelProto) -> set[str]:
     return marked | {o.name for o in model.graph.output}
 
 
+def _constant_value(model: onnx.ModelProto, wiring: _Wiring, name: str) -> np.ndarray | None:
+    """The value of a constant (an initializer, a Constant node's or an Identity of one), else None."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    node = wiring.producers.get(name)
+    if node is not None and node.op_type == "Identity":
+        return _constant_value(model, wiring, node.input[0])
+    if node is not None and node.op_type == "Constant":
+        for attr in node.attribute:
+            if attr.name == "value":
+                return numpy_helper.to_array(attr.t)
+    return None
+
+
+def _last_axis_mean(model: onnx.ModelProto, wiring: _Wiring, node: onnx.NodeProto | None, rank: int) -> bool:
+    """`node` is a ReduceMean over the last axis that keeps it (axes from the attribute, or the input from
+    opset 18)."""
+    if node is None or node.op_type != "ReduceMean":
+        return False
+    attrs = {a.name: onnx_attr(a) for a in node.attribute}
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1:
+        axes = _constant_value(model, wiring, node.input[1])
+    return (axes is not None and [int(a) % rank for a in np.ravel(axes)] == [rank - 1]
+            and attrs.get("keepdims", 1) == 1)
+
+
+def onnx_attr(attr):
+    import onnx
+
+    return onnx.helper.get_attribute_value(attr)
+
+
+def _other(node: onnx.NodeProto, name: str) -> str:
+    return node.input[1] if node.input[0] == name else node.input[0]
+
+
+def _match_layernorm(model: onnx.ModelProto, wiring: _Wiring, sub: onnx.NodeProto, rank: int) -> dict | None:
+    """The decomposed LayerNorm around `sub` = Sub(x, ReduceMean(x)): ReduceMean(Pow(sub, 2)) + eps -> Sqrt ->
+    Div(sub, .) [-> Mul(gamma)] [-> Add(beta)], each value read only inside the pattern; else None."""
+    x, mean = sub.input
+    if not _last_axis_mean(model, wiring, wiring.producers.get(mean), rank) or wiring.producers[mean].input[0] != x:
+        return None
+    users = wiring.readers.get(sub.output[0], [])
+    pow_ = next((n for n in users if n.op_type == "Pow"), None)
+    div = next((n for n in users if n.op_type == "Div" and n.input[0] == sub.output[0]), None)
+    if len(users) != 2 or pow_ is None or div is None:
+        return None
+    exponent = _constant_value(model, wiring, pow_.input[1])
+    chain, value = [wiring.producers[mean], sub, pow_], pow_.output[0]
+    if exponent is None or float(np.ravel(exponent)[0]) != 2.0:
+        return None
+
+    def single(name: str, op: str) -> onnx.NodeProto | None:
+        readers = wiring.readers.get(name, [])
+        return readers[0] if len(readers) == 1 and readers[0].op_type == op else None
+
+    var = single(value, "ReduceMean")
+    add = single(var.output[0], "Add") if var is not None and _last_axis_mean(model, wiring, var, rank) else None
+    eps = _constant_value(model, wiring, _other(add, var.output[0])) if add is not None else None
+    sqrt = single(add.output[0], "Sqrt") if eps is not None else None
+    if sqrt is None or single(sqrt.output[0], "Div") is not div or div.input[1] != sqrt.output[0]:
+        return None
+    chain += [var, add, sqrt, div]
+    out, gamma, beta = div.output[0], None, None
+    mul = single(out, "Mul")
+    if mul is not None and (gamma := _constant_value(model, wiring, _other(mul, out))) is not None:
+        chain.append(mul)
+        out = mul.output[0]
+    bias = single(out, "Add")
+    if bias is not None and (beta := _constant_value(model, wiring, _other(bias, out))) is not None:
+        chain.append(bias)
+        out = bias.output[0]
+    return {"x": x, "out": out, "nodes": chain, "eps": float(np.ravel(eps)[0]), "gamma": gamma, "beta": beta}
+
+
+def fuse_decomposed_layernorms(model: onnx.ModelProto) -> int:
+    """Replace LayerNorms exported as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div[/Mul/Add] (opsets before 17) by
+    LayerNormalization nodes (the default-domain opset raised to 17), so the recipe and the frontend treat them
+    as the one op they are. Edits `model`; returns how many were fused."""
+    import onnx
+    from onnx import numpy_helper
+
+    wiring = _Wiring.of(model)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*inferred.value_info, *inferred.input, *inferred.output)}
+    matches = []
+    for node in model.graph.node:
+        rank = len(dims.get(node.output[0], [])) if node.op_type == "Sub" else 0
+        found = _match_layernorm(model, wiring, node, rank) if rank else None
+        if found is not None and dims.get(found["x"], [0])[-1] > 0:
+            matches.append(found)
+    if not matches:
+        return 0
+    replaced: dict[str, onnx.NodeProto] = {}
+    dropped: set[str] = set()
+    for i, found in enumerate(matches):
+        hidden = dims[found["x"]][-1]
+        names = (f"layernorm{i}/gamma", f"layernorm{i}/beta")
+        for name, value, default in zip(names, (found["gamma"], found["beta"]), (1.0, 0.0), strict=True):
+            array = np.broadcast_to(np.asarray(default if value is None else value, np.float32).ravel(), (hidden,))
+            model.graph.initializer.append(numpy_helper.from_array(array.copy(), name))
+        fused = onnx.helper.make_node("LayerNormalization", [found["x"], *names], [found["out"]],
+                                      name=found["nodes"][-1].name + "/fused", axis=-1, epsilon=found["eps"])
+        replaced[found["nodes"][-1].output[0]] = fused           # keyed by output: node names may be empty
+        dropped |= {n.output[0] for n in found["nodes"]}
+    nodes = [replaced.get(n.output[0], n) for n in model.graph.node
+             if n.output[0] in replaced or n.output[0] not in dropped]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for node in model.graph.node for name in node.input}
+    unused = [init for init in model.graph.initializer if init.name not in used]
+    for init in unused:                       # the pattern's eps and exponent constants
+        model.graph.initializer.remove(init)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < 17:
+            opset.version = 17
+    return len(matches)
+
+
 #: suffix of the int8 copy of a LayerNorm output that the GEMMs read (the `mixed` recipe)
 GEMM_OPERAND_SUFFIX = "/gemm_operand"
 
@@ -241,6 +365,7 @@ def quantize_transformer(float_path: str | Path, qdq_path: str | Path, calibrati
 
     model = onnx.load(str(float_path))
     masks = [m for m in mask_inputs if any(i.name == m for i in model.graph.input)]
+    layernorms = fuse_decomposed_layernorms(model)
     split = split_gemm_operands(model) if recipe == "mixed" else []
     wiring = _Wiring.of(model)
     islands = _activation_islands(wiring, model)
@@ -272,4 +397,5 @@ def quantize_transformer(float_path: str | Path, qdq_path: str | Path, calibrati
                                            "TensorQuantOverrides": overrides})
     finally:
         root.setLevel(level)
-    return {"recipe": recipe, "method": method, "float_nodes": len(excluded), "int16_tensors": len(overrides)}
+    return {"recipe": recipe, "method": method, "float_nodes": len(excluded), "int16_tensors": len(overrides),
+            "layernorms_fused": layernorms}
