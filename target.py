@@ -104,3 +104,14 @@ class AccelSpec:
     def rows_per_job(self, k: int, n: int, out_bytes: int = 1) -> int:
         """Most rows of an [m, k] x [k, n] GEMM one job holds (0: not even one row fits)."""
         return min(self.a_bytes // max(k, 1), self.y_bytes // max(n * out_bytes, 1))
+
+
+def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False) -> int:
+    """Cycles of one accelerator job from start to done: the RTL's schedule (sim/accel/model.py explains it,
+    tests/test_accel.py checks it against the RTL's cycle counter)."""
+    groups, chunks = -(-n // spec.processing_elements), -(-k // spec.dot_width)
+    array = groups * chunks + spec.row_cycles
+    if not softmax:
+        return spec.setup_cycles + m * array
+    tail = spec.divider_cycles + groups
+    return spec.setup_cycles + array + tail + (m - 1) * max(array, tail)

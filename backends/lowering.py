@@ -681,12 +681,12 @@ def _clip_word(lo: int, hi: int) -> str:
     return f"0x{((hi & 0xFFFF) << 16) | (lo & 0xFFFF):08X}u"
 
 
-def ita_job_fields(node: Node, out_dtype: str) -> dict[str, Any]:
+def ita_job_fields(node: Node, out_dtype: str, residual_dtype: str | None) -> dict[str, Any]:
     """The accelerator's epilogue registers for one ITAGemm (td_ita_job): mode bits and stage parameters."""
     at = node.attrs
     fields: dict[str, Any] = {"mode": 0, "rq_clip": _clip_word(at["lo"], at["hi"])}
     mode = (ITA_MODE_TRANS_B if at.get("trans_b") else 0) | (ITA_MODE_A_UNSIGNED if at.get("a_unsigned") else 0)
-    mode |= ITA_MODE_Y16 if out_dtype == "int16" else 0
+    mode |= (ITA_MODE_Y16 if out_dtype == "int16" else 0) | (ITA_MODE_R16 if residual_dtype == "int16" else 0)
     for index, stage in enumerate(at.get("stages", [])):
         if stage["op"] == "Requant" and mode & ITA_MODE_SOFTMAX:     # after the softmax
             mode |= ITA_MODE_REQUANT3
@@ -749,18 +749,16 @@ def lower_ita_gemm(low: Lowering, index: int, node: Node, call: Call) -> None:
     kernel = low.kernel("ita_gemm", "td_ita_gemm", doc="GEMM + requant + epilogue on the ITA-like accelerator")
     call.kernels.append(kernel)
     call.descriptors.append(params_descriptor("td_matmul_params", f"mm_{index}", matmul_params(low, node)))
-    fields = ita_job_fields(node, low.t(node.outputs[0]).dtype)
+    sources = ita_stage_sources(low.graph, node)
+    residual = next((node.inputs[position] for position, source in sources.items() if source == 0), None)
+    fields = ita_job_fields(node, low.t(node.outputs[0]).dtype, low.t(residual).dtype if residual else None)
     constants = {}
     for cname, _kind, values in kernel_constants(low.graph, node, index):
         call.params[cname] = values
         constants[cname.rsplit("_", 1)[-1]] = low.refs.param(cname)
     fields["stage_count"] = int(ita_stage_table(low.graph, node).shape[0])
-    sources = ita_stage_sources(low.graph, node)
-    residual = next((node.inputs[position] for position, source in sources.items() if source == 0), None)
     fields["y_pitch"] = low.refs.pitch(node.outputs[0])            # bytes (tile strides are)
     fields["r_pitch"] = low.refs.pitch(residual) if residual else 0
-    if residual and low.t(residual).dtype == "int16":
-        fields["mode"] |= ITA_MODE_R16
     call.descriptors.append(params_descriptor("td_ita_job", f"ita_{index}", fields))
     def byte_pointer(name: str, const: bool) -> str:
         """The driver moves bytes: a uint8 operand (ITA's sign mode) or an int16 tile passes as int8 bytes."""

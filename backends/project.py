@@ -22,6 +22,7 @@ from ..errors import TinyDeployError, node_context
 from ..ir.graph import Graph
 from ..ir.interpreter import cast_outputs, run_graph
 from ..ir.ops import node_macs
+from ..passes.fuse_attention import has_accelerator
 from ..passes.memory import ArenaPlan, plan_arena, reshape_aliases, scratch_name
 from ..resources import package_path
 from ..target import AccelSpec, Target
@@ -380,10 +381,9 @@ def _golden_c(env: jinja2.Environment, context: dict[str, Any], golden_in: bytes
 
 def _accel_memories(target: Target) -> dict[str, int]:
     """The accelerator's job memories (bytes) for the driver, which splits a tile's rows into jobs that fit."""
-    section = target.section("accelerator")
-    if section.get("kind") != "ita":
+    if not has_accelerator(target):
         return {}
-    spec = AccelSpec.from_section(section)
+    spec = AccelSpec.from_section(target.section("accelerator"))
     return {"a_bytes": spec.a_bytes, "y_bytes": spec.y_bytes}
 
 

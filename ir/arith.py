@@ -118,6 +118,13 @@ def cmsis_requant_params(real_scale: np.ndarray | float) -> tuple[np.ndarray, np
     return m31, exp
 
 
+def bias_without_zero_point(bias: np.ndarray, weights: np.ndarray, zero: int, depth_axis: int) -> np.ndarray | None:
+    """(x - z) . w + b = x . w + (b - z * sum_k w) for constant weights (summed along `depth_axis`): the folded
+    bias, exact, so a GEMM kernel multiplies raw operands; None when it leaves int32."""
+    folded = as_i64(bias) - int(zero) * as_i64(weights).sum(axis=depth_axis)
+    return folded if folded.min(initial=0) >= INT32_MIN and folded.max(initial=0) <= INT32_MAX else None
+
+
 def wrap_i32(x: np.ndarray | int) -> np.ndarray:
     """Two's-complement int32 wrap-around of an exact value (what 32-bit C arithmetic stores)."""
     return ((as_i64(x) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ir import arith
 from ..ir.graph import Graph, Node, Tensor
 from ..ir.verify import verify
 from ..target import AccelSpec, Target, load_target
 from .layout import swap_last_axes_of_producer
+from .tile import accel_job_problem
 
 
 @dataclass
@@ -105,16 +107,6 @@ def _foldable_weights(b) -> bool:
     return b.is_const and len(b.shape) >= 2 and int(np.prod(b.shape[:-2], dtype=np.int64)) == 1
 
 
-def _bias_with_a_zero(graph: Graph, mm: Node, bias: np.ndarray) -> np.ndarray | None:
-    """(A - z) @ B + bias = A @ B + (bias - z * column sums of B): exact for a constant B; None if it overflows
-    int32."""
-    weights = np.asarray(graph.tensors[mm.inputs[1]].data, dtype=np.int64)
-    weights = weights.reshape(weights.shape[-2:])
-    column_sums = weights.sum(axis=1 if mm.attrs.get("trans_b") else 0)
-    folded = bias.astype(np.int64) - int(mm.attrs["a_zero"]) * column_sums
-    return folded if np.abs(folded).max(initial=0) < 2**31 else None
-
-
 def _single_consumer(graph: Graph, consumers: dict[str, list[Node]], name: str) -> Node | None:
     users = consumers.get(name, [])
     if len(users) != 1 or name in graph.outputs:
@@ -135,19 +127,16 @@ def _no_chain_reason(graph: Graph, consumers: dict[str, list[Node]], mm: Node) -
     return f"followed by {users[0].op}, not a Requant"
 
 
-#: what the accelerator's requantizer may write: 8-bit, or int16 (mode Y16) when nothing follows it
-OUTPUT_DTYPES = ("int8", "uint8", "int16")
+#: what the accelerator's stages write: 8-bit, or int16 (mode Y16) in a chain whose first requant writes int16
+EIGHT_BIT = ("int8", "uint8")
+OUTPUT_DTYPES = (*EIGHT_BIT, "int16")
 
 
-def _eight_bit(graph: Graph, node: Node) -> bool:
-    """The accelerator's stages write int8/uint8 only."""
-    return graph.tensors[node.outputs[0]].dtype in ("int8", "uint8")
-
-
-def _next_stage(graph: Graph, consumers: dict[str, list[Node]], name: str) -> Node | None:
-    """The single reader of `name` when it could be an accelerator stage (it writes 8 bits), else None."""
+def _next_stage(graph: Graph, consumers: dict[str, list[Node]], name: str,
+                dtypes: tuple[str, ...] = EIGHT_BIT) -> Node | None:
+    """The single reader of `name` when it could be an accelerator stage (it writes one of `dtypes`), else None."""
     node = _single_consumer(graph, consumers, name)
-    return node if node is not None and _eight_bit(graph, node) else None
+    return node if node is not None and graph.tensors[node.outputs[0]].dtype in dtypes else None
 
 
 def _per_tensor(requant: Node) -> bool:
@@ -162,12 +151,13 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
                claimed: set[str] | None = None) -> list[Node] | None:
     """The nodes one ITAGemm replaces (MatMulInt first), never a node another chain already `claimed`."""
     claimed = claimed or set()
-    requant = _single_consumer(graph, consumers, mm.outputs[0])
-    if requant is None or requant.op != "Requant" or graph.tensors[requant.outputs[0]].dtype not in OUTPUT_DTYPES:
+    requant = _next_stage(graph, consumers, mm.outputs[0], OUTPUT_DTYPES)
+    if requant is None or requant.op != "Requant":
         return None
     chain = [mm, requant]
     if graph.tensors[requant.outputs[0]].dtype == "int16":     # a 16-bit result (mode Y16): only 16-bit
-        return _wide_stages(graph, consumers, chain, claimed)   # AddRequant/MulRequant stages may follow
+        nxt = _next_stage(graph, consumers, requant.outputs[0], ("int16",))  # AddRequant/MulRequant may follow
+        return _binary_stages(graph, consumers, chain, nxt, claimed, wide=True)[0]
     nxt = _next_stage(graph, consumers, requant.outputs[0])
     if nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
         chain.append(nxt)
@@ -180,17 +170,9 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
         if chain[-1].op == "ITAPartialMax" and nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
             chain.append(nxt)                   # the requant after the softmax (A.V operand scale)
             nxt = _next_stage(graph, consumers, nxt.outputs[0])
-    matrices = vectors = binary = 0
-    while (nxt is not None and nxt.op in BINARY_STAGES and "ITAPartialMax" not in (n.op for n in chain)
-           and binary < MAX_BINARY_STAGES and nxt.name not in claimed):
-        operand = _binary_operand(graph, nxt, chain[-1].outputs[0], graph.tensors[mm.outputs[0]].shape)
-        if operand is None or (operand == "matrix" and matrices) or (operand == "vector" and vectors == MAX_VECTORS):
-            break
-        matrices += operand == "matrix"
-        vectors += operand == "vector"
-        binary += 1
-        chain.append(nxt)
-        nxt = _next_stage(graph, consumers, nxt.outputs[0])
+    binary = 0
+    if "ITAPartialMax" not in (n.op for n in chain):
+        chain, nxt, binary = _binary_stages(graph, consumers, chain, nxt, claimed)
     if binary and nxt is not None and nxt.op == "LUT" and not any(n.op in ("LUT", "ITAPartialMax") for n in chain):
         chain.append(nxt)                       # an activation after a bias add (mode bit 8: LUT after the stages)
     return chain
@@ -211,23 +193,23 @@ def _row_constant(tensor) -> bool:
     return bool(np.all(rows == rows[0]))
 
 
-def _wide_stages(graph: Graph, consumers: dict[str, list[Node]], chain: list[Node], claimed: set[str]) -> list[Node]:
-    """`chain` (ending in an int16 requant) extended by the epilogue stages that keep it 16-bit: AddRequant /
-    MulRequant into int16 with an int8 per-column vector (a bias) or one int16 tile of the output's shape (the
-    residual, read as int16: mode bit 9)."""
+def _binary_stages(graph: Graph, consumers: dict[str, list[Node]], chain: list[Node], nxt: Node | None,
+                   claimed: set[str], wide: bool = False) -> tuple[list[Node], Node | None, int]:
+    """`chain` extended by the AddRequant/MulRequant epilogue stages from `nxt` on (at most one tile operand and
+    MAX_VECTORS vectors; `wide`: a 16-bit chain, its tile int16, mode bit 9): (chain, the node after them, how
+    many were taken)."""
     out_shape = graph.tensors[chain[0].outputs[0]].shape
-    matrices = vectors = 0
-    nxt = _single_consumer(graph, consumers, chain[-1].outputs[0])
-    while (nxt is not None and nxt.op in BINARY_STAGES and graph.tensors[nxt.outputs[0]].dtype == "int16"
-           and len(chain) - 2 < MAX_BINARY_STAGES and nxt.name not in claimed):
-        operand = _binary_operand(graph, nxt, chain[-1].outputs[0], out_shape, wide=True)
+    matrices = vectors = binary = 0
+    while (nxt is not None and nxt.op in BINARY_STAGES and binary < MAX_BINARY_STAGES and nxt.name not in claimed):
+        operand = _binary_operand(graph, nxt, chain[-1].outputs[0], out_shape, wide)
         if operand is None or (operand == "matrix" and matrices) or (operand == "vector" and vectors == MAX_VECTORS):
             break
         matrices += operand == "matrix"
         vectors += operand == "vector"
+        binary += 1
         chain.append(nxt)
-        nxt = _single_consumer(graph, consumers, nxt.outputs[0])
-    return chain
+        nxt = _next_stage(graph, consumers, nxt.outputs[0], ("int16",) if wide else EIGHT_BIT)
+    return chain, nxt, binary
 
 
 def _binary_operand(graph: Graph, node: Node, running: str, out_shape: tuple[int, ...],
@@ -269,10 +251,9 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
             report.skipped[reason] = report.skipped.get(reason, 0) + 1
             continue
         fused = _fused_node(graph, chain, conversions)
-        if not isinstance(fused, str):
-            fused = _job_problem(graph, fused, accel) or fused
-        if isinstance(fused, str):
-            report.skipped[fused] = report.skipped.get(fused, 0) + 1
+        reason = fused if isinstance(fused, str) else _job_problem(graph, fused, accel)
+        if reason:
+            report.skipped[reason] = report.skipped.get(reason, 0) + 1
             continue
         replaced[chain[-1].name] = fused
         dropped.update(n.name for n in chain)
@@ -317,10 +298,9 @@ def _b_as_transposed(graph: Graph) -> int:
 def _job_problem(graph: Graph, node: Node, accel: AccelSpec) -> str | None:
     """Why no tiling can run `node` as accelerator jobs (one row of A and Y, and B for the narrowest column tile
     the tiler may take: all of n with the softmax, whose rows stay whole), or None."""
-    a, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
-    k = a.shape[-1]
-    n = out.shape[-1] if any(s["op"] == "ITAPartialMax" for s in node.attrs["stages"]) else 1
-    problem = accel.job_problem(1, k, n, np.dtype(out.dtype).itemsize)
+    shape = graph.tensors[node.outputs[0]].shape
+    n = shape[-1] if any(s["op"] == "ITAPartialMax" for s in node.attrs["stages"]) else 1
+    problem = accel_job_problem(graph, node, (*shape[:-1], n), accel)
     return f"the accelerator's job memories: {problem}" if problem else None
 
 
@@ -342,7 +322,10 @@ def _fused_node(graph: Graph, chain: list[Node], conversions: dict[str, Node]) -
     if mm.attrs.get("a_zero", 0):
         folded = None
         if graph.tensors[bias].is_const:
-            folded = _bias_with_a_zero(graph, mm, np.asarray(graph.tensors[bias].data).reshape(n))
+            weights = np.asarray(graph.tensors[mm.inputs[1]].data)
+            folded = arith.bias_without_zero_point(np.asarray(graph.tensors[bias].data).reshape(n),
+                                                   weights.reshape(weights.shape[-2:]), mm.attrs["a_zero"],
+                                                   depth_axis=1 if mm.attrs.get("trans_b") else 0)
         if folded is None:
             return "zero point of A does not fold into an int32 bias"
         bias = graph.add_const(graph.unique_name(f"{mm.name}/bias_a_zero"), folded.astype(np.int32), "int32").name

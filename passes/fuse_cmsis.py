@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir import arith
 from ..ir.graph import Graph, Node, Tensor
 from ..ir.verify import verify
 from .layout import swap_last_axes_of_producer
@@ -42,10 +43,10 @@ def _fused(graph: Graph, mm: Node, requant: Node) -> Node | None:
         if given.dtype != "int32" or given.size != n or not given.is_const:
             return None
         bias += np.asarray(given.data, dtype=np.int64).reshape(n)
-    # (x - a_zero) . w = x . w - a_zero * sum(w): the input offset folds into the bias (exact), so the kernel
-    # multiplies raw int8 pairs (no offset additions in the inner loop), as CMSIS-NN's kernel sums do
-    bias -= int(at.get("a_zero", 0)) * weights.astype(np.int64).sum(axis=1)
-    if bias.min() < -(2**31) or bias.max() >= 2**31:
+    # the input offset folds into the bias, so the kernel multiplies raw int8 pairs (no offset additions in the
+    # inner loop), as CMSIS-NN's kernel sums do
+    bias = arith.bias_without_zero_point(bias, weights, int(at.get("a_zero", 0)), depth_axis=1)
+    if bias is None:
         return None
     bias_name = graph.add_const(graph.unique_name(f"{mm.name}/bias_folded"), bias.astype(np.int32), "int32").name
     filter_name = graph.add_const(graph.unique_name(f"{w.name}/out_in"), np.ascontiguousarray(weights).astype(np.int8),

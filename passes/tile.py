@@ -20,8 +20,7 @@ import numpy as np
 from ..errors import TinyDeployError
 from ..ir.graph import Graph, Node
 from ..ir.ops import node_macs
-from ..sim.accel.model import job_cycles
-from ..target import AccelSpec, Target
+from ..target import AccelSpec, Target, job_cycles
 
 ALIGNMENT = 16
 #: modelled core cycles per output element (per MAC for matmuls), before dividing by the cores
@@ -326,7 +325,7 @@ def two_d_geometry(dims: tuple[int, ...], strides: list[int]) -> tuple[int, int,
 def _compute_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int,
                     accel: AccelSpec | None = None) -> int:
     """Core cycles for one tile: the work per element times the share of the most loaded core."""
-    if node.op == "ITAGemm":   # accelerator jobs of at most rows_per_job rows per matrix (model.job_cycles)
+    if node.op == "ITAGemm":   # accelerator jobs of at most rows_per_job rows per matrix (job_cycles)
         spec = accel or AccelSpec()
         batch = int(np.prod(out_tile[:-2], dtype=np.int64))
         m, k, n = out_tile[-2], _ita_depth(graph, node), out_tile[-1]

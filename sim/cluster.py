@@ -35,13 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TinyDeployError
-from ..target import Target, load_target
+from ..target import AccelSpec, Target, job_cycles, load_target
 from .accel.model import (
     JOB_REGISTERS,
     MODE_SOFTMAX,
-    AccelSpec,
     Job,
-    job_cycles,
     operand_spans,
     pitch,
     row_bytes,

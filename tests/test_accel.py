@@ -25,13 +25,12 @@ from tinydeploy.sim.accel.model import (
     MODE_SOFTMAX,
     MODE_TRANS_B,
     MODE_Y16,
-    AccelSpec,
     Job,
-    job_cycles,
     run_job,
 )
 from tinydeploy.sim.cluster import ClusterISS, ClusterSpec, GuestFault
 from tinydeploy.sim.firmware import build_firmware, simulate_build
+from tinydeploy.target import AccelSpec, job_cycles
 from tinydeploy.verify import verify_build
 
 needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None or shutil.which("g++") is None,
@@ -348,8 +347,6 @@ def test_jobs_are_sized_to_the_accelerators_memories(tmp_path):
     job fits (the ISS faults on one that does not) and the result is bit-exact. A GEMM whose single row cannot fit
     stays on the cores, and the fusion summary says why."""
     from tinydeploy.backends import compile_graph
-    from tinydeploy.target import AccelSpec
-
     spec = AccelSpec()
     assert spec.job_problem(64, 384, 128) == "A needs 24576 B, the accelerator holds 8192 B"
     assert spec.rows_per_job(384, 128) == 21 and spec.rows_per_job(384, 128, 2) == 21

@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import TinyDeployError
 from ...ir import arith
-from ...target import AccelSpec
+from ...target import AccelSpec, job_cycles
 from .model import (
     JOB_REGISTERS,
     MODE_A_UNSIGNED,
@@ -105,7 +105,6 @@ class Accelerator:
         job = Job(self.jobs, regs)
         self.jobs += 1
         if self.rtl is None:
-            from .model import job_cycles
 
             self.cycles += job_cycles(AccelSpec(), regs["m"], regs["k"], regs["n"], bool(regs["mode"] & MODE_SOFTMAX))
             return run_job(job, memory.read)

@@ -5,12 +5,12 @@ job is the IR op ITAGemm (ir/ops.py) applied to the operands read from L1: int8 
 requant (contract 1), then optionally a second requant, a LUT activation or the ITA streaming softmax
 (contract 4) — the same functions the golden interpreter runs, so model and golden agree by construction.
 Outputs are 8-bit, or int16 with MODE_Y16 (a projection into a 16-bit residual stream).
-Timing mirrors the RTL's schedule (sim/accel/rtl/ita_tile.v): `setup + m * P` cycles, P = G*C + row, with
-G = ceil(n / PEs) column groups and C = ceil(k / dot_width) chunks (16 PEs each reduce 64 int8 products per
-cycle: 1024 MAC/cycle) and `row` cycles to drain each row's last group. With the softmax, each row then spends
-T = divider_cycles + G cycles in the softmax tail (radix-4 divider, one normalisation pass), overlapping the
-next row on the array: `setup + P + T + (m - 1) * max(P, T)`. tests/test_accel.py checks model cycles against
-the RTL's counter.
+Timing (target.py: job_cycles, shared with the tiler's cost model) mirrors the RTL's schedule
+(sim/accel/rtl/ita_tile.v): `setup + m * P` cycles, P = G*C + row, with G = ceil(n / PEs) column groups and
+C = ceil(k / dot_width) chunks (16 PEs each reduce 64 int8 products per cycle: 1024 MAC/cycle) and `row` cycles
+to drain each row's last group. With the softmax, each row then spends T = divider_cycles + G cycles in the
+softmax tail (radix-4 divider, one normalisation pass), overlapping the next row on the array:
+`setup + P + T + (m - 1) * max(P, T)`. tests/test_accel.py checks model cycles against the RTL's counter.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import numpy as np
 from ...ir.arith import ITA_MAX_OCTAVE_BITS
 from ...ir.graph import Node
 from ...ir.ops import OPS
-from ...target import AccelSpec
 
 MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3, MODE_A_UNSIGNED = 1, 2, 4, 8, 16, 32
 #: Y elements are int16 (two bytes, little endian): a requant into a 16-bit residual stream (no softmax)
@@ -106,16 +105,6 @@ class Job:
             stages.append(activation)
         return Node(f"job{self.id}", "ITAGemm", [], [], {"trans_b": int(bool(r["mode"] & MODE_TRANS_B)), "lo": lo,
                                                           "hi": hi, "stages": stages})
-
-
-def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False) -> int:
-    """Cycles of one job from start to done (the RTL's schedule)."""
-    groups, chunks = -(-n // spec.processing_elements), -(-k // spec.dot_width)
-    array = groups * chunks + spec.row_cycles
-    if not softmax:
-        return spec.setup_cycles + m * array
-    tail = spec.divider_cycles + groups
-    return spec.setup_cycles + array + tail + (m - 1) * max(array, tail)
 
 
 def y_bytes(regs: dict[str, int]) -> int:

@@ -18,7 +18,8 @@ import numpy as np
 
 from ...errors import TinyDeployError
 from ...resources import package_path
-from .model import MODE_LUT, MODE_SM_MASK, STAGE_WORDS, AccelSpec, Job, pitch, read_rows, row_bytes, y_bytes
+from ...target import AccelSpec
+from .model import MODE_LUT, MODE_SM_MASK, STAGE_WORDS, Job, pitch, read_rows, row_bytes, y_bytes
 
 SOURCE = package_path("sim", "accel", "rtl", "ita_tile.v")
 #: widest row of the RTL (its index widths are written for it)

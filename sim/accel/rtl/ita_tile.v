@@ -20,7 +20,7 @@
 // C = ceil(k / W), P = G*C + 1 (a row on the array), T = 8 + G (a row in the softmax tail):
 //   1 + m * P                                  without the softmax
 //   1 + P + T + (m - 1) * max(P, T)            with it (row i's tail overlaps row i+1 on the array)
-// which sim/accel/model.py (job_cycles) mirrors.
+// which target.py (job_cycles, the cost model's and the ISS's one timing description) mirrors.
 // Index expressions are wider than the memories they address (parameterised sizes): WIDTH is expected.
 /* verilator lint_off WIDTH */
 module ita_tile #(
