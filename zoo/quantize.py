@@ -52,6 +52,7 @@ class _Wiring:
     producers: dict[str, onnx.NodeProto]
     constants: set[str]
     scalars: set[str]          # constants of one element
+    initializers: dict[str, onnx.TensorProto]
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> _Wiring:
@@ -60,9 +61,10 @@ class _Wiring:
             for name in node.input:
                 readers.setdefault(name, []).append(node)
         producers = {o: n for n in model.graph.node for o in n.output}
-        constants = {i.name for i in model.graph.initializer}
+        initializers = {i.name: i for i in model.graph.initializer}
+        constants = set(initializers)
         constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-        scalars = {i.name for i in model.graph.initializer if int(np.prod(i.dims, dtype=np.int64)) == 1}
+        scalars = {name for name, i in initializers.items() if int(np.prod(i.dims, dtype=np.int64)) == 1}
         scalars |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"
                     and all(int(np.prod(a.t.dims, dtype=np.int64)) == 1 for a in n.attribute if a.name == "value")}
         for node in model.graph.node:      # torch's export shares equal weights through Identity nodes
@@ -70,7 +72,7 @@ class _Wiring:
                 constants.add(node.output[0])
                 if node.input[0] in scalars:
                     scalars.add(node.output[0])
-        return cls(readers, producers, constants, scalars)
+        return cls(readers, producers, constants, scalars, initializers)
 
 
 def _score_scaling(wiring: _Wiring, scores: list[str]) -> set[str]:
@@ -182,16 +184,15 @@ def residual_stream(wiring: _Wiring, model: onnx.ModelProto) -> set[str]:
     return marked | {o.name for o in model.graph.output}
 
 
-def _constant_value(model: onnx.ModelProto, wiring: _Wiring, name: str) -> np.ndarray | None:
+def _constant_value(wiring: _Wiring, name: str) -> np.ndarray | None:
     """The value of a constant (an initializer, a Constant node's or an Identity of one), else None."""
     from onnx import numpy_helper
 
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
+    if name in wiring.initializers:
+        return numpy_helper.to_array(wiring.initializers[name])
     node = wiring.producers.get(name)
     if node is not None and node.op_type == "Identity":
-        return _constant_value(model, wiring, node.input[0])
+        return _constant_value(wiring, node.input[0])
     if node is not None and node.op_type == "Constant":
         for attr in node.attribute:
             if attr.name == "value":
@@ -199,41 +200,37 @@ def _constant_value(model: onnx.ModelProto, wiring: _Wiring, name: str) -> np.nd
     return None
 
 
-def _last_axis_mean(model: onnx.ModelProto, wiring: _Wiring, node: onnx.NodeProto | None, rank: int) -> bool:
+def _last_axis_mean(wiring: _Wiring, node: onnx.NodeProto | None, rank: int) -> bool:
     """`node` is a ReduceMean over the last axis that keeps it (axes from the attribute, or the input from
     opset 18)."""
+    from onnx import helper
+
     if node is None or node.op_type != "ReduceMean":
         return False
-    attrs = {a.name: onnx_attr(a) for a in node.attribute}
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     axes = attrs.get("axes")
     if axes is None and len(node.input) > 1:
-        axes = _constant_value(model, wiring, node.input[1])
+        axes = _constant_value(wiring, node.input[1])
     return (axes is not None and [int(a) % rank for a in np.ravel(axes)] == [rank - 1]
             and attrs.get("keepdims", 1) == 1)
-
-
-def onnx_attr(attr):
-    import onnx
-
-    return onnx.helper.get_attribute_value(attr)
 
 
 def _other(node: onnx.NodeProto, name: str) -> str:
     return node.input[1] if node.input[0] == name else node.input[0]
 
 
-def _match_layernorm(model: onnx.ModelProto, wiring: _Wiring, sub: onnx.NodeProto, rank: int) -> dict | None:
+def _match_layernorm(wiring: _Wiring, sub: onnx.NodeProto, rank: int) -> dict | None:
     """The decomposed LayerNorm around `sub` = Sub(x, ReduceMean(x)): ReduceMean(Pow(sub, 2)) + eps -> Sqrt ->
     Div(sub, .) [-> Mul(gamma)] [-> Add(beta)], each value read only inside the pattern; else None."""
     x, mean = sub.input
-    if not _last_axis_mean(model, wiring, wiring.producers.get(mean), rank) or wiring.producers[mean].input[0] != x:
+    if not _last_axis_mean(wiring, wiring.producers.get(mean), rank) or wiring.producers[mean].input[0] != x:
         return None
     users = wiring.readers.get(sub.output[0], [])
     pow_ = next((n for n in users if n.op_type == "Pow"), None)
     div = next((n for n in users if n.op_type == "Div" and n.input[0] == sub.output[0]), None)
     if len(users) != 2 or pow_ is None or div is None:
         return None
-    exponent = _constant_value(model, wiring, pow_.input[1])
+    exponent = _constant_value(wiring, pow_.input[1])
     chain, value = [wiring.producers[mean], sub, pow_], pow_.output[0]
     if exponent is None or float(np.ravel(exponent)[0]) != 2.0:
         return None
@@ -243,19 +240,19 @@ def _match_layernorm(model: onnx.ModelProto, wiring: _Wiring, sub: onnx.NodeProt
         return readers[0] if len(readers) == 1 and readers[0].op_type == op else None
 
     var = single(value, "ReduceMean")
-    add = single(var.output[0], "Add") if var is not None and _last_axis_mean(model, wiring, var, rank) else None
-    eps = _constant_value(model, wiring, _other(add, var.output[0])) if add is not None else None
+    add = single(var.output[0], "Add") if var is not None and _last_axis_mean(wiring, var, rank) else None
+    eps = _constant_value(wiring, _other(add, var.output[0])) if add is not None else None
     sqrt = single(add.output[0], "Sqrt") if eps is not None else None
     if sqrt is None or single(sqrt.output[0], "Div") is not div or div.input[1] != sqrt.output[0]:
         return None
     chain += [var, add, sqrt, div]
     out, gamma, beta = div.output[0], None, None
     mul = single(out, "Mul")
-    if mul is not None and (gamma := _constant_value(model, wiring, _other(mul, out))) is not None:
+    if mul is not None and (gamma := _constant_value(wiring, _other(mul, out))) is not None:
         chain.append(mul)
         out = mul.output[0]
     bias = single(out, "Add")
-    if bias is not None and (beta := _constant_value(model, wiring, _other(bias, out))) is not None:
+    if bias is not None and (beta := _constant_value(wiring, _other(bias, out))) is not None:
         chain.append(bias)
         out = bias.output[0]
     return {"x": x, "out": out, "nodes": chain, "eps": float(np.ravel(eps)[0]), "gamma": gamma, "beta": beta}
@@ -275,7 +272,7 @@ def fuse_decomposed_layernorms(model: onnx.ModelProto) -> int:
     matches = []
     for node in model.graph.node:
         rank = len(dims.get(node.output[0], [])) if node.op_type == "Sub" else 0
-        found = _match_layernorm(model, wiring, node, rank) if rank else None
+        found = _match_layernorm(wiring, node, rank) if rank else None
         if found is not None and dims.get(found["x"], [0])[-1] > 0:
             matches.append(found)
     if not matches:
@@ -298,7 +295,7 @@ def fuse_decomposed_layernorms(model: onnx.ModelProto) -> int:
     model.graph.node.extend(nodes)
     used = {name for node in model.graph.node for name in node.input}
     unused = [init for init in model.graph.initializer if init.name not in used]
-    for init in unused:                       # the pattern's eps and exponent constants
+    for init in unused:                       # initializers nothing reads any more (the patterns' eps, exponents)
         model.graph.initializer.remove(init)
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < 17:
