@@ -196,6 +196,52 @@ static int32_t td_dot_offsets(const int8_t *x, const int8_t *w, int32_t depth, i
     return acc;
 }
 
+/* Rows row0.. of the input and output (rows past the end repeat the last row: results land on the same bytes);
+ * the output rows are int8 (out) or int16 (out16), the other pointer NULL. */
+static void td_block_rows(td_rows4 *b, const int8_t *in, int8_t *out, int16_t *out16, int32_t row0, int32_t rows,
+                          int32_t cols)
+{
+    for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
+        const int32_t row = (row0 + r < rows) ? row0 + r : rows - 1;
+        b->x[r] = in + row * b->depth;
+        b->y[r] = out ? out + row * cols : NULL;
+        b->y16[r] = out16 ? out16 + row * cols : NULL;
+    }
+}
+
+/* The fully-connected layer behind arm_fully_connected_[per_channel_]s8 (int8 outputs, out8) and
+ * td_fully_connected_s8_s16 (int16 outputs, out16): weights [channels][depth], per-channel or per-tensor
+ * requantization, outputs clamped to [lo, hi]. */
+static void td_fc_layer(const int8_t *input, const int8_t *filter, const int32_t *bias, int8_t *out8, int16_t *out16,
+                        int32_t batches, int32_t depth, int32_t channels, int32_t in_offset, int32_t out_offset,
+                        const int32_t *mult, const int32_t *shift, int32_t per_channel, int32_t lo, int32_t hi)
+{
+    if (depth > TD_NN_MAX_DEPTH) {
+        for (int32_t b = 0; b < batches; ++b) {
+            for (int32_t c = 0; c < channels; ++c) {
+                const int32_t q = per_channel ? c : 0;
+                const int32_t acc = (bias ? bias[c] : 0)
+                                  + td_dot_offsets(input + b * depth, filter + c * depth, depth, in_offset, 0);
+                const int32_t v = td_requantize(acc, mult[q], shift[q]) + out_offset;
+                const int32_t clamped = v < lo ? lo : (v > hi ? hi : v);
+                if (out16) {
+                    out16[b * channels + c] = (int16_t)clamped;
+                } else {
+                    out8[b * channels + c] = (int8_t)clamped;
+                }
+            }
+        }
+        return;
+    }
+    td_rows4 block = {.depth = depth, .in_offset = in_offset, .out_offset = out_offset, .lo = lo, .hi = hi};
+    for (int32_t b = 0; b < batches; b += TD_NN_ROWS) {
+        int32_t sums[TD_NN_ROWS];
+        td_block_rows(&block, input, out8, out16, b, batches, channels);
+        td_widen_rows(block.x, depth / 4, in_offset, sums);
+        td_rows4_columns(&block, filter, channels, bias, mult, shift, per_channel);
+    }
+}
+
 /* tinydeploy's int8 x int8 -> int16 fully-connected layer (CMSIS-NN has none: its s8 kernels write int8): the
  * same 4-row GEMM core and requantization as arm_fully_connected_per_channel_s8, outputs clamped to [lo, hi]
  * in int16 (a projection into a 16-bit residual stream). Built in every configuration, --cmsis-nn too. */
@@ -204,42 +250,11 @@ void td_fully_connected_s8_s16(const int8_t *input, const int8_t *filter, const 
                                int32_t output_offset, const int32_t *mult, const int32_t *shift, int32_t lo,
                                int32_t hi)
 {
-    if (depth > TD_NN_MAX_DEPTH) {
-        for (int32_t b = 0; b < batches; ++b) {
-            for (int32_t c = 0; c < channels; ++c) {
-                const int32_t acc = (bias ? bias[c] : 0)
-                                  + td_dot_offsets(input + b * depth, filter + c * depth, depth, input_offset, 0);
-                const int32_t v = td_requantize(acc, mult[c], shift[c]) + output_offset;
-                output[b * channels + c] = (int16_t)(v < lo ? lo : (v > hi ? hi : v));
-            }
-        }
-        return;
-    }
-    td_rows4 block = {.depth = depth, .in_offset = input_offset, .out_offset = output_offset, .lo = lo, .hi = hi};
-    for (int32_t b = 0; b < batches; b += TD_NN_ROWS) {
-        int32_t sums[TD_NN_ROWS];
-        for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
-            const int32_t row = (b + r < batches) ? b + r : batches - 1;
-            block.x[r] = input + row * depth;
-            block.y[r] = NULL;
-            block.y16[r] = output + row * channels;
-        }
-        td_widen_rows(block.x, depth / 4, input_offset, sums);
-        td_rows4_columns(&block, filter, channels, bias, mult, shift, 1);
-    }
+    td_fc_layer(input, filter, bias, NULL, output, batches, depth, channels, input_offset, output_offset, mult, shift,
+                1, lo, hi);
 }
 
 #ifndef TD_CMSIS_NN   /* with --cmsis-nn, Arm's library provides the arm_* entry points below */
-
-/* Rows row0.. of the input and output (rows past the end repeat the last row: results land on the same bytes). */
-static void td_block_rows(td_rows4 *b, const int8_t *in, int8_t *out, int32_t row0, int32_t rows, int32_t cols)
-{
-    for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
-        const int32_t row = (row0 + r < rows) ? row0 + r : rows - 1;
-        b->x[r] = in + row * b->depth;
-        b->y[r] = out + row * cols;
-    }
-}
 
 /* ---- CMSIS-NN entry points ------------------------------------------------------------------------------- */
 
@@ -253,27 +268,9 @@ static arm_cmsis_nn_status td_fully_connected(const cmsis_nn_fc_params *fc_param
     if (fc_params->filter_offset != 0) {
         return ARM_CMSIS_NN_ARG_ERROR;
     }
-    const int32_t batches = input_dims->n, depth = filter_dims->n, channels = filter_dims->c;
-    const int32_t offset = fc_params->input_offset, lo = fc_params->activation.min, hi = fc_params->activation.max;
-    if (depth > TD_NN_MAX_DEPTH) {
-        for (int32_t b = 0; b < batches; ++b) {
-            for (int32_t c = 0; c < channels; ++c) {
-                const int32_t q = per_channel ? c : 0;
-                const int32_t acc = (bias_data ? bias_data[c] : 0)
-                                  + td_dot_offsets(input_data + b * depth, filter_data + c * depth, depth, offset, 0);
-                output_data[b * channels + c] = td_out_s8(td_requantize(acc, mult[q], shift[q])
-                                                          + fc_params->output_offset, lo, hi);
-            }
-        }
-        return ARM_CMSIS_NN_SUCCESS;
-    }
-    td_rows4 block = {.depth = depth, .in_offset = offset, .out_offset = fc_params->output_offset, .lo = lo, .hi = hi};
-    for (int32_t b = 0; b < batches; b += TD_NN_ROWS) {
-        int32_t sums[TD_NN_ROWS];
-        td_block_rows(&block, input_data, output_data, b, batches, channels);
-        td_widen_rows(block.x, depth / 4, offset, sums);
-        td_rows4_columns(&block, filter_data, channels, bias_data, mult, shift, per_channel);
-    }
+    td_fc_layer(input_data, filter_data, bias_data, output_data, NULL, input_dims->n, filter_dims->n, filter_dims->c,
+                fc_params->input_offset, fc_params->output_offset, mult, shift, per_channel, fc_params->activation.min,
+                fc_params->activation.max);
     return ARM_CMSIS_NN_SUCCESS;
 }
 
@@ -325,7 +322,7 @@ static void td_matmul_rows(const int8_t *lhs, const int8_t *rhs, int8_t *out, in
     const int32_t groups = depth / 4;
     for (int32_t r0 = 0; r0 < rows; r0 += TD_NN_ROWS) {
         int32_t sums[TD_NN_ROWS];
-        td_block_rows(&block, lhs, out, r0, rows, cols);
+        td_block_rows(&block, lhs, out, NULL, r0, rows, cols);
         td_widen_rows(block.x, groups, p->input_offset, sums);
         for (int32_t r = 0; r < TD_NN_ROWS; ++r) {
             for (int32_t k = 4 * groups; k < depth; ++k) {      /* the depth tail's share of the row sum */
