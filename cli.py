@@ -99,20 +99,19 @@ def default_inputs_path(model: str) -> Path | None:
     return None
 
 
-def load_inputs(path: str | None, model: str, graph) -> dict[str, np.ndarray]:
-    """One sample of checked inputs from --inputs (by graph-input name), else inputs.npz beside the model."""
-    return load_samples(path, model, graph)[0]
-
-
-def load_samples(path: str | None, model: str, graph, *, batched: bool = False) -> list[dict[str, np.ndarray]]:
-    """Checked inputs from --inputs, else inputs.npz beside the model: one dict per sample (`batched`: arrays may
-    carry a leading sample axis N)."""
-    from .frontend.inputs import load_inputs as read_samples
-
+def inputs_source(path: str | None, model: str) -> Path:
+    """--inputs, else inputs.npz beside the model."""
     source = Path(path) if path else default_inputs_path(model)
     if source is None:
         raise TinyDeployError("no inputs: pass --inputs FILE.npz (none found beside the model)")
-    return read_samples(source, graph, batched=batched)
+    return source
+
+
+def load_inputs(path: str | None, model: str, graph) -> dict[str, np.ndarray]:
+    """One sample of checked inputs from --inputs (by graph-input name), else inputs.npz beside the model."""
+    from .frontend.inputs import load_inputs as read_samples
+
+    return read_samples(inputs_source(path, model), graph)[0]
 
 
 def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tuple[int, int]] | None:
@@ -237,12 +236,12 @@ def dequantized_outputs(graph, values: dict[str, np.ndarray]) -> dict[str, np.nd
 
 def cmd_golden(args: argparse.Namespace) -> int:
     from .files import atomic_file, output_file
+    from .frontend.inputs import load_batch
     from .ir.interpreter import cast_outputs, run_graph
 
     output_file(args.output)
     _, int_graph = load_integer_graph(args.model, args.target, observed_input_ranges(args.model, args.inputs))
-    samples = load_samples(args.inputs, args.model, int_graph, batched=True)
-    stacked = _has_sample_axis(args.inputs, args.model, int_graph)
+    samples, stacked = load_batch(inputs_source(args.inputs, args.model), int_graph)
     t0 = time.perf_counter()
     runs = []
     for i, inputs in enumerate(samples):
@@ -261,16 +260,6 @@ def cmd_golden(args: argparse.Namespace) -> int:
         print(f"{name}: {v.dtype}{list(v.shape)} min {v.min()} max {v.max()}")
     print(f"wrote {args.output} ({len(values)} tensors)")
     return EXIT_OK
-
-
-def _has_sample_axis(path: str | None, model: str, graph) -> bool:
-    """True when the inputs carry a leading sample axis N (the outputs then carry one too, even for N = 1)."""
-    from .frontend.inputs import read_npz, select_arrays
-
-    source = Path(path) if path else default_inputs_path(model)
-    arrays = select_arrays(read_npz(source), graph.inputs, str(source),
-                           positional=graph.meta.get("dialect") == "deeploy")
-    return any(value.ndim == len(graph.tensors[name].shape) + 1 for name, value in arrays.items())
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:

@@ -146,19 +146,32 @@ def check_array(graph: Graph, name: str, value: np.ndarray, source: str, *, batc
     return value.astype(tensor.dtype)
 
 
+def _checked_arrays(path: str | Path, graph: Graph, batched: bool) -> dict[str, np.ndarray]:
+    arrays = select_arrays(read_npz(Path(path)), graph.inputs, str(path),
+                           positional=graph.meta.get("dialect") == "deeploy")
+    return {name: check_array(graph, name, value, str(path), batched=batched) for name, value in arrays.items()}
+
+
 def load_inputs(path: str | Path, graph: Graph, *, batched: bool = False) -> list[dict[str, np.ndarray]]:
     """Checked inputs from an .npz: one dict per sample (one sample unless batched arrays carry N)."""
-    source = str(path)
-    arrays = select_arrays(read_npz(Path(path)), graph.inputs, source,
-                           positional=graph.meta.get("dialect") == "deeploy")
-    checked = {name: check_array(graph, name, value, source, batched=batched) for name, value in arrays.items()}
-    return split_samples(graph, checked, source)
+    return split_samples(graph, _checked_arrays(path, graph, batched), str(path))
+
+
+def load_batch(path: str | Path, graph: Graph) -> tuple[list[dict[str, np.ndarray]], bool]:
+    """load_inputs(batched=True), and whether the arrays carried a leading sample axis (even of length 1)."""
+    arrays = _checked_arrays(path, graph, True)
+    return split_samples(graph, arrays, str(path)), any(c is not None for c in _sample_counts(graph, arrays).values())
+
+
+def _sample_counts(graph: Graph, arrays: dict[str, np.ndarray]) -> dict[str, int | None]:
+    """Each input's leading sample count N, or None when it has the graph input's own shape."""
+    return {name: (value.shape[0] if value.ndim == len(graph.tensors[name].shape) + 1 else None)
+            for name, value in arrays.items()}
 
 
 def split_samples(graph: Graph, arrays: dict[str, np.ndarray], source: str) -> list[dict[str, np.ndarray]]:
     """One dict per sample; every input must carry the same number of samples."""
-    counts = {name: (value.shape[0] if value.ndim == len(graph.tensors[name].shape) + 1 else None)
-              for name, value in arrays.items()}
+    counts = _sample_counts(graph, arrays)
     batched = {c for c in counts.values() if c is not None}
     if not batched:
         return [arrays]
