@@ -41,7 +41,7 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
     if target.backend != "riscv":
         return graph, notes
     from ..passes.fuse_attention import fuse_attention
-    from ..passes.fuse_elementwise import fuse_elementwise, hoist_scalar_ops
+    from ..passes.fuse_elementwise import fuse_elementwise, fuse_norm_copies, hoist_scalar_ops
     from ..passes.split_rows import split_rows
     from ..passes.tile import l1_budget
 
@@ -53,7 +53,11 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
     dump("fuse_attention", graph)
     graph, split = split_rows(graph, l1_budget(target))
     dump("split_rows", graph)
+    graph, copies = fuse_norm_copies(graph)
+    dump("fuse_norm_copies", graph)
     notes.append(f"fused {pairs} Add/Mul -> Requant pairs on the cores; moved {hoisted} scalar ops above layout ops")
+    if copies:
+        notes.append(f"{copies} LayerNorms also write their requantized copy (one pass over the rows)")
     if fusion.fused or fusion.skipped:     # on a target with an accelerator: also why nothing went there
         notes.append(fusion.summary())
     if split:

@@ -178,6 +178,10 @@ class Lowering:
         self._names.add(name)
         return kernel
 
+    def const_data(self, name: str) -> np.ndarray | None:
+        """The values of a constant of the graph being lowered (also inside a tile view), else None."""
+        return self._graph.tensors[name].data
+
     def narrow_requant(self, node: Node) -> bool:
         """True when a requant-family op provably computes in 32 bits (faster on RV32 cores than int64)."""
         if not self.narrow or node.op not in NARROW_OPS:
@@ -840,6 +844,37 @@ def _norm_vector(low: Lowering, node: Node, name: str, cols: int) -> Tensor:
     return tensor
 
 
+#: the 32-bit LayerNorm kernel's preconditions: |weight| below 2^15, |bias| at most 2^30, at most 2^16 columns
+NARROW_LAYERNORM_WEIGHT, NARROW_LAYERNORM_BIAS, NARROW_LAYERNORM_COLS = 2**15, 2**30, 2**16
+
+
+#: the integer LayerNorms (weight and bias vectors); ILayerNormRequant also writes a requantized copy
+NORMS_WITH_BIAS = ("ILayerNorm", "ILayerNormRequant")
+
+
+def copy_requant_fits_int32(node: Node) -> bool:
+    """Whether ILayerNormRequant's requant of its clipped value (|y| <= max(|lo|, |hi|)) fits int32:
+    |mul| * |y| + |add * 2^shift + 2^(shift-1)| < 2^31."""
+    at = node.attrs
+    y = max(abs(int(at["lo"])), abs(int(at["hi"])))
+    shift = int(at["shift"])
+    offset = int(at["add"]) * 2**shift + (2 ** (shift - 1) if shift > 0 else 0)
+    return 0 <= shift < 31 and abs(int(at["mul"])) * y + abs(offset) < 2**31
+
+
+def layernorm_fits_int32(low: Lowering, node: Node, cols: int) -> bool:
+    """Whether an ILayerNorm provably computes in 32 bits: an 8/16-bit input (|x - mean| < 2^16, row sum in int32
+    for up to 2^16 columns), |w| < 2^15 (so (x - mean) * w fits int32) and |bias| <= 2^30 (the quotient is below
+    2 sqrt(cols) |w| < 2^24, so quotient + bias fits too)."""
+    if node.op not in NORMS_WITH_BIAS or low.t(node.inputs[0]).dtype not in ("int8", "uint8", "int16"):
+        return False
+    weight, bias = (low.const_data(name) for name in node.inputs[1:3])
+    if weight is None or bias is None or cols > NARROW_LAYERNORM_COLS:
+        return False
+    return (int(np.abs(weight.astype(np.int64)).max(initial=0)) < NARROW_LAYERNORM_WEIGHT
+            and int(np.abs(bias.astype(np.int64)).max(initial=0)) <= NARROW_LAYERNORM_BIAS)
+
+
 def lower_norm(low: Lowering, index: int, node: Node, call: Call) -> None:
     x, out = low.t(node.inputs[0]), low.t(node.outputs[0])
     rows, cols = _rows_cols(x)
@@ -847,12 +882,21 @@ def lower_norm(low: Lowering, index: int, node: Node, call: Call) -> None:
     fields = {"in_ctype": ctype(x.dtype), "out_ctype": ctype(out.dtype), "w_ctype": ctype(vectors[0].dtype),
               "b_ctype": ctype(vectors[1].dtype) if len(vectors) > 1 else ""}
     suffix = "_".join(SUFFIXES[t.dtype] for t in [x, *vectors, out])
-    kernel = low.kernel("norm", f"td_{node.op.lower()}_{suffix}", op=node.op, doc=f"{node.op} over the last axis",
-                        **fields)
+    narrow = layernorm_fits_int32(low, node, cols)
+    copy = node.op == "ILayerNormRequant"
+    if copy:
+        copy_out = low.t(node.outputs[1])
+        fields.update(copy_ctype=ctype(copy_out.dtype), copy_narrow=copy_requant_fits_int32(node))
+        suffix += "_" + SUFFIXES[copy_out.dtype]
+    kernel = low.kernel("norm", f"td_{node.op.lower()}_{suffix}{'_n32' if narrow else ''}", op=node.op,
+                        doc=f"{node.op} over the last axis", narrow=narrow, writes_copy=copy, **fields)
     call.kernels.append(kernel)
     at = node.attrs
-    args = [low.refs.pointer(x.name), *[low.refs.pointer(v.name) for v in vectors], low.refs.pointer(out.name),
+    outs = [low.refs.pointer(name) for name in node.outputs]
+    args = [low.refs.pointer(x.name), *[low.refs.pointer(v.name) for v in vectors], *outs,
             str(rows), str(cols), str(int(at["log2d"])), str(int(at["lo"])), str(int(at["hi"]))]
+    if copy:
+        args += [str(int(at[k])) for k in ("mul", "shift", "add", "rq_lo", "rq_hi")]
     call.statements.append(f"{kernel.name}({', '.join(args)});")
 
 
@@ -942,6 +986,7 @@ LOWERINGS: dict[str, Callable[[Lowering, int, Node, Call], None]] = {
     "ITAPartialMax": lower_softmax,
     "ITAMax": lower_softmax,
     "ILayerNorm": lower_norm,
+    "ILayerNormRequant": lower_norm,
     "IRMSNorm": lower_norm,
     "IntegerMean": lower_mean,
     "ReduceSum": lower_mean,

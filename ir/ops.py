@@ -354,6 +354,21 @@ def run_ilayernorm(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [arith.i_layernorm(xs[0], xs[1], xs[2], at["log2d"], at["lo"], at["hi"])]
 
 
+def _layernorm_copy_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[Range]:
+    at = node.attrs
+    return [(int(at["lo"]), int(at["hi"])), (int(at["rq_lo"]), int(at["rq_hi"]))]
+
+
+@op("ILayerNormRequant", shape=lambda node, shapes: [shapes[0], shapes[0]], ranges=_layernorm_copy_range)
+def run_ilayernorm_requant(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """ILayerNorm y and its requantized copy Requant(y) (attrs mul, shift, add, rq_lo, rq_hi; contract 1) from
+    one pass (passes/fuse_elementwise.fuse_norm_copies): a post-LN BERT's int16 residual stream and the int8
+    operand of the next GEMMs. Defined by composition."""
+    at = node.attrs
+    y = run_ilayernorm(node, xs)[0]
+    return [y, arith.requant_ita(y, at["mul"], at["shift"], at["add"], at["rq_lo"], at["rq_hi"])]
+
+
 @op("IRMSNorm", ranges=attr_range)
 def run_irmsnorm(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Integer RMSNorm over the last axis."""

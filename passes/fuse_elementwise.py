@@ -7,6 +7,8 @@ The fused ops are defined by composition (ir/ops.py), so results are unchanged; 
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir.graph import Graph, Node, Tensor
 from ..ir.verify import verify
 
@@ -36,6 +38,38 @@ def fuse_elementwise(graph: Graph) -> tuple[Graph, int]:
     graph.remove_unused()
     verify(graph, integer_only=True)
     return graph, len(replaced)
+
+
+def _scalar_requant(graph: Graph, node: Node) -> bool:
+    """A Requant with one multiplier, shift and offset for the whole tensor."""
+    return node.op == "Requant" and all(np.asarray(node.attrs[k]).size == 1 for k in ("mul", "shift", "add"))
+
+
+def fuse_norm_copies(graph: Graph) -> tuple[Graph, int]:
+    """A new graph where each ILayerNorm whose output a per-tensor Requant reads computes that Requant too
+    (ILayerNormRequant, two outputs); and the count. A post-LN BERT's LayerNorm writes the int16 residual stream
+    and the GEMMs read an int8 copy of it: one pass over the rows instead of two (MiniLM: 13 passes saved)."""
+    graph = graph.copy()
+    consumers = graph.consumers()
+    fused: dict[str, Node] = {}
+    dropped: set[str] = set()
+    for node in graph.nodes:
+        if node.op != "ILayerNorm":
+            continue
+        copy = next((u for u in consumers.get(node.outputs[0], []) if _scalar_requant(graph, u)), None)
+        if copy is None:
+            continue
+        at = copy.attrs
+        attrs = {**node.attrs, "mul": int(np.asarray(at["mul"]).reshape(-1)[0]),
+                 "shift": int(np.asarray(at["shift"]).reshape(-1)[0]),
+                 "add": int(np.asarray(at["add"]).reshape(-1)[0]), "rq_lo": int(at["lo"]), "rq_hi": int(at["hi"])}
+        fused[node.name] = Node(f"{node.name}/requant", "ILayerNormRequant", list(node.inputs),
+                                [node.outputs[0], copy.outputs[0]], attrs, origin=node.origin)
+        dropped.add(copy.name)
+    graph.nodes = [fused.get(n.name, n) for n in graph.nodes if n.name not in dropped]
+    graph.remove_unused()
+    verify(graph, integer_only=True)
+    return graph, len(fused)
 
 
 LAYOUT_OPS = ("Reshape", "Transpose")

@@ -26,13 +26,14 @@ ALIGNMENT = 16
 #: modelled core cycles per output element (per MAC for matmuls), before dividing by the cores
 CYCLES_PER_ELEMENT = {"Copy": 6, "Requant": 14, "RequantShift": 14, "RequantCMSIS": 20, "Add": 16, "Mul": 14,
                       "INoNorm": 16, "LUT": 10, "Relu": 8, "IGELU": 24, "TrueIntegerDiv": 40, "ISoftmax": 60,
-                      "ITAPartialMax": 24, "ITAMax": 30, "ILayerNorm": 40, "IRMSNorm": 30, "IntegerMean": 6,
+                      "ITAPartialMax": 24, "ITAMax": 30, "ILayerNorm": 40, "ILayerNormRequant": 48,
+                      "IRMSNorm": 30, "IntegerMean": 6,
                       "ReduceSum": 6, "Gather": 2}
 CYCLES_PER_MAC = 2.7
 #: per tile: DMA programming, the barrier and loop bookkeeping on hart 0
 TILE_OVERHEAD_CYCLES = 120
 COPY_OPS = ("Transpose", "Slice", "Concat", "Pad")
-ROW_OPS = ("ISoftmax", "ITAPartialMax", "ITAMax", "ILayerNorm", "IRMSNorm")
+ROW_OPS = ("ISoftmax", "ITAPartialMax", "ITAMax", "ILayerNorm", "ILayerNormRequant", "IRMSNorm")
 
 
 @dataclass(frozen=True)
@@ -233,8 +234,9 @@ def _matmul_axes(node: Node, operands: list[Operand], out_shape: tuple[int, ...]
 
 
 def _row_axes(node: Node, operands: list[Operand], out_shape: tuple[int, ...]) -> AxisMap:
-    first, out = operands[0], operands[-1]
-    return {axis: [axis if o is first or o is out else None for o in operands] for axis in range(len(out_shape) - 1)}
+    first = operands[0]
+    return {axis: [axis if o is first or o.role == "out" else None for o in operands]
+            for axis in range(len(out_shape) - 1)}
 
 
 def _mean_axes(node: Node, operands: list[Operand], out_shape: tuple[int, ...]) -> AxisMap:
@@ -389,7 +391,7 @@ def tile_candidates(graph: Graph, index: int, node: Node, operands: list[Operand
                     scratch_bytes: int = 0, accel: AccelSpec | None = None) -> list[StepTiling]:
     """Every tiling of one node the hardware can run, whatever L1 it needs (offsets not yet assigned)."""
     out_shape = graph.tensors[node.outputs[0]].shape
-    maps = axis_maps(graph, node, operands) if len(node.outputs) == 1 else {}
+    maps = axis_maps(graph, node, operands) if len(node.outputs) == 1 or node.op in ROW_OPS else {}
     candidates: list[tuple[int | None, int]] = [(None, 1)]
     for axis in maps:
         candidates += [(axis, size) for size in _divisors(out_shape[axis]) if size < out_shape[axis]]

@@ -98,6 +98,21 @@ def test_every_target_bit_exact(bert, target, tmp_path):
     assert result.bit_exact, result.first.describe()
 
 
+def test_layernorm_writes_the_gemm_copy_in_the_same_pass(bert):
+    """`mixed`: each LayerNorm but the last (a graph output) feeds the GEMMs an int8 copy of its int16 output; on
+    the cluster the LayerNorm writes both (ILayerNormRequant), and the copy's Requant is gone."""
+    from tinydeploy.backends import backend_passes
+
+    fused, notes = backend_passes(integerize(import_model(bert), "cluster8"), "cluster8")
+    ops = [n.op for n in fused.nodes]
+    expected = 4 if "mixed" in bert.name else 0
+    assert ops.count("ILayerNormRequant") == expected and ops.count("ILayerNorm") == 5 - expected
+    assert not expected or any("LayerNorms also write their requantized copy" in n for n in notes)
+    for node in fused.nodes:
+        if node.op == "ILayerNormRequant":
+            assert [fused.tensors[o].dtype for o in node.outputs] == ["int16", "int8"]
+
+
 def test_a_build_from_a_zoo_folder_names_and_hashes_its_model_file(bert, tmp_path):
     import json
 

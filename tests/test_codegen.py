@@ -168,3 +168,50 @@ def test_unimplemented_backend_is_a_clear_error(tiny_zoo, tmp_path):
     graph = integerize(import_model(tiny_zoo / "model_qdq.onnx"), "generic")
     with pytest.raises(TinyDeployError, match="target 'fpga' needs the 'hls' backend, which is not implemented"):
         compile_graph(graph, str(target), tmp_path / "out", {})
+
+
+# --- the 32-bit integer LayerNorm ---------------------------------------------------------------------------
+def _layernorm_graph(rows: np.ndarray, weight: np.ndarray, bias: np.ndarray, log2d: int) -> Graph:
+    g = Graph("ln")
+    g.add_tensor(Tensor("x", "int16", rows.shape))
+    g.add_const("w", weight.astype(np.int32), "int32")
+    g.add_const("b", bias.astype(np.int32), "int32")
+    g.add_tensor(Tensor("y", "int16", rows.shape))
+    g.nodes.append(Node("ln", "ILayerNorm", ["x", "w", "b"], ["y"], {"log2d": log2d, "lo": -32768, "hi": 32767}))
+    g.inputs, g.outputs = ["x"], ["y"]
+    return g
+
+
+def _extreme_layernorm_rows(cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows at the 32-bit kernel's edges: constant (std 1), full-scale alternating (largest std), one outlier
+    (largest |x - mean| / std), tiny spread, random."""
+    alternating = np.where(np.arange(cols) % 2 == 0, -32768, 32767)
+    outlier = np.full(cols, -32768)
+    outlier[cols // 3] = 32767
+    small = rng.integers(-2, 3, cols)
+    return np.stack([np.full(cols, 32767), alternating, outlier, small, rng.integers(-32768, 32768, cols),
+                     rng.normal(0, 300, cols).round().clip(-32768, 32767)]).astype(np.int16)
+
+
+@pytest.mark.parametrize("target", ["generic", "cluster8"])
+@pytest.mark.parametrize("largest_weight", [2**15 - 1, 2**15])
+def test_narrow_layernorm_is_exact_at_its_limits(tmp_path, target, largest_weight):
+    """The 32-bit ILayerNorm (reciprocal division, int32 products) equals arith.i_layernorm on rows at its
+    limits, with |w| at 2^15 - 1 and |bias| at 2^30; one weight of 2^15 selects the 64-bit kernel, exact too."""
+    from tinydeploy.sim.firmware import simulate_build
+
+    rng = np.random.default_rng(5)
+    cols = 96
+    x = _extreme_layernorm_rows(cols, rng)
+    weight = rng.integers(-32767, 32768, cols)
+    weight[:2] = [largest_weight, -32767]
+    bias = rng.integers(-2**30, 2**30 + 1, cols)
+    bias[:2] = [2**30, -2**30]
+    graph = _layernorm_graph(x, weight, bias, log2d=16)
+    compile_graph(graph, target, tmp_path, {"x": x})
+    narrow = "td_ilayernorm_s16_s32_s32_s16_n32" in (tmp_path / "kernels.c").read_text()
+    assert narrow == (largest_weight < 2**15)
+    if target == "generic":
+        assert verify_build(tmp_path).bit_exact
+    else:
+        assert simulate_build(tmp_path).report["bit_exact"]

@@ -243,6 +243,39 @@ static inline int64_t td_ita_shift(int64_t diff, int32_t octave_bits)
     return shift < 63 ? shift : 63;
 }
 
+/* An unsigned 32-bit divisor d >= 1 as its exact reciprocal (Granlund & Montgomery, "Division by invariant
+ * integers using multiplication", 1994, fig. 4.1): floor(n / d) = (t + ((n - t) >> sh1)) >> sh2 with
+ * t = mulhu(n, m), for every 32-bit n. One 64-bit division per divisor, then a multiply and shifts per quotient. */
+typedef struct {
+    uint32_t m;
+    uint8_t sh1, sh2;
+} td_divisor_t;
+
+static inline td_divisor_t td_divisor_u32(uint32_t d)
+{
+    uint32_t l = 0;
+    while (l < 32 && ((uint64_t)1 << l) < d) {
+        ++l;
+    }
+    td_divisor_t out;
+    const uint32_t r = (uint32_t)(((uint64_t)1 << l) - d);   /* < d */
+    if (d < 65536u) {   /* 2^32 r / d as two 16-bit digits of long division (a core without 64-bit divide) */
+        const uint32_t high = (r << 16) / d, low = (((r << 16) % d) << 16) / d;
+        out.m = ((high << 16) | low) + 1;
+    } else {
+        out.m = (uint32_t)((((uint64_t)r) << 32) / d + 1);
+    }
+    out.sh1 = (uint8_t)(l > 0 ? 1 : 0);
+    out.sh2 = (uint8_t)(l > 0 ? l - 1 : 0);
+    return out;
+}
+
+static inline uint32_t td_divide_u32(uint32_t n, td_divisor_t d)
+{
+    const uint32_t t = (uint32_t)(((uint64_t)n * d.m) >> 32);
+    return (t + ((n - t) >> d.sh1)) >> d.sh2;
+}
+
 /* num / den with C's truncation. A 32-bit core has no 64-bit divide (a libcall of ~100+ instructions): for a
  * divisor below 2^16 and |num| below 2^48 (LayerNorm's (x - mean) * w / std) three 32-bit divisions of 16-bit
  * digits give the same quotient exactly. */
@@ -283,6 +316,25 @@ static inline int64_t td_isqrt(int64_t x)
         bit >>= 2;
     }
     return (int64_t)root;
+}
+
+/* td_isqrt for 32-bit values: floor(sqrt(x)). */
+static inline uint32_t td_isqrt_u32(uint32_t x)
+{
+    uint32_t root = 0, bit = (uint32_t)1 << 30;
+    while (bit > x) {
+        bit >>= 2;
+    }
+    while (bit != 0) {
+        if (x >= root + bit) {
+            x -= root + bit;
+            root = (root >> 1) + bit;
+        } else {
+            root >>= 1;
+        }
+        bit >>= 2;
+    }
+    return root;
 }
 
 /* arith.i_gelu: x * (one + sign(x) * (one - (min(|x|, -b) + b)^2)) / 2. */
