@@ -72,14 +72,17 @@ def _progress_bar(description: str):
 
 
 # --- shared steps ------------------------------------------------------------------------------------------
-def load_integer_graph(model: str, target: str, input_ranges: dict[str, tuple[int, int]] | None = None,
-                       dump=None):
-    """Import + integerize, with progress lines; returns (quantized graph, integer graph)."""
+def load_integer_graph(model: str, target: str, observed: dict | None = None, dump=None):
+    """Import + integerize, with progress lines; returns (quantized graph, integer graph). `observed`: what the
+    test inputs say about the model's inputs (observed_inputs)."""
     from .frontend.onnx_loader import import_model
     from .passes.integerize import integerize
 
     t0 = time.perf_counter()
-    graph = import_model(model, input_ranges=input_ranges)
+    graph = import_model(model, **(observed or {}))
+    for name, shape in graph.meta.get("bound_inputs", {}).items():
+        _say(f"input {name}: symbolic dimensions sized from the test data, {shape}"
+             + (" (empty: dropped)" if name in graph.meta.get("dropped_inputs", []) else ""))
     _say(f"imported {model} ({graph.meta['dialect']} dialect, {len(graph.nodes)} ops) "
          f"in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
@@ -114,19 +117,25 @@ def load_inputs(path: str | None, model: str, graph) -> dict[str, np.ndarray]:
     return read_samples(inputs_source(path, model), graph)[0]
 
 
-def observed_input_ranges(model: str, inputs_path: str | None) -> dict[str, tuple[int, int]] | None:
-    """Value ranges of the test inputs, which type a Deeploy-dialect model's inputs (as Deeploy's runner does)."""
-    from .frontend.inputs import observed_ranges
-    from .frontend.onnx_loader import detect_dialect, graph_input_shapes, load_onnx
+def observed_inputs(model: str, inputs_path: str | None) -> dict:
+    """What the test inputs (--inputs, else inputs.npz beside the model) tell the import, as Deeploy's runner
+    uses them: value ranges type a Deeploy-dialect model's inputs (`input_ranges`), and shapes size symbolic input
+    dimensions (`input_shapes`). Empty when there are no inputs or nothing to learn."""
+    from .frontend.inputs import observed_ranges, observed_shapes
+    from .frontend.onnx_loader import detect_dialect, graph_input_shapes, load_onnx, symbolic_inputs
 
     onnx_model = load_onnx(model)
-    if detect_dialect(onnx_model) != "deeploy":
-        return None
-    names = list(graph_input_shapes(onnx_model))
+    deeploy, symbolic = detect_dialect(onnx_model) == "deeploy", symbolic_inputs(onnx_model)
     path = Path(inputs_path) if inputs_path else default_inputs_path(model)
-    if path is None:
-        return None
-    return observed_ranges(path, names)
+    if path is None or not (deeploy or symbolic):
+        return {}
+    names = list(graph_input_shapes(onnx_model, allow_symbolic=True))
+    observed: dict = {}
+    if symbolic:
+        observed["input_shapes"] = {k: v for k, v in observed_shapes(path, names).items() if k in symbolic}
+    if deeploy:
+        observed["input_ranges"] = observed_ranges(path, names)
+    return observed
 
 
 # --- subcommands --------------------------------------------------------------------------------------------
@@ -240,7 +249,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
     from .ir.interpreter import cast_outputs, run_graph
 
     output_file(args.output)
-    _, int_graph = load_integer_graph(args.model, args.target, observed_input_ranges(args.model, args.inputs))
+    _, int_graph = load_integer_graph(args.model, args.target, observed_inputs(args.model, args.inputs))
     samples, stacked = load_batch(inputs_source(args.inputs, args.model), int_graph)
     t0 = time.perf_counter()
     runs = []
@@ -293,9 +302,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .target import load_target
 
     dump = IrDumper(args.dump_ir) if args.dump_ir else None
-    ranges = observed_input_ranges(args.model, args.inputs)
+    observed = observed_inputs(args.model, args.inputs)
     with _stages(f"compiling for {args.target}"):
-        _, int_graph = load_integer_graph(args.model, args.target, ranges, dump)
+        _, int_graph = load_integer_graph(args.model, args.target, observed, dump)
     if args.inputs or default_inputs_path(args.model):
         inputs = load_inputs(args.inputs, args.model, int_graph)
     else:

@@ -35,9 +35,11 @@ def _int_array(t: gs.Tensor, node: gs.Node) -> np.ndarray:
     if not isinstance(t, gs.Constant):
         raise UnsupportedModelError(f"expected a constant for input '{t.name}'", node=node.name)
     values = np.asarray(t.values)
-    if not np.all(np.equal(np.mod(values, 1), 0)):
-        raise UnsupportedModelError("constant holds non-integer values in the integer dialect",
-                                    node=node.name, tensor=t.name)
+    flat = values.reshape(-1)
+    fractional = flat[np.not_equal(np.mod(flat, 1), 0)] if values.dtype.kind == "f" else flat[:0]
+    if fractional.size:
+        raise UnsupportedModelError(f"constant holds non-integer values (e.g. {fractional.flat[0]:g}): float "
+                                    "arithmetic, not an integer model", node=node.name, tensor=t.name)
     return values.astype(np.int64)
 
 
@@ -152,7 +154,7 @@ def handles(*names: str) -> Callable[[Handler], Handler]:
 @handles("Constant")
 def _constant(imp: _Importer, node: gs.Node) -> None:
     out = node.outputs[0]
-    values = np.asarray(node.attrs["value"].values).astype(np.int64)
+    values = _int_array(node.attrs["value"], node)   # a fractional constant is a float model, never truncated
     imp.graph.add_tensor(Tensor(out.name, smallest_signed_dtype(int(values.min()), int(values.max())),
                                 tuple(values.shape), values))
 

@@ -146,10 +146,23 @@ def check_array(graph: Graph, name: str, value: np.ndarray, source: str, *, batc
     return value.astype(tensor.dtype)
 
 
+def observed_shapes(path: Path, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """The shape of each input array of an .npz (positional keys allowed): they size a model's symbolic input
+    dimensions (frontend.onnx_loader.bind_input_shapes)."""
+    return {name: tuple(value.shape) for name, value in select_arrays(read_npz(path), names, str(path),
+                                                                        positional=True).items()}
+
+
 def _checked_arrays(path: str | Path, graph: Graph, batched: bool) -> dict[str, np.ndarray]:
-    arrays = select_arrays(read_npz(Path(path)), graph.inputs, str(path),
-                           positional=graph.meta.get("dialect") == "deeploy")
-    return {name: check_array(graph, name, value, str(path), batched=batched) for name, value in arrays.items()}
+    """The graph's inputs from the file, checked; the file lists every input of the model, also those the
+    import dropped because the data bound them empty (they must be empty here too)."""
+    names = graph.meta.get("model_inputs", graph.inputs)
+    arrays = select_arrays(read_npz(Path(path)), names, str(path), positional=graph.meta.get("dialect") == "deeploy")
+    for name in graph.meta.get("dropped_inputs", []):
+        if arrays[name].size:
+            raise TinyDeployError(f"{path} array '{name}' has shape {list(arrays[name].shape)}; this model was "
+                                  "compiled with it empty (compile once per input shape)")
+    return {name: check_array(graph, name, arrays[name], str(path), batched=batched) for name in graph.inputs}
 
 
 def load_inputs(path: str | Path, graph: Graph, *, batched: bool = False) -> list[dict[str, np.ndarray]]:

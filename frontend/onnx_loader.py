@@ -6,6 +6,7 @@ integer dialect of Deeploy/QuantLib) and returns the IR graph.
 
 from __future__ import annotations
 
+import heapq
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from ..ir.graph import Graph, check_tensor_size
 
 #: Ops that only exist in the Deeploy/QuantLib integer dialect.
 DEEPLOY_OPS = frozenset({"RequantShift", "iSoftmax", "ITAMax", "ITAPartialMax", "iNoNorm", "iLayerNorm",
-                         "iGELU", "IntegerMean", "TrueIntegerDiv", "IntegerDiv", "iRMSNorm", "RQIntegerDiv"})
+                         "iGELU", "iHardswish", "IntegerMean", "TrueIntegerDiv", "IntegerDiv", "iRMSNorm",
+                         "RQIntegerDiv"})
 
 ONNX_INT_TYPES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
                   onnx.TensorProto.INT16: "int16", onnx.TensorProto.INT32: "int32",
@@ -58,8 +60,9 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
 
 
 def check_structure(model: onnx.ModelProto) -> None:
-    """Every tensor a node reads is defined before it (graph input, initializer, earlier node): names the node
-    and tensor of an undefined input, a cycle or out-of-order nodes, and a tensor written twice."""
+    """Every tensor a node reads is defined (graph input, initializer, a node) and the nodes form no cycle: names
+    the node and tensor of an undefined input or a cycle, and a tensor written twice. Nodes listed out of
+    topological order (Deeploy's Identity/OutputIdentity case) are put in order (stable), as onnxruntime does."""
     defined = {i.name for i in model.graph.input} | initializer_names(model) | {""}
     producer = {}
     for node in model.graph.node:
@@ -68,20 +71,54 @@ def check_structure(model: onnx.ModelProto) -> None:
                 raise ModelFileError(f"tensor '{out}' is written twice (also by "
                                      f"'{producer.get(out, 'a graph input or initializer')}')", node=node.name or None)
             producer[out] = node.name or node.op_type
-    seen = set(defined)
     for node in model.graph.node:
         for name in node.input:
-            if name in seen:
-                continue
-            if name in producer:
-                raise ModelFileError(f"reads tensor '{name}' before node '{producer[name]}' computes it (a cycle, "
-                                     "or nodes out of topological order)", node=node.name or node.op_type)
-            raise ModelFileError(f"reads tensor '{name}', which no graph input, initializer or node defines",
-                                 node=node.name or node.op_type)
-        seen.update(node.output)
+            if name not in defined and name not in producer:
+                raise ModelFileError(f"reads tensor '{name}', which no graph input, initializer or node defines",
+                                     node=node.name or node.op_type)
+    _order_nodes(model, defined)
+    seen = set(defined).union(*(n.output for n in model.graph.node))
     for out in model.graph.output:
         if out.name not in seen:
             raise ModelFileError("graph output is not computed by any node", tensor=out.name)
+
+
+def _order_nodes(model: onnx.ModelProto, defined: set[str]) -> None:
+    """Reorder model.graph.node topologically (Kahn's algorithm, the file's order among ready nodes); a cycle is
+    an error naming a node on it. A graph already in order is left untouched."""
+    nodes = list(model.graph.node)
+    seen = set(defined)
+    for node in nodes:
+        if not all(i in seen for i in node.input):
+            break
+        seen.update(node.output)
+    else:
+        return
+    producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
+    waiting = [sum(1 for i in set(node.input) if i in producer) for node in nodes]
+    readers: dict[int, list[int]] = {}
+    for k, node in enumerate(nodes):
+        for i in set(node.input):
+            if i in producer:
+                readers.setdefault(producer[i], []).append(k)
+    ready = [k for k, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for reader in readers.get(k, []):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(order) < len(nodes):
+        stuck = nodes[min(set(range(len(nodes))) - set(order))]
+        name = next(i for i in stuck.input if i in producer and producer[i] not in order)
+        raise ModelFileError(f"reads tensor '{name}', which depends on this node's own output (a cycle)",
+                             node=stuck.name or stuck.op_type)
+    copies = [onnx.NodeProto.FromString(nodes[k].SerializeToString()) for k in order]
+    del model.graph.node[:]
+    model.graph.node.extend(copies)
 
 
 def read_initializer(init: onnx.TensorProto) -> np.ndarray:
@@ -97,8 +134,8 @@ def initializer_names(model: onnx.ModelProto) -> set[str]:
     return {i.name for i in model.graph.initializer}
 
 
-def graph_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes of the real graph inputs; a symbolic or unknown dimension is an error."""
+def graph_input_shapes(model: onnx.ModelProto, allow_symbolic: bool = False) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the real graph inputs; a symbolic or unknown dimension is an error (allow_symbolic: -1)."""
     inits = initializer_names(model)
     shapes: dict[str, tuple[int, ...]] = {}
     for vi in model.graph.input:
@@ -106,17 +143,78 @@ def graph_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
             continue
         dims = []
         for i, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
+            if d.HasField("dim_value") and d.dim_value >= 0:
                 dims.append(d.dim_value)
+            elif allow_symbolic:
+                dims.append(-1)
             else:
                 sym = d.dim_param or "?"
                 raise UnsupportedModelError(
                     f"dynamic shape: dimension {i} is '{sym}'; tinydeploy needs static shapes "
                     "(export with fixed batch and sequence length, or fix it with onnxsim/--overwrite-input-shape)",
                     tensor=vi.name)
-        check_tensor_size(tuple(dims), vi.name)
+        if -1 not in dims:
+            check_tensor_size(tuple(dims), vi.name)
         shapes[vi.name] = tuple(dims)
     return shapes
+
+
+def symbolic_inputs(model: onnx.ModelProto) -> list[str]:
+    """The real graph inputs with a symbolic or unknown dimension."""
+    inits = initializer_names(model)
+    return [vi.name for vi in model.graph.input if vi.name not in inits
+            and any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)]
+
+
+def bind_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Give the inputs' symbolic dimensions the sizes of their data, as Deeploy's runner does for a decoder whose KV
+    cache length is symbolic (one compiled network per shape). Edits `model`; returns the inputs bound. A static
+    dimension the data contradicts, or data of another rank, is an error naming the input."""
+    bound = []
+    for name in symbolic_inputs(model):
+        if name not in shapes:
+            continue
+        vi = next(v for v in model.graph.input if v.name == name)
+        dims, data = vi.type.tensor_type.shape.dim, tuple(shapes[name])
+        if len(dims) != len(data):
+            raise UnsupportedModelError(f"the input data has shape {list(data)}, the model declares rank {len(dims)}",
+                                        tensor=name)
+        for i, (d, size) in enumerate(zip(dims, data, strict=True)):
+            if d.HasField("dim_value") and d.dim_value != size:
+                raise UnsupportedModelError(f"the input data has {size} in dimension {i}, the model {d.dim_value}",
+                                            tensor=name)
+            d.Clear()
+            d.dim_value = size
+        bound.append(name)
+    if bound:   # intermediate shapes derived from a symbolic dimension are recomputed by the importer
+        symbolic = [vi for vi in model.graph.value_info
+                    if any(not dim.HasField("dim_value") for dim in vi.type.tensor_type.shape.dim)]
+        for vi in symbolic:
+            model.graph.value_info.remove(vi)
+    return bound
+
+
+def drop_empty_inputs(model: onnx.ModelProto) -> list[str]:
+    """Remove the inputs with no elements (an empty KV cache bound from the data): a Concat reading one skips it,
+    a Concat left with one operand becomes an Identity. Any other reader is an error naming it. Edits `model`;
+    returns the inputs removed."""
+    shapes = graph_input_shapes(model)
+    empty = [name for name, shape in shapes.items() if 0 in shape]
+    for name in empty:
+        for node in model.graph.node:
+            if name not in node.input:
+                continue
+            if node.op_type != "Concat":
+                raise UnsupportedModelError(f"input '{name}' is empty (shape {list(shapes[name])}) and {node.op_type} "
+                                            "reads it; only a Concat can take an empty operand", node=node.name)
+            kept = [i for i in node.input if i != name]
+            del node.input[:]
+            node.input.extend(kept)
+            if len(kept) == 1:
+                node.op_type = "Identity"
+                del node.attribute[:]
+        model.graph.input.remove(next(v for v in model.graph.input if v.name == name))
+    return empty
 
 
 def const_array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
@@ -190,11 +288,18 @@ def check_standard_model(model: onnx.ModelProto, path: str | Path) -> None:
         raise ModelFileError(f"'{path}' fails the ONNX checker{node}: {lines[0] if lines else 'invalid'}") from None
 
 
-def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] | None = None) -> Graph:
-    """ONNX file -> IR graph (quantized for QDQ models, already integer for the Deeploy dialect)."""
+def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] | None = None,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    """ONNX file -> IR graph (quantized for QDQ models, already integer for the Deeploy dialect).
+
+    input_shapes: the shapes of the test data, which size the inputs' symbolic dimensions (an empty KV cache
+    is dropped: drop_empty_inputs)."""
     model = load_onnx(path)
     check_structure(model)
+    model_inputs = list(graph_input_shapes(model, allow_symbolic=True))
+    bound = bind_input_shapes(model, input_shapes or {})
     graph_input_shapes(model)  # static shapes first: the most basic requirement
+    dropped = drop_empty_inputs(model)
     dialect = detect_dialect(model)
     if dialect == "deeploy" and not {n.op_type for n in model.graph.node} & DEEPLOY_OPS and input_ranges is None:
         raise UnsupportedModelError(
@@ -210,6 +315,10 @@ def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] |
         graph = import_qdq(model)
     graph.meta["dialect"] = dialect
     graph.meta["source"] = str(path)
+    if bound or dropped:
+        graph.meta["model_inputs"] = model_inputs     # the file's inputs, in order (test data lists them all)
+        graph.meta["bound_inputs"] = {name: list(input_shapes[name]) for name in bound}
+        graph.meta["dropped_inputs"] = dropped
     if input_ranges:
         graph.meta["input_ranges"] = {k: [int(v[0]), int(v[1])] for k, v in input_ranges.items()}
     from ..ir.verify import verify

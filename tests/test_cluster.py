@@ -8,7 +8,7 @@ import shutil
 import pytest
 from conftest import CONFORMANCE
 from tinydeploy.backends import compile_graph
-from tinydeploy.cli import load_inputs, observed_input_ranges
+from tinydeploy.cli import load_inputs, observed_inputs
 from tinydeploy.frontend.onnx_loader import import_model
 from tinydeploy.passes.integerize import integerize
 from tinydeploy.sim.cluster import ClusterISS, ClusterSpec, GuestFault
@@ -17,7 +17,7 @@ from tinydeploy.verify import verify_build
 
 
 def compile_for(model, out, target="cluster8"):
-    graph = integerize(import_model(model, input_ranges=observed_input_ranges(str(model), None)), target)
+    graph = integerize(import_model(model, **observed_inputs(str(model), None)), target)
     return compile_graph(graph, target, out, load_inputs(None, str(model), graph), model_path=str(model))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import CONFORMANCE
 from tinydeploy.backends import compile_graph
-from tinydeploy.cli import load_inputs, observed_input_ranges
+from tinydeploy.cli import load_inputs, observed_inputs
 from tinydeploy.errors import TinyDeployError
 from tinydeploy.frontend.onnx_loader import import_model
 from tinydeploy.ir.graph import Graph, Node, Tensor
@@ -24,7 +24,7 @@ CONFORMANCE_CASES = sorted(p.name for p in CONFORMANCE.iterdir() if p.is_dir() a
 
 
 def compile_model(model: Path, out: Path, arithmetic: str = "generic", weights: str = "auto"):
-    graph = integerize(import_model(model, input_ranges=observed_input_ranges(str(model), None)), arithmetic)
+    graph = integerize(import_model(model, **observed_inputs(str(model), None)), arithmetic)
     inputs = load_inputs(None, str(model), graph)
     return compile_graph(graph, "generic", out, inputs, weights=weights, model_path=str(model))
 

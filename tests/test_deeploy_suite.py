@@ -5,6 +5,8 @@ data is refused as a dynamic shape; a float model made of standard ops is never 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -17,9 +19,8 @@ from tinydeploy.passes.integerize import integerize
 from tinydeploy.verify import verify_build
 
 SUITE = SHARED / "conformance" / "deeploy-suite"
-#: every case with static shapes (the _parallel decoders size their KV cache from the data: refused, see below)
-SUPPORTED = sorted(p.name for p in SUITE.iterdir() if p.is_dir() and not p.name.endswith("_parallel")) \
-    if SUITE.is_dir() else []
+#: every case (the _parallel decoders' KV-cache length is symbolic: the test data sizes it, empty here)
+SUPPORTED = sorted(p.name for p in SUITE.iterdir() if p.is_dir()) if SUITE.is_dir() else []
 #: activation arenas beyond cortex-m4's 256 KiB of SRAM run on cortex-m7 (1 MiB)
 BEYOND_M4 = {"Models_CCT_Int_ICCT"}
 needs_suite = pytest.mark.skipif(not SUITE.is_dir(), reason="needs ../shared/conformance/deeploy-suite")
@@ -27,7 +28,7 @@ TARGETS = ("generic", "cluster8", "cluster8-ita", "cortex-m")
 
 
 def case_inputs(name: str) -> tuple[list[str], list[np.ndarray]]:
-    names = list(graph_input_shapes(onnx.load(SUITE / name / "network.onnx")))
+    names = list(graph_input_shapes(onnx.load(SUITE / name / "network.onnx"), allow_symbolic=True))
     data = np.load(SUITE / name / "inputs.npz")
     return names, [data[k] for k in data.files][:len(names)]
 
@@ -36,9 +37,12 @@ def case_inputs(name: str) -> tuple[list[str], list[np.ndarray]]:
 @pytest.mark.parametrize("name", SUPPORTED)
 def test_golden_equals_deeploys_outputs(name):
     names, arrays = case_inputs(name)
-    ranges = {n: (int(a.min()), int(a.max())) for n, a in zip(names, arrays, strict=True)}
-    graph = integerize(import_model(SUITE / name / "network.onnx", input_ranges=ranges), "generic")
-    results = run_graph(graph, dict(zip(graph.inputs, arrays, strict=True)))
+    ranges = {n: (int(a.min()), int(a.max())) for n, a in zip(names, arrays, strict=True) if a.size}
+    shapes = {n: a.shape for n, a in zip(names, arrays, strict=True)}
+    graph = integerize(import_model(SUITE / name / "network.onnx", input_ranges=ranges, input_shapes=shapes),
+                       "generic")
+    by_name = dict(zip(names, arrays, strict=True))
+    results = run_graph(graph, {n: by_name[n] for n in graph.inputs})
     expected = np.load(SUITE / name / "outputs.npz")
     assert len(graph.outputs) == len(expected.files)
     for output, key in zip(graph.outputs, expected.files, strict=True):
@@ -57,11 +61,34 @@ def test_every_target_bit_exact(name, target, tmp_path):
     assert result.bit_exact, result.first.describe()
 
 
+PARALLEL = "Models_microLlama_INT8_microLlama1_parallel"
+
+
 @needs_suite
-def test_a_kv_cache_with_a_data_dependent_length_is_refused():
-    """microLlama's _parallel cases leave the KV-cache length symbolic (Deeploy's runner sizes it from the data)."""
-    with pytest.raises(UnsupportedModelError, match="dynamic shape"):
-        import_model(SUITE / "Models_microLlama_INT8_microLlama1_parallel" / "network.onnx")
+def test_a_kv_cache_length_comes_from_the_data(tmp_path):
+    """microLlama's _parallel cases start with an empty KV cache (length 0 in the file): the Concats that append
+    to it become copies of the new entry and the empty inputs leave the graph. Written with a symbolic length, it
+    is a dynamic shape until the test data sizes it; data contradicting a static dimension is refused."""
+    ranges = {n: (-128, 127) for n in case_inputs(PARALLEL)[0]}
+    graph = import_model(SUITE / PARALLEL / "network.onnx", input_ranges=ranges)
+    names, arrays = case_inputs(PARALLEL)
+    assert len(graph.meta["dropped_inputs"]) == 16 and len(graph.inputs) == len(names) - 16
+    symbolic = onnx.load(SUITE / PARALLEL / "network.onnx")
+    for vi in symbolic.graph.input:
+        if vi.name in graph.meta["dropped_inputs"]:
+            vi.type.tensor_type.shape.dim[2].dim_param = "cache_length"
+    onnx.save(symbolic, tmp_path / "symbolic.onnx")
+    with pytest.raises(UnsupportedModelError, match="dynamic shape.*cache_length"):
+        import_model(tmp_path / "symbolic.onnx", input_ranges=ranges)
+    shapes = {n: a.shape for n, a in zip(names, arrays, strict=True)}
+    bound = import_model(tmp_path / "symbolic.onnx", input_ranges=ranges, input_shapes=shapes)
+    assert bound.meta["dropped_inputs"] == graph.meta["dropped_inputs"] and bound.inputs == graph.inputs
+    longer = dict(shapes, **{n: (1, 16, 3, 4) for n in graph.meta["dropped_inputs"]})
+    cached = import_model(tmp_path / "symbolic.onnx", input_ranges=ranges, input_shapes=longer)
+    assert not cached.meta["dropped_inputs"] and cached.tensors[names[3]].shape == (1, 16, 3, 4)
+    bad = dict(shapes, **{names[3]: (1, 15, 0, 4)})
+    with pytest.raises(UnsupportedModelError, match=f"{names[3]}.*dimension 1"):
+        import_model(tmp_path / "symbolic.onnx", input_ranges=ranges, input_shapes=bad)
 
 
 @needs_suite
@@ -90,3 +117,44 @@ def test_gemm_with_integer_alpha_and_beta(tmp_path):
     assert np.array_equal(got, 2 * x @ b + 3 * c)
     compile_for(tmp_path / "network.onnx", tmp_path / "build", "generic")
     assert verify_build(tmp_path / "build", layers=True).bit_exact
+
+
+def _plain_integer_model(tmp_path: Path, nodes: list, constants: tuple = ()) -> Path:
+    """A Deeploy-style plain-ONNX graph x [1, 16] -> y [1, 16] with integer test data beside it."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], list(constants))
+    path = tmp_path / "network.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    np.savez(tmp_path / "inputs.npz", x=np.arange(-8, 8, dtype=np.float32).reshape(1, 16))
+    return path
+
+
+def test_nodes_listed_out_of_order_are_sorted(tmp_path):
+    """Deeploy's Identity/OutputIdentity lists the Identity before the Add it reads: taken in dependency order."""
+    from onnx import helper, numpy_helper
+
+    one = numpy_helper.from_array(np.ones((1, 16), np.float32), "one")
+    path = _plain_integer_model(tmp_path, [helper.make_node("Identity", ["s"], ["y"], name="idnt"),
+                                           helper.make_node("Add", ["x", "one"], ["s"], name="add")], [one])
+    graph = integerize(import_model(path, input_ranges={"x": (-8, 7)}), "generic")
+    assert [n.op for n in graph.nodes][-1] != "Add"        # the Identity (a copy or alias) follows the Add
+    x = np.arange(-8, 8).reshape(1, 16)
+    assert np.array_equal(run_graph(graph, {"x": x})[graph.outputs[0]], x + 1)
+    compile_for(path, tmp_path / "build", "generic")
+    assert verify_build(tmp_path / "build").bit_exact
+
+
+def test_a_fractional_constant_node_is_a_float_model(tmp_path):
+    """Deeploy's Mixed/Dequant: (x - zero point) * 0.1 from Constant nodes. Never truncated to integers: refused,
+    naming the constant."""
+    from onnx import helper, numpy_helper
+
+    nodes = [helper.make_node("Constant", [], ["zp"], value=numpy_helper.from_array(np.array(3, np.float32))),
+             helper.make_node("Constant", [], ["scale"], value=numpy_helper.from_array(np.array(0.1, np.float32)),
+                              name="scale_const"),
+             helper.make_node("Sub", ["x", "zp"], ["d"]), helper.make_node("Mul", ["d", "scale"], ["y"])]
+    path = _plain_integer_model(tmp_path, nodes)
+    with pytest.raises(UnsupportedModelError, match="scale_const.*non-integer values \\(e.g. 0.1\\)"):
+        import_model(path, input_ranges={"x": (-8, 7)})
