@@ -231,6 +231,81 @@ def _binary_operand(graph: Graph, node: Node, running: str, out_shape: tuple[int
     return None
 
 
+# --- Deeploy's dialect: RequantShift and bias Adds as the accelerator's requant and bias ------------------
+def requant_shift_as_requant(node: Node) -> dict | str:
+    """The accelerator-requant (contract 1) attributes computing Deeploy's RequantShift (contract 3) exactly, or
+    why none does. floor((mul x + add + 2^(s-1)) / 2^s) = floor(mul x / 2^s + add / 2^s + 1/2) needs an
+    `add` that 2^s divides (s = 0: no rounding term in either); mul and add per tensor or per last axis."""
+    at = node.attrs
+    mul, add, shift = np.asarray(at["mul"], np.int64), np.asarray(at["add"], np.int64), int(at["log2d"])
+    if any(v.size > 1 and v.size != v.shape[-1] for v in (mul, add)):
+        return "RequantShift parameters vary along an axis other than the last"
+    if np.any(add % (1 << shift)):
+        return f"RequantShift add is not a multiple of its divisor 2^{shift} (the accelerator adds after the shift)"
+    if np.abs(mul).max(initial=0) >= 2**31 or np.abs(add >> shift).max(initial=0) >= 2**31:
+        return "RequantShift parameters beyond int32"
+    return {"mul": mul.reshape(-1) if mul.size > 1 else int(mul.reshape(-1)[0]), "shift": shift,
+            "add": (add >> shift).reshape(-1) if add.size > 1 else int((add >> shift).reshape(-1)[0]),
+            "lo": int(at["lo"]), "hi": int(at["hi"])}
+
+
+def _deeploy_requants(graph: Graph, skipped: dict[str, int]) -> int:
+    """Rewrite every RequantShift that follows a GEMM (directly or after another requant of its chain) as the
+    equal Requant, so GEMM chains of Deeploy-dialect models reach the accelerator; reasons for the others are
+    counted in `skipped`. Returns how many were rewritten."""
+    producers = graph.producers()
+    chain_ops = ("MatMulInt", "Requant", "ITAPartialMax")
+    count = 0
+    for index, node in enumerate(graph.nodes):
+        producer = producers.get(node.inputs[0]) if node.op == "RequantShift" else None
+        if producer is None or producer.op not in chain_ops:
+            continue
+        attrs = requant_shift_as_requant(node)
+        if isinstance(attrs, str):
+            skipped[attrs] = skipped.get(attrs, 0) + 1
+            continue
+        graph.nodes[index] = Node(node.name, "Requant", list(node.inputs), list(node.outputs), attrs,
+                                  origin=node.origin)
+        producers[node.outputs[0]] = graph.nodes[index]
+        count += 1
+    return count
+
+
+def _fold_bias_adds(graph: Graph) -> int:
+    """MatMulInt -> Add(a constant vector over the output columns) -> ...: the vector becomes the GEMM's int32
+    bias (Deeploy's linear layers spell the bias as an Add; the accelerator adds it before its requant). Also
+    widens a constant bias of a narrower type to int32. Returns how many Adds were folded."""
+    consumers = graph.consumers()
+    dropped: set[str] = set()
+    for mm in [n for n in graph.nodes if n.op == "MatMulInt"]:
+        n = graph.tensors[mm.outputs[0]].shape[-1]
+        if len(mm.inputs) > 2 and mm.inputs[2]:
+            bias = graph.tensors[mm.inputs[2]]
+            if bias.is_const and bias.dtype != "int32" and bias.size == n:
+                mm.inputs[2] = graph.add_const(graph.unique_name(f"{bias.name}_int32"),
+                                               np.asarray(bias.data).reshape(n).astype(np.int32), "int32").name
+            continue
+        users = consumers.get(mm.outputs[0], [])
+        if len(users) != 1 or users[0].op != "Add" or mm.outputs[0] in graph.outputs or users[0].attrs:
+            continue
+        add = users[0]
+        other = graph.tensors[add.inputs[1 - add.inputs.index(mm.outputs[0])]]
+        if not other.is_const or other.size != n or other.shape[-1] != n:
+            continue
+        values = np.asarray(other.data, np.int64).reshape(n)
+        if np.abs(values).max(initial=0) >= 2**31:
+            continue
+        bias = graph.add_const(graph.unique_name(f"{mm.name}/bias"), values.astype(np.int32), "int32")
+        mm.inputs[2:] = [bias.name]
+        out = graph.tensors[mm.outputs[0]]
+        graph.tensors[add.outputs[0]] = Tensor(add.outputs[0], graph.tensors[add.outputs[0]].dtype, out.shape)
+        mm.outputs[0] = add.outputs[0]
+        dropped.add(add.name)
+    graph.nodes = [n for n in graph.nodes if n.name not in dropped]
+    graph.remove_unused()
+    return len(dropped)
+
+
 def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionReport]:
     """A new graph with every eligible GEMM chain replaced by ITAGemm (see the module docstring)."""
     report = FusionReport(skipped={})
@@ -238,6 +313,8 @@ def fuse_attention(graph: Graph, target: Target | str) -> tuple[Graph, FusionRep
         return graph, report
     accel = AccelSpec.from_section(load_target(target).section("accelerator"))
     graph = graph.copy()
+    _fold_bias_adds(graph)
+    _deeploy_requants(graph, report.skipped)
     report.b_transposed = _b_as_transposed(graph)
     consumers = graph.consumers()
     replaced: dict[str, Node] = {}       # first node of a chain -> its ITAGemm

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import CONFORMANCE
 from test_cluster import compile_for, with_main
 from tinydeploy.frontend.onnx_loader import import_model
 from tinydeploy.ir.graph import Graph, Node, Tensor
@@ -379,3 +380,39 @@ def test_a_gemm_whose_a_exceeds_l1_runs_as_row_blocks(tmp_path):
     assert np.array_equal(run_graph(lowered, {"x": x})["y"], run_graph(g, {"x": x})["y"])
     compile_graph(g, "cluster8-ita", tmp_path, {"x": x})
     assert simulate_build(tmp_path).report["bit_exact"] is True
+
+
+# --- Deeploy-dialect graphs on the accelerator ----------------------------------------------------------------
+def test_requant_shift_becomes_the_accelerators_requant_exactly():
+    """Deeploy's RequantShift floor((mul x + add + 2^(s-1)) / 2^s) is the accelerator's requant with add / 2^s when
+    2^s divides add (per tensor or per column), equal on every input; otherwise the pass names why not."""
+    from tinydeploy.ir import arith
+    from tinydeploy.passes.fuse_attention import requant_shift_as_requant
+
+    rng = np.random.default_rng(8)
+    x = rng.integers(-2**20, 2**20, (64, 8))
+    for mul, add, shift in ((42, 0, 14), (32, -1095680, 10), (rng.integers(1, 255, 8), rng.integers(-99, 99, 8) * 64,
+                                                              6), (7, 13, 0)):
+        node = Node("rqs", "RequantShift", ["x"], ["y"], {"mul": mul, "add": add, "log2d": shift, "lo": -128,
+                                                          "hi": 127})
+        attrs = requant_shift_as_requant(node)
+        assert isinstance(attrs, dict)
+        assert np.array_equal(arith.requant_ita(x, attrs["mul"], attrs["shift"], attrs["add"], -128, 127),
+                              arith.requant_shift_deeploy(x, mul, add, shift, -128, 127))
+    odd = Node("rqs", "RequantShift", ["x"], ["y"], {"mul": 3, "add": 100, "log2d": 4, "lo": -128, "hi": 127})
+    assert "not a multiple of its divisor 2^4" in requant_shift_as_requant(odd)
+
+
+@pytest.mark.skipif(not (CONFORMANCE / "Models_ICCT_ITA").is_dir(), reason="needs ../shared/conformance")
+def test_icct_ita_runs_its_gemms_and_attention_on_the_accelerator(tmp_path):
+    """Deeploy's ICCT_ITA: every MatMul/Gemm with its RequantShift (and bias Add) becomes an accelerator job, the
+    softmax (ITAPartialMax after QK^T) included, and nothing is left on the cores for a reason; bit-exact."""
+    model = CONFORMANCE / "Models_ICCT_ITA" / "network.onnx"
+    graph = integerize(import_model(model, input_ranges={"input": (-128, 127)}), "cluster8-ita")
+    _, report = fuse_attention(graph, "cluster8-ita")
+    assert report.fused == 9 and report.with_softmax == 1 and not report.skipped, report.summary()
+    compile_for(model, tmp_path, "cluster8-ita")
+    result = simulate_build(tmp_path)
+    assert result.report["bit_exact"] is True
+    accel = [layer for layer in result.report["layers"] if layer["engine"] == "accel"]
+    assert len(accel) == 9 and all(layer["accel_busy_cycles"] > 0 for layer in accel)
