@@ -40,11 +40,16 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
                                   else "") + f"), {count - fc} arm_batch_matmul_s8"]
     if target.backend != "riscv":
         return graph, notes
+    from ..passes.fold_constants import untranspose_constant_weights
     from ..passes.fuse_attention import fuse_attention
     from ..passes.fuse_elementwise import fuse_elementwise, fuse_norm_copies, hoist_scalar_ops
     from ..passes.split_rows import split_rows
     from ..passes.tile import l1_budget
 
+    graph, untransposed = untranspose_constant_weights(graph)
+    dump("untranspose_constant_weights", graph)
+    if untransposed:
+        notes.append(f"{untransposed} constant weight matrices stored untransposed (row-major GEMM operands)")
     graph, pairs = fuse_elementwise(graph)         # first: its AddRequant/MulRequant can join an ITAGemm
     dump("fuse_elementwise", graph)
     graph, hoisted = hoist_scalar_ops(graph)

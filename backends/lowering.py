@@ -934,6 +934,18 @@ def window_geometry(node: Node, x: Tensor, out: Tensor) -> list[int]:
             int(at.get("group", 1)), int(at.get("a_zero", 0))]
 
 
+#: the patch kernel's int16 patch per core holds at most this many values (channels x taps)
+MAX_PATCH_DEPTH = 4096
+
+
+def conv_by_patches(node: Node, x: Tensor, weights: Tensor, out: Tensor) -> bool:
+    """Whether a ConvInt runs as gathered patches (td_conv_*_patches): one group, 8-bit input (x - x_zero fits
+    int16), 8-bit weights, an int32 result, and a patch that fits MAX_PATCH_DEPTH."""
+    depth = int(x.shape[1]) * int(np.prod(weights.shape[2:], dtype=np.int64))
+    return (int(node.attrs.get("group", 1)) == 1 and x.dtype in ("int8", "uint8") and weights.dtype == "int8"
+            and out.dtype == "int32" and depth <= MAX_PATCH_DEPTH)
+
+
 def lower_window(low: Lowering, index: int, node: Node, call: Call) -> None:
     """ConvInt and MaxPool: one direct loop nest over output rows (the end padding only bounds the output)."""
     x, out = low.t(node.inputs[0]), low.t(node.outputs[0])
@@ -947,13 +959,22 @@ def lower_window(low: Lowering, index: int, node: Node, call: Call) -> None:
         # the verifier bounds the output by the sum of |terms|, so every partial sum fits the output's int32
         fields.update(w_ctype=ctype(weights.dtype), bias_ctype=ctype(bias.dtype) if bias else "int32_t",
                       acc_ctype="int32_t")
-    name = f"td_{'conv' if conv else 'maxpool'}_{SUFFIXES[x.dtype]}_{SUFFIXES[out.dtype]}"
-    kernel = low.kernel("window", name, doc=f"{node.op}: direct loop nest over output rows", **fields)
+    patches = conv and conv_by_patches(node, x, weights, out)
+    fields["patches"] = patches
+    suffix = "_patches" if patches else ""
+    name = f"td_{'conv' if conv else 'maxpool'}_{SUFFIXES[x.dtype]}_{SUFFIXES[out.dtype]}{suffix}"
+    doc = ("ConvInt: gathered patches, four filters at a time" if patches
+           else f"{node.op}: direct loop nest over output rows")
+    kernel = low.kernel("window", name, doc=doc, **fields)
     call.kernels.append(kernel)
     args = [low.refs.pointer(x.name)]
     if conv:
         args += [low.refs.pointer(weights.name), low.refs.pointer(bias.name) if bias else "NULL"]
     args += [low.refs.pointer(out.name), low.refs.param(geometry)]
+    if patches:   # one int16 patch (channels x taps) per core
+        depth = int(x.shape[1]) * int(np.prod(weights.shape[2:], dtype=np.int64))
+        call.scratch_bytes = -(-2 * depth * low.cores // 16) * 16
+        args.append(f"(int16_t *){low.refs.scratch(index)}")
     call.statements.append(f"{kernel.name}({', '.join(args)});")
 
 

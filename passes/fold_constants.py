@@ -173,3 +173,21 @@ def fold_chains_into_luts(graph: Graph) -> tuple[Graph, int]:
     graph.remove_unused()
     verify(graph, integer_only=True)
     return graph, len(replaced)
+
+
+def untranspose_constant_weights(graph: Graph) -> tuple[Graph, int]:
+    """MatMulInt with trans_b on a constant B (a Gemm with transB, Deeploy's and PyTorch's Linear layout): B is
+    stored transposed once, at compile time, so the GEMM reads it row-major (the cluster's register-blocked
+    kernel needs that). Same products; returns the new graph and how many were rewritten."""
+    graph = graph.copy()
+    count = 0
+    for node in graph.nodes:
+        b = graph.tensors[node.inputs[1]] if node.op == "MatMulInt" and len(node.inputs) > 1 else None
+        if b is None or not node.attrs.get("trans_b") or not b.is_const or len(b.shape) < 2:
+            continue
+        values = np.swapaxes(np.asarray(b.data), -1, -2).copy()
+        node.inputs[1] = graph.add_const(graph.unique_name(f"{b.name}_t"), values, b.dtype).name
+        node.attrs = {k: v for k, v in node.attrs.items() if k != "trans_b"}
+        count += 1
+    graph.remove_unused()
+    return graph, count

@@ -153,12 +153,13 @@ def test_compile_dump_ir_writes_every_pass(tiny_zoo, tmp_path):
                    str(tmp_path / "b"), "--dump-ir", str(ir))
     assert proc.returncode == 0, proc.stderr
     stages = sorted(p.stem for p in ir.glob("*.onnx"))
-    assert stages == ["00_import", "01_integerize", "02_fold_into_gather_tables", "03_fuse_elementwise",
-                      "04_hoist_scalar_ops", "05_fuse_attention", "06_split_rows", "07_fuse_norm_copies"]
-    model = onnx.load(str(ir / "05_fuse_attention.onnx"))
+    assert stages == ["00_import", "01_integerize", "02_fold_into_gather_tables", "03_untranspose_constant_weights",
+                      "04_fuse_elementwise", "05_hoist_scalar_ops", "06_fuse_attention", "07_split_rows",
+                      "08_fuse_norm_copies"]
+    model = onnx.load(str(ir / "06_fuse_attention.onnx"))
     ops = {(n.domain, n.op_type) for n in model.graph.node}
     assert ("ai.tinydeploy", "ITAGemm") in ops and not any(op == "MatMulInt" for _, op in ops)
-    assert "ITAGemm(" in (ir / "05_fuse_attention.txt").read_text()
+    assert "ITAGemm(" in (ir / "06_fuse_attention.txt").read_text()
 
 
 def test_simulate_inputs_runs_new_samples_on_the_same_firmware(tiny_zoo, tmp_path):
