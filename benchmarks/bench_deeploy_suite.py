@@ -35,6 +35,11 @@ FILES = ("network.onnx", "inputs.npz", "outputs.npz")
 TARGETS = ("generic", "cluster8", "cluster8-ita", "cortex-m")
 #: the cost model's promise (issue 18): >= 90% of steps predicted within 30% of measured cycles
 COST_TOLERANCE, COST_SHARE_GOAL, ICCT_GOAL = 0.30, 0.90, 3.0
+#: MLPerf Tiny v0.5 reference submission, NUCLEO-L4R5ZI (Cortex-M4F, 120 MHz, TFLM 2.3.1 + CMSIS-NN): median
+#: latency in ms (mlcommons/tiny_results_v0.5 closed/reference/results/Nucleo-L4R5ZI/<bm>/performance/results.txt)
+PUBLISHED_M4_MS = {"Models_MLPerf_AnomalyDetection": 10.052, "Models_MLPerf_ImageClassification": 704.23,
+                   "Models_MLPerf_KeywordSpotting": 181.92, "Models_MLPerf_VisualWakeWords": 600.60}
+PUBLISHED_M4_MHZ = 120
 
 
 def case_name(path: str) -> str:
@@ -135,12 +140,20 @@ def run_target(folder: Path, target: str, out: Path) -> dict:
     return {"target": target, "status": "refused", "detail": "fits no Cortex-M target"}
 
 
-def predicted_vs_measured(build: Path, report: dict) -> list[tuple[str, int, int]]:
-    """(op, predicted, measured) cycles of every tiled step the ISS stamped."""
+def predicted_vs_measured(build: Path, report: dict) -> list[tuple[str, int, int, dict]]:
+    """(op, predicted, measured, details) cycles of every tiled step the ISS stamped; details: the model's
+    compute and DMA parts, the tile count, MACs and the step's node name (for calibrating the cost model)."""
     manifest = json.loads((build / "tinydeploy.json").read_text())
     steps = {s["index"]: s for s in manifest.get("tiling", {}).get("steps", [])}
-    return [(layer["op"], int(steps[layer["index"]]["model"]["cycles"]), int(layer["cycles"]))
-            for layer in report.get("layers", []) if layer["index"] in steps and layer["cycles"] > 0]
+    found = []
+    for layer in report.get("layers", []):
+        step = steps.get(layer["index"])
+        if step is None or layer["cycles"] <= 0:
+            continue
+        details = {"compute": step["model"]["compute"], "dma": step["model"]["dma"], "tiles": step["tiles"],
+                   "macs": layer.get("macs", 0), "node": step["node"]}
+        found.append((layer["op"], int(step["model"]["cycles"]), int(layer["cycles"]), details))
+    return found
 
 
 def main() -> int:
@@ -196,15 +209,21 @@ def summarize(results: dict[str, dict]) -> None:
           f"with exit 2: {refused_ok} of {len(floats)}; not run: {other or 'none'}")
     steps = [s for e in integer.values() for t in e["targets"].values() for s in t.get("steps", [])]
     if steps:
-        within = sum(abs(p - m) <= COST_TOLERANCE * m for _, p, m in steps)
+        within = sum(abs(p - m) <= COST_TOLERANCE * m for _, p, m, _ in steps)
         print(f"cost model: {within} of {len(steps)} cluster steps within {COST_TOLERANCE:.0%} of measured "
               f"({within / len(steps):.0%}; goal >= {COST_SHARE_GOAL:.0%})")
         worst: dict[str, list[float]] = {}
-        for op, p, m in steps:
+        for op, p, m, _ in steps:
             worst.setdefault(op, []).append(p / m)
         for op, ratios in sorted(worst.items(), key=lambda kv: -max(abs(r - 1) for r in kv[1]))[:6]:
             print(f"  {op:16s} predicted/measured median {np.median(ratios):.2f} (range {min(ratios):.2f}.."
                   f"{max(ratios):.2f}, {len(ratios)} steps)")
+    for name, ms in PUBLISHED_M4_MS.items():
+        targets = results.get(name, {}).get("targets", {})
+        if targets:
+            ours = ", ".join(f"{t['target']} {t['cycles']:,}" for t in targets.values() if t.get("cycles"))
+            print(f"{name}: {ours} cycles; published Cortex-M4 reference {ms} ms = "
+                  f"{ms * PUBLISHED_M4_MHZ * 1000:,.0f} cycles at {PUBLISHED_M4_MHZ} MHz (silicon, wall clock)")
     for name in ("Models_ICCT_ITA", "Models_CCT_Int_ICCT_ITA"):
         targets = results.get(name, {}).get("targets", {})
         if targets.get("cluster8", {}).get("cycles") and targets.get("cluster8-ita", {}).get("cycles"):

@@ -23,15 +23,29 @@ from ..ir.ops import node_macs
 from ..target import AccelSpec, Target, job_cycles
 
 ALIGNMENT = 16
-#: modelled core cycles per output element (per MAC for matmuls), before dividing by the cores
-CYCLES_PER_ELEMENT = {"Copy": 6, "Requant": 14, "RequantShift": 14, "RequantCMSIS": 20, "Add": 16, "Mul": 14,
-                      "INoNorm": 16, "LUT": 10, "Relu": 8, "IGELU": 24, "TrueIntegerDiv": 40, "ISoftmax": 60,
-                      "ITAPartialMax": 24, "ITAMax": 30, "ILayerNorm": 40, "ILayerNormRequant": 48,
-                      "IRMSNorm": 30, "IntegerMean": 6,
-                      "ReduceSum": 6, "Gather": 2}
+#: modelled core cycles per output element (per MAC for matmuls), before dividing by the cores. Calibrated on the
+#: ISS against Deeploy's whole suite, MobileBERT and MiniLM (benchmarks/bench_deeploy_suite.py prints predicted
+#: vs measured per step); the ops with their own formula below (ConvInt, MaxPool, reductions, GEMMs) are not here.
+CYCLES_PER_ELEMENT = {"Copy": 8, "Requant": 27, "RequantShift": 35, "RequantCMSIS": 20, "Add": 16, "Mul": 10,
+                      "AddRequant": 22, "MulRequant": 23, "INoNorm": 38, "LUT": 9, "Relu": 8, "IGELU": 48,
+                      "IHardswish": 20, "TrueIntegerDiv": 169, "ISoftmax": 331, "ITAPartialMax": 98, "ITAMax": 52,
+                      "ILayerNorm": 96, "ILayerNormRequant": 48, "IRMSNorm": 167, "Gather": 3}
 CYCLES_PER_MAC = 2.7
-#: per tile: DMA programming, the barrier and loop bookkeeping on hart 0
-TILE_OVERHEAD_CYCLES = 120
+#: matmul blocks that are not 4x4: rows of four columns (a GEMV) and plain dot products, per MAC; and the
+#: portable kernel (operands the blocked kernel does not take)
+CYCLES_PER_MAC_FOUR_COLUMNS, CYCLES_PER_MAC_DOT, CYCLES_PER_MAC_PORTABLE = 4.0, 8.5, 10
+#: the patch convolution: per patch value gathered, per MAC (four filters at a time), per output pixel
+CONV_GATHER_CYCLES, CONV_PATCH_MAC_CYCLES, CONV_PIXEL_CYCLES = 9, 4.9, 40
+#: the direct convolution (grouped, depthwise): per MAC, per kernel row visited, per output element
+CONV_DIRECT_MAC_CYCLES, CONV_DIRECT_ROW_CYCLES, CONV_DIRECT_PIXEL_CYCLES = 7, 12, 30
+#: MaxPool per output element: fixed and per tap; reductions per reduced input element and per output element
+MAXPOOL_CYCLES, MAXPOOL_TAP_CYCLES, REDUCE_OUTPUT_CYCLES = 24, 16, 20
+REDUCE_CYCLES = {"IntegerMean": 10, "ReduceSum": 5}
+#: per tile of the cores: DMA programming on hart 0, the kernel's entry on every hart, the closing barrier
+#: (measured: a 17-tile TrueIntegerDiv step costs ~380 cycles per extra tile)
+TILE_OVERHEAD_CYCLES = 400
+#: per tile of an accelerator step: hart 0 programs the DMA and queues the jobs
+ACCEL_TILE_OVERHEAD_CYCLES = 120
 COPY_OPS = ("Transpose", "Slice", "Concat", "Pad")
 ROW_OPS = ("ISoftmax", "ITAPartialMax", "ITAMax", "ILayerNorm", "ILayerNormRequant", "IRMSNorm")
 
@@ -335,23 +349,81 @@ def _compute_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: 
         rows = max(min(spec.rows_per_job(k, n, _out_bytes(graph, node)), m), 1)
         jobs = [rows] * (m // rows) + ([m % rows] if m % rows else [])
         return batch * sum(job_cycles(spec, r, k, n, softmax) + 40 for r in jobs)
-    if node.op == "MatMulInt":  # the cores share 4x4 output blocks (backends/riscv matmul_blocked)
-        k = node_macs(graph, node) / max(graph.tensors[node.outputs[0]].size, 1)
-        blocks = int(np.prod(out_tile[:-2], dtype=np.int64)) * -(-out_tile[-2] // 4) * -(-out_tile[-1] // 4)
-        return int(-(-blocks // cores) * 16 * k * CYCLES_PER_MAC)
+    if node.op == "MatMulInt":
+        return _matmul_cycles(graph, node, out_tile, cores)
+    if node.op == "ConvInt":
+        return _conv_cycles(graph, node, out_tile, cores)
     elements = int(np.prod(out_tile, dtype=np.int64))
+    if node.op == "MaxPool":
+        taps = int(np.prod(node.attrs["kernel_shape"], dtype=np.int64))
+        return int(_core_share(out_tile, cores) * elements * (MAXPOOL_CYCLES + MAXPOOL_TAP_CYCLES * taps))
+    if node.op in ("IntegerMean", "ReduceSum"):
+        reduced = graph.tensors[node.inputs[0]].size // max(graph.tensors[node.outputs[0]].size, 1)
+        return int(_core_share(out_tile, cores) * elements * (REDUCE_CYCLES[node.op] * reduced + REDUCE_OUTPUT_CYCLES))
     per = CYCLES_PER_ELEMENT.get(node.op if node.op not in COPY_OPS else "Copy", 16)
     if node.op in ROW_OPS:
         cols = out_tile[-1]
         rows = elements // max(cols, 1)
         return int(-(-rows // cores) * cols * per)
+    return int(elements * _core_share(out_tile, cores) * per)
+
+
+def _core_share(out_tile: tuple[int, ...], cores: int) -> float:
+    """The most loaded core's share of an elementwise tile (the kernels split its largest dimension)."""
     largest = max(out_tile) if out_tile else 1
-    share = -(-largest // cores) / largest if largest else 1.0
-    return int(elements * share * per)
+    return -(-largest // cores) / largest if largest else 1.0
 
 
-def _model(tiles: list[OperandTile], count: int, compute: int, bw: Bandwidth) -> dict[str, int]:
-    """Modelled cycles of the tile loop: resident loads, then per tile max(compute, DMA) with overlap."""
+def _blocked(graph: Graph, node: Node) -> bool:
+    """Whether the cluster runs this MatMulInt on its register-blocked kernel (backends/lowering lower_matmul):
+    int8 x int8 -> int32, no zero points, neither operand transposed."""
+    a, b, out = (graph.tensors[name].dtype for name in (node.inputs[0], node.inputs[1], node.outputs[0]))
+    at = node.attrs
+    return (a == b == "int8" and out == "int32" and not at.get("a_zero", 0) and not at.get("b_zero", 0)
+            and not at.get("trans_a") and not at.get("trans_b"))
+
+
+def _matmul_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int) -> int:
+    """The cores share 4x4 output blocks (backends/riscv matmul_blocked): full blocks at CYCLES_PER_MAC, blocks of
+    fewer rows four columns at a time, the rest as plain dot products. Other GEMMs (8-bit unsigned operands, zero
+    points, a transposed operand) run the portable kernel, rows (or columns) shared."""
+    k = node_macs(graph, node) / max(graph.tensors[node.outputs[0]].size, 1)
+    batch = int(np.prod(out_tile[:-2], dtype=np.int64))
+    m, n = out_tile[-2], out_tile[-1]
+    if not _blocked(graph, node):
+        shared = m if m >= cores else n
+        return int(batch * m * n / shared * -(-shared // cores) * k * CYCLES_PER_MAC_PORTABLE)
+    full_rows, edge_rows, full_cols, edge_cols = m // 4, m % 4, n // 4, n % 4
+    cost = (full_rows * full_cols * 16 * CYCLES_PER_MAC + edge_rows * full_cols * 4 * CYCLES_PER_MAC_FOUR_COLUMNS
+            + (full_rows * 4 + edge_rows) * edge_cols * CYCLES_PER_MAC_DOT) * k
+    blocks = -(-m // 4) * -(-n // 4)
+    return int(cost / blocks * -(-batch * blocks // cores)) if blocks else 0   # per block, most loaded core
+
+
+def _conv_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int) -> int:
+    """ConvInt on the cores (backends/generic window.c.j2): gathered patches shared by output pixel, or the
+    direct loop nest shared by output row."""
+    from ..backends.lowering import conv_by_patches  # which kernel the backend picks for this convolution
+
+    x, w, out = (graph.tensors[name] for name in (node.inputs[0], node.inputs[1], node.outputs[0]))
+    c_group, k_h = int(w.shape[1]), int(w.shape[2]) if len(w.shape) > 2 else 1
+    taps = int(np.prod(w.shape[2:], dtype=np.int64))
+    m, spatial = int(out_tile[1]), out_tile[2:]
+    pixels = int(out_tile[0] * np.prod(spatial, dtype=np.int64))
+    if conv_by_patches(node, x, w, out):
+        depth = c_group * taps
+        per_pixel = depth * (CONV_GATHER_CYCLES + 4 * -(-m // 4) * CONV_PATCH_MAC_CYCLES) + CONV_PIXEL_CYCLES
+        return int(-(-pixels // cores) * per_pixel)
+    rows = int(out_tile[0]) * m * (int(spatial[0]) if len(spatial) > 1 else 1)
+    per_output = (c_group * k_h * CONV_DIRECT_ROW_CYCLES + c_group * taps * CONV_DIRECT_MAC_CYCLES
+                  + CONV_DIRECT_PIXEL_CYCLES)
+    return int(-(-rows // cores) * (pixels * m // max(rows, 1)) * per_output)
+
+
+def _model(tiles: list[OperandTile], count: int, compute: int, bw: Bandwidth,
+           accelerated: bool = False) -> dict[str, int]:
+    """Modelled cycles of the tile loop: resident loads, then per tile max(compute, DMA) with overlap, plus a
+    fixed cost per tile (smaller for an accelerator step: only hart 0 works)."""
     moved = [t for t in tiles if not t.in_place]
     resident = sum(bw.cycles(t.operand.level, t.rows * t.row_bytes, t.rows) for t in moved
                    if t.step == 0 and t.operand.role == "in")
@@ -364,7 +436,7 @@ def _model(tiles: list[OperandTile], count: int, compute: int, bw: Bandwidth) ->
     else:
         steady = max(compute, per_in + per_out)
         cycles = resident + per_in + (count - 1) * steady + compute + per_out
-    cycles += count * TILE_OVERHEAD_CYCLES
+    cycles += count * (ACCEL_TILE_OVERHEAD_CYCLES if accelerated else TILE_OVERHEAD_CYCLES)
     return {"cycles": int(cycles), "compute": int(compute * count), "dma": int(dma)}
 
 
@@ -409,7 +481,8 @@ def tile_candidates(graph: Graph, index: int, node: Node, operands: list[Operand
         out_tile = out_shape if axis is None else out_shape[:axis] + (size,) + out_shape[axis + 1:]
         if node.op == "ITAGemm" and accel_job_problem(graph, node, out_tile, accel or AccelSpec()):
             continue                           # B or one row of A/Y does not fit the accelerator's memories
-        model = _model(tiles, count, _compute_cycles(graph, node, out_tile, cores, accel), bw)
+        model = _model(tiles, count, _compute_cycles(graph, node, out_tile, cores, accel), bw,
+                       accelerated=node.op == "ITAGemm")
         result.append(StepTiling(index, node.name, node.op, axis, size if axis is not None else 1, count, tiles,
                                  l1_bytes=l1, model=model, scratch_bytes=scratch_bytes))
     return result
