@@ -946,6 +946,17 @@ def conv_by_patches(node: Node, x: Tensor, weights: Tensor, out: Tensor) -> bool
             and out.dtype == "int32" and depth <= MAX_PATCH_DEPTH)
 
 
+def depthwise_window(node: Node, weights: Tensor) -> tuple[int, int, int] | None:
+    """(kernel height, width, horizontal dilation) of a convolution with one input channel per group and a
+    window of at most 5x5 taps (depthwise layers): its kernel specialises on them; else None."""
+    shape = [int(d) for d in weights.shape[2:]]
+    kh, kw = (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1])
+    dilations = node.attrs.get("dilations") or [1] * len(shape)
+    if int(weights.shape[1]) != 1 or kh * kw > 25:
+        return None
+    return kh, kw, int(dilations[-1])
+
+
 def lower_window(low: Lowering, index: int, node: Node, call: Call) -> None:
     """ConvInt and MaxPool: one direct loop nest over output rows (the end padding only bounds the output)."""
     x, out = low.t(node.inputs[0]), low.t(node.outputs[0])
@@ -961,7 +972,10 @@ def lower_window(low: Lowering, index: int, node: Node, call: Call) -> None:
                       acc_ctype="int32_t")
     patches = conv and conv_by_patches(node, x, weights, out)
     fields["patches"] = patches
-    suffix = "_patches" if patches else ""
+    window = depthwise_window(node, weights) if conv and not patches else None
+    if conv:     # one channel per group: the inside-the-input windows run with constant trip counts
+        fields.update(zip(("window_kh", "window_kw", "window_dw"), window or (0, 0, 0), strict=True))
+    suffix = "_patches" if patches else (f"_k{window[0]}x{window[1]}d{window[2]}" if window else "")
     name = f"td_{'conv' if conv else 'maxpool'}_{SUFFIXES[x.dtype]}_{SUFFIXES[out.dtype]}{suffix}"
     doc = ("ConvInt: gathered patches, four filters at a time" if patches
            else f"{node.op}: direct loop nest over output rows")

@@ -215,3 +215,42 @@ def test_narrow_layernorm_is_exact_at_its_limits(tmp_path, target, largest_weigh
         assert verify_build(tmp_path).bit_exact
     else:
         assert simulate_build(tmp_path).report["bit_exact"]
+
+
+# --- convolutions on the cores --------------------------------------------------------------------------------
+def _conv_graph(x: np.ndarray, w: np.ndarray, group: int, pads: list[int], strides: list[int],
+                x_zero: int) -> Graph:
+    from tinydeploy.ir.ops import op_def
+
+    g = Graph("conv")
+    g.add_tensor(Tensor("x", "int8", x.shape))
+    g.add_const("w", w, "int8")
+    g.add_const("b", np.arange(w.shape[0], dtype=np.int32) * 7 - 20, "int32")
+    node = Node("conv", "ConvInt", ["x", "w", "b"], ["y"], {
+        "kernel_shape": list(w.shape[2:]), "strides": strides, "pads": pads, "dilations": [1, 1],
+        "group": group, "a_zero": x_zero})
+    g.add_tensor(Tensor("y", "int32", tuple(op_def(node).shape(node, [x.shape, w.shape, (w.shape[0],)])[0])))
+    g.nodes.append(node)
+    g.inputs, g.outputs = ["x"], ["y"]
+    return g
+
+
+@pytest.mark.parametrize("target", ["generic", "cluster8"])
+@pytest.mark.parametrize("kind", ["patches", "depthwise"])
+def test_convolution_kernels_are_exact_at_the_borders(tmp_path, target, kind):
+    """The patch kernel (one group) and the depthwise kernel's constant-window path equal arith.conv_int with
+    padding, stride 2 and an input zero point (borders take the general path, the inside the fast one)."""
+    from tinydeploy.sim.firmware import simulate_build
+
+    rng = np.random.default_rng(11)
+    channels = 6
+    x = rng.integers(-128, 128, (1, channels, 9, 11)).astype(np.int8)
+    w_shape = (10, channels, 3, 3) if kind == "patches" else (channels, 1, 3, 3)
+    w = rng.integers(-128, 128, w_shape).astype(np.int8)
+    graph = _conv_graph(x, w, 1 if kind == "patches" else channels, [1, 1, 1, 1], [2, 1], x_zero=-5)
+    compile_graph(graph, target, tmp_path, {"x": x})
+    assert ("_patches" if kind == "patches" else "_k3x3d1") in (tmp_path / "kernels.c").read_text()
+    if target == "generic":
+        assert verify_build(tmp_path).bit_exact
+    else:
+        assert simulate_build(tmp_path).report["bit_exact"]
