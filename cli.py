@@ -121,7 +121,7 @@ def observed_inputs(model: str, inputs_path: str | None) -> dict:
     """What the test inputs (--inputs, else inputs.npz beside the model) tell the import, as Deeploy's runner
     uses them: value ranges type a Deeploy-dialect model's inputs (`input_ranges`), and shapes size symbolic input
     dimensions (`input_shapes`). Empty when there are no inputs or nothing to learn."""
-    from .frontend.inputs import observed_ranges, observed_shapes
+    from .frontend.inputs import observed_arrays, observed_ranges
     from .frontend.onnx_loader import detect_dialect, graph_input_shapes, load_onnx, symbolic_inputs
 
     onnx_model = load_onnx(model)
@@ -129,12 +129,12 @@ def observed_inputs(model: str, inputs_path: str | None) -> dict:
     path = Path(inputs_path) if inputs_path else default_inputs_path(model)
     if path is None or not (deeploy or symbolic):
         return {}
-    names = list(graph_input_shapes(onnx_model, allow_symbolic=True))
+    arrays = observed_arrays(path, list(graph_input_shapes(onnx_model, allow_symbolic=True)))
     observed: dict = {}
     if symbolic:
-        observed["input_shapes"] = {k: v for k, v in observed_shapes(path, names).items() if k in symbolic}
+        observed["input_shapes"] = {k: tuple(v.shape) for k, v in arrays.items() if k in symbolic}
     if deeploy:
-        observed["input_ranges"] = observed_ranges(path, names)
+        observed["input_ranges"] = observed_ranges(arrays, str(path))
     return observed
 
 

@@ -852,14 +852,13 @@ NARROW_LAYERNORM_WEIGHT, NARROW_LAYERNORM_BIAS, NARROW_LAYERNORM_COLS = 2**15, 2
 NORMS_WITH_BIAS = ("ILayerNorm", "ILayerNormRequant")
 
 
-def copy_requant_fits_int32(node: Node) -> bool:
-    """Whether ILayerNormRequant's requant of its clipped value (|y| <= max(|lo|, |hi|)) fits int32:
-    |mul| * |y| + |add * 2^shift + 2^(shift-1)| < 2^31."""
+def copy_requant_fits_int32(graph: Graph, node: Node) -> bool:
+    """Whether ILayerNormRequant's requant of its clipped value (in [lo, hi]) fits int32: requant_fits_int32 on
+    that Requant."""
     at = node.attrs
-    y = max(abs(int(at["lo"])), abs(int(at["hi"])))
-    shift = int(at["shift"])
-    offset = int(at["add"]) * 2**shift + (2 ** (shift - 1) if shift > 0 else 0)
-    return 0 <= shift < 31 and abs(int(at["mul"])) * y + abs(offset) < 2**31
+    requant = Node(node.name, "Requant", [node.outputs[0]], [node.outputs[1]],
+                   {"mul": at["mul"], "shift": at["shift"], "add": at["add"]})
+    return requant_fits_int32(graph, requant, {node.outputs[0]: (int(at["lo"]), int(at["hi"]))})
 
 
 def layernorm_fits_int32(low: Lowering, node: Node, cols: int) -> bool:
@@ -886,7 +885,7 @@ def lower_norm(low: Lowering, index: int, node: Node, call: Call) -> None:
     copy = node.op == "ILayerNormRequant"
     if copy:
         copy_out = low.t(node.outputs[1])
-        fields.update(copy_ctype=ctype(copy_out.dtype), copy_narrow=copy_requant_fits_int32(node))
+        fields.update(copy_ctype=ctype(copy_out.dtype), copy_narrow=copy_requant_fits_int32(low.graph, node))
         suffix += "_" + SUFFIXES[copy_out.dtype]
     kernel = low.kernel("norm", f"td_{node.op.lower()}_{suffix}{'_n32' if narrow else ''}", op=node.op,
                         doc=f"{node.op} over the last axis", narrow=narrow, writes_copy=copy, **fields)
@@ -938,12 +937,16 @@ def window_geometry(node: Node, x: Tensor, out: Tensor) -> list[int]:
 MAX_PATCH_DEPTH = 4096
 
 
+def patch_depth(x: Tensor, weights: Tensor) -> int:
+    """Values in one output pixel's receptive field of a one-group convolution: channels x taps."""
+    return int(x.shape[1]) * int(np.prod(weights.shape[2:], dtype=np.int64))
+
+
 def conv_by_patches(node: Node, x: Tensor, weights: Tensor, out: Tensor) -> bool:
     """Whether a ConvInt runs as gathered patches (td_conv_*_patches): one group, 8-bit input (x - x_zero fits
     int16), 8-bit weights, an int32 result, and a patch that fits MAX_PATCH_DEPTH."""
-    depth = int(x.shape[1]) * int(np.prod(weights.shape[2:], dtype=np.int64))
     return (int(node.attrs.get("group", 1)) == 1 and x.dtype in ("int8", "uint8") and weights.dtype == "int8"
-            and out.dtype == "int32" and depth <= MAX_PATCH_DEPTH)
+            and out.dtype == "int32" and patch_depth(x, weights) <= MAX_PATCH_DEPTH)
 
 
 def depthwise_window(node: Node, weights: Tensor) -> tuple[int, int, int] | None:
@@ -986,8 +989,7 @@ def lower_window(low: Lowering, index: int, node: Node, call: Call) -> None:
         args += [low.refs.pointer(weights.name), low.refs.pointer(bias.name) if bias else "NULL"]
     args += [low.refs.pointer(out.name), low.refs.param(geometry)]
     if patches:   # one int16 patch (channels x taps) per core
-        depth = int(x.shape[1]) * int(np.prod(weights.shape[2:], dtype=np.int64))
-        call.scratch_bytes = -(-2 * depth * low.cores // 16) * 16
+        call.scratch_bytes = -(-2 * patch_depth(x, weights) * low.cores // 16) * 16
         args.append(f"(int16_t *){low.refs.scratch(index)}")
     call.statements.append(f"{kernel.name}({', '.join(args)});")
 

@@ -91,12 +91,18 @@ def whole_float_values(value: np.ndarray, where: str) -> np.ndarray:
     return value.astype(np.int64)
 
 
-def observed_ranges(path: Path, names: list[str]) -> dict[str, tuple[int, int]]:
-    """The value range of each input array of an .npz (positional keys allowed): Deeploy's runner types a model's
+def observed_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The test arrays of an .npz for the model inputs `names` (positional keys allowed), as Deeploy's runner reads
+    them: their values type the inputs (observed_ranges), their shapes size symbolic dimensions."""
+    return select_arrays(read_npz(path), names, str(path), positional=True)
+
+
+def observed_ranges(arrays: dict[str, np.ndarray], source: str) -> dict[str, tuple[int, int]]:
+    """The value range of each test array (observed_arrays from `source`): Deeploy's runner types a model's
     inputs from its test data, which may hold whole numbers in float arrays."""
     ranges = {}
-    for name, value in select_arrays(read_npz(path), names, str(path), positional=True).items():
-        where = f"{path} array '{name}'"
+    for name, value in arrays.items():
+        where = f"{source} array '{name}'"
         if value.dtype.kind == "f":
             value = whole_float_values(value, where)
         if value.dtype.kind not in "iub":
@@ -144,13 +150,6 @@ def check_array(graph: Graph, name: str, value: np.ndarray, source: str, *, batc
             bad = vmin if vmin < lo else vmax
             raise TinyDeployError(f"{where} holds {bad}, outside [{lo}, {hi}] ({what})")
     return value.astype(tensor.dtype)
-
-
-def observed_shapes(path: Path, names: list[str]) -> dict[str, tuple[int, ...]]:
-    """The shape of each input array of an .npz (positional keys allowed): they size a model's symbolic input
-    dimensions (frontend.onnx_loader.bind_input_shapes)."""
-    return {name: tuple(value.shape) for name, value in select_arrays(read_npz(path), names, str(path),
-                                                                        positional=True).items()}
 
 
 def _checked_arrays(path: str | Path, graph: Graph, batched: bool) -> dict[str, np.ndarray]:

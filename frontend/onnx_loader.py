@@ -95,12 +95,12 @@ def _order_nodes(model: onnx.ModelProto, defined: set[str]) -> None:
     else:
         return
     producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
-    waiting = [sum(1 for i in set(node.input) if i in producer) for node in nodes]
+    waiting = [0] * len(nodes)                 # inputs not yet computed, per node
     readers: dict[int, list[int]] = {}
     for k, node in enumerate(nodes):
-        for i in set(node.input):
-            if i in producer:
-                readers.setdefault(producer[i], []).append(k)
+        for i in set(node.input) & producer.keys():
+            waiting[k] += 1
+            readers.setdefault(producer[i], []).append(k)
     ready = [k for k, count in enumerate(waiting) if count == 0]
     heapq.heapify(ready)
     order = []
@@ -112,8 +112,9 @@ def _order_nodes(model: onnx.ModelProto, defined: set[str]) -> None:
             if waiting[reader] == 0:
                 heapq.heappush(ready, reader)
     if len(order) < len(nodes):
-        stuck = nodes[min(set(range(len(nodes))) - set(order))]
-        name = next(i for i in stuck.input if i in producer and producer[i] not in order)
+        done = set(order)
+        stuck = nodes[min(set(range(len(nodes))) - done)]
+        name = next(i for i in stuck.input if i in producer and producer[i] not in done)
         raise ModelFileError(f"reads tensor '{name}', which depends on this node's own output (a cycle)",
                              node=stuck.name or stuck.op_type)
     copies = [onnx.NodeProto.FromString(nodes[k].SerializeToString()) for k in order]
@@ -194,11 +195,10 @@ def bind_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
     return bound
 
 
-def drop_empty_inputs(model: onnx.ModelProto) -> list[str]:
-    """Remove the inputs with no elements (an empty KV cache bound from the data): a Concat reading one skips it,
-    a Concat left with one operand becomes an Identity. Any other reader is an error naming it. Edits `model`;
-    returns the inputs removed."""
-    shapes = graph_input_shapes(model)
+def drop_empty_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Remove the inputs with no elements (`shapes`: graph_input_shapes; an empty KV cache bound from the data): a
+    Concat reading one skips it, a Concat left with one operand becomes an Identity. Any other reader is an error
+    naming it. Edits `model`; returns the inputs removed."""
     empty = [name for name, shape in shapes.items() if 0 in shape]
     for name in empty:
         for node in model.graph.node:
@@ -298,8 +298,7 @@ def import_model(path: str | Path, *, input_ranges: dict[str, tuple[int, int]] |
     check_structure(model)
     model_inputs = list(graph_input_shapes(model, allow_symbolic=True))
     bound = bind_input_shapes(model, input_shapes or {})
-    graph_input_shapes(model)  # static shapes first: the most basic requirement
-    dropped = drop_empty_inputs(model)
+    dropped = drop_empty_inputs(model, graph_input_shapes(model))  # static shapes first: the most basic requirement
     dialect = detect_dialect(model)
     if dialect == "deeploy" and not {n.op_type for n in model.graph.node} & DEEPLOY_OPS and input_ranges is None:
         raise UnsupportedModelError(

@@ -28,6 +28,7 @@ from ..ir import arith
 from ..ir.graph import Graph, Node, Tensor
 from ..ir.verify import verify
 from ..target import AccelSpec, Target, load_target
+from .fuse_elementwise import per_tensor_requant
 from .layout import swap_last_axes_of_producer
 from .tile import accel_job_problem
 
@@ -139,10 +140,6 @@ def _next_stage(graph: Graph, consumers: dict[str, list[Node]], name: str,
     return node if node is not None and graph.tensors[node.outputs[0]].dtype in dtypes else None
 
 
-def _per_tensor(requant: Node) -> bool:
-    return all(np.asarray(requant.attrs[k]).size == 1 for k in ("mul", "shift", "add"))
-
-
 def _stage(node: Node) -> dict:
     return {"op": node.op, **node.attrs}
 
@@ -159,7 +156,7 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
         nxt = _next_stage(graph, consumers, requant.outputs[0], ("int16",))  # AddRequant/MulRequant may follow
         return _binary_stages(graph, consumers, chain, nxt, claimed, wide=True)[0]
     nxt = _next_stage(graph, consumers, requant.outputs[0])
-    if nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
+    if nxt is not None and nxt.op == "Requant" and per_tensor_requant(nxt):
         chain.append(nxt)
         nxt = _next_stage(graph, consumers, nxt.outputs[0])
     softmax = (nxt is not None and nxt.op == "ITAPartialMax" and nxt.attrs["n_levels"] <= MAX_SOFTMAX_LEVELS
@@ -167,7 +164,7 @@ def fuse_chain(graph: Graph, consumers: dict[str, list[Node]], mm: Node,
     if nxt is not None and (nxt.op == "LUT" or softmax):
         chain.append(nxt)
         nxt = _next_stage(graph, consumers, nxt.outputs[0])
-        if chain[-1].op == "ITAPartialMax" and nxt is not None and nxt.op == "Requant" and _per_tensor(nxt):
+        if chain[-1].op == "ITAPartialMax" and nxt is not None and nxt.op == "Requant" and per_tensor_requant(nxt):
             chain.append(nxt)                   # the requant after the softmax (A.V operand scale)
             nxt = _next_stage(graph, consumers, nxt.outputs[0])
     binary = 0

@@ -40,9 +40,9 @@ def fuse_elementwise(graph: Graph) -> tuple[Graph, int]:
     return graph, len(replaced)
 
 
-def _scalar_requant(graph: Graph, node: Node) -> bool:
-    """A Requant with one multiplier, shift and offset for the whole tensor."""
-    return node.op == "Requant" and all(np.asarray(node.attrs[k]).size == 1 for k in ("mul", "shift", "add"))
+def per_tensor_requant(requant: Node) -> bool:
+    """A requant's multiplier, shift and offset are one value each for the whole tensor."""
+    return all(np.asarray(requant.attrs[k]).size == 1 for k in ("mul", "shift", "add"))
 
 
 def fuse_norm_copies(graph: Graph) -> tuple[Graph, int]:
@@ -56,7 +56,8 @@ def fuse_norm_copies(graph: Graph) -> tuple[Graph, int]:
     for node in graph.nodes:
         if node.op != "ILayerNorm":
             continue
-        copy = next((u for u in consumers.get(node.outputs[0], []) if _scalar_requant(graph, u)), None)
+        copy = next((u for u in consumers.get(node.outputs[0], []) if u.op == "Requant" and per_tensor_requant(u)),
+                    None)
         if copy is None:
             continue
         at = copy.attrs
