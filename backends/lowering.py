@@ -495,6 +495,14 @@ def params_descriptor(ctype_name: str, name: str, fields: dict[str, Any]) -> str
     return f"static const {ctype_name} {name} = {{{body}}};"
 
 
+def blocked_matmul_operands(graph: Graph | _GraphView, node: Node) -> bool:
+    """The operands the cluster's register-blocked GEMM takes (matmul_blocked.c.j2): int8 x int8 -> int32 without
+    zero points (lower_matmul also needs an int32 accumulator and operands read row by row)."""
+    a, b, out = (graph.tensors[name].dtype for name in (node.inputs[0], node.inputs[1], node.outputs[0]))
+    return (a == b == "int8" and out == "int32" and not node.attrs.get("a_zero", 0)
+            and not node.attrs.get("b_zero", 0))
+
+
 def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
     a, b, out = low.t(node.inputs[0]), low.t(node.inputs[1]), low.t(node.outputs[0])
     bias = low.t(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
@@ -507,8 +515,8 @@ def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
         bound += _abs_bound(bias.dtype, 0)
     acc = "int32_t" if bound <= INT32_HI else "int64_t"
     row_accumulate = b_rc[1] == 1 and out.dtype == "int32" and acc == "int32_t"
-    blocked = (low.blocked_matmul and a.dtype == b.dtype == "int8" and out.dtype == "int32" and acc == "int32_t"
-               and a_zero == 0 and b_zero == 0 and a_rc[1] == 1 and b_rc[1] == 1)
+    blocked = (low.blocked_matmul and blocked_matmul_operands(low.graph, node) and acc == "int32_t"
+               and a_rc[1] == 1 and b_rc[1] == 1)
     name = f"td_matmul_{SUFFIXES[a.dtype]}_{SUFFIXES[b.dtype]}_{SUFFIXES[out.dtype]}"
     if bias is not None:
         name += f"_bias{SUFFIXES[bias.dtype]}"

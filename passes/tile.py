@@ -376,11 +376,10 @@ def _core_share(out_tile: tuple[int, ...], cores: int) -> float:
 
 def _blocked(graph: Graph, node: Node) -> bool:
     """Whether the cluster runs this MatMulInt on its register-blocked kernel (backends/lowering lower_matmul):
-    int8 x int8 -> int32, no zero points, neither operand transposed."""
-    a, b, out = (graph.tensors[name].dtype for name in (node.inputs[0], node.inputs[1], node.outputs[0]))
-    at = node.attrs
-    return (a == b == "int8" and out == "int32" and not at.get("a_zero", 0) and not at.get("b_zero", 0)
-            and not at.get("trans_a") and not at.get("trans_b"))
+    the operands it takes, neither of them transposed."""
+    from ..backends.lowering import blocked_matmul_operands  # the backend's rule, not a copy of it
+
+    return blocked_matmul_operands(graph, node) and not node.attrs.get("trans_a") and not node.attrs.get("trans_b")
 
 
 def _matmul_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int) -> int:
