@@ -4,11 +4,11 @@ For every case with data: float cases (Kernels/FP32, Kernels/BF16, and any model
 refused with exit 2; integer cases must equal Deeploy's golden outputs in the golden interpreter and be bit-exact
 on every target (generic host C, cluster8, cluster8-ita, cortex-m4 — cortex-m7 where the activations exceed the
 M4's 256 KiB SRAM). Prints one line per case, cycles per target, the cost model's predicted vs measured cycles per
-tiled step on the cluster targets (share within 30%), ICCT_ITA's cluster8 / cluster8-ita ratio (goal >= 3x), and
-totals.
+tiled step on the cluster targets (share within 30%, over the suite and full MobileBERT from the zoo on cluster8 and
+cluster8-ita), ICCT_ITA's cluster8 / cluster8-ita ratio (goal >= 3x), and totals.
 
     .venv/bin/python benchmarks/bench_deeploy_suite.py --deeploy PATH [--commit bf64cfae] [--only PATTERN]
-        [--targets generic,cluster8,cluster8-ita,cortex-m] [--json OUT]
+        [--targets generic,cluster8,cluster8-ita,cortex-m] [--json OUT] [--skip-mobilebert]
 
 PATH: a Deeploy checkout, or a bare clone (files are then read with `git show COMMIT:...`). Without --deeploy the
 cases of ../shared/conformance/deeploy and deeploy-suite run. Timing model: the ISS's (DESIGN.md; issue 19 lists
@@ -163,6 +163,7 @@ def main() -> int:
     parser.add_argument("--only", default="*", help="fnmatch pattern on case names")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--skip-mobilebert", action="store_true", help="leave MobileBERT out of the cost model tally")
     args = parser.parse_args()
     targets = [t for t in args.targets.split(",") if t]
     results: dict[str, dict] = {}
@@ -181,10 +182,31 @@ def main() -> int:
                 entry["targets"] = {t: run_target(folder, t, Path(tmp) / "builds" / name) for t in targets}
             results[name] = entry
             print(format_case(name, entry, time.perf_counter() - t0), flush=True)
+        if not args.skip_mobilebert:
+            results["MobileBERT (zoo full)"] = mobilebert_steps([t for t in targets if t.startswith("cluster")],
+                                                                Path(tmp) / "mobilebert")
     summarize(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0
+
+
+def mobilebert_steps(targets: list[str], out: Path) -> dict:
+    """Full MobileBERT (zoo, seq 128) on the cluster targets: cycles and the cost model's steps (not a Deeploy case;
+    its steps count in the cost model tally)."""
+    from bench_cluster import compile_and_simulate
+    from bench_compile import zoo_model
+
+    model, entry = zoo_model("full"), {"targets": {}, "zoo": True}
+    for target in targets:
+        t0 = time.perf_counter()
+        report = compile_and_simulate(model, target, out / target)
+        entry["targets"][target] = {"target": target, "status": "exact" if report["bit_exact"] else "MISMATCH",
+                                    "cycles": report["cycles_inference"],
+                                    "steps": predicted_vs_measured(out / target, report)}
+        print(format_case(f"MobileBERT full on {target}", {"targets": {target: entry["targets"][target]}},
+                          time.perf_counter() - t0), flush=True)
+    return entry
 
 
 def format_case(name: str, entry: dict, seconds: float) -> str:
@@ -200,14 +222,14 @@ def format_case(name: str, entry: dict, seconds: float) -> str:
 
 
 def summarize(results: dict[str, dict]) -> None:
-    integer = {n: e for n, e in results.items() if "targets" in e}
+    integer = {n: e for n, e in results.items() if "targets" in e and not e.get("zoo")}
     all_exact = [n for n, e in integer.items() if all(t["status"] == "exact" for t in e["targets"].values())]
     floats = {n: e for n, e in results.items() if "exit_code" in e}
     refused_ok = sum(e["exit_code"] == 2 for e in floats.values())
     other = {n: e["golden"] for n, e in results.items() if "targets" not in e and "exit_code" not in e}
     print(f"\ninteger cases bit-exact on every target: {len(all_exact)} of {len(integer)}; float cases refused "
           f"with exit 2: {refused_ok} of {len(floats)}; not run: {other or 'none'}")
-    steps = [s for e in integer.values() for t in e["targets"].values() for s in t.get("steps", [])]
+    steps = [s for e in results.values() for t in e.get("targets", {}).values() for s in t.get("steps", [])]
     if steps:
         within = sum(abs(p - m) <= COST_TOLERANCE * m for _, p, m, _ in steps)
         print(f"cost model: {within} of {len(steps)} cluster steps within {COST_TOLERANCE:.0%} of measured "

@@ -44,8 +44,12 @@ REDUCE_CYCLES = {"IntegerMean": 10, "ReduceSum": 5}
 #: per tile of the cores: DMA programming on hart 0, the kernel's entry on every hart, the closing barrier
 #: (measured: a 17-tile TrueIntegerDiv step costs ~380 cycles per extra tile)
 TILE_OVERHEAD_CYCLES = 400
-#: per tile of an accelerator step: hart 0 programs the DMA and queues the jobs
+#: per tile of an accelerator step: hart 0 programs the DMA and queues the jobs; once per accelerator step: hart 0
+#: programs the epilogue registers and the other harts wait at the closing barrier (fitted over the 1,946 ITAGemm
+#: steps of Deeploy's suite and MobileBERT/MiniLM: single-tile steps of microLlama measure ~250 cycles above the
+#: per-tile terms; a per-step constant leaves every tiling decision as it was)
 ACCEL_TILE_OVERHEAD_CYCLES = 120
+ACCEL_STEP_OVERHEAD_CYCLES = 250
 COPY_OPS = ("Transpose", "Slice", "Concat", "Pad")
 ROW_OPS = ("ISoftmax", "ITAPartialMax", "ITAMax", "ILayerNorm", "ILayerNormRequant", "IRMSNorm")
 
@@ -422,21 +426,33 @@ def _conv_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int
 def _model(tiles: list[OperandTile], count: int, compute: int, bw: Bandwidth,
            accelerated: bool = False) -> dict[str, int]:
     """Modelled cycles of the tile loop: resident loads, then per tile max(compute, DMA) with overlap, plus a
-    fixed cost per tile (smaller for an accelerator step: only hart 0 works)."""
+    fixed cost per tile (smaller for an accelerator step: only hart 0 works; it has a fixed cost per step too)."""
     moved = [t for t in tiles if not t.in_place]
-    resident = sum(bw.cycles(t.operand.level, t.rows * t.row_bytes, t.rows) for t in moved
-                   if t.step == 0 and t.operand.role == "in")
-    per_in = sum(bw.cycles(t.operand.level, t.rows * t.row_bytes, t.rows) for t in moved
-                 if t.step != 0 and t.operand.role == "in")
-    per_out = sum(bw.cycles("l2", t.rows * t.row_bytes, t.rows) for t in moved if t.operand.role == "out")
+    resident = sum(_load_cycles(t, bw) for t in moved if t.step == 0 and t.operand.role == "in")
+    per_in = sum(_load_cycles(t, bw) for t in moved if t.step != 0 and t.operand.role == "in")
+    per_out = _store_cycles(tiles, bw)
     dma = resident + count * (per_in + per_out)
     if count == 1:
         cycles = resident + per_in + compute + per_out
     else:
         steady = max(compute, per_in + per_out)
         cycles = resident + per_in + (count - 1) * steady + compute + per_out
-    cycles += count * (ACCEL_TILE_OVERHEAD_CYCLES if accelerated else TILE_OVERHEAD_CYCLES)
+    if accelerated:
+        cycles += count * ACCEL_TILE_OVERHEAD_CYCLES + ACCEL_STEP_OVERHEAD_CYCLES
+    else:
+        cycles += count * TILE_OVERHEAD_CYCLES
     return {"cycles": int(cycles), "compute": int(compute * count), "dma": int(dma)}
+
+
+def _load_cycles(tile: OperandTile, bw: Bandwidth) -> int:
+    """DMA cycles of one tile of an input operand from where it lives."""
+    return bw.cycles(tile.operand.level, tile.rows * tile.row_bytes, tile.rows)
+
+
+def _store_cycles(tiles: list[OperandTile], bw: Bandwidth) -> int:
+    """DMA cycles of storing one tile of every output the step moves to L2."""
+    return sum(bw.cycles("l2", t.rows * t.row_bytes, t.rows) for t in tiles
+               if t.operand.role == "out" and not t.in_place)
 
 
 def _divisors(n: int) -> list[int]:
@@ -581,18 +597,35 @@ def _place_around(step: StepTiling, early: list[str], avoid: list[tuple[int, int
     return replace(step, operands=placed, scratch_offset=scratch, prefetched=tuple(early))
 
 
-def prefetch_across_steps(plan: TilePlan, pairs: list[tuple[int, int, list[str]]], limits: dict[int, int]) -> None:
+def _carry_prefetch(before: StepTiling, after: StepTiling, bw: Bandwidth) -> tuple[StepTiling, StepTiling]:
+    """The models of a prefetching pair. The DMA engine is one queue: `before` issues `after`'s first-tile loads
+    behind its own last refill, so whatever of them its last tile's compute does not hide is waited for by
+    `before` when it closes with a store (queued behind them), else by `after` at its first tile."""
+    loads = sum(_load_cycles(t, bw) for t in after.operands if t.operand.key in after.prefetched)
+    last_tile = before.model.get("compute", 0) // max(before.tiles, 1)
+    queued = loads + (_store_cycles(before.operands, bw) if before.tiles > 1 else 0)
+    exposed = max(0, queued - last_tile) - max(0, queued - loads - last_tile)
+    if _store_cycles(before.operands, bw):
+        before = replace(before, model={**before.model, "cycles": before.model["cycles"] + exposed})
+        exposed = 0
+    after = replace(after, model={**after.model, "cycles": max(after.model["cycles"] - loads + exposed, 0)})
+    return before, after
+
+
+def prefetch_across_steps(plan: TilePlan, pairs: list[tuple[int, int, list[str]]], limits: dict[int, int],
+                          bw: Bandwidth) -> None:
     """Let step i load the first tile of step j's operands `keys` (constants, or tensors i does not write) while
     it computes its own last tile: for each (i, j, keys), in program order, step j is laid out with those operands
     outside every L1 byte step i uses (its tiles, its scratch, and the residents above `limits[i]`, where its tile
-    area ends); steps where that does not fit keep their own layout and load everything themselves."""
+    area ends), and the pair's modelled cycles move with the loads (_carry_prefetch); steps where that does not
+    fit keep their own layout and load everything themselves."""
     for i, j, keys in pairs:
         before, after = plan.steps[i], plan.steps[j]
         avoid = [*before.intervals(), (limits[i], plan.l1_budget)]
         keys = [t.operand.key for t in after.operands if t.operand.key in keys and t.l1_bytes]
         laid = _place_around(after, keys, avoid, limits[j]) if keys else None
         if laid is not None:
-            plan.steps[j] = laid
+            plan.steps[i], plan.steps[j] = _carry_prefetch(before, laid, bw)
 
 
 def l1_budget(target: Target) -> int:

@@ -119,3 +119,42 @@ def test_a_gather_with_constant_indices_is_one_dma_row_per_index():
     assert (transfer.source, transfer.src, transfer.dst, transfer.row_bytes, transfer.rows) == (0, 3 * 512, 0, 512, 1)
     graph.tensors["i"] = Tensor("i", "int64", (128,))                         # run-time indices: the kernel
     assert copy_plan(graph, node) is None
+
+
+def _two_matmuls(first_out_level: str):
+    """Steps 0 and 1 on one tile each: a 4 x 16 x 16 matmul, then 4 x 16 x 256 whose 4 KiB of weights live in L3;
+    and the DMA cycles of those weights."""
+    from tinydeploy.passes.tile import TilePlan, choose_tiling, tile_candidates
+
+    graph, node, operands = matmul_graph(4, 16, 16)
+    graph.add_const("w2", np.ones((16, 256), dtype=np.int8), "int8")
+    second = Node("mm2", "MatMulInt", ["a", "w2"], ["y2"], {})
+    graph.add_tensor(Tensor("y2", "int32", (1, 4, 256)))
+    graph.nodes.append(second)
+    first_ops = [operands[0], operands[1], Operand("y", "out", (1, 4, 16), "int32", first_out_level)]
+    second_ops = [operands[0], Operand("w2", "in", (16, 256), "int8", "l3"), Operand("y2", "out", (1, 4, 256), "int32")]
+    whole = [c for c in tile_candidates(graph, 1, second, second_ops, cores=8, bw=BW) if c.tiles == 1]
+    steps = {0: tile_node(graph, 0, node, first_ops, budget=64 * 1024, cores=8, bw=BW),
+             1: choose_tiling(whole, 64 * 1024)}
+    return TilePlan(steps, 64 * 1024, 0), BW.cycles("l3", 16 * 256)
+
+
+@pytest.mark.parametrize("first_out_level", ["l2", "l1"])
+def test_prefetched_loads_are_waited_for_where_the_dma_queue_puts_them(first_out_level):
+    """The DMA engine is one queue (sim/cluster.py). Step 0 issues step 1's weight load during its last tile: the
+    part its compute does not hide is waited for by step 0 when it closes with a store (queued behind the load),
+    by step 1 when step 0's output stays in L1; step 1 no longer pays for the load itself either way."""
+    from tinydeploy.passes.tile import prefetch_across_steps
+
+    plan, load = _two_matmuls(first_out_level)
+    before, after = plan.steps[0].model["cycles"], plan.steps[1].model["cycles"]
+    exposed = max(0, load - plan.steps[0].model["compute"])
+    assert exposed > 0                                    # from L3, it outlasts the small first matmul
+    prefetch_across_steps(plan, [(0, 1, ["w2"])], {0: 64 * 1024, 1: 64 * 1024}, BW)
+    assert plan.steps[1].prefetched == ("w2",)
+    if first_out_level == "l2":
+        assert plan.steps[0].model["cycles"] == before + exposed
+        assert plan.steps[1].model["cycles"] == after - load
+    else:
+        assert plan.steps[0].model["cycles"] == before
+        assert plan.steps[1].model["cycles"] == after - load + exposed

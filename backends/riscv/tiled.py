@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir.graph import Graph, Node, Tensor
-from ...passes.tile import Operand, OperandTile, StepTiling, TilePlan, Tiler, prefetch_across_steps, tile_graph
+from ...passes.tile import (
+    Bandwidth,
+    Operand,
+    OperandTile,
+    StepTiling,
+    TilePlan,
+    Tiler,
+    prefetch_across_steps,
+    tile_graph,
+)
 from ...target import Target
 from ..lowering import CTYPES, Call, Lowering, Refs, kernel_constants
 from .dma_copy import copy_plan, dma_copy_call
@@ -207,7 +216,7 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
             if node.op != "Reshape" and i not in by_dma and i not in free}
     scratch = {i: c.scratch_bytes for i, c in full.items() if c.scratch_bytes}
     residency, plan = _tile_with_residency(graph, target, full, weights_level, scratch, refs.views)
-    following = _prefetch(graph, plan, residency, refs)
+    following = _prefetch(graph, target, plan, residency, refs)
     calls = []
     for index, node in enumerate(graph.nodes):
         if index in full:
@@ -268,7 +277,7 @@ def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], we
     return residency, plan
 
 
-def _prefetch(graph: Graph, plan: TilePlan, residency: Residency, refs: Refs) -> dict[int, int]:
+def _prefetch(graph: Graph, target: Target, plan: TilePlan, residency: Residency, refs: Refs) -> dict[int, int]:
     """Pair every tiled step with the next one when nothing but aliasing Reshapes runs between them, and let it
     prefetch the next step's first-tile inputs it does not itself write (prefetch_across_steps). Returns step ->
     next step, for the pairs that prefetch."""
@@ -287,7 +296,7 @@ def _prefetch(graph: Graph, plan: TilePlan, residency: Residency, refs: Refs) ->
                     and refs.aliases.get(t.operand.key, t.operand.key) not in written]
             pairs.append((previous, index, keys))
         previous = index
-    prefetch_across_steps(plan, pairs, limits)
+    prefetch_across_steps(plan, pairs, limits, Bandwidth.from_target(target))
     # one L1 area: tiles from its bottom, residents in its top `residency.size` bytes
     top = max((end for s in plan.steps.values() for _, end in s.intervals()), default=0)
     plan.l1_peak = plan.l1_budget if residency.size else top
