@@ -47,7 +47,7 @@ from .accel.model import (
     y_bytes,
 )
 from .interrupt import raise_if_interrupted
-from .native import NO_BLOCK, HartCounter, attach_counter
+from .native import NO_BLOCK, CoreTiming, HartCounter, attach_counter
 
 LEVELS = ("l1", "l2", "l3")
 
@@ -79,6 +79,7 @@ class ClusterSpec:
     slice_instructions: int
     max_cycles: int
     accel: AccelSpec | None = None
+    timing: CoreTiming | None = None              # the core's pipeline ([core]); None: one instruction per cycle
 
     @property
     def has_accel(self) -> bool:
@@ -107,7 +108,8 @@ class ClusterSpec:
                    int(dma["setup_cycles"]), int(dma.get("row_cycles", 2)), int(cluster.get("barrier_cycles", 8)),
                    int(iss.get("slice_instructions", 100_000)),
                    int(iss.get("max_cycles", 20_000_000_000)),
-                   AccelSpec.from_section(target.section("accelerator")) if target.section("accelerator") else None)
+                   AccelSpec.from_section(target.section("accelerator")) if target.section("accelerator") else None,
+                   CoreTiming.from_section(target.section("core")))
 
 
 @dataclass
@@ -164,7 +166,7 @@ class _Hart:
 
     @property
     def clock(self) -> int:
-        return self.counter.instructions + self.stall
+        return self.counter.cycles + self.stall
 
     @property
     def instructions(self) -> int:
@@ -222,7 +224,8 @@ class ClusterISS:
         for hart_id in range(spec.cores):
             uc = Uc(UC_ARCH_RISCV, UC_MODE_RISCV32)
             self._map(uc, hart_id)
-            self.harts.append(_Hart(hart_id, uc, entry, attach_counter(uc, code, self.quantum)))
+            self.harts.append(_Hart(hart_id, uc, entry, attach_counter(uc, code, self.quantum,
+                                                                                 timing=spec.timing)))
         self.time = 0
         self.finished = False
         self.exit_code = 0
@@ -629,15 +632,7 @@ class ClusterISS:
         hart.pc = hart.uc.reg_read(pc_register)
         if hart.mmio_stop:
             hart.pc += self._instruction_length(hart.pc)
-            block_end = counter.last_block + counter.last_size
-            counter.instructions -= self._count_instructions(hart.pc, block_end)
+            counter.uncount(hart.pc, counter.last_block + counter.last_size)
 
     def _instruction_length(self, address: int) -> int:
         return 4 if self.read(address, 1)[0] & 3 == 3 else 2
-
-    def _count_instructions(self, begin: int, end: int) -> int:
-        count = 0
-        while begin < end:
-            begin += self._instruction_length(begin)
-            count += 1
-        return count

@@ -26,13 +26,57 @@ class CodeRegion(ctypes.Structure):
     _fields_ = [("base", ctypes.c_uint64), ("size", ctypes.c_uint64), ("host", ctypes.c_void_p)]
 
 
+class CoreTiming(ctypes.Structure):
+    """Mirror of td_core_timing: cycles beyond one per instruction (the target's [core] section; all zero: one
+    instruction per cycle)."""
+
+    _fields_ = [("load_use", ctypes.c_uint32), ("taken_branch", ctypes.c_uint32), ("jump", ctypes.c_uint32),
+                ("jalr_dependency", ctypes.c_uint32), ("jalr_link", ctypes.c_uint32),
+                ("misaligned_target", ctypes.c_uint32),
+                ("mulh", ctypes.c_uint32), ("div", ctypes.c_uint32), ("enabled", ctypes.c_uint32)]
+
+    @classmethod
+    def from_section(cls, core: dict) -> CoreTiming:
+        """The [core] section's `*_cycles` keys (targets/cluster8.toml documents them)."""
+        names = [name for name, _ in cls._fields_ if name != "enabled"]
+        unknown = sorted(k for k in core if k.endswith("_cycles") and k.removesuffix("_cycles") not in names)
+        if unknown:
+            raise TinyDeployError(f"[core] has unknown timing keys {unknown}; known: "
+                                  f"{[n + '_cycles' for n in names]}")
+        values = {name: int(core.get(f"{name}_cycles", 0)) for name in names}
+        if any(v < 0 for v in values.values()):
+            raise TinyDeployError(f"[core] timing cycles must be >= 0: {values}")
+        return cls(**values, enabled=int(any(values.values())))
+
+
+class BlockCost(ctypes.Structure):
+    """Mirror of td_block_cost (one slot of the hook's decoded-block cache)."""
+
+    _fields_ = [("address", ctypes.c_uint64), ("size", ctypes.c_uint32), ("instructions", ctypes.c_uint32),
+                ("extra", ctypes.c_uint32), ("end", ctypes.c_uint32)]
+
+
+BLOCK_CACHE = 8192
+
+
 class HartCounter(ctypes.Structure):
     """Mirror of td_hart_counter in td_iss_hooks.c."""
 
     _fields_ = [("instructions", ctypes.c_uint64), ("limit", ctypes.c_uint64), ("stop_block", ctypes.c_uint64),
                 ("blocks", ctypes.c_uint64), ("last_block", ctypes.c_uint64), ("last_size", ctypes.c_uint64),
                 ("isa", ctypes.c_uint64), ("stop", ctypes.c_void_p),
-                ("regions", CodeRegion * MAX_CODE_REGIONS)]
+                ("regions", CodeRegion * MAX_CODE_REGIONS), ("cycles", ctypes.c_uint64),
+                ("last_end", ctypes.c_uint64), ("timing", CoreTiming), ("cache", ctypes.POINTER(BlockCost))]
+
+    def uncount(self, begin: int, end: int) -> None:
+        """Take back the instructions and cycles of [begin, end): the tail of a block the hart stopped in (at an
+        MMIO store); the next block it enters there falls through from `begin`."""
+        instructions, cycles = ctypes.c_uint64(), ctypes.c_uint64()
+        hooks_library().td_range_cost(ctypes.byref(self), ctypes.c_uint64(begin), ctypes.c_uint64(end),
+                                      ctypes.byref(instructions), ctypes.byref(cycles))
+        self.instructions -= instructions.value
+        self.cycles -= cycles.value
+        self.last_block, self.last_size, self.last_end = begin, 0, 0
 
 
 NO_BLOCK = (1 << 64) - 1
@@ -70,14 +114,20 @@ def hooks_library() -> ctypes.CDLL:
     return ctypes.CDLL(str(target))
 
 
-def attach_counter(uc, regions: list[tuple[int, int, int]], limit: int, isa: int = 0) -> HartCounter:
-    """Install the native block hook on a Unicorn engine; regions are (base, size, host pointer) of code memory.
+def attach_counter(uc, regions: list[tuple[int, int, int]], limit: int, isa: int = 0,
+                   timing: CoreTiming | None = None) -> HartCounter:
+    """Install the native block hook on a Unicorn engine; regions are (base, size, host pointer) of code memory;
+    `timing`: the core's pipeline cycles (None: one instruction per cycle).
 
-    The caller keeps the returned counter alive (the hook holds a pointer to it)."""
+    The caller keeps the returned counter alive (the hook holds a pointer to it and to its block cache)."""
     from unicorn import UC_HOOK_BLOCK
     from unicorn.unicorn_py3 import unicorn as ucmod
 
     counter = HartCounter(0, limit, NO_BLOCK, 0, 0, 0, isa, ctypes.cast(ucmod.uclib.uc_emu_stop, ctypes.c_void_p))
+    if timing is not None and timing.enabled:
+        counter.timing = timing
+        counter.block_cache = (BlockCost * BLOCK_CACHE)()     # kept alive with the counter
+        counter.cache = ctypes.cast(counter.block_cache, ctypes.POINTER(BlockCost))
     for i, (base, size, ptr) in enumerate(regions[:MAX_CODE_REGIONS]):
         counter.regions[i].base, counter.regions[i].size, counter.regions[i].host = base, size, ptr
     handle = ucmod.uc_hook_h()
