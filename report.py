@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import TinyDeployError
 from .files import strict_json
-from .target import Target, load_target
+from .target import clock_of, load_target
 
 ENGINE_COLOURS = {"cores": "#4C72B0", "accel": "#DD8452"}
 ACCEL_ENGINES = {"model": "functional and timing model (sim/accel/model.py)",
@@ -57,14 +57,6 @@ class Hardware:
     engine_labels: dict[str, str] = field(default_factory=dict)   # engine -> legend label
 
 
-def clock_of(target: Target) -> tuple[float | None, str]:
-    """The clock in Hz from the target file, and where it was read (or a note that there is none)."""
-    value = target.section("clock").get("mhz")
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value) * 1e6, f"[clock] mhz = {value:g} in the target file"
-    return None, "the target file names no clock"
-
-
 def hardware(target_name: str, report: dict[str, Any]) -> Hardware:
     target = load_target(target_name)
     cluster, accel, dma, iss = (target.section(k) for k in ("cluster", "accelerator", "dma", "iss"))
@@ -77,7 +69,10 @@ def hardware(target_name: str, report: dict[str, Any]) -> Hardware:
         time_model = "1 instruction = 1 cycle; no pipeline or memory wait states modelled"
     else:
         iss_name = f"tinydeploy's cluster ISS (Unicorn {isa.upper() or 'RV32'}, {harts} harts)"
-        time_model = "per hart 1 instruction = 1 cycle plus the stalls on barriers and DMA" + \
+        core = target.section("core")
+        pipeline = (f"{core.get('model', 'the [core]').upper()} pipeline timing (load-use, branch, jump, mulh, div; "
+                    "no L1 bank conflicts, L2 load latency or I-cache)" if core else "1 instruction = 1 cycle")
+        time_model = f"per hart {pipeline} plus the stalls on barriers and DMA" + \
             (" and the accelerator" if accel else "")
     hw = Hardware(target.name, target.backend, iss_name, time_model, clock_hz, clock_source, cores, isa,
                   has_dma=bool(dma), has_accel=bool(accel))
@@ -315,6 +310,11 @@ def _kpis(layers: list[dict[str, Any]], report: dict[str, Any], hw: Hardware) ->
         kpis.append(("inferences/s", "cycles only (the target file names no clock)", True))
     kpis += [("MACs", f"{macs:,}", False), ("MAC/cycle", f"{macs / cycles:.2f}", False),
              ("bit-exact", "yes" if report["bit_exact"] else "NO", False)]
+    energy = report.get("energy")
+    if energy:                                  # sim/energy.py: the target's per-event energy figures
+        kpis += [("energy per inference", f"{energy['mj_per_inference']:.3f} mJ", False),
+                 ("average power", f"{energy['average_power_mw']:.1f} mW", False),
+                 ("efficiency", f"{energy['gop_per_j']:,.0f} GOp/J", False)]
     if hw.has_dma:
         overlap = report.get("dma_overlap")
         kpis.append(("DMA overlap", "n/a" if overlap is None else f"{overlap:.0%}", False))
@@ -351,6 +351,8 @@ def write_report(build: str | Path, out: str | Path) -> list[Path]:
     facts = [f"simulated by {hw.iss}; {hw.time_model}",
              f"clock: {f'{hw.clock_hz / 1e6:g} MHz ({hw.clock_source})' if hw.clock_hz else hw.clock_source}"]
     facts += [f"{hw.engine_labels.get(e, e)} peak: {src}" for e, src in hw.peak_sources.items()]
+    if report.get("energy"):
+        facts.append("energy: " + report["energy"]["model"])
     if hw.bandwidths:
         facts.append("DMA bandwidth: " + ", ".join(f"{n} {bw:g} B/cycle" for n, bw in hw.bandwidths.items()))
     if hw.has_accel:

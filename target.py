@@ -115,3 +115,11 @@ def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False) -
         return spec.setup_cycles + m * array
     tail = spec.divider_cycles + groups
     return spec.setup_cycles + array + tail + (m - 1) * max(array, tail)
+
+
+def clock_of(target: Target) -> tuple[float | None, str]:
+    """The clock in Hz from the target file, and where it was read (or a note that there is none)."""
+    value = target.section("clock").get("mhz")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value) * 1e6, f"[clock] mhz = {value:g} in the target file"
+    return None, "the target file names no clock"

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import TinyDeployError
 from .cluster import ClusterISS, ClusterSpec, SimResult
+from .energy import add_energy
 from .host import check_build_files, run_make
 from .interrupt import deferred_sigint
 
@@ -148,10 +149,11 @@ def _report(manifest: dict[str, Any], result: SimResult, bit_exact: bool, wall: 
                        "cycles": (stamp.end - stamp.begin) if stamp.end >= 0 else None,
                        "bytes_dma": sum(stamp.dma_bytes.values()), "dma": stamp.dma_bytes,
                        "dma_busy_cycles": stamp.dma_busy, "dma_stall_cycles": stamp.dma_stall,
-                       "instructions": stamp.instructions, "accel_busy_cycles": stamp.accel_busy})
+                       "instructions": stamp.instructions, "accel_busy_cycles": stamp.accel_busy,
+                       "accel_macs": stamp.accel_macs})
     stamped = [s for s in result.layers if s.end >= 0]
     inference = (stamped[-1].end - stamped[0].begin) if stamped else result.cycles
-    return {"target": manifest["target"], "bit_exact": bit_exact, "exit_code": result.exit_code,
+    report = {"target": manifest["target"], "bit_exact": bit_exact, "exit_code": result.exit_code,
             "cycles_total": result.cycles, "cycles_inference": inference, "instructions": result.instructions,
             "guest_instructions": result.guest_instructions,
             "guest_instructions_per_second": result.guest_instructions / wall if wall else 0.0,
@@ -159,6 +161,8 @@ def _report(manifest: dict[str, Any], result: SimResult, bit_exact: bool, wall: 
             "dma_stall_cycles": result.dma_stall_cycles, "dma_overlap": dma_overlap(result),
             "accel_busy_cycles": result.accel_busy_cycles,
             "layers": layers}
+    add_energy(report)
+    return report
 
 
 def dma_overlap(result: SimResult) -> float:

@@ -168,3 +168,32 @@ def test_fidelity_json_is_strict_and_its_text_explains_the_figures(tiny_zoo):
     empty = format_report({**report, "end_to_end": [], "isolated_ops": [], "worst_ops": [],
                            "linear_ops_within_1lsb": None, "linear_ops_elements": 0})
     assert "n/a of 0 elements" in empty
+
+
+def test_energy_per_inference_from_the_target_events(ita_build, m4_build, tmp_path):
+    """sim/energy.py: each layer's energy is its instructions, accelerator MACs, DMA bytes (at source and
+    destination) and leakage priced by the target's [energy] figures; the totals are their sum, GOp/J is 2 x MACs
+    over it; the HTML page shows them. A target without [energy] (cortex-m4) reports none."""
+    from tinydeploy.sim.energy import EnergyModel
+
+    report = json.loads((ita_build / "report.json").read_text())
+    model = EnergyModel.from_target("cluster8-ita")
+    gemm = next(layer for layer in report["layers"] if layer["op"] == "ITAGemm" and layer["dma"])
+    parts = model.layer_pj(gemm)
+    moved = sum(n * (model.byte_pj[p.split("->")[0]] + model.byte_pj[p.split("->")[1]] + model.dma_byte_pj)
+                for p, n in gemm["dma"].items())
+    assert parts["accelerator"] == gemm["accel_macs"] * 0.118 > 0 and parts["data movement"] == pytest.approx(moved)
+    assert parts["cores"] == gemm["instructions"] * 5.5
+    assert gemm["energy_nj"] == pytest.approx(sum(parts.values()) / 1e3, abs=1e-3)
+    energy = report["energy"]
+    total_mj = sum(layer["energy_nj"] for layer in report["layers"]) / 1e6
+    assert energy["mj_per_inference"] == pytest.approx(total_mj, rel=1e-6)
+    assert energy["mj_per_inference"] == pytest.approx(sum(energy["breakdown_mj"].values()))
+    macs = sum(layer["macs"] for layer in report["layers"])
+    assert energy["gop_per_j"] == pytest.approx(2 * macs / (energy["mj_per_inference"] * 1e-3) / 1e9)
+    seconds = report["cycles_inference"] / 500e6
+    assert energy["average_power_mw"] == pytest.approx(energy["mj_per_inference"] / seconds)
+    write_report(ita_build, tmp_path / "e.html")
+    page = page_text(tmp_path / "e.html")
+    assert "energy per inference" in page and "GOp/J" in page and "pJ/accelerator MAC" in page
+    assert "energy" not in json.loads((m4_build / "report.json").read_text())
