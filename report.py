@@ -29,12 +29,12 @@ from typing import Any
 
 from .errors import TinyDeployError
 from .files import strict_json
-from .target import clock_of, load_target
+from .target import DmaSpec, clock_of, load_target
 
 ENGINE_COLOURS = {"cores": "#4C72B0", "accel": "#DD8452"}
 ACCEL_ENGINES = {"model": "functional and timing model (sim/accel/model.py)",
                  "rtl": "Verilated RTL, each job checked against the model"}
-DMA_ROOFS = (("l2_to_l1_bytes_per_cycle", "L2 -> L1"), ("l3_to_l2_bytes_per_cycle", "L3 -> L2/L1"))
+DMA_ROOFS = ((("l2", "l1"), "L2 -> L1"), (("l3", "l1"), "L3 -> L2/L1"))
 
 
 @dataclass
@@ -55,6 +55,7 @@ class Hardware:
     has_dma: bool = False
     has_accel: bool = False
     engine_labels: dict[str, str] = field(default_factory=dict)   # engine -> legend label
+    l3: str = ""                                                  # the off-chip part ([l3])
 
 
 def hardware(target_name: str, report: dict[str, Any]) -> Hardware:
@@ -95,9 +96,13 @@ def hardware(target_name: str, report: dict[str, Any]) -> Hardware:
             hw.engine_labels["accel"] = f"accelerator ({kind} {pes}x{width})".replace("( ", "(")
         else:
             hw.engine_labels["accel"] = f"accelerator ({kind})" if kind else "accelerator"
-    for key, name in DMA_ROOFS:
-        if isinstance(dma.get(key), int | float):
-            hw.bandwidths[name] = float(dma[key])
+    if dma:
+        spec = DmaSpec.from_target(target)
+        for pair, name in DMA_ROOFS:
+            hw.bandwidths[name] = round(spec.bandwidth[pair], 3)
+        if spec.l3_part:
+            hw.l3 = f"L3: {spec.l3_part}" + (f", {spec.l3_burst} cycles to the first word of a burst"
+                                               if spec.l3_burst else "")
     return hw
 
 
@@ -355,6 +360,8 @@ def write_report(build: str | Path, out: str | Path) -> list[Path]:
         facts.append("energy: " + report["energy"]["model"])
     if hw.bandwidths:
         facts.append("DMA bandwidth: " + ", ".join(f"{n} {bw:g} B/cycle" for n, bw in hw.bandwidths.items()))
+    if hw.l3:
+        facts.append(hw.l3)
     if hw.has_accel:
         engine = report.get("accel_engine", "model")
         facts.append("accelerator jobs: " + ACCEL_ENGINES.get(engine, str(engine)))

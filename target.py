@@ -123,3 +123,60 @@ def clock_of(target: Target) -> tuple[float | None, str]:
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
         return float(value) * 1e6, f"[clock] mhz = {value:g} in the target file"
     return None, "the target file names no clock"
+
+
+LEVELS = ("l1", "l2", "l3")
+
+
+@dataclass(frozen=True)
+class DmaSpec:
+    """The cluster's DMA engine and memories, one description for the ISS (sim/cluster.py) and the tiler's cost
+    model (passes/tile.py): bytes per cycle between two levels, a fixed cost per transfer and per row (a 2-D
+    transfer's rows are separate bursts), and for L3, the off-chip part named in [l3]: its bandwidth and the
+    first-word latency every burst pays."""
+
+    bandwidth: dict[tuple[str, str], float]       # (src, dst) -> bytes per cycle
+    setup: int
+    row: int
+    l3_burst: int = 0                              # cycles before the first word of each burst from/to L3
+    l3_part: str = ""
+
+    @classmethod
+    def from_target(cls, target: Target | str) -> DmaSpec:
+        target = load_target(target)
+        dma = target.section("dma")
+        l2_l1 = float(dma.get("l2_to_l1_bytes_per_cycle", 8))
+        l1_l1 = float(dma.get("l1_to_l1_bytes_per_cycle", l2_l1))
+        l3, burst, part = cls._l3(target, float(dma.get("l3_to_l2_bytes_per_cycle", 4)))
+        bandwidth = {(a, b): l3 if "l3" in (a, b) else (l1_l1 if a == b == "l1" else l2_l1)
+                     for a in LEVELS for b in LEVELS}
+        return cls(bandwidth, int(dma.get("setup_cycles", 30)), int(dma.get("row_cycles", 2)), burst, part)
+
+    @staticmethod
+    def _l3(target: Target, default: float) -> tuple[float, int, str]:
+        """(bytes per cycle, burst latency in cycles, part) of L3: from [l3] at the target's clock, else [dma]."""
+        part = target.section("l3")
+        if not part:
+            return default, 0, "L3 at [dma] l3_to_l2_bytes_per_cycle"
+        clock_hz, _ = clock_of(target)
+        if not clock_hz:
+            raise TinyDeployError(f"target '{target.name}': [l3] needs a [clock] mhz to turn its part's figures "
+                                  f"into cycles")
+        try:
+            per_cycle = float(part["bytes_per_second"]) / clock_hz
+            burst = -(-int(round(float(part["first_word_ns"]) * clock_hz)) // 1_000_000_000)
+        except KeyError as missing:
+            raise TinyDeployError(f"target '{target.name}': [l3] needs {missing.args[0]}") from None
+        if per_cycle <= 0 or burst < 0:
+            raise TinyDeployError(f"target '{target.name}': [l3] bytes_per_second must be > 0, first_word_ns >= 0")
+        return per_cycle, burst, str(part.get("part", "L3"))
+
+    def cycles(self, src: str, dst: str, nbytes: int, rows: int = 1) -> int:
+        """Cycles the engine is busy with one transfer of `rows` rows, `nbytes` bytes in all."""
+        burst = self.l3_burst if "l3" in (src, dst) else 0
+        return transfer_cycles(self.bandwidth[(src, dst)], self.setup, self.row + burst, nbytes, rows)
+
+
+def transfer_cycles(per_cycle: float, setup: int, per_row: int, nbytes: int, rows: int) -> int:
+    """The DMA engine's time for one transfer (DmaSpec.cycles; the cost model's Bandwidth.cycles)."""
+    return setup + rows * per_row + int(-(-nbytes // per_cycle))

@@ -30,8 +30,10 @@ TARGET = "cluster1"
 
 def instant_dma(spec):
     """The target's ISS spec with DMA and barrier taking no time (what the RTL testbench does)."""
-    fast = {pair: 1 << 30 for pair in spec.bandwidth}
-    return dataclasses.replace(spec, bandwidth=fast, dma_setup=0, dma_row=0, barrier_cycles=0)
+    from tinydeploy.target import DmaSpec
+
+    fast = DmaSpec({pair: float(1 << 30) for pair in spec.dma.bandwidth}, setup=0, row=0)
+    return dataclasses.replace(spec, dma=fast, barrier_cycles=0)
 
 
 def iss_layers(build: Path, timing: bool) -> dict[int, int]:

@@ -20,36 +20,37 @@ import numpy as np
 from ..errors import TinyDeployError
 from ..ir.graph import Graph, Node
 from ..ir.ops import node_macs
-from ..target import AccelSpec, Target, job_cycles
+from ..target import AccelSpec, DmaSpec, Target, job_cycles, transfer_cycles
 
 ALIGNMENT = 16
 #: modelled core cycles per output element (per MAC for matmuls), before dividing by the cores. Calibrated on the
-#: ISS against Deeploy's whole suite, MobileBERT and MiniLM (benchmarks/bench_deeploy_suite.py prints predicted
-#: vs measured per step); the ops with their own formula below (ConvInt, MaxPool, reductions, GEMMs) are not here.
-CYCLES_PER_ELEMENT = {"Copy": 8, "Requant": 27, "RequantShift": 35, "RequantCMSIS": 20, "Add": 16, "Mul": 10,
-                      "AddRequant": 22, "MulRequant": 23, "INoNorm": 38, "LUT": 9, "Relu": 8, "IGELU": 48,
-                      "IHardswish": 20, "TrueIntegerDiv": 169, "ISoftmax": 331, "ITAPartialMax": 98, "ITAMax": 52,
-                      "ILayerNorm": 96, "ILayerNormRequant": 48, "IRMSNorm": 167, "Gather": 3}
-CYCLES_PER_MAC = 2.7
+#: ISS, with the CV32E40P timing of targets/cluster8.toml [core], against Deeploy's whole suite and MobileBERT
+#: (benchmarks/bench_deeploy_suite.py prints predicted vs measured per step); the ops with their own formula below
+#: (ConvInt, MaxPool, reductions, GEMMs) are not here. A target with another [core] needs them refitted.
+CYCLES_PER_ELEMENT = {"Copy": 9, "Requant": 27, "RequantShift": 43, "RequantCMSIS": 23, "Add": 18, "Mul": 11,
+                      "AddRequant": 25, "MulRequant": 26, "INoNorm": 44, "LUT": 10, "Relu": 9, "IGELU": 55,
+                      "IHardswish": 23, "TrueIntegerDiv": 176, "ISoftmax": 397, "ITAPartialMax": 113, "ITAMax": 60,
+                      "ILayerNorm": 140, "ILayerNormRequant": 65, "IRMSNorm": 187, "Gather": 3}
+CYCLES_PER_MAC = 3.2
 #: matmul blocks that are not 4x4: rows of four columns (a GEMV) and plain dot products, per MAC; and the
 #: portable kernel (operands the blocked kernel does not take)
-CYCLES_PER_MAC_FOUR_COLUMNS, CYCLES_PER_MAC_DOT, CYCLES_PER_MAC_PORTABLE = 4.0, 8.5, 10
+CYCLES_PER_MAC_FOUR_COLUMNS, CYCLES_PER_MAC_DOT, CYCLES_PER_MAC_PORTABLE = 4.8, 10, 12
 #: the patch convolution: per patch value gathered, per MAC (four filters at a time), per output pixel
-CONV_GATHER_CYCLES, CONV_PATCH_MAC_CYCLES, CONV_PIXEL_CYCLES = 9, 4.9, 40
+CONV_GATHER_CYCLES, CONV_PATCH_MAC_CYCLES, CONV_PIXEL_CYCLES = 11, 5.9, 48
 #: the direct convolution (grouped, depthwise): per MAC, per kernel row visited, per output element
-CONV_DIRECT_MAC_CYCLES, CONV_DIRECT_ROW_CYCLES, CONV_DIRECT_PIXEL_CYCLES = 7, 12, 30
+CONV_DIRECT_MAC_CYCLES, CONV_DIRECT_ROW_CYCLES, CONV_DIRECT_PIXEL_CYCLES = 8.4, 14, 36
 #: MaxPool per output element: fixed and per tap; reductions per reduced input element and per output element
-MAXPOOL_CYCLES, MAXPOOL_TAP_CYCLES, REDUCE_OUTPUT_CYCLES = 24, 16, 20
-REDUCE_CYCLES = {"IntegerMean": 10, "ReduceSum": 5}
+MAXPOOL_CYCLES, MAXPOOL_TAP_CYCLES, REDUCE_OUTPUT_CYCLES = 33, 22, 26
+REDUCE_CYCLES = {"IntegerMean": 13, "ReduceSum": 6}
 #: per tile of the cores: DMA programming on hart 0, the kernel's entry on every hart, the closing barrier
 #: (measured: a 17-tile TrueIntegerDiv step costs ~380 cycles per extra tile)
 TILE_OVERHEAD_CYCLES = 400
 #: per tile of an accelerator step: hart 0 programs the DMA and queues the jobs; once per accelerator step: hart 0
-#: programs the epilogue registers and the other harts wait at the closing barrier (fitted over the 1,946 ITAGemm
-#: steps of Deeploy's suite and MobileBERT/MiniLM: single-tile steps of microLlama measure ~250 cycles above the
+#: programs the epilogue registers and the other harts wait at the closing barrier (fitted over the 1,898 ITAGemm
+#: steps of Deeploy's suite and MobileBERT: single-tile steps of microLlama measure ~400 cycles above the
 #: per-tile terms; a per-step constant leaves every tiling decision as it was)
 ACCEL_TILE_OVERHEAD_CYCLES = 120
-ACCEL_STEP_OVERHEAD_CYCLES = 250
+ACCEL_STEP_OVERHEAD_CYCLES = 400
 COPY_OPS = ("Transpose", "Slice", "Concat", "Pad")
 ROW_OPS = ("ISoftmax", "ITAPartialMax", "ITAMax", "ILayerNorm", "ILayerNormRequant", "IRMSNorm")
 
@@ -162,23 +163,25 @@ class TilePlan:
 
 @dataclass(frozen=True)
 class Bandwidth:
-    """The target's DMA model: bytes per cycle from a level into L1, and the setup cost per transfer."""
+    """The target's DMA model as the tiles see it: bytes per cycle from a level into L1 (or from L1 to L2), the
+    setup cost per transfer, per row, and per row that is a burst of the L3 part (target.DmaSpec, which the ISS
+    runs too)."""
 
-    per_cycle: dict[str, int]
+    per_cycle: dict[str, float]
     setup: int
     row: int = 2
+    l3_burst: int = 0
 
     @classmethod
     def from_target(cls, target: Target) -> Bandwidth:
-        dma = target.section("dma")
-        l2 = int(dma.get("l2_to_l1_bytes_per_cycle", 8))
-        return cls({"l1": int(dma.get("l1_to_l1_bytes_per_cycle", l2)), "l2": l2,
-                    "l3": int(dma.get("l3_to_l2_bytes_per_cycle", 4))}, int(dma.get("setup_cycles", 30)),
-                   int(dma.get("row_cycles", 2)))
+        dma = DmaSpec.from_target(target)
+        return cls({level: dma.bandwidth[(level, "l1")] for level in ("l1", "l2", "l3")}, dma.setup, dma.row,
+                   dma.l3_burst)
 
     def cycles(self, level: str, nbytes: int, rows: int = 1) -> int:
-        """The same formula as the ISS's DMA engine (sim/cluster.py)."""
-        return self.setup + rows * self.row + -(-nbytes // self.per_cycle[level])
+        """DmaSpec.cycles of a transfer between `level` and L1."""
+        burst = self.l3_burst if level == "l3" else 0
+        return transfer_cycles(self.per_cycle[level], self.setup, self.row + burst, nbytes, rows)
 
 
 def _align(n: int) -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TinyDeployError
-from ..target import AccelSpec, Target, job_cycles, load_target
+from ..target import LEVELS, AccelSpec, DmaSpec, Target, job_cycles, load_target
 from .accel.model import (
     JOB_REGISTERS,
     MODE_SOFTMAX,
@@ -48,8 +48,6 @@ from .accel.model import (
 )
 from .interrupt import raise_if_interrupted
 from .native import NO_BLOCK, CoreTiming, HartCounter, attach_counter
-
-LEVELS = ("l1", "l2", "l3")
 
 
 class GuestFault(TinyDeployError):
@@ -72,9 +70,7 @@ class ClusterSpec:
     event_base: int
     event_size: int
     events: dict[str, int]
-    bandwidth: dict[tuple[str, str], int]         # (src level, dst level) -> bytes per cycle
-    dma_setup: int
-    dma_row: int
+    dma: DmaSpec                                  # the DMA engine and memory levels (incl. the L3 part)
     barrier_cycles: int
     slice_instructions: int
     max_cycles: int
@@ -88,24 +84,17 @@ class ClusterSpec:
     @classmethod
     def from_target(cls, target: Target | str) -> ClusterSpec:
         target = load_target(target)
-        mem, dma, mmio, event = (target.section(k) for k in ("memory", "dma", "mmio", "event"))
+        mem, mmio, event = (target.section(k) for k in ("memory", "mmio", "event"))
         if not mmio or not event:
             raise TinyDeployError(f"target '{target.name}' has no [mmio]/[event] map; it is not a cluster target")
         iss = target.section("iss")
-        l3_l2, l2_l1 = dma["l3_to_l2_bytes_per_cycle"], dma["l2_to_l1_bytes_per_cycle"]
-        l1_l1 = dma.get("l1_to_l1_bytes_per_cycle", l2_l1)
-        bandwidth = {}
-        for a in LEVELS:
-            for b in LEVELS:
-                pair = {a, b}
-                bandwidth[(a, b)] = l3_l2 if "l3" in pair else (l1_l1 if pair == {"l1"} else l2_l1)
         registers = {k: v for k, v in mmio.items() if k not in ("base", "size")}
         events = {k: v for k, v in event.items() if k not in ("base", "size")}
         cluster = target.section("cluster")
         return cls(int(cluster["cores"]),
                    {lvl: (mem[f"{lvl}_base"], mem[f"{lvl}_bytes"]) for lvl in LEVELS},
-                   mmio["base"], mmio["size"], registers, event["base"], event["size"], events, bandwidth,
-                   int(dma["setup_cycles"]), int(dma.get("row_cycles", 2)), int(cluster.get("barrier_cycles", 8)),
+                   mmio["base"], mmio["size"], registers, event["base"], event["size"], events,
+                   DmaSpec.from_target(target), int(cluster.get("barrier_cycles", 8)),
                    int(iss.get("slice_instructions", 100_000)),
                    int(iss.get("max_cycles", 20_000_000_000)),
                    AccelSpec.from_section(target.section("accelerator")) if target.section("accelerator") else None,
@@ -135,6 +124,7 @@ class LayerStamp:
     dma_stall: int = 0                # cycles hart 0 waited for DMA in this layer (exposed DMA time)
     accel_busy: int = 0               # cycles the accelerator worked for this layer
     accel_macs: int = 0
+    accel_l1_bytes: int = 0           # L1 bytes the accelerator's jobs read and wrote (operands, tables, outputs)
     instructions: int = 0             # retired by all harts between the stamps
 
 
@@ -415,8 +405,7 @@ class ClusterISS:
                                                       f"({rows} x {r['dma_bytes']} B)")
             return
         total = rows * r["dma_bytes"]
-        duration = (self.spec.dma_setup + rows * self.spec.dma_row
-                    + -(-total // self.spec.bandwidth[(src[0], dst[0])]))
+        duration = self.spec.dma.cycles(src[0], dst[0], total, rows)
         start = max(self.harts[hart_id].clock, self.dma_free_at)
         self.dma_free_at = start + duration
         self.dma_busy += duration
@@ -480,6 +469,7 @@ class ClusterISS:
         if self.open_layer is not None:
             self.open_layer.accel_busy += job.cycles
             self.open_layer.accel_macs += job.macs
+            self.open_layer.accel_l1_bytes += sum(size for _, size in operand_spans(job.regs).values())
 
     def _rtl_job(self, hart: _Hart, job: Job) -> bool:
         """Run the job on the Verilated RTL: its output and cycle count are used; any difference from the model

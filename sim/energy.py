@@ -1,9 +1,11 @@
 """Energy per inference from the simulation's events and the target's [energy] figures (each cited in the target
-file): core instructions, accelerator MACs, bytes the DMA reads and writes per memory level, and leakage over the
-cycles. Gives report.json's "energy" (mJ per inference, average power, GOp/J) and each layer's share.
+file): core instructions, accelerator MACs and the L1 bytes its jobs read and write, bytes the DMA reads and writes
+per memory level (the off-chip part's share kept apart), and leakage over the cycles. Gives report.json's "energy"
+(mJ per inference, average power, GOp/J, and GOp/J on chip: what a chip's power measurement sees) and each
+layer's share.
 
-A first-order event model: it knows nothing of voltage or activity beyond these counts; the figures are for the
-operating point the target file names.
+A first-order event model: it knows nothing of voltage or activity beyond these counts (no clock tree, idle cores
+or interconnect), and the figures are for the operating point the target file names.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TinyDeployError
-from ..target import Target, clock_of, load_target
-
-LEVELS = ("l1", "l2", "l3")
+from ..target import LEVELS, Target, clock_of, load_target
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,16 @@ class EnergyModel:
 
     def layer_pj(self, layer: dict[str, Any]) -> dict[str, float]:
         """Picojoules of one stamped layer by event class."""
-        moved = 0.0
+        on_chip, off_chip = layer.get("accel_l1_bytes", 0) * self.byte_pj["l1"], 0.0
         for pair, nbytes in (layer.get("dma") or {}).items():
-            src, _, dst = pair.partition("->")
-            moved += nbytes * (self.byte_pj.get(src, 0.0) + self.byte_pj.get(dst, 0.0) + self.dma_byte_pj)
+            ends = pair.split("->")
+            on_chip += nbytes * (sum(self.byte_pj.get(e, 0.0) for e in ends if e != "l3") + self.dma_byte_pj)
+            off_chip += nbytes * self.byte_pj.get("l3", 0.0) * ends.count("l3")
         cycles = layer.get("cycles") or 0
         return {"cores": layer.get("instructions", 0) * self.core_instruction_pj,
                 "accelerator": layer.get("accel_macs", 0) * self.accel_mac_pj,
-                "data movement": moved,
-                "leakage": cycles / self.clock_hz * self.leakage_mw * 1e9}
+                "on-chip data movement": on_chip, "leakage": cycles / self.clock_hz * self.leakage_mw * 1e9,
+                "off-chip memory": off_chip}
 
 
 def add_energy(report: dict[str, Any]) -> None:
@@ -66,7 +67,7 @@ def add_energy(report: dict[str, Any]) -> None:
     model = EnergyModel.from_target(report["target"])
     if model is None:
         return
-    totals = dict.fromkeys(("cores", "accelerator", "data movement", "leakage"), 0.0)
+    totals = dict.fromkeys(("cores", "accelerator", "on-chip data movement", "leakage", "off-chip memory"), 0.0)
     for layer in report["layers"]:
         parts = model.layer_pj(layer)
         pj = sum(parts.values())
@@ -75,11 +76,13 @@ def add_energy(report: dict[str, Any]) -> None:
         for key, value in parts.items():
             totals[key] += value
     total_pj = sum(totals.values())
+    on_chip_pj = total_pj - totals["off-chip memory"]     # what a chip's power measurement sees
     seconds = report["cycles_inference"] / model.clock_hz
     ops = 2 * sum(layer.get("macs", 0) for layer in report["layers"])
     report["energy"] = {
         "mj_per_inference": total_pj / 1e9, "average_power_mw": total_pj / 1e9 / seconds if seconds else None,
         "gop_per_j": ops / total_pj * 1e3 if total_pj else None, "gop_per_inference": ops / 1e9,
+        "on_chip_gop_per_j": ops / on_chip_pj * 1e3 if on_chip_pj else None,
         "breakdown_mj": {key: value / 1e9 for key, value in totals.items()},
         "model": f"per-event energy of the target's [energy] section ({model.operating_point}): "
                  f"{model.core_instruction_pj:g} pJ/core instruction, {model.accel_mac_pj:g} pJ/accelerator MAC, "

@@ -150,7 +150,7 @@ def _report(manifest: dict[str, Any], result: SimResult, bit_exact: bool, wall: 
                        "bytes_dma": sum(stamp.dma_bytes.values()), "dma": stamp.dma_bytes,
                        "dma_busy_cycles": stamp.dma_busy, "dma_stall_cycles": stamp.dma_stall,
                        "instructions": stamp.instructions, "accel_busy_cycles": stamp.accel_busy,
-                       "accel_macs": stamp.accel_macs})
+                       "accel_macs": stamp.accel_macs, "accel_l1_bytes": stamp.accel_l1_bytes})
     stamped = [s for s in result.layers if s.end >= 0]
     inference = (stamped[-1].end - stamped[0].begin) if stamped else result.cycles
     report = {"target": manifest["target"], "bit_exact": bit_exact, "exit_code": result.exit_code,

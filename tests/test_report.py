@@ -171,8 +171,8 @@ def test_fidelity_json_is_strict_and_its_text_explains_the_figures(tiny_zoo):
 
 
 def test_energy_per_inference_from_the_target_events(ita_build, m4_build, tmp_path):
-    """sim/energy.py: each layer's energy is its instructions, accelerator MACs, DMA bytes (at source and
-    destination) and leakage priced by the target's [energy] figures; the totals are their sum, GOp/J is 2 x MACs
+    """sim/energy.py: each layer's energy is its instructions, accelerator MACs, the L1 bytes its jobs touch,
+    DMA bytes (at source and destination) and leakage priced by the target's [energy] figures; the totals are their sum, GOp/J is 2 x MACs
     over it; the HTML page shows them. A target without [energy] (cortex-m4) reports none."""
     from tinydeploy.sim.energy import EnergyModel
 
@@ -182,7 +182,10 @@ def test_energy_per_inference_from_the_target_events(ita_build, m4_build, tmp_pa
     parts = model.layer_pj(gemm)
     moved = sum(n * (model.byte_pj[p.split("->")[0]] + model.byte_pj[p.split("->")[1]] + model.dma_byte_pj)
                 for p, n in gemm["dma"].items())
-    assert parts["accelerator"] == gemm["accel_macs"] * 0.118 > 0 and parts["data movement"] == pytest.approx(moved)
+    assert parts["accelerator"] == gemm["accel_macs"] * 0.118 > 0
+    assert gemm["accel_l1_bytes"] > 0                                   # the operands its jobs read
+    moved += gemm["accel_l1_bytes"] * model.byte_pj["l1"]
+    assert parts["on-chip data movement"] + parts["off-chip memory"] == pytest.approx(moved)
     assert parts["cores"] == gemm["instructions"] * 5.5
     assert gemm["energy_nj"] == pytest.approx(sum(parts.values()) / 1e3, abs=1e-3)
     energy = report["energy"]
