@@ -172,8 +172,9 @@ def test_fidelity_json_is_strict_and_its_text_explains_the_figures(tiny_zoo):
 
 def test_energy_per_inference_from_the_target_events(ita_build, m4_build, tmp_path):
     """sim/energy.py: each layer's energy is its instructions, accelerator MACs, the L1 bytes its jobs touch,
-    DMA bytes (at source and destination) and leakage priced by the target's [energy] figures; the totals are their sum, GOp/J is 2 x MACs
-    over it; the HTML page shows them. A target without [energy] (cortex-m4) reports none."""
+    DMA bytes (at source and destination) and leakage priced by the target's [energy] figures; the totals are
+    their sum, GOp/J is 2 x MACs over it; the HTML page shows them. A target without [energy] (cortex-m4) reports
+    none."""
     from tinydeploy.sim.energy import EnergyModel
 
     report = json.loads((ita_build / "report.json").read_text())
