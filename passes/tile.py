@@ -29,12 +29,15 @@ ALIGNMENT = 16
 #: (ConvInt, MaxPool, reductions, GEMMs) are not here. A target with another [core] needs them refitted.
 CYCLES_PER_ELEMENT = {"Copy": 9, "Requant": 27, "RequantShift": 43, "RequantCMSIS": 23, "Add": 18, "Mul": 11,
                       "AddRequant": 25, "MulRequant": 26, "INoNorm": 44, "LUT": 10, "Relu": 9, "IGELU": 55,
-                      "IHardswish": 23, "TrueIntegerDiv": 176, "ISoftmax": 397, "ITAPartialMax": 113, "ITAMax": 60,
-                      "ILayerNorm": 140, "ILayerNormRequant": 65, "IRMSNorm": 187, "Gather": 3}
+                      "IHardswish": 23, "TrueIntegerDiv": 229, "ISoftmax": 457, "ITAPartialMax": 113, "ITAMax": 60,
+                      "ILayerNorm": 189, "ILayerNormRequant": 65, "IRMSNorm": 243, "Gather": 3}
 CYCLES_PER_MAC = 3.2
 #: matmul blocks that are not 4x4: rows of four columns (a GEMV) and plain dot products, per MAC; and the
 #: portable kernel (operands the blocked kernel does not take)
 CYCLES_PER_MAC_FOUR_COLUMNS, CYCLES_PER_MAC_DOT, CYCLES_PER_MAC_PORTABLE = 4.8, 10, 12
+#: per matmul call (each tile): the harts' share of the blocks (divisions), pointers, the requant table walk
+#: (fitted on the single-tile GEMMs of microLlama and the MLPerf classifiers: ~450 cycles above the MAC terms)
+MATMUL_CALL_CYCLES = 450
 #: the patch convolution: per patch value gathered, per MAC (four filters at a time), per output pixel
 CONV_GATHER_CYCLES, CONV_PATCH_MAC_CYCLES, CONV_PIXEL_CYCLES = 11, 5.9, 48
 #: the direct convolution (grouped, depthwise): per MAC, per kernel row visited, per output element
@@ -398,12 +401,13 @@ def _matmul_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: i
     m, n = out_tile[-2], out_tile[-1]
     if not _blocked(graph, node):
         shared = m if m >= cores else n
-        return int(batch * m * n / shared * -(-shared // cores) * k * CYCLES_PER_MAC_PORTABLE)
+        return int(batch * m * n / shared * -(-shared // cores) * k * CYCLES_PER_MAC_PORTABLE) + MATMUL_CALL_CYCLES
     full_rows, edge_rows, full_cols, edge_cols = m // 4, m % 4, n // 4, n % 4
     cost = (full_rows * full_cols * 16 * CYCLES_PER_MAC + edge_rows * full_cols * 4 * CYCLES_PER_MAC_FOUR_COLUMNS
             + (full_rows * 4 + edge_rows) * edge_cols * CYCLES_PER_MAC_DOT) * k
     blocks = -(-m // 4) * -(-n // 4)
-    return int(cost / blocks * -(-batch * blocks // cores)) if blocks else 0   # per block, most loaded core
+    per_core = int(cost / blocks * -(-batch * blocks // cores)) if blocks else 0   # per block, most loaded core
+    return per_core + MATMUL_CALL_CYCLES
 
 
 def _conv_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int) -> int:

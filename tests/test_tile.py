@@ -122,21 +122,22 @@ def test_a_gather_with_constant_indices_is_one_dma_row_per_index():
 
 
 def _two_matmuls(first_out_level: str):
-    """Steps 0 and 1 on one tile each: a 4 x 16 x 16 matmul, then 4 x 16 x 256 whose 4 KiB of weights live in L3;
+    """Steps 0 and 1 on one tile each: a 4 x 16 x 16 matmul, then 4 x 16 x 1024 whose 16 KiB of weights live in L3;
     and the DMA cycles of those weights."""
     from tinydeploy.passes.tile import TilePlan, choose_tiling, tile_candidates
 
     graph, node, operands = matmul_graph(4, 16, 16)
-    graph.add_const("w2", np.ones((16, 256), dtype=np.int8), "int8")
+    graph.add_const("w2", np.ones((16, 1024), dtype=np.int8), "int8")
     second = Node("mm2", "MatMulInt", ["a", "w2"], ["y2"], {})
-    graph.add_tensor(Tensor("y2", "int32", (1, 4, 256)))
+    graph.add_tensor(Tensor("y2", "int32", (1, 4, 1024)))
     graph.nodes.append(second)
     first_ops = [operands[0], operands[1], Operand("y", "out", (1, 4, 16), "int32", first_out_level)]
-    second_ops = [operands[0], Operand("w2", "in", (16, 256), "int8", "l3"), Operand("y2", "out", (1, 4, 256), "int32")]
+    second_ops = [operands[0], Operand("w2", "in", (16, 1024), "int8", "l3"),
+                  Operand("y2", "out", (1, 4, 1024), "int32")]
     whole = [c for c in tile_candidates(graph, 1, second, second_ops, cores=8, bw=BW) if c.tiles == 1]
     steps = {0: tile_node(graph, 0, node, first_ops, budget=64 * 1024, cores=8, bw=BW),
              1: choose_tiling(whole, 64 * 1024)}
-    return TilePlan(steps, 64 * 1024, 0), BW.cycles("l3", 16 * 256)
+    return TilePlan(steps, 64 * 1024, 0), BW.cycles("l3", 16 * 1024)
 
 
 @pytest.mark.parametrize("first_out_level", ["l2", "l1"])
