@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import TinyDeployError, node_context
 from ..ir.arith import ITA_OCTAVE_BITS
 from ..ir.graph import DTYPE_RANGES, Graph, Node, Tensor
+from ..passes.kernel_choice import blocked_matmul_operands, conv_by_patches, patch_depth
 
 CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t"}
 SUFFIXES = {"int8": "s8", "uint8": "u8", "int16": "s16", "int32": "s32", "int64": "s64"}
@@ -495,14 +496,6 @@ def params_descriptor(ctype_name: str, name: str, fields: dict[str, Any]) -> str
     return f"static const {ctype_name} {name} = {{{body}}};"
 
 
-def blocked_matmul_operands(graph: Graph | _GraphView, node: Node) -> bool:
-    """The operands the cluster's register-blocked GEMM takes (matmul_blocked.c.j2): int8 x int8 -> int32 without
-    zero points (lower_matmul also needs an int32 accumulator and operands read row by row)."""
-    a, b, out = (graph.tensors[name].dtype for name in (node.inputs[0], node.inputs[1], node.outputs[0]))
-    return (a == b == "int8" and out == "int32" and not node.attrs.get("a_zero", 0)
-            and not node.attrs.get("b_zero", 0))
-
-
 def lower_matmul(low: Lowering, index: int, node: Node, call: Call) -> None:
     a, b, out = low.t(node.inputs[0]), low.t(node.inputs[1]), low.t(node.outputs[0])
     bias = low.t(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
@@ -939,22 +932,6 @@ def window_geometry(node: Node, x: Tensor, out: Tensor) -> list[int]:
     in_hw, out_hw = two_d(list(x.shape[2:]), 1), two_d(list(out.shape[2:]), 1)
     return [x.shape[0], x.shape[1], *in_hw, out.shape[1], *out_hw, *kernel, *strides, *begins, *dilations,
             int(at.get("group", 1)), int(at.get("a_zero", 0))]
-
-
-#: the patch kernel's int16 patch per core holds at most this many values (channels x taps)
-MAX_PATCH_DEPTH = 4096
-
-
-def patch_depth(x: Tensor, weights: Tensor) -> int:
-    """Values in one output pixel's receptive field of a one-group convolution: channels x taps."""
-    return int(x.shape[1]) * int(np.prod(weights.shape[2:], dtype=np.int64))
-
-
-def conv_by_patches(node: Node, x: Tensor, weights: Tensor, out: Tensor) -> bool:
-    """Whether a ConvInt runs as gathered patches (td_conv_*_patches): one group, 8-bit input (x - x_zero fits
-    int16), 8-bit weights, an int32 result, and a patch that fits MAX_PATCH_DEPTH."""
-    return (int(node.attrs.get("group", 1)) == 1 and x.dtype in ("int8", "uint8") and weights.dtype == "int8"
-            and out.dtype == "int32" and patch_depth(x, weights) <= MAX_PATCH_DEPTH)
 
 
 def depthwise_window(node: Node, weights: Tensor) -> tuple[int, int, int] | None:

@@ -21,6 +21,7 @@ from ..errors import TinyDeployError
 from ..ir.graph import Graph, Node
 from ..ir.ops import node_macs
 from ..target import AccelSpec, DmaSpec, Target, job_cycles, transfer_cycles
+from .kernel_choice import blocked_matmul_operands, conv_by_patches
 
 ALIGNMENT = 16
 #: modelled core cycles per output element (per MAC for matmuls), before dividing by the cores. Calibrated on the
@@ -387,8 +388,6 @@ def _core_share(out_tile: tuple[int, ...], cores: int) -> float:
 def _blocked(graph: Graph, node: Node) -> bool:
     """Whether the cluster runs this MatMulInt on its register-blocked kernel (backends/lowering lower_matmul):
     the operands it takes, neither of them transposed."""
-    from ..backends.lowering import blocked_matmul_operands  # the backend's rule, not a copy of it
-
     return blocked_matmul_operands(graph, node) and not node.attrs.get("trans_a") and not node.attrs.get("trans_b")
 
 
@@ -413,8 +412,6 @@ def _matmul_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: i
 def _conv_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: int) -> int:
     """ConvInt on the cores (backends/generic window.c.j2): gathered patches shared by output pixel, or the
     direct loop nest shared by output row."""
-    from ..backends.lowering import conv_by_patches  # which kernel the backend picks for this convolution
-
     x, w, out = (graph.tensors[name] for name in (node.inputs[0], node.inputs[1], node.outputs[0]))
     c_group, k_h = int(w.shape[1]), int(w.shape[2]) if len(w.shape) > 2 else 1
     taps = int(np.prod(w.shape[2:], dtype=np.int64))
