@@ -148,7 +148,7 @@ class StepTiling:
                 "tiles": self.tiles, "l1_bytes": self.l1_bytes, "model": self.model,
                 "prefetched": list(self.prefetched),
                 "operands": [{"key": o.operand.key, "kind": o.operand.kind, "role": o.operand.role,
-                              "level": o.operand.level,
+                              "level": o.operand.level, "packed": o.operand.packed,
                               "axis": o.axis, "tile_shape": list(o.tile_shape), "buffers": o.buffers,
                               "l1_offset": o.l1_offset, "bytes": o.rows * o.row_bytes} for o in self.operands]}
 
@@ -657,7 +657,7 @@ class Tiler:
     @staticmethod
     def _memory(operands: list[Operand]) -> tuple[Any, ...]:
         """What the cached tilings depend on beyond the step: where each operand lives and how it is stored."""
-        return tuple((o.level, o.storage) for o in operands)
+        return tuple((o.level, o.storage, o.packed) for o in operands)
 
     def candidates(self, index: int, operands: list[Operand]) -> list[StepTiling]:
         key = (index, self._memory(operands))

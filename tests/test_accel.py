@@ -365,7 +365,7 @@ def test_jobs_are_sized_to_the_accelerators_memories(tmp_path):
 def test_a_gemm_whose_a_exceeds_l1_runs_as_row_blocks(tmp_path):
     """BERT-base's FFN output projection shape: A = 128 x 3072 int8 (384 KiB) cannot stay whole in L1 while B is
     streamed by columns; split_rows makes row blocks (Slice -> ITAGemm -> Concat), each tiled by columns.
-    Bit-exact in the ISS."""
+    Bit-exact in the ISS; the blocks share the weights' packed tile order."""
     from tinydeploy.backends import backend_passes, compile_graph
     from tinydeploy.passes.split_rows import row_blocks
     from tinydeploy.target import load_target
@@ -380,6 +380,12 @@ def test_a_gemm_whose_a_exceeds_l1_runs_as_row_blocks(tmp_path):
     assert np.array_equal(run_graph(lowered, {"x": x})["y"], run_graph(g, {"x": x})["y"])
     compile_graph(g, "cluster8-ita", tmp_path, {"x": x})
     assert simulate_build(tmp_path).report["bit_exact"] is True
+    # the blocks tile the weights alike, so they share one stored tile order: each weight tile is one DMA row
+    # (a burst from L3), not 3072 short rows
+    steps = json.loads((tmp_path / "tinydeploy.json").read_text())["tiling"]["steps"]
+    weights = [o for s in steps if s["op"] == "ITAGemm" for o in s["operands"] if o["key"] == "w"]
+    assert len(weights) == 4 and all(o["packed"] and o["axis"] is not None for o in weights)
+    assert len({tuple(o["tile_shape"]) for o in weights}) == 1
 
 
 # --- Deeploy-dialect graphs on the accelerator ----------------------------------------------------------------

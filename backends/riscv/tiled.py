@@ -30,12 +30,12 @@ L1_SYMBOL = "td_l1"
 
 
 def step_operands(graph: Graph, index: int, node: Node, weights_level: str,
-                  residency: Residency | None = None, readers: dict[str, int] | None = None,
+                  residency: Residency | None = None, packable: set[str] | None = None,
                   views: dict[str, View] | None = None) -> list[Operand]:
-    """What the step reads and writes, in kernel order: tensor inputs, constant arrays, outputs. A constant only
-    this step reads is packed in its tile order (`readers`: steps reading each tensor, default counted here); a
-    view (views.py) is moved with its storage's strides."""
-    readers = readers if readers is not None else reader_counts(graph)
+    """What the step reads and writes, in kernel order: tensor inputs, constant arrays, outputs. A constant in
+    `packable` (default: packable_constants) is stored in its tile order; a view (views.py) is moved with its
+    storage's strides."""
+    packable = packable if packable is not None else packable_constants(graph)
     views = views or {}
 
     def storage(name: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -53,8 +53,7 @@ def step_operands(graph: Graph, index: int, node: Node, weights_level: str,
         role = "indirect" if node.op == "Gather" and position == 0 else "in"
         operands.append(Operand(name, role, tensor.shape, tensor.dtype,
                                 weights_level if tensor.is_const else level(name),
-                                packed=tensor.is_const and role == "in" and readers.get(name) == 1
-                                and name not in graph.outputs, storage=storage(name)))
+                                packed=role == "in" and name in packable, storage=storage(name)))
     for cname, kind, values in kernel_constants(graph, node, index):
         operands.append(Operand(cname, "in", values.shape, str(values.dtype), weights_level, kind, packed=True))
     for name in node.outputs:
@@ -63,14 +62,28 @@ def step_operands(graph: Graph, index: int, node: Node, weights_level: str,
     return operands
 
 
-def reader_counts(graph: Graph) -> dict[str, int]:
-    """How many steps read each tensor."""
-    counts: dict[str, int] = {}
+def packable_constants(graph: Graph) -> set[str]:
+    """Constants that can be stored in one step's tile order: read by one step, or by steps that are alike (the
+    row blocks of one GEMM, passes/split_rows.py: same op, same operand shapes, the constant in the same place),
+    which tile it alike unless L1 differs between them (_packed_differently checks the plan)."""
+    readers: dict[str, list[tuple]] = {}
     for node in graph.nodes:
-        for name in set(node.inputs):
+        signature = (node.op, tuple(graph.tensors[n].shape if n else None for n in (*node.inputs, *node.outputs)))
+        for position, name in enumerate(node.inputs):
             if name:
-                counts[name] = counts.get(name, 0) + 1
-    return counts
+                readers.setdefault(name, []).append((position, signature))
+    return {name for name, seen in readers.items() if graph.tensors[name].is_const and name not in graph.outputs
+            and len(set(seen)) == 1}
+
+
+def _packed_differently(plan: TilePlan) -> set[str]:
+    """Packed constants whose steps tile them differently (they cannot share one stored order)."""
+    layouts: dict[str, set[tuple]] = {}
+    for step in plan.steps.values():
+        for t in step.operands:
+            if t.operand.packed and t.operand.kind == "tensor":
+                layouts.setdefault(t.operand.key, set()).add((t.axis, t.tile_shape, t.rows, t.row_bytes, t.step))
+    return {key for key, seen in layouts.items() if len(seen) > 1}
 
 
 def pack_constants(constants: dict[str, np.ndarray], plan: TilePlan, cnames: dict[str, str]) -> dict[str, np.ndarray]:
@@ -242,14 +255,14 @@ def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], we
     """Residency and tiling together: the residents are chosen on the tiler's modelled cycles of the whole
     inference, each step tiled within what the residents live at that step leave of L1."""
     tiler = Tiler(graph, target, scratch)
-    readers = reader_counts(graph)
+    packable = packable_constants(graph)
     touched = {i: [n for n in [*graph.nodes[i].inputs, *graph.nodes[i].outputs] if n] for i in full}
     memo: dict[tuple[int, tuple[str, ...]], list[Operand]] = {}
 
     def operands_of(i: int, residency: Residency) -> list[Operand]:
         key = (i, tuple(n for n in touched[i] if residency.level(n)))
         if key not in memo:
-            memo[key] = step_operands(graph, i, graph.nodes[i], weights_level, residency, readers, views)
+            memo[key] = step_operands(graph, i, graph.nodes[i], weights_level, residency, packable, views)
         return memo[key]
 
     def operands(residency: Residency) -> dict[int, list[Operand]]:
@@ -274,6 +287,10 @@ def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], we
     else:
         residency = Residency({}, 0, {})
     plan = tile_graph(graph, target, operands(residency), budgets=budgets(residency), tiler=tiler)
+    while differently := _packed_differently(plan):      # steps that share a constant but tile it differently:
+        packable -= differently                          # it keeps its own order and they move it row by row
+        memo.clear()
+        plan = tile_graph(graph, target, operands(residency), budgets=budgets(residency), tiler=tiler)
     return residency, plan
 
 
