@@ -29,6 +29,7 @@ from typing import Any
 
 from .errors import TinyDeployError
 from .files import strict_json
+from .sim.native import CoreTiming
 from .target import DmaSpec, clock_of, load_target
 
 ENGINE_COLOURS = {"cores": "#4C72B0", "accel": "#DD8452"}
@@ -67,7 +68,11 @@ def hardware(target_name: str, report: dict[str, Any]) -> Hardware:
     harts = len(report.get("instructions") or []) or cores
     if target.backend == "cmsis":
         iss_name = f"tinydeploy's Cortex-M ISS (Unicorn M-class Thumb, {isa or 'Cortex-M'} model)"
-        time_model = "1 instruction = 1 cycle; no pipeline or memory wait states modelled"
+        core = target.section("core")
+        timing = CoreTiming.from_section(core) if core else None
+        time_model = (f"{core.get('model', 'the [core]')} timing from its reference manual (loads/stores, LDM/STM, "
+                      "branches, MLA, divide); no flash wait states" if timing and timing.enabled
+                      else "1 instruction = 1 cycle; no pipeline or memory wait states modelled")
     else:
         iss_name = f"tinydeploy's cluster ISS (Unicorn {isa.upper() or 'RV32'}, {harts} harts)"
         core = target.section("core")

@@ -8,8 +8,9 @@ flash (code, constants) and XIP flash (weights) bytes.
 With Arm's CMSIS-NN beside the checkout (../shared/third_party/CMSIS-NN, or --cmsis-nn PATH), the same firmware
 is also linked with Arm's kernels (built as Arm's and Deeploy's CMake builds do: -Ofast, memcpy/memset builtins)
 and both run on the same ISS: cycles per layer kind, tinydeploy's kernels vs Arm's, tiny MobileBERT on
-cortex-m4 (and full MobileBERT on cortex-m7 unless --skip-full). Cycles are the ISS's: one instruction = one
-cycle, no flash wait states or pipeline effects modelled (issue: calibrated Cortex-M timing).
+cortex-m4 (and full MobileBERT on cortex-m7 unless --skip-full). Cycles are the ISS's: the [core] timing of the
+target file (cortex-m4: the TRM's load/store, LDM/STM, branch, MLA and divide timings; cortex-m7: one instruction
+per cycle as an approximation of its dual issue); no flash wait states.
 
 usage: python benchmarks/bench_cortexm.py [--model MODEL_QDQ.onnx] [--skip-full] [--cmsis-nn PATH]
 """

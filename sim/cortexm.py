@@ -2,7 +2,9 @@
 such as SMLAD execute), with tinydeploy's simulation device for putchar, exit, cycle counter, layer stamps and
 the tensor trace (register offsets from the target file's [mmio]).
 
-Time: one instruction = one cycle, counted exactly by the native block hook (sim/native). Faults stop the run
+Time: the instructions the native block hook (sim/native) counts exactly, plus the core's pipeline cycles when the
+target's [core] gives them (Cortex-M4: the TRM's load/store, LDM/STM, branch, MLA and divide timings; no flash
+wait states). Faults stop the run
 with pc, symbol and cause, as in the cluster ISS: bad address, illegal instruction, a HardFault taken by the
 firmware (its handler exits with code 3), no exit within the cycle budget.
 """
@@ -18,7 +20,7 @@ from ..errors import TinyDeployError
 from ..target import Target, load_target
 from .cluster import GuestFault, LayerStamp, SimResult, Symbols
 from .interrupt import raise_if_interrupted
-from .native import attach_counter
+from .native import CoreTiming, attach_counter
 
 REGIONS = ("flash", "xip", "sram")
 CPUS = {"cortex-m4": "UC_CPU_ARM_CORTEX_M4", "cortex-m7": "UC_CPU_ARM_CORTEX_M7"}
@@ -56,7 +58,7 @@ class CortexMISS:
         self._bad_access: int | None = None
         self.uc.hook_add(UC_HOOK_MEM_INVALID, self._invalid_access)
         self.counter = attach_counter(self.uc, [(b, s, p) for b, s, _, p in self._buffers.values()], self.quantum,
-                                      isa=1)
+                                      isa=1, timing=CoreTiming.from_section(self.target.section("core")))
         self._load_elf()
         flash = memory["flash_base"]
         self.sp = int.from_bytes(self.read(flash, 4), "little")
@@ -106,7 +108,7 @@ class CortexMISS:
 
     # -- simulation device ---------------------------------------------------------------------------------
     def _mmio_read(self, uc, offset: int, size: int, user_data) -> int:
-        return self.counter.instructions & 0xFFFFFFFF if self.registers.get(offset) == "cycles" else 0
+        return self.counter.cycles & 0xFFFFFFFF if self.registers.get(offset) == "cycles" else 0
 
     def _mmio_write(self, uc, offset: int, size: int, value: int, user_data) -> None:
         name = self.registers.get(offset)
@@ -121,11 +123,11 @@ class CortexMISS:
         elif name == "trace_id":
             self.trace[value] = self.read(self.trace_regs["trace_ptr"], self.trace_regs["trace_bytes"])
         elif name == "layer_begin":
-            self.open_layer = LayerStamp(value, self.counter.instructions)
+            self.open_layer = LayerStamp(value, self.counter.cycles)
             self.open_layer.instructions = -self.counter.instructions
             self.layers.append(self.open_layer)
         elif name == "layer_end" and self.open_layer is not None:
-            self.open_layer.end = self.counter.instructions
+            self.open_layer.end = self.counter.cycles
             self.open_layer.instructions += self.counter.instructions
             self.open_layer = None
 
@@ -161,10 +163,11 @@ class CortexMISS:
             self.pc = self.uc.reg_read(UC_ARM_REG_PC)
             if self.finished and self.exit_code == HARDFAULT_EXIT and "td_fault" in self.symbols.by_name:
                 self._fault("HardFault taken by the firmware", self.pc)
-            if not self.finished and self.counter.instructions > budget:
+            if not self.finished and self.counter.cycles > budget:
                 self._fault(f"no exit within {budget} cycles", self.pc)
             if progress is not None and time.perf_counter() - reported >= 0.5:
                 reported = time.perf_counter()
-                progress(self.counter.instructions, self.counter.instructions, len(self.layers))
-        cycles = self.counter.instructions
-        return SimResult(self.exit_code, cycles, [cycles], "".join(self.console), self.layers, 0, [0], 0, cycles)
+                progress(self.counter.cycles, self.counter.instructions, len(self.layers))
+        cycles, instructions = self.counter.cycles, self.counter.instructions
+        return SimResult(self.exit_code, cycles, [instructions], "".join(self.console), self.layers, 0, [0], 0,
+                         instructions)

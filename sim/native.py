@@ -33,7 +33,9 @@ class CoreTiming(ctypes.Structure):
     _fields_ = [("load_use", ctypes.c_uint32), ("taken_branch", ctypes.c_uint32), ("jump", ctypes.c_uint32),
                 ("jalr_dependency", ctypes.c_uint32), ("jalr_link", ctypes.c_uint32),
                 ("misaligned_target", ctypes.c_uint32),
-                ("mulh", ctypes.c_uint32), ("div", ctypes.c_uint32), ("enabled", ctypes.c_uint32)]
+                ("mulh", ctypes.c_uint32), ("div", ctypes.c_uint32), ("memory_first", ctypes.c_uint32),
+                ("per_register", ctypes.c_uint32), ("multiply_accumulate", ctypes.c_uint32),
+                ("enabled", ctypes.c_uint32)]
 
     @classmethod
     def from_section(cls, core: dict) -> CoreTiming:

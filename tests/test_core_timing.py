@@ -26,9 +26,9 @@ PROGRAM = [
 ]
 
 
-def _range_cost(code: bytes, timing: CoreTiming) -> tuple[int, int]:
+def _range_cost(code: bytes, timing: CoreTiming, isa: int = 0) -> tuple[int, int]:
     buffer = ctypes.create_string_buffer(code)
-    counter = HartCounter(0, 0, NO_BLOCK, 0, 0, 0, 0, None)
+    counter = HartCounter(0, 0, NO_BLOCK, 0, 0, 0, isa, None)
     counter.regions[0].base, counter.regions[0].size = CODE_BASE, len(code)
     counter.regions[0].host = ctypes.cast(buffer, ctypes.c_void_p)
     counter.timing = timing
@@ -45,6 +45,31 @@ def test_pipeline_cycles_of_hand_encoded_code():
     assert timing is not None and timing.enabled
     assert _range_cost(code, timing) == (8, 8 + 1 + 4 + 24 + 1 + 2)
     assert _range_cost(code, CoreTiming()) == (8, 8)              # no [core]: one instruction per cycle
+
+
+#: Thumb-2 for the Cortex-M4 TRM timings: (halfwords, what it costs beyond one cycle)
+THUMB = [
+    ((0x6808,), "ldr r0, [r1]: the first of a run of loads/stores, +1"),
+    ((0x684A,), "ldr r2, [r1, #4]: pipelined behind it"),
+    ((0x4410,), "add r0, r2"),
+    ((0x6018,), "str r0, [r3]: first of a new run, +1"),
+    ((0xB5F0,), "push {r4-r7, lr}: 1 + 5"),
+    ((0xFB01, 0x3002), "mla r0, r1, r2, r3: +1"),
+    ((0xFB01, 0xF002), "mul r0, r1, r2"),
+    ((0xFB91, 0xF0F2), "sdiv r0, r1, r2: +6"),
+    ((0xFBB1, 0xF0F2), "udiv r0, r1, r2: +6"),
+    ((0xF8D1, 0x0008), "ldr.w r0, [r1, #8]: +1"),
+]
+
+
+def test_cortex_m4_cycles_of_hand_encoded_thumb():
+    from tinydeploy.target import load_target
+
+    code = b"".join(struct.pack("<H", half) for halves, _ in THUMB for half in halves)
+    timing = CoreTiming.from_section(load_target("cortex-m4").section("core"))
+    assert _range_cost(code, timing, isa=1) == (10, 10 + 1 + 1 + 5 + 1 + 6 + 6 + 1)
+    m7 = CoreTiming.from_section(load_target("cortex-m7").section("core"))
+    assert not m7.enabled and _range_cost(code, m7, isa=1) == (10, 10)     # approximated as 1 instruction/cycle
 
 
 def test_unknown_or_negative_timing_keys_are_refused():

@@ -17,6 +17,12 @@
  *   - jal/jalr and their compressed forms: +jump
  *   - either, to a 32-bit instruction at an address = 2 (mod 4): +misaligned_target
  * Not modelled here: L1 bank conflicts, latency of loads from L2/L3/MMIO, instruction fetch misses.
+ *
+ * Thumb-2 (Cortex-M4, `isa` 1), from the Cortex-M4 TRM's instruction timings: a single load or store takes 2
+ * cycles, but neighbouring ones pipeline (N in a row take N + 1): +memory_first for the first of a run; LDM/STM/
+ * PUSH/POP take 1 + N: +per_register per register (LDRD/STRD: 2); MLA/MLS +multiply_accumulate; SDIV/UDIV +div
+ * (2..12 by early termination: one figure); a taken branch (B, B<c>, CBZ/CBNZ, BX, BL, POP/LDM of pc) +taken_branch
+ * for the pipeline refill (1..3 in the TRM). No flash wait states or flash accelerator.
  */
 #include <stdint.h>
 #include <string.h>
@@ -42,6 +48,9 @@ typedef struct {
     uint32_t misaligned_target;
     uint32_t mulh;
     uint32_t div;
+    uint32_t memory_first;            /* Thumb: a load/store not pipelined behind another one */
+    uint32_t per_register;            /* Thumb: LDM/STM/PUSH/POP, per register moved */
+    uint32_t multiply_accumulate;     /* Thumb: MLA, MLS */
     uint32_t enabled;
 } td_core_timing;
 
@@ -166,6 +175,95 @@ static void decode(const uint8_t *p, const td_core_timing *t, td_insn *d)
     }
 }
 
+
+/* --- Thumb-2 decoding: what the Cortex-M4 timing needs of one instruction ---------------------------------- */
+static uint32_t popcount16(uint32_t v)
+{
+    uint32_t n = 0;
+    for (v &= 0xFFFFu; v; v &= v - 1u) {
+        ++n;
+    }
+    return n;
+}
+
+/* length, extra cycles (beside the load/store pipelining), end kind; *single: a single load or store */
+static void decode_thumb(const uint8_t *p, const td_core_timing *t, td_insn *d, uint32_t *single)
+{
+    const uint32_t h = (uint32_t)p[0] | ((uint32_t)p[1] << 8);
+    memset(d, 0, sizeof *d);
+    *single = 0;
+    if ((h >> 11) >= 0x1Du) {                                   /* 32-bit */
+        const uint32_t h2 = (uint32_t)p[2] | ((uint32_t)p[3] << 8);
+        d->length = 4;
+        if ((h & 0xFE00u) == 0xF800u) {                          /* load/store single, .W forms */
+            *single = 1;
+        } else if ((h & 0xFE40u) == 0xE840u) {                   /* LDRD/STRD, exclusives, TBB/TBH */
+            if ((h & 0xFFF0u) == 0xE8D0u && (h2 & 0xFFE0u) == 0xF000u) {
+                d->extra = 2;                                   /* table branch: a load and a jump */
+                d->end = TD_END_JUMP;
+            } else {
+                d->extra = 2 * t->per_register;
+            }
+        } else if ((h & 0xFE40u) == 0xE800u) {                   /* LDM/STM/PUSH/POP .W */
+            d->extra = popcount16(h2) * t->per_register;
+            if ((h & 0x0010u) && (h2 & 0x8000u)) {
+                d->end = TD_END_JUMP;                           /* loads pc */
+            }
+        } else if ((h & 0xF800u) == 0xF000u && (h2 & 0x8000u)) { /* branches and misc control */
+            const uint32_t op = (h2 >> 12) & 5u;
+            if (op == 0u && ((h >> 6) & 0xEu) != 0xEu) {
+                d->end = TD_END_BRANCH;                         /* B<c>.W */
+            } else if (op != 0u) {
+                d->end = TD_END_JUMP;                           /* B.W, BL, BLX */
+            }
+        } else if ((h & 0xFF80u) == 0xFB00u) {                   /* multiply, multiply-accumulate, DSP */
+            const uint32_t op1 = (h >> 4) & 7u, op2 = (h2 >> 4) & 3u, ra = h2 >> 12;
+            d->extra = op1 == 0u && ra != 0xFu && op2 <= 1u ? t->multiply_accumulate : 0u;
+        } else if ((h & 0xFF80u) == 0xFB80u) {                   /* long multiply, divide */
+            const uint32_t op1 = (h >> 4) & 7u, op2 = (h2 >> 4) & 0xFu;
+            d->extra = (op1 == 1u || op1 == 3u) && op2 == 0xFu ? t->div : 0u;
+        }
+        return;
+    }
+    d->length = 2;
+    if ((h & 0xF000u) == 0x5000u || (h & 0xE000u) == 0x6000u || (h & 0xE000u) == 0x8000u
+        || (h & 0xF800u) == 0x4800u) {
+        *single = 1;                                            /* LDR/STR(B/H/SB/SH) reg, imm, SP, literal */
+    } else if ((h & 0xF600u) == 0xB400u) {                       /* PUSH, POP */
+        d->extra = (popcount16(h & 0xFFu) + ((h >> 8) & 1u)) * t->per_register;
+        if ((h & 0x0900u) == 0x0900u) {
+            d->end = TD_END_JUMP;                               /* POP {.., pc} */
+        }
+    } else if ((h & 0xF000u) == 0xC000u) {                       /* STM, LDM */
+        d->extra = popcount16(h & 0xFFu) * t->per_register;
+    } else if ((h & 0xF000u) == 0xD000u && ((h >> 9) & 7u) != 7u) {
+        d->end = TD_END_BRANCH;                                 /* B<c> */
+    } else if ((h & 0xF800u) == 0xE000u || (h & 0xFF00u) == 0x4700u) {
+        d->end = TD_END_JUMP;                                   /* B, BX, BLX */
+    } else if ((h & 0xF500u) == 0xB100u) {
+        d->end = TD_END_BRANCH;                                 /* CBZ, CBNZ */
+    } else if ((h & 0xFF87u) == 0x4687u) {
+        d->end = TD_END_JUMP;                                   /* MOV pc, Rm */
+    }
+}
+
+/* Instructions, pipeline cycles and end kind of the Thumb code in [p, end). */
+static void thumb_cost_of(const td_core_timing *t, const uint8_t *p, const uint8_t *end, td_block_cost *out)
+{
+    td_insn current;
+    uint32_t single, previous_single = 0;
+    out->instructions = out->extra = 0;
+    out->end = TD_END_OTHER;
+    while (p < end) {
+        decode_thumb(p, t, &current, &single);
+        out->extra += current.extra + (single && !previous_single ? t->memory_first : 0u);
+        out->end = current.end;
+        out->instructions += 1;
+        p += current.length;
+        previous_single = single;
+    }
+}
+
 /* Instructions, pipeline cycles and end kind of the code in [p, end). */
 static void cost_of(const td_core_timing *t, const uint8_t *p, const uint8_t *end, td_block_cost *out)
 {
@@ -213,7 +311,7 @@ static td_block_cost block_cost(td_hart_counter *c, uint64_t address, uint32_t s
 {
     td_block_cost cost = {address + 1, size, 0, 0, TD_END_OTHER};
     const uint8_t *p = host_pointer(c, address, size);
-    if (!c->timing.enabled || c->isa != 0 || p == NULL) {
+    if (!c->timing.enabled || c->isa > 1 || p == NULL) {
         cost.instructions = (uint32_t)block_instructions(c, address, size);
         return cost;
     }
@@ -221,7 +319,7 @@ static td_block_cost block_cost(td_hart_counter *c, uint64_t address, uint32_t s
     if (slot && slot->address == address + 1 && slot->size == size) {
         return *slot;
     }
-    cost_of(&c->timing, p, p + size, &cost);
+    (c->isa == 1 ? thumb_cost_of : cost_of)(&c->timing, p, p + size, &cost);
     if (slot) {
         *slot = cost;
     }
@@ -275,8 +373,8 @@ void td_range_cost(td_hart_counter *c, uint64_t begin, uint64_t end, uint64_t *i
 {
     td_block_cost cost = {0, 0, 0, 0, TD_END_OTHER};
     const uint8_t *p = end > begin ? host_pointer(c, begin, end - begin) : NULL;
-    if (p && c->timing.enabled && c->isa == 0) {
-        cost_of(&c->timing, p, p + (end - begin), &cost);
+    if (p && c->timing.enabled && c->isa <= 1) {
+        (c->isa == 1 ? thumb_cost_of : cost_of)(&c->timing, p, p + (end - begin), &cost);
     } else if (end > begin) {
         cost.instructions = (uint32_t)block_instructions(c, begin, (uint32_t)(end - begin));
     }
