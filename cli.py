@@ -455,9 +455,10 @@ def cmd_accel_check(args: argparse.Namespace) -> int:
 def cmd_targets(args: argparse.Namespace) -> int:
     from .target import available_targets, load_target
 
-    for name in available_targets():
-        t = load_target(name)
-        print(f"{t.name:14s} {t.backend:8s} requant={t.requant:5s} softmax={t.softmax:5s}  {t.description}")
+    targets = [load_target(name) for name in available_targets()]
+    width = max(len(t.name) for t in targets)
+    for t in targets:
+        print(f"{t.name:{width}s} {t.backend:8s} requant={t.requant:5s} softmax={t.softmax:5s}  {t.description}")
     return EXIT_OK
 
 
