@@ -273,6 +273,8 @@ def _utilisation(layer: dict[str, Any], hw: Hardware) -> float | None:
 def _table(layers: list[dict[str, Any]], hw: Hardware) -> str:
     pairs = sorted({key for layer in layers for key in layer.get("dma", {})}) if hw.has_dma else []
     head = "".join(f"<th>DMA {html.escape(p)} (B)</th>" for p in pairs)
+    energy = any("energy_nj" in layer for layer in layers)       # sim/energy.py, when the target has [energy]
+    head += "<th>energy (nJ)</th><th>GOp/J</th>" if energy else ""
     rows = []
     def engine_shown(engine: str) -> str:
         return "core" if engine == "cores" and hw.cores == 1 else engine
@@ -281,6 +283,9 @@ def _table(layers: list[dict[str, Any]], hw: Hardware) -> str:
         cycles = layer["cycles"]
         util = _utilisation(layer, hw)
         dma = "".join(f"<td>{layer.get('dma', {}).get(p, 0):,}</td>" for p in pairs)
+        if energy:
+            gop = layer.get("gop_per_j")
+            dma += f"<td>{layer.get('energy_nj', 0):,.1f}</td><td>{'' if not gop else f'{gop:,.0f}'}</td>"
         origin = layer.get("origin", "")
         rows.append(f"<tr><td>{layer['index']}</td><td class='name' title='{html.escape(layer['name'])}'>"
                     f"{html.escape(layer['name'])}</td><td class='name' title='{html.escape(origin)}'>"
@@ -397,7 +402,10 @@ def write_report(build: str | Path, out: str | Path) -> list[Path]:
         "layers": [{"index": layer["index"], "name": layer["name"], "onnx_node": layer["origin"], "op": layer["op"],
                     "engine": layer["engine"], "macs": layer["macs"], "cycles": layer["cycles"],
                     "utilisation": _utilisation(layer, hw),
-                    **({"dma": layer.get("dma", {})} if hw.has_dma else {})} for layer in layers],
+                    **({"dma": layer.get("dma", {})} if hw.has_dma else {}),
+                    **({"energy_nj": layer["energy_nj"], "gop_per_j": layer.get("gop_per_j")}
+                       if "energy_nj" in layer else {})} for layer in layers],
+        **({"energy": report["energy"]} if report.get("energy") else {}),
     }
     json_path = Path(f"{stem}_summary.json")      # not {stem}.json: -o BUILD/report.html must keep report.json
     json_path.write_text(strict_json(summary))

@@ -200,4 +200,8 @@ def test_energy_per_inference_from_the_target_events(ita_build, m4_build, tmp_pa
     write_report(ita_build, tmp_path / "e.html")
     page = page_text(tmp_path / "e.html")
     assert "energy per inference" in page and "GOp/J" in page and "pJ/accelerator MAC" in page
+    assert "<th>energy (nJ)</th><th>GOp/J</th>" in page
+    summary = strict_loads((tmp_path / "e_summary.json").read_text())
+    assert summary["energy"]["mj_per_inference"] == energy["mj_per_inference"]
+    assert [layer["energy_nj"] for layer in summary["layers"]] == [layer["energy_nj"] for layer in report["layers"]]
     assert "energy" not in json.loads((m4_build / "report.json").read_text())
