@@ -95,3 +95,19 @@ def test_iss_matches_the_cv32e40p_rtl_per_kernel(tmp_path):
     assert {"MatMulInt", "ISoftmax", "Requant"} <= set(kernels)
     for op, k in kernels.items():
         assert abs(k["iss"] / k["rtl"] - 1) <= 0.10, (op, k)
+
+
+def test_rtl_testbench_output_is_read_per_layer(tmp_path):
+    """sim/core_rtl.py reads the testbench's LAYER and TOTAL lines; a folder that is not a CV32E40P checkout is
+    refused by name."""
+    from tinydeploy.sim.core_rtl import _parse
+
+    out = ("PASS: all outputs bit-exact\nLAYER 3 100 350 instr=200 ld_stall=10 jr_stall=0 imiss=0 branch=20 "
+           "br_taken=15 jump=4 load=60 store=30 dma_bytes=64 dma_transfers=1\n"
+           "TOTAL cycles=1000 instr=800 dma_transfers=1 dma_bytes=64\nEXIT code=0 cycles_from_reset=1000\n")
+    run = _parse(out, 0, "PASS", True)
+    assert (run.cycles, run.instructions, run.outputs_bit_exact) == (1000, 800, True)
+    assert run.layers == [{"index": 3, "cycles": 250, "instr": 200, "ld_stall": 10, "jr_stall": 0, "imiss": 0,
+                           "branch": 20, "br_taken": 15, "jump": 4, "load": 60, "store": 30}]
+    with pytest.raises(TinyDeployError, match="not a CV32E40P checkout"):
+        find_cv32e40p(tmp_path)
