@@ -66,18 +66,17 @@ def hardware(target_name: str, report: dict[str, Any]) -> Hardware:
     isa = str(cluster.get("isa") or iss.get("cpu") or "")
     clock_hz, clock_source = clock_of(target)
     harts = len(report.get("instructions") or []) or cores
+    core = target.section("core")
+    timed = CoreTiming.from_section(core).enabled       # the ISS's own test of whether [core] adds cycles
     if target.backend == "cmsis":
         iss_name = f"tinydeploy's Cortex-M ISS (Unicorn M-class Thumb, {isa or 'Cortex-M'} model)"
-        core = target.section("core")
-        timing = CoreTiming.from_section(core) if core else None
         time_model = (f"{core.get('model', 'the [core]')} timing from its reference manual (loads/stores, LDM/STM, "
-                      "branches, MLA, divide); no flash wait states" if timing and timing.enabled
+                      "branches, MLA, divide); no flash wait states" if timed
                       else "1 instruction = 1 cycle; no pipeline or memory wait states modelled")
     else:
         iss_name = f"tinydeploy's cluster ISS (Unicorn {isa.upper() or 'RV32'}, {harts} harts)"
-        core = target.section("core")
         pipeline = (f"{core.get('model', 'the [core]').upper()} pipeline timing (load-use, branch, jump, mulh, div; "
-                    "no L1 bank conflicts, L2 load latency or I-cache)" if core else "1 instruction = 1 cycle")
+                    "no L1 bank conflicts, L2 load latency or I-cache)" if timed else "1 instruction = 1 cycle")
         time_model = f"per hart {pipeline} plus the stalls on barriers and DMA" + \
             (" and the accelerator" if accel else "")
     hw = Hardware(target.name, target.backend, iss_name, time_model, clock_hz, clock_source, cores, isa,

@@ -91,11 +91,10 @@ def report_target(model: Path, target: str, out: Path, seq: int) -> None:
     """Run MiniLM on one cluster8-ita-family target and print its figures."""
     ita = build_and_run(model, target, out)
     cycles = ita["cycles_inference"]
-    _, macs_per_cycle = target_rates(target)
+    l3_per_cycle, macs_per_cycle = target_rates(target)
     accel_macs = sum(layer["macs"] for layer in ita["layers"] if layer["engine"] == "accel")
     busy = max(ita["accel_busy_cycles"], 1)
     bound, stream, compute = memory_bound(ita)
-    l3_per_cycle, _ = target_rates(target)
     energy = ita["energy"]
     print(f"MiniLM-L6 seq {seq}, {target}: {cycles:,} cycles per inference -> {CLOCK_HZ / cycles:.1f} inferences/s "
           f"at 500 MHz; {energy['mj_per_inference']:.2f} mJ per inference ({energy['average_power_mw']:.0f} mW, "

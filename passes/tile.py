@@ -607,9 +607,10 @@ def _carry_prefetch(before: StepTiling, after: StepTiling, bw: Bandwidth) -> tup
     `before` when it closes with a store (queued behind them), else by `after` at its first tile."""
     loads = sum(_load_cycles(t, bw) for t in after.operands if t.operand.key in after.prefetched)
     last_tile = before.model.get("compute", 0) // max(before.tiles, 1)
-    queued = loads + (_store_cycles(before.operands, bw) if before.tiles > 1 else 0)
+    store = _store_cycles(before.operands, bw)
+    queued = loads + (store if before.tiles > 1 else 0)
     exposed = max(0, queued - last_tile) - max(0, queued - loads - last_tile)
-    if _store_cycles(before.operands, bw):
+    if store:
         before = replace(before, model={**before.model, "cycles": before.model["cycles"] + exposed})
         exposed = 0
     after = replace(after, model={**after.model, "cycles": max(after.model["cycles"] - loads + exposed, 0)})

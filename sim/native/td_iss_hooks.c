@@ -5,8 +5,8 @@
  * makes per-hart counts exact (2- and 4-byte instructions are told apart from the guest's code bytes: RV32IMC or
  * Thumb-2, by `isa`). Built on first use by sim/native.py with the host C compiler.
  *
- * Core timing (RV32 only, when the target's [core] section gives it; all zero = one instruction per cycle): an
- * in-order pipeline in the manner of CV32E40P, decoded from the code bytes once per block and cached:
+ * Core timing (when the target's [core] section gives it; all zero = one instruction per cycle), decoded from the
+ * code bytes once per block and cached. RV32IMC (`isa` 0), an in-order pipeline in the manner of CV32E40P:
  *   - a load whose result the next instruction reads (as an operand, store address or store data): +load_use
  *   - mulh/mulhu/mulhsu: +mulh; div/divu/rem/remu: +div (the RTL takes 3..35 cycles by the divisor's leading
  *     zeros; the hook sees no register values, so one figure stands for all)
@@ -21,8 +21,8 @@
  * Thumb-2 (Cortex-M4, `isa` 1), from the Cortex-M4 TRM's instruction timings: a single load or store takes 2
  * cycles, but neighbouring ones pipeline (N in a row take N + 1): +memory_first for the first of a run; LDM/STM/
  * PUSH/POP take 1 + N: +per_register per register (LDRD/STRD: 2); MLA/MLS +multiply_accumulate; SDIV/UDIV +div
- * (2..12 by early termination: one figure); a taken branch (B, B<c>, CBZ/CBNZ, BX, BL, POP/LDM of pc) +taken_branch
- * for the pipeline refill (1..3 in the TRM). No flash wait states or flash accelerator.
+ * (2..12 by early termination: one figure); the pipeline refill (1..3 in the TRM) after a taken B<c> or CBZ/CBNZ
+ * +taken_branch, after B, BL, BX and a POP/LDM of pc +jump. No flash wait states or flash accelerator.
  */
 #include <stdint.h>
 #include <string.h>
@@ -307,19 +307,26 @@ static uint64_t block_instructions(const td_hart_counter *c, uint64_t address, u
     return n;
 }
 
+/* Instructions, pipeline cycles and end kind of the code at [address, address + size): decoded with the core's
+ * timing when the target gives one, else only the instructions counted. */
+static void range_cost(const td_hart_counter *c, uint64_t address, uint32_t size, td_block_cost *cost)
+{
+    const uint8_t *p = size ? host_pointer(c, address, size) : NULL;
+    if (c->timing.enabled && c->isa <= 1 && p != NULL) {
+        (c->isa == 1 ? thumb_cost_of : cost_of)(&c->timing, p, p + size, cost);
+    } else {
+        cost->instructions = size ? (uint32_t)block_instructions(c, address, size) : 0u;
+    }
+}
+
 static td_block_cost block_cost(td_hart_counter *c, uint64_t address, uint32_t size)
 {
     td_block_cost cost = {address + 1, size, 0, 0, TD_END_OTHER};
-    const uint8_t *p = host_pointer(c, address, size);
-    if (!c->timing.enabled || c->isa > 1 || p == NULL) {
-        cost.instructions = (uint32_t)block_instructions(c, address, size);
-        return cost;
-    }
     td_block_cost *slot = c->cache ? &c->cache[(address >> 1) & (TD_BLOCK_CACHE - 1u)] : NULL;
     if (slot && slot->address == address + 1 && slot->size == size) {
         return *slot;
     }
-    (c->isa == 1 ? thumb_cost_of : cost_of)(&c->timing, p, p + size, &cost);
+    range_cost(c, address, size, &cost);
     if (slot) {
         *slot = cost;
     }
@@ -342,7 +349,7 @@ static uint64_t transfer_cycles(const td_hart_counter *c, uint64_t address)
         return 0;
     }
     const uint8_t *target = host_pointer(c, address, 4);
-    if ((address & 3u) == 2u && target && (target[0] & 3u) == 3u) {
+    if (c->isa == 0 && (address & 3u) == 2u && target && (target[0] & 3u) == 3u) {   /* a 32-bit RV target */
         cycles += t->misaligned_target;
     }
     return cycles;
@@ -372,12 +379,7 @@ void td_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
 void td_range_cost(td_hart_counter *c, uint64_t begin, uint64_t end, uint64_t *instructions, uint64_t *cycles)
 {
     td_block_cost cost = {0, 0, 0, 0, TD_END_OTHER};
-    const uint8_t *p = end > begin ? host_pointer(c, begin, end - begin) : NULL;
-    if (p && c->timing.enabled && c->isa <= 1) {
-        (c->isa == 1 ? thumb_cost_of : cost_of)(&c->timing, p, p + (end - begin), &cost);
-    } else if (end > begin) {
-        cost.instructions = (uint32_t)block_instructions(c, begin, (uint32_t)(end - begin));
-    }
+    range_cost(c, begin, end > begin ? (uint32_t)(end - begin) : 0u, &cost);
     *instructions = cost.instructions;
     *cycles = (uint64_t)cost.instructions + cost.extra;
 }
