@@ -47,15 +47,18 @@ COUNTERS = ("instr", "ld_stall", "jr_stall", "imiss", "branch", "br_taken", "jum
 
 
 def find_cv32e40p(path: str | Path | None = None) -> Path | None:
-    """A CV32E40P checkout: `path`, else $TD_CV32E40P, else ../shared/third_party/cv32e40p beside the checkout."""
-    candidates = [path, os.environ.get("TD_CV32E40P"),
-                  Path(__file__).resolve().parents[2] / "shared" / "third_party" / "cv32e40p"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "rtl" / "cv32e40p_core.sv").is_file():
-            return Path(candidate)
+    """A CV32E40P checkout: `path` (refused when it is not one), else $TD_CV32E40P, else
+    ../shared/third_party/cv32e40p beside the checkout; None when none is found."""
+    def is_checkout(candidate: str | Path | None) -> bool:
+        return bool(candidate) and (Path(candidate) / "rtl" / "cv32e40p_core.sv").is_file()
+
     if path:
-        raise TinyDeployError(f"{path} is not a CV32E40P checkout (no rtl/cv32e40p_core.sv)")
-    return None
+        if not is_checkout(path):
+            raise TinyDeployError(f"{path} is not a CV32E40P checkout (no rtl/cv32e40p_core.sv)")
+        return Path(path)
+    found = [c for c in (os.environ.get("TD_CV32E40P"),
+                         Path(__file__).resolve().parents[2] / "shared" / "third_party" / "cv32e40p") if is_checkout(c)]
+    return Path(found[0]) if found else None
 
 
 def build_testbench(rtl: Path, platform_header: Path) -> Path:
