@@ -99,13 +99,18 @@ def print_table(name: str, kinds: dict[str, dict[str, int]]) -> list[float]:
 
 
 def main() -> int:
+    from tinydeploy.errors import TinyDeployError
     from tinydeploy.sim.core_rtl import find_cv32e40p
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cv32e40p", help="CV32E40P checkout (github.com/openhwgroup/cv32e40p)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    rtl = find_cv32e40p(args.cv32e40p)
+    try:
+        rtl = find_cv32e40p(args.cv32e40p)
+    except TinyDeployError as exc:
+        print(f"error: {exc}")
+        return 2
     if rtl is None:
         print("no CV32E40P checkout: pass --cv32e40p PATH (git clone https://github.com/openhwgroup/cv32e40p)")
         return 2
