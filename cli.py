@@ -392,7 +392,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         macs = sum(layer["macs"] for layer in report["layers"] if layer["engine"] == "accel")
         print(f"accelerator ({args.accel}): busy {report['accel_busy_cycles']:,} cycles, {macs:,} MACs "
               f"-> {macs / 1024 / max(report['accel_busy_cycles'], 1):.0%} utilisation while busy, "
-              f"{macs / 1024 / report['cycles_inference']:.1%} end to end"
+              f"{macs / 1024 / report['cycles_inference']:.1%} end to end; "
+              f"{report['accel_port_stall_cycles']:,} of them waiting for L1 banks the DMA held"
               + (f"; {report['accel_jobs_checked_against_rtl']} jobs ran on the RTL, each equal to the model"
                  if args.accel == "rtl" else ""))
     per_s = report["guest_instructions_per_second"] / 1e6

@@ -76,6 +76,9 @@ class AccelSpec:
     setup_cycles: int = 1
     row_cycles: int = 1
     divider_cycles: int = 8
+    #: the L1 port: bytes per beat (32 word lanes) and cycles from the last beat's request to its data in the buffers
+    port_bytes: int = 128
+    port_latency: int = 1
     #: the job memories (bytes) and widest row: a job's A [m, k], B [k, n] and Y [m, n] must fit them
     a_bytes: int = 8192
     b_bytes: int = 65536
@@ -106,15 +109,23 @@ class AccelSpec:
         return min(self.a_bytes // max(k, 1), self.y_bytes // max(n * out_bytes, 1))
 
 
-def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False) -> int:
-    """Cycles of one accelerator job from start to done: the RTL's schedule (sim/accel/model.py explains it,
-    tests/test_accel.py checks it against the RTL's cycle counter)."""
+def port_beats(address: int, size: int, port_bytes: int) -> int:
+    """Beats of the accelerator's L1 port to read `size` bytes at `address`: a beat reads port_bytes / 4
+    consecutive words, so an unaligned start costs part of the first beat."""
+    return -(-(address % 4 + size) // port_bytes) if size > 0 else 0
+
+
+def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False, beats: int = 0) -> int:
+    """Cycles of one accelerator job from start to done: `beats` port beats to load its operands (the ISS counts
+    them from the job's addresses, the cost model estimates them), the port's latency, then the array (the RTL's
+    schedule: sim/accel/model.py explains it, tests/test_accel.py checks it against the RTL's cycle counter)."""
     groups, chunks = -(-n // spec.processing_elements), -(-k // spec.dot_width)
     array = groups * chunks + spec.row_cycles
+    load = beats + spec.port_latency
     if not softmax:
-        return spec.setup_cycles + m * array
+        return spec.setup_cycles + load + m * array
     tail = spec.divider_cycles + groups
-    return spec.setup_cycles + array + tail + (m - 1) * max(array, tail)
+    return spec.setup_cycles + load + array + tail + (m - 1) * max(array, tail)
 
 
 def clock_of(target: Target) -> tuple[float | None, str]:

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import TinyDeployError
 from ..ir.graph import Graph, Node
 from ..ir.ops import node_macs
-from ..target import AccelSpec, DmaSpec, Target, job_cycles, transfer_cycles
+from ..target import AccelSpec, DmaSpec, Target, job_cycles, port_beats, transfer_cycles
 from .kernel_choice import blocked_matmul_operands, conv_by_patches
 
 ALIGNMENT = 16
@@ -359,7 +359,8 @@ def _compute_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: 
         softmax = any(st["op"] == "ITAPartialMax" for st in node.attrs.get("stages", []))
         rows = max(min(spec.rows_per_job(k, n, _out_bytes(graph, node)), m), 1)
         jobs = [rows] * (m // rows) + ([m % rows] if m % rows else [])
-        return batch * sum(job_cycles(spec, r, k, n, softmax) + 40 for r in jobs)
+        return batch * sum(job_cycles(spec, r, k, n, softmax, _job_beats(graph, node, r, k, n, spec)) + 40
+                           for r in jobs)
     if node.op == "MatMulInt":
         return _matmul_cycles(graph, node, out_tile, cores)
     if node.op == "ConvInt":
@@ -461,6 +462,28 @@ def _store_cycles(tiles: list[OperandTile], bw: Bandwidth) -> int:
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _job_beats(graph: Graph, node: Node, m: int, k: int, n: int, spec: AccelSpec) -> int:
+    """Port beats an m x k x n job of `node` needs to load its operands (sim/accel/model.py operand_rows), with
+    every operand word-aligned (the ISS counts the real addresses)."""
+    def beats(size: int) -> int:
+        return port_beats(0, size, spec.port_bytes)
+
+    total = beats(m * k) + beats(k * n) + 4 * beats(4 * n)          # A, B, bias, three rq rows
+    stages = node.attrs.get("stages", [])
+    if any(st["op"] == "LUT" for st in stages):
+        total += beats(256)
+    binary = sorted({st["operand"] for st in stages if "operand" in st})
+    if any(st["op"] in ("AddRequant", "MulRequant") for st in stages):
+        total += beats(4 * 12 * sum(st["op"] in ("AddRequant", "MulRequant") for st in stages))
+    for index in binary:
+        operand = graph.tensors[node.inputs[index]]
+        if operand.size <= n:                                          # a per-column vector (or the key mask)
+            total += beats(n)
+        else:                                                          # the residual tile, row by row
+            total += m * beats(n * np.dtype(operand.dtype).itemsize)
+    return total
 
 
 def _ita_depth(graph: Graph, node: Node) -> int:

@@ -30,16 +30,18 @@ import bisect
 import ctypes
 import mmap
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import TinyDeployError
-from ..target import LEVELS, AccelSpec, DmaSpec, Target, job_cycles, load_target
+from ..target import LEVELS, AccelSpec, DmaSpec, Target, load_target
 from .accel.model import (
     JOB_REGISTERS,
-    MODE_SOFTMAX,
     Job,
+    cycles_of,
+    load_beats,
     operand_spans,
     pitch,
     row_bytes,
@@ -229,6 +231,10 @@ class ClusterISS:
         self.dma_done_at: dict[int, int] = {}
         self.dma_free_at = 0
         self.dma_busy = 0
+        #: recent DMA transfers as (start, end, bytes per cycle on L1's side): the accelerator's port shares L1's
+        #: banks with them (_port_contention)
+        self.dma_l1_traffic: deque[tuple[int, int, float]] = deque(maxlen=64)
+        self.accel_port_stall = 0
         self.layers: list[LayerStamp] = []
         self.open_layer: LayerStamp | None = None
         self._bad_access: tuple[int, int] | None = None
@@ -410,6 +416,8 @@ class ClusterISS:
         self.dma_free_at = start + duration
         self.dma_busy += duration
         self.dma_done_at[self.dma_next_id] = self.dma_free_at
+        if "l1" in (src[0], dst[0]) and duration:
+            self.dma_l1_traffic.append((start, self.dma_free_at, total / duration))
         transfer = DmaTransfer(self.dma_next_id, r["dma_src"], r["dma_dst"], r["dma_bytes"], rows,
                                r["dma_src_stride"], r["dma_dst_stride"], self.dma_free_at,
                                self.open_layer.index if self.open_layer else -1)
@@ -457,10 +465,14 @@ class ClusterISS:
         except (ValueError, KeyError, IndexError, OverflowError, TinyDeployError) as exc:
             self._callback_fault(hart, f"accelerator job {job.id} has an invalid configuration ({exc})")
             return
-        job.cycles = job_cycles(self.spec.accel, regs["m"], regs["k"], regs["n"], bool(regs["mode"] & MODE_SOFTMAX))
+        job.cycles = cycles_of(regs, self.spec.accel)
         if self.accel_engine == "rtl" and not self._rtl_job(hart, job):
             return
-        job.done_at = max(hart.clock, self.accel_free_at) + job.cycles
+        begin = max(hart.clock, self.accel_free_at)
+        stall = self._port_contention(begin, job)
+        self.accel_port_stall += stall
+        job.cycles += stall
+        job.done_at = begin + job.cycles
         self.accel_free_at = job.done_at
         self.accel_busy += job.cycles
         self.accel_done_at[job.id] = job.done_at
@@ -470,6 +482,16 @@ class ClusterISS:
             self.open_layer.accel_busy += job.cycles
             self.open_layer.accel_macs += job.macs
             self.open_layer.accel_l1_bytes += sum(size for _, size in operand_spans(job.regs).values())
+
+    def _port_contention(self, begin: int, job: Job) -> int:
+        """Cycles the job's loader loses to the DMA: L1's banks serve both, the DMA first, so while a transfer
+        moves r bytes per cycle into or out of L1 the loader's port carries port_bytes - r (a fluid share of the
+        banks; the RTL testbench has no DMA, so its cycles are the job's without this)."""
+        spec = self.spec.accel
+        lo = begin + spec.setup_cycles
+        hi = lo + load_beats(job.regs, spec.port_bytes)
+        taken = sum(max(0, min(end, hi) - max(start, lo)) * rate for start, end, rate in self.dma_l1_traffic)
+        return int(-(-taken // spec.port_bytes))
 
     def _rtl_job(self, hart: _Hart, job: Job) -> bool:
         """Run the job on the Verilated RTL: its output and cycle count are used; any difference from the model

@@ -71,6 +71,7 @@ class CortexMISS:
         self.trace_regs = {"trace_ptr": 0, "trace_bytes": 0}
         self.trace: dict[int, bytes] = {}
         self.accel_jobs_checked = 0
+        self.accel_port_stall = 0
 
     # -- memory --------------------------------------------------------------------------------------------
     def _region(self, address: int, size: int):

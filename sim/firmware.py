@@ -119,6 +119,7 @@ def simulate_build(build_dir: str | Path, *, cc: str | None = None, trace: bool 
     report = _report(manifest, result, bit_exact, wall)
     report["accel_engine"] = accel
     report["accel_jobs_checked_against_rtl"] = iss.accel_jobs_checked
+    report["accel_port_stall_cycles"] = iss.accel_port_stall
     if not trace and sample is None:
         np.savez(build / "outputs.npz", **outputs)
         (build / "report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import TinyDeployError
 from ...ir import arith
-from ...target import AccelSpec, job_cycles
+from ...target import AccelSpec
 from .model import (
     JOB_REGISTERS,
     MODE_A_UNSIGNED,
@@ -40,6 +40,7 @@ from .model import (
     MODE_SOFTMAX,
     MODE_TRANS_B,
     Job,
+    cycles_of,
     run_job,
 )
 
@@ -105,8 +106,7 @@ class Accelerator:
         job = Job(self.jobs, regs)
         self.jobs += 1
         if self.rtl is None:
-
-            self.cycles += job_cycles(AccelSpec(), regs["m"], regs["k"], regs["n"], bool(regs["mode"] & MODE_SOFTMAX))
+            self.cycles += cycles_of(regs, AccelSpec())
             return run_job(job, memory.read)
         data, cycles = self.rtl.run(job, memory.read)
         self.cycles += cycles

@@ -23,6 +23,7 @@ import numpy as np
 from ...ir.arith import ITA_MAX_OCTAVE_BITS
 from ...ir.graph import Node
 from ...ir.ops import OPS
+from ...target import AccelSpec, job_cycles, port_beats
 
 MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3, MODE_A_UNSIGNED = 1, 2, 4, 8, 16, 32
 #: Y elements are int16 (two bytes, little endian): a requant into a 16-bit residual stream (no softmax)
@@ -145,6 +146,36 @@ def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:
         for src in _stage_sources(regs):
             spans[src] = (regs[src], (m - 1) * pitch(regs, "r") + row_bytes(regs, "r") if src == "r" else n)
     return spans
+
+
+def operand_rows(regs: dict[str, int]) -> list[tuple[int, int]]:
+    """(address, bytes) of every row the accelerator's loader streams from L1, in its order (ita_tile.v: A, B, bias,
+    the rq table's three rows, LUT, stage table, R row by row, V0..V3)."""
+    m, k, n = regs["m"], regs["k"], regs["n"]
+    rows = [(regs["a"], m * k), (regs["b"], k * n), (regs["bias"], 4 * n),
+            *((regs["rq"] + 4 * n * j, 4 * n) for j in range(3))]
+    if regs["mode"] & MODE_LUT:
+        rows.append((regs["lut"], 256))
+    stages = regs["stage_count"]
+    if stages:
+        rows.append((regs["stages"], 4 * STAGE_WORDS * stages))
+        if regs["r"]:
+            rows += [(regs["r"] + i * pitch(regs, "r"), row_bytes(regs, "r")) for i in range(m)]
+    for j, name in enumerate(VECTOR_REGISTERS):
+        if regs[name] and (stages or (j == 0 and regs["mode"] & MODE_SM_MASK)):
+            rows.append((regs[name], n))
+    return rows
+
+
+def load_beats(regs: dict[str, int], port_bytes: int) -> int:
+    """Port beats the loader needs for the job's operands (target.port_beats per row)."""
+    return sum(port_beats(address, size, port_bytes) for address, size in operand_rows(regs))
+
+
+def cycles_of(regs: dict[str, int], spec: AccelSpec) -> int:
+    """The job's cycles from start to done (target.job_cycles with the loader's beats for its operands)."""
+    return job_cycles(spec, regs["m"], regs["k"], regs["n"], bool(regs["mode"] & MODE_SOFTMAX),
+                      load_beats(regs, spec.port_bytes))
 
 
 def _stage_sources(regs: dict[str, int]) -> list[str]:

@@ -1,8 +1,8 @@
 """The accelerator RTL (sim/accel/rtl/ita_tile.v) under Verilator, driven through pyverilator.
 
-`RtlAccelerator.run(job, read)` has the same contract as `model.run_job`: it loads the job's operands into
-the RTL's memories through the 32-bit write port, pulses start, clocks until done and reads Y back; it also
-returns the RTL's cycle count, which calibrates the timing model. The Verilated model is built once per
+`RtlAccelerator.run(job, read)` has the same contract as `model.run_job`: it programs the job's registers, pulses
+start and clocks until done, serving the RTL's L1 port (read beats of the operands, writes of Y) from `read`; it
+also returns the RTL's cycle count, which calibrates the timing model. The Verilated model is built once per
 source hash into $XDG_CACHE_HOME/tinydeploy/rtl (about 30 s).
 """
 
@@ -14,17 +14,20 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from ...errors import TinyDeployError
 from ...resources import package_path
 from ...target import AccelSpec
-from .model import MODE_LUT, MODE_SM_MASK, STAGE_WORDS, Job, pitch, read_rows, row_bytes, y_bytes
+from .model import Job, load_beats, operand_rows, pitch, row_bytes, y_bytes
 
 SOURCE = package_path("sim", "accel", "rtl", "ita_tile.v")
 #: widest row of the RTL (its index widths are written for it)
 N_MAX = 512
-SELECT = {"a": 0, "b": 1, "bias": 2, "rq": 3, "lut": 4, "stages": 5, "r": 6, "vectors": 7}
+#: the loader writes a beat's 128 bytes in one unrolled loop (Verilator's default limits would keep it a loop)
+UNROLL = ("--unroll-count", "256", "--unroll-stmts", "100000")
+#: job registers -> the RTL's address inputs
+ADDRESSES = {"a": "a_addr", "b": "b_addr", "bias": "bias_addr", "rq": "rq_addr", "lut": "lut_addr",
+             "stages": "stg_addr", "r": "r_addr", "v0": "v0_addr", "v1": "v1_addr", "v2": "v2_addr",
+             "v3": "v3_addr", "y": "y_addr", "y_pitch": "y_pitch", "r_pitch": "r_pitch"}
 CONFIG = ("rq_clip", "rq2_mul", "rq2_shift", "rq2_add", "rq2_clip", "lut_min", "sm_levels", "sm_offset", "sm_clip",
           "sm_bits",
           "rq3_mul", "rq3_shift", "rq3_add", "rq3_clip")
@@ -64,7 +67,7 @@ class RtlAccelerator:
             try:
                 os.chdir(build)
                 self.sim = PyVerilator.build(SOURCE.name, build_dir="obj", quiet=True, dump_en=False,
-                                             args=["-O3", "--x-assign", "fast", "--x-initial", "fast",
+                                             args=["-O3", "--x-assign", "fast", "--x-initial", "fast", *UNROLL,
                                                    *(f"-G{k}={v}" for k, v in parameters.items())])
             finally:
                 os.chdir(cwd)
@@ -82,61 +85,64 @@ class RtlAccelerator:
         self.io.clk = 0
         self.sim.eval()
 
-    def _load(self, select: str, data: bytes, first_word: int = 0) -> None:
-        io = self.io
-        io.wr_sel = SELECT[select]
-        words = np.frombuffer(data + bytes(-len(data) % 4), dtype="<u4")
-        io.wr_en = 1
-        for address, word in enumerate(words, start=first_word):
-            io.wr_addr = address
-            io.wr_data = int(word)
-            self._tick()
-        io.wr_en = 0
-
     def run(self, job: Job, read: Callable[[int, int], bytes]) -> tuple[bytes, int]:
-        """(Y bytes, RTL cycles) of one job whose operands `read(address, bytes)` returns."""
+        """(Y bytes, RTL cycles) of one job whose operands `read(address, bytes)` returns: the testbench is the
+        L1 side of the accelerator's port (it serves read beats and takes writes)."""
         r = job.regs
         m, k, n = r["m"], r["k"], r["n"]
-        out_bytes = m * n * y_bytes(r)
         problem = self.spec.job_problem(m, k, n, y_bytes(r))
         if problem:
             raise TinyDeployError(f"job {m}x{k}x{n} does not fit the RTL build: {problem}")
-        self._load("a", read(r["a"], m * k))
-        self._load("b", read(r["b"], k * n))
-        self._load("bias", read(r["bias"], 4 * n))
-        rq = np.frombuffer(read(r["rq"], 12 * n), dtype="<i4").reshape(3, n)
-        for row in range(3):   # the RTL keeps mul, shift, add rows N_MAX words apart
-            self._load("rq", rq[row].tobytes(), row * N_MAX)
-        if r["mode"] & MODE_LUT:
-            self._load("lut", read(r["lut"], 256))
-        if r["mode"] & MODE_SM_MASK:
-            self._load("vectors", read(r["v0"], n))
-        if r["stage_count"]:
-            self._load("stages", read(r["stages"], 4 * STAGE_WORDS * r["stage_count"]))
-            if r["r"]:
-                self._load("r", read_rows(read, r["r"], m, row_bytes(r, "r"), pitch(r, "r")))
-            for j, name in enumerate(("v0", "v1", "v2", "v3")):
-                if r[name]:
-                    self._load("vectors", read(r[name], n), j * N_MAX // 4)
+        l1 = _L1Image(read, operand_rows(r))
         io = self.io
         io.mode, io.m, io.k, io.n = r["mode"] & 0x3FF, m, k, n
         io.stage_count = r["stage_count"]
         for name in CONFIG:
             io[name] = r[name] & 0xFFFFFFFF
+        for name, port in ADDRESSES.items():
+            io[port] = r[name] & 0xFFFFFFFF
         io.start = 1
         self._tick()
         io.start = 0
-        limit = 16 + m * ((n + 15) // 16) * ((k + 63) // 64 + 2) + m * 64
+        limit = 16 + load_beats(r, self.spec.port_bytes) + m * ((n + 15) // 16) * ((k + 63) // 64 + 2) + m * 64
         for _ in range(limit):
+            if io.l1_rd_req:
+                io.l1_rd_data = l1.beat(int(io.l1_rd_addr), self.spec.port_bytes)
+            if io.l1_wr_en:
+                l1.write(int(io.l1_wr_addr), int(io.l1_wr_data), int(io.l1_wr_be))
             if not io.busy:
                 break
             self._tick()
         else:
             raise TinyDeployError(f"the accelerator RTL did not finish a {m}x{k}x{n} job in {limit} cycles")
-        cycles = int(io.cycles)
-        out = bytearray()
-        for address in range((out_bytes + 3) // 4):
-            io.rd_addr = address
-            self.sim.eval()
-            out += int(io.rd_data).to_bytes(4, "little")
-        return bytes(out[:out_bytes]), cycles
+        row, row_pitch = row_bytes(r, "y"), pitch(r, "y")
+        return b"".join(l1.written(r["y"] + i * row_pitch, row) for i in range(m)), int(io.cycles)
+
+
+class _L1Image:
+    """What the accelerator's port sees of L1: the bytes of the job's operand rows (other bytes read as a 0xA5
+    pattern, so an RTL that uses a byte outside its operands fails the comparison) and the bytes it writes."""
+
+    def __init__(self, read: Callable[[int, int], bytes], rows: list[tuple[int, int]]) -> None:
+        self.rows = [(address, read(address, size)) for address, size in rows if size]
+        self.out: dict[int, int] = {}
+
+    def beat(self, address: int, size: int) -> int:
+        window = bytearray(b"\xa5" * size)
+        for start, data in self.rows:
+            lo, hi = max(start, address), min(start + len(data), address + size)
+            if lo < hi:
+                window[lo - address:hi - address] = data[lo - start:hi - start]
+        return int.from_bytes(window, "little")
+
+    def write(self, address: int, data: int, enables: int) -> None:
+        for j in range(enables.bit_length()):
+            if enables >> j & 1:
+                self.out[address + j] = data >> (8 * j) & 0xFF
+
+    def written(self, address: int, size: int) -> bytes:
+        """`size` bytes at `address` as the RTL wrote them (a byte it never wrote is an error)."""
+        missing = next((a for a in range(address, address + size) if a not in self.out), None)
+        if missing is not None:
+            raise TinyDeployError(f"the accelerator RTL never wrote Y byte 0x{missing:08x}")
+        return bytes(self.out[a] for a in range(address, address + size))

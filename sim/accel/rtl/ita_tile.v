@@ -14,12 +14,14 @@
 //    per cycle) and a normalisation pass over the row, on its own copy of the row (two row buffers), while the
 //    array computes the next row;
 //  - control FSM: rows x column groups x k chunks; the epilogue of group g overlaps the MACs of group g+1.
-// Operands are written through a 32-bit port (wr_sel: 0 A, 1 B, 2 bias, 3 rq, 4 LUT, 5 stage table, 6 R,
-// 7 vectors, V_j at byte j * N_MAX) and Y is read back
-// through a 32-bit port; `cycles` counts from start to done. Cycle count per job, G = ceil(n / PE),
+// The accelerator is an L1 master: a loader streams the job's operands from L1 into its buffers through a port of
+// 32 word lanes (128 B per cycle, one beat = 32 consecutive words; a row of an operand at address x with `len`
+// bytes takes L = ceil((x mod 4 + len) / 128) beats), then the array runs; each finished group of PE outputs is
+// written to L1 through the same port's write side (up to 32 bytes per cycle, Y rows y_pitch apart).
+// `cycles` counts from start to done. Cycle count per job, with L beats in all, G = ceil(n / PE),
 // C = ceil(k / W), P = G*C + 1 (a row on the array), T = 8 + G (a row in the softmax tail):
-//   1 + m * P                                  without the softmax
-//   1 + P + T + (m - 1) * max(P, T)            with it (row i's tail overlaps row i+1 on the array)
+//   1 + L + 1 + m * P                          without the softmax
+//   1 + L + 1 + P + T + (m - 1) * max(P, T)    with it (row i's tail overlaps row i+1 on the array)
 // which target.py (job_cycles, the cost model's and the ISS's one timing description) mirrors.
 // Index expressions are wider than the memories they address (parameterised sizes): WIDTH is expected.
 /* verilator lint_off WIDTH */
@@ -57,53 +59,133 @@ module ita_tile #(
     input  wire [31:0] rq3_shift,
     input  wire [31:0] rq3_add,
     input  wire [31:0] rq3_clip,
-    // operand memories
-    input  wire        wr_en,
-    input  wire [2:0]  wr_sel,
-    input  wire [15:0] wr_addr,      // 32-bit word address
-    input  wire [31:0] wr_data,
-    input  wire [15:0] rd_addr,      // Y, 32-bit word address
-    output wire [31:0] rd_data,
+    // L1 addresses of the operands (held while busy; see targets/cluster8-ita.toml [mmio])
+    input  wire [31:0] a_addr,
+    input  wire [31:0] b_addr,
+    input  wire [31:0] bias_addr,
+    input  wire [31:0] rq_addr,
+    input  wire [31:0] lut_addr,
+    input  wire [31:0] stg_addr,
+    input  wire [31:0] r_addr,
+    input  wire [31:0] v0_addr,
+    input  wire [31:0] v1_addr,
+    input  wire [31:0] v2_addr,
+    input  wire [31:0] v3_addr,
+    input  wire [31:0] y_addr,
+    input  wire [31:0] y_pitch,      // bytes between rows of Y (0: rows packed)
+    input  wire [31:0] r_pitch,      // the same for R
+    // L1 port: 32 word lanes, 128 B per cycle. A read beat fetches 32 consecutive words (word-aligned byte address
+    // l1_rd_addr); its data is on l1_rd_data in the cycle after the request. A write puts up to 32 bytes at any
+    // byte address (l1_wr_be: which of l1_wr_data's bytes), one per cycle.
+    output reg          l1_rd_req,
+    output reg  [31:0]  l1_rd_addr,
+    input  wire [1023:0] l1_rd_data,
+    output reg          l1_wr_en,
+    output reg  [31:0]  l1_wr_addr,
+    output reg  [16*PE-1:0] l1_wr_data,
+    output reg  [2*PE-1:0]  l1_wr_be,
     // control
     input  wire        start,
     output reg         busy,
     output reg         done,
     output reg  [31:0] cycles
 );
-    localparam S_IDLE = 3'd0, S_MAC = 3'd1, S_DRAIN = 3'd2, S_WAIT = 3'd3, S_FLUSH = 3'd4;
+    localparam S_IDLE = 3'd0, S_MAC = 3'd1, S_DRAIN = 3'd2, S_WAIT = 3'd3, S_FLUSH = 3'd4, S_LOAD = 3'd5,
+               S_LWAIT = 3'd6;
     localparam T_IDLE = 2'd0, T_DIV = 2'd1, T_NORM = 2'd2;
 
+    // operand buffers, filled by the loader before the array starts
     reg [7:0]  amem [0:A_BYTES-1];
     reg [7:0]  bmem [0:B_BYTES-1];
-    reg [7:0]  ymem [0:Y_BYTES-1];
     reg [31:0] bias [0:N_MAX-1];
-    reg [31:0] rq   [0:3*N_MAX-1];
+    reg [31:0] rq   [0:3*N_MAX-1];      // rows mul, shift, add, N_MAX words apart
     reg [7:0]  lut  [0:255];
-    reg [7:0]  rmem [0:Y_BYTES-1];      // residual tile
-    reg [7:0]  vmem [0:4*N_MAX-1];      // per-column vectors V0..V3
+    reg [7:0]  rmem [0:Y_BYTES-1];      // residual tile, rows packed
+    reg [7:0]  vmem [0:4*N_MAX-1];      // per-column vectors V0..V3, V_j at byte j * N_MAX
     reg [31:0] stg  [0:59];             // stage table: 5 stages x 12 words
     reg signed [15:0] row [0:2*N_MAX-1]; // epilogue outputs of a row (softmax input): the array's and the tail's
 
-    assign rd_data = {ymem[{rd_addr, 2'b11}], ymem[{rd_addr, 2'b10}], ymem[{rd_addr, 2'b01}], ymem[{rd_addr, 2'b00}]};
+    wire [31:0] y_row = mode[6] ? 2 * n : n;               // bytes of a row of Y and of R
+    wire [31:0] r_row = mode[9] ? 2 * n : n;
+    wire [31:0] y_step = (y_pitch != 0) ? y_pitch : y_row;
 
-    // ---- operand write port ---------------------------------------------------------------------------
+    // ---- operand loader -------------------------------------------------------------------------------
+    // Segments in order, absent ones skipped: 0 A, 1 B, 2 bias, 3 rq (3 rows of n words), 4 LUT, 5 stage table,
+    // 6 R (m rows, r_pitch apart), 7..10 V0..V3. Each row of `len` bytes at `address` takes
+    // ceil((address mod 4 + len) / 128) beats; the array starts one cycle after the last beat.
+    localparam NSEG = 11;
+    reg        seg_on     [0:NSEG-1];
+    reg [31:0] seg_addr   [0:NSEG-1];
+    reg [31:0] seg_len    [0:NSEG-1];
+    reg [15:0] seg_rows   [0:NSEG-1];
+    reg [31:0] seg_pitch  [0:NSEG-1];
+    reg [31:0] seg_dest   [0:NSEG-1];   // buffer byte offset of the first row
+    reg [31:0] seg_dstride[0:NSEG-1];   // buffer bytes between rows
+    integer sg;
+    always @(*) begin
+        for (sg = 0; sg < NSEG; sg = sg + 1) begin
+            seg_on[sg] = 1'b0; seg_addr[sg] = 32'd0; seg_len[sg] = 32'd0; seg_rows[sg] = 16'd1; seg_pitch[sg] = 32'd0;
+            seg_dest[sg] = 32'd0; seg_dstride[sg] = 32'd0;
+        end
+        seg_on[0] = 1'b1; seg_addr[0] = a_addr;    seg_len[0] = m * k;
+        seg_on[1] = 1'b1; seg_addr[1] = b_addr;    seg_len[1] = k * n;
+        seg_on[2] = 1'b1; seg_addr[2] = bias_addr; seg_len[2] = 4 * n;
+        seg_on[3] = 1'b1; seg_addr[3] = rq_addr;   seg_len[3] = 4 * n; seg_rows[3] = 3; seg_pitch[3] = 4 * n;
+        seg_dstride[3] = 4 * N_MAX;
+        seg_on[4] = mode[2];            seg_addr[4] = lut_addr; seg_len[4] = 256;
+        seg_on[5] = stage_count != 0;   seg_addr[5] = stg_addr; seg_len[5] = 48 * stage_count;
+        seg_on[6] = stage_count != 0 && r_addr != 0;
+        seg_addr[6] = r_addr; seg_len[6] = r_row; seg_rows[6] = m;
+        seg_pitch[6] = (r_pitch != 0) ? r_pitch : r_row; seg_dstride[6] = r_row;
+        seg_on[7] = (stage_count != 0 || mode[7]) && v0_addr != 0;  seg_addr[7] = v0_addr;
+        seg_on[8] = stage_count != 0 && v1_addr != 0;                seg_addr[8] = v1_addr;
+        seg_on[9] = stage_count != 0 && v2_addr != 0;                seg_addr[9] = v2_addr;
+        seg_on[10] = stage_count != 0 && v3_addr != 0;               seg_addr[10] = v3_addr;
+        for (sg = 7; sg < NSEG; sg = sg + 1) begin seg_len[sg] = n; seg_dest[sg] = (sg - 7) * N_MAX; end
+    end
+
+    reg [3:0]  lseg, next_seg;          // the segment being loaded, the next present one (NSEG: none)
+    reg [15:0] lrow, lbeat;
+    wire [31:0] cur_addr = seg_addr[lseg] + lrow * seg_pitch[lseg];
+    wire [31:0] cur_beats = ((cur_addr & 32'd3) + seg_len[lseg] + 32'd127) >> 7;
+    wire [31:0] cur_win = (cur_addr & ~32'd3) + (lbeat << 7);
+    always @(*) begin
+        next_seg = NSEG;
+        for (sg = NSEG - 1; sg >= 0; sg = sg - 1)
+            if (sg > lseg && seg_on[sg]) next_seg = sg;
+    end
+    // the beat requested in the previous cycle, whose data is on l1_rd_data now
+    reg        rsp_valid;
+    reg [3:0]  rsp_seg;
+    reg [31:0] rsp_win, rsp_lo, rsp_len, rsp_dest;
+    // where byte j of the beat goes: its offset in the segment's buffer, and whether it belongs to the row
+    wire [31:0] rsp_off [0:127];
+    wire        rsp_in  [0:127];
+    genvar gj;
+    generate
+        for (gj = 0; gj < 128; gj = gj + 1) begin : beat_byte
+            wire [31:0] rel = rsp_win + gj - rsp_lo;
+            assign rsp_in[gj] = rsp_win + gj >= rsp_lo && rel < rsp_len;
+            assign rsp_off[gj] = rsp_dest + rel;
+        end
+    endgenerate
+    integer j;
     always @(posedge clk) begin
-        if (wr_en) begin
-            case (wr_sel)
-                3'd0: begin amem[{wr_addr, 2'b00}] <= wr_data[7:0];   amem[{wr_addr, 2'b01}] <= wr_data[15:8];
-                            amem[{wr_addr, 2'b10}] <= wr_data[23:16]; amem[{wr_addr, 2'b11}] <= wr_data[31:24]; end
-                3'd1: begin bmem[{wr_addr, 2'b00}] <= wr_data[7:0];   bmem[{wr_addr, 2'b01}] <= wr_data[15:8];
-                            bmem[{wr_addr, 2'b10}] <= wr_data[23:16]; bmem[{wr_addr, 2'b11}] <= wr_data[31:24]; end
-                3'd2: bias[wr_addr] <= wr_data;
-                3'd3: rq[wr_addr] <= wr_data;
-                3'd5: stg[wr_addr[5:0]] <= wr_data;
-                3'd6: begin rmem[{wr_addr, 2'b00}] <= wr_data[7:0];   rmem[{wr_addr, 2'b01}] <= wr_data[15:8];
-                            rmem[{wr_addr, 2'b10}] <= wr_data[23:16]; rmem[{wr_addr, 2'b11}] <= wr_data[31:24]; end
-                3'd7: begin vmem[{wr_addr, 2'b00}] <= wr_data[7:0];   vmem[{wr_addr, 2'b01}] <= wr_data[15:8];
-                            vmem[{wr_addr, 2'b10}] <= wr_data[23:16]; vmem[{wr_addr, 2'b11}] <= wr_data[31:24]; end
-                default: begin lut[{wr_addr[5:0], 2'b00}] <= wr_data[7:0];   lut[{wr_addr[5:0], 2'b01}] <= wr_data[15:8];
-                               lut[{wr_addr[5:0], 2'b10}] <= wr_data[23:16]; lut[{wr_addr[5:0], 2'b11}] <= wr_data[31:24]; end
-            endcase
+        if (rsp_valid) begin
+            for (j = 0; j < 128; j = j + 1) begin
+                if (rsp_in[j]) begin
+                    case (rsp_seg)
+                        4'd0: amem[rsp_off[j]] <= l1_rd_data[8 * j +: 8];
+                        4'd1: bmem[rsp_off[j]] <= l1_rd_data[8 * j +: 8];
+                        4'd2: bias[rsp_off[j] >> 2][8 * rsp_off[j][1:0] +: 8] <= l1_rd_data[8 * j +: 8];
+                        4'd3: rq[rsp_off[j] >> 2][8 * rsp_off[j][1:0] +: 8] <= l1_rd_data[8 * j +: 8];
+                        4'd4: lut[rsp_off[j][7:0]] <= l1_rd_data[8 * j +: 8];
+                        4'd5: stg[rsp_off[j] >> 2][8 * rsp_off[j][1:0] +: 8] <= l1_rd_data[8 * j +: 8];
+                        4'd6: rmem[rsp_off[j]] <= l1_rd_data[8 * j +: 8];
+                        default: vmem[rsp_off[j]] <= l1_rd_data[8 * j +: 8];
+                    endcase
+                end
+            end
         end
     end
 
@@ -246,17 +328,27 @@ module ita_tile #(
     always @(posedge clk) begin
         if (rst) begin
             state <= S_IDLE; tstate <= T_IDLE; busy <= 1'b0; done <= 1'b0; res_valid <= 1'b0; cycles <= 32'd0;
+            rsp_valid <= 1'b0; l1_rd_req <= 1'b0; l1_wr_en <= 1'b0;
         end else begin
             if (busy) cycles <= cycles + 1;
+            l1_wr_en <= 1'b0; l1_rd_req <= 1'b0; rsp_valid <= 1'b0;
             // epilogue of the previous group, overlapping this cycle's MACs
             if (res_valid) begin
-                for (t = 0; t < PE; t = t + 1) begin
-                    if (res_g * PE + t < n) begin
-                        if (mode[3]) row[m_buf * N_MAX + res_g * PE + t] <= epi[t];
-                        else if (mode[6]) begin
-                            ymem[2 * (i * n + res_g * PE + t)] <= epi[t][7:0];
-                            ymem[2 * (i * n + res_g * PE + t) + 1] <= epi[t][15:8];
-                        end else ymem[i * n + res_g * PE + t] <= epi[t][7:0];
+                for (t = 0; t < PE; t = t + 1)
+                    if (mode[3] && res_g * PE + t < n) row[m_buf * N_MAX + res_g * PE + t] <= epi[t];
+                if (!mode[3]) begin          // the group's outputs go straight to L1
+                    l1_wr_en <= 1'b1;
+                    l1_wr_addr <= y_addr + i * y_step + res_g * PE * (mode[6] ? 2 : 1);
+                    for (t = 0; t < PE; t = t + 1) begin
+                        if (mode[6]) begin
+                            l1_wr_data[16 * t +: 16] <= epi[t];
+                            l1_wr_be[2 * t +: 2] <= (res_g * PE + t < n) ? 2'b11 : 2'b00;
+                        end else begin
+                            l1_wr_data[8 * t +: 8] <= epi[t][7:0];
+                            l1_wr_data[8 * (PE + t) +: 8] <= 8'd0;
+                            l1_wr_be[t] <= res_g * PE + t < n;
+                            l1_wr_be[PE + t] <= 1'b0;
+                        end
                     end
                 end
                 if (mode[3]) begin
@@ -277,10 +369,14 @@ module ita_tile #(
                     if (dstep == 4'd7) begin tstate <= T_NORM; t_g <= 0; end
                 end
                 T_NORM: begin    // out = clip((inverse >> ita_shift(max - x)) + offset)
+                    l1_wr_en <= 1'b1;
+                    l1_wr_addr <= y_addr + t_i * y_step + t_g * PE;
                     for (t = 0; t < PE; t = t + 1) begin
-                        if (t_g * PE + t < n)
-                            ymem[t_i * n + t_g * PE + t] <= sm_out(quot, t_max, row[t_buf * N_MAX + t_g * PE + t],
-                                                                   keep(t_g * PE + t));
+                        l1_wr_data[8 * t +: 8] <= sm_out(quot, t_max, row[t_buf * N_MAX + t_g * PE + t],
+                                                         keep(t_g * PE + t));
+                        l1_wr_data[8 * (PE + t) +: 8] <= 8'd0;
+                        l1_wr_be[t] <= t_g * PE + t < n;
+                        l1_wr_be[PE + t] <= 1'b0;
                     end
                     if (t_g == groups - 1) begin
                         tstate <= T_IDLE;
@@ -296,9 +392,26 @@ module ita_tile #(
                 S_IDLE: begin
                     done <= 1'b0;
                     if (start) begin
-                        busy <= 1'b1; cycles <= 32'd1; state <= S_MAC;
-                        i <= 0; g <= 0; c <= 0; gmax <= -16'sd128; denom <= 32'd0; m_buf <= 1'b0;
+                        busy <= 1'b1; cycles <= 32'd1; state <= S_LOAD; lseg <= 4'd0; lrow <= 16'd0; lbeat <= 16'd0;
                     end
+                end
+                S_LOAD: begin            // one beat per cycle
+                    l1_rd_req <= 1'b1; l1_rd_addr <= cur_win;
+                    rsp_valid <= 1'b1; rsp_seg <= lseg; rsp_win <= cur_win; rsp_lo <= cur_addr;
+                    rsp_len <= seg_len[lseg]; rsp_dest <= seg_dest[lseg] + lrow * seg_dstride[lseg];
+                    if (lbeat + 1 < cur_beats) lbeat <= lbeat + 1;
+                    else begin
+                        lbeat <= 16'd0;
+                        if (lrow + 1 < seg_rows[lseg]) lrow <= lrow + 1;
+                        else begin
+                            lrow <= 16'd0; lseg <= next_seg;
+                            if (next_seg == NSEG) state <= S_LWAIT;
+                        end
+                    end
+                end
+                S_LWAIT: begin           // the last beat's data lands in the buffers
+                    state <= S_MAC;
+                    i <= 0; g <= 0; c <= 0; gmax <= -16'sd128; denom <= 32'd0; m_buf <= 1'b0;
                 end
                 S_MAC: begin
                     for (t = 0; t < PE; t = t + 1)
