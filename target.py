@@ -79,6 +79,9 @@ class AccelSpec:
     #: the L1 port: bytes per beat (32 word lanes) and cycles from the last beat's request to its data in the buffers
     port_bytes: int = 128
     port_latency: int = 1
+    #: pipeline stages from the array's finished group to its outputs (requant, second requant, LUT, five
+    #: AddRequant/MulRequant stages of two steps each, LUT after the stages)
+    epilogue_stages: int = 14
     #: the job memories (bytes) and widest row: a job's A [m, k], B [k, n] and Y [m, n] must fit them
     a_bytes: int = 8192
     b_bytes: int = 65536
@@ -121,11 +124,11 @@ def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False, b
     schedule: sim/accel/model.py explains it, tests/test_accel.py checks it against the RTL's cycle counter)."""
     groups, chunks = -(-n // spec.processing_elements), -(-k // spec.dot_width)
     array = groups * chunks + spec.row_cycles
-    load = beats + spec.port_latency
+    fixed = spec.setup_cycles + beats + spec.port_latency + spec.epilogue_stages
     if not softmax:
-        return spec.setup_cycles + load + m * array
+        return fixed + m * array
     tail = spec.divider_cycles + groups
-    return spec.setup_cycles + load + array + tail + (m - 1) * max(array, tail)
+    return fixed + array + tail + (m - 1) * max(array, tail)
 
 
 def clock_of(target: Target) -> tuple[float | None, str]:

@@ -22,8 +22,8 @@ from .model import Job, load_beats, operand_rows, pitch, row_bytes, y_bytes
 SOURCE = package_path("sim", "accel", "rtl", "ita_tile.v")
 #: widest row of the RTL (its index widths are written for it)
 N_MAX = 512
-#: the loader writes a beat's 128 bytes in one unrolled loop (Verilator's default limits would keep it a loop)
-UNROLL = ("--unroll-count", "256", "--unroll-stmts", "100000")
+#: the loader (128 bytes a beat) and the epilogue pipeline are written as loops Verilator must unroll
+UNROLL = ("--unroll-count", "256", "--unroll-stmts", "10000000")
 #: job registers -> the RTL's address inputs
 ADDRESSES = {"a": "a_addr", "b": "b_addr", "bias": "bias_addr", "rq": "rq_addr", "lut": "lut_addr",
              "stages": "stg_addr", "r": "r_addr", "v0": "v0_addr", "v1": "v1_addr", "v2": "v2_addr",

@@ -90,8 +90,7 @@ module ita_tile #(
     output reg         done,
     output reg  [31:0] cycles
 );
-    localparam S_IDLE = 3'd0, S_MAC = 3'd1, S_DRAIN = 3'd2, S_WAIT = 3'd3, S_FLUSH = 3'd4, S_LOAD = 3'd5,
-               S_LWAIT = 3'd6;
+    localparam S_IDLE = 3'd0, S_MAC = 3'd1, S_DRAIN = 3'd2, S_FLUSH = 3'd4, S_LOAD = 3'd5, S_LWAIT = 3'd6;
     localparam T_IDLE = 2'd0, T_DIV = 2'd1, T_NORM = 2'd2;
 
     // operand buffers, filled by the loader before the array starts
@@ -218,7 +217,14 @@ module ita_tile #(
         end
     end
 
-    // ---- requantizer and epilogue (per lane, on res) ---------------------------------------------------
+    // ---- epilogue pipeline ----------------------------------------------------------------------------
+    // EPI stages, one group of PE lanes per stage, at most one multiplier (or two side by side) per lane and stage:
+    //   0 bias + requant (per column) | 1 second requant | 2 LUT | 3 + 2s, 4 + 2s: stage s's product(s), then its
+    //   requant (s = 0..4) | 13 LUT after the stages.
+    // A stage a job does not use passes its value on, so every group takes EPI cycles from the array to the
+    // outputs. The residual R, the vectors V0..V3 and the key mask are read once, as the group enters, and
+    // travel with it.
+    localparam EPI = 14;
     function signed [63:0] requant;   // contract 1 with clip
         input signed [63:0] x;
         input signed [31:0] mul, shift, add;
@@ -231,60 +237,115 @@ module ita_tile #(
         end
     endfunction
 
-    reg signed [15:0] epi [0:PE-1];
-    reg [31:0] ecol;
-    reg signed [63:0] e, sv, t0, t1, sx;
-    integer q, st;
-    always @(*) begin
-        sv = 64'sd0; t0 = 64'sd0; t1 = 64'sd0; sx = 64'sd0;
-        for (q = 0; q < PE; q = q + 1) begin
-            ecol = res_g * PE + q;
-            e = requant($signed(res[q]) + $signed(bias[ecol[8:0]]), rq[ecol[8:0]], rq[N_MAX + ecol[8:0]],
-                        rq[2 * N_MAX + ecol[8:0]], rq_clip[15:0], rq_clip[31:16]);
-            if (mode[1])
-                e = requant(e, rq2_mul, rq2_shift, rq2_add, rq2_clip[15:0], rq2_clip[31:16]);
-            if (mode[2] && !mode[8])
-                e = $signed({{56{lut[e[7:0] - lut_min[7:0]][7]}}, lut[e[7:0] - lut_min[7:0]]});
-            for (st = 0; st < 5; st = st + 1) begin
-                if (st < stage_count) begin
-                    sv = (stg[st * 12 + 1] == 0)
-                       ? (mode[9] ? $signed({{48{rmem[2 * (i * n + ecol) + 1][7]}}, rmem[2 * (i * n + ecol) + 1],
-                                             rmem[2 * (i * n + ecol)]})
-                                  : $signed({{56{rmem[i * n + ecol][7]}}, rmem[i * n + ecol]}))
-                       : $signed({{56{vmem[(stg[st * 12 + 1] - 1) * N_MAX + ecol][7]}},
-                                  vmem[(stg[st * 12 + 1] - 1) * N_MAX + ecol]});
-                    t0 = (stg[st * 12 + 2] == 0) ? e : sv;
-                    t1 = (stg[st * 12 + 2] == 0) ? sv : e;
-                    if (stg[st * 12] == 1)   // AddRequant: (t0 - za) * mul_a + (t1 - zb) * mul_b
-                        sx = (t0 - $signed(stg[st * 12 + 5])) * $signed(stg[st * 12 + 3])
-                           + (t1 - $signed(stg[st * 12 + 6])) * $signed(stg[st * 12 + 4]);
-                    else                     // MulRequant: (t0 - za) * (t1 - zb)
-                        sx = (t0 - $signed(stg[st * 12 + 5])) * (t1 - $signed(stg[st * 12 + 6]));
-                    e = requant(sx, stg[st * 12 + 7], stg[st * 12 + 8], stg[st * 12 + 9], stg[st * 12 + 10][15:0],
-                                stg[st * 12 + 11][15:0]);
-                end
-            end
-            if (mode[2] && mode[8])
-                e = $signed({{56{lut[e[7:0] - lut_min[7:0]][7]}}, lut[e[7:0] - lut_min[7:0]]});
-            epi[q] = e[15:0];
-        end
-    end
-
-    // ---- streaming softmax: block max, renormalised denominator --------------------------------------
-    function [6:0] ita_shift;          // min((d + 2^(b-1)) >> b, 63) for a non-negative difference d
-        input [15:0] d;
-        reg [16:0] s;
+    function signed [63:0] lut_of;     // the activation table at x
+        input signed [63:0] x;
+        reg [7:0] v;
         begin
-            s = ({1'b0, d} + (17'd1 << (sm_bits - 1))) >> sm_bits;
-            ita_shift = (s > 63) ? 7'd63 : s[6:0];
+            v = lut[x[7:0] - lut_min[7:0]];
+            lut_of = $signed({{56{v[7]}}, v});
         end
     endfunction
 
-    // key mask of column c (mode bit 7): V0[c] != 0 keeps it
-    function keep;
-        input [31:0] c;
+    reg               pv    [0:EPI-1];          // stage holds a group
+    reg               plast [0:EPI-1];          // ... the last group of its row
+    reg [15:0]        pi    [0:EPI-1];          // its row and column group
+    reg [15:0]        pg    [0:EPI-1];
+    reg signed [63:0] pe    [0:EPI*PE-1];       // running value per lane
+    reg signed [63:0] px    [0:EPI*PE-1];       // a stage's product, for its requant
+    reg signed [15:0] pr    [0:EPI*PE-1];       // residual R per lane
+    reg signed [7:0]  pvec  [0:4*EPI*PE-1];     // V0..V3 per lane: [(stage * 4 + j) * PE + lane]
+    reg               pkeep [0:EPI*PE-1];       // softmax key mask per lane
+    wire hold;                                  // the whole array and pipeline wait (a softmax row awaits the tail)
+
+    // side operand of epilogue stage `st` for lane q of the group in pipeline stage `ps`
+    function signed [63:0] side;
+        input integer ps, st, q;
         begin
-            keep = !mode[7] || (vmem[c[8:0]] != 8'd0);
+            if (stg[st * 12 + 1] == 0) side = pr[ps * PE + q];
+            else side = pvec[(ps * 4 + stg[st * 12 + 1] - 1) * PE + q];
+        end
+    endfunction
+
+    reg [31:0] ecol;
+    reg signed [63:0] t0, t1;
+    integer q, ps, st;
+    always @(posedge clk) begin
+        if (rst) begin
+            for (ps = 0; ps < EPI; ps = ps + 1) pv[ps] <= 1'b0;
+        end else if (!hold) begin
+            // stage 0: the array's finished group enters
+            pv[0] <= res_valid; plast[0] <= res_g == groups - 1; pi[0] <= i; pg[0] <= res_g;
+            for (q = 0; q < PE; q = q + 1) begin
+                ecol = res_g * PE + q;
+                pe[q] <= requant($signed(res[q]) + $signed(bias[ecol[8:0]]), rq[ecol[8:0]], rq[N_MAX + ecol[8:0]],
+                                 rq[2 * N_MAX + ecol[8:0]], rq_clip[15:0], rq_clip[31:16]);
+                pr[q] <= mode[9] ? {rmem[2 * (i * n + ecol) + 1], rmem[2 * (i * n + ecol)]}
+                                 : {{8{rmem[i * n + ecol][7]}}, rmem[i * n + ecol]};
+                pvec[q] <= vmem[ecol[8:0]];
+                pvec[PE + q] <= vmem[N_MAX + ecol[8:0]];
+                pvec[2 * PE + q] <= vmem[2 * N_MAX + ecol[8:0]];
+                pvec[3 * PE + q] <= vmem[3 * N_MAX + ecol[8:0]];
+                pkeep[q] <= !mode[7] || vmem[ecol[8:0]] != 8'd0;
+            end
+            for (ps = 1; ps < EPI; ps = ps + 1) begin
+                pv[ps] <= pv[ps - 1]; plast[ps] <= plast[ps - 1]; pi[ps] <= pi[ps - 1]; pg[ps] <= pg[ps - 1];
+                for (q = 0; q < PE; q = q + 1) begin
+                    pr[ps * PE + q] <= pr[(ps - 1) * PE + q];
+                    pkeep[ps * PE + q] <= pkeep[(ps - 1) * PE + q];
+                    for (st = 0; st < 4; st = st + 1)
+                        pvec[(ps * 4 + st) * PE + q] <= pvec[((ps - 1) * 4 + st) * PE + q];
+                    pe[ps * PE + q] <= pe[(ps - 1) * PE + q];            // a stage not used passes the value on
+                    px[ps * PE + q] <= px[(ps - 1) * PE + q];
+                end
+            end
+            for (q = 0; q < PE; q = q + 1) begin
+                if (mode[1])
+                    pe[PE + q] <= requant(pe[q], rq2_mul, rq2_shift, rq2_add, rq2_clip[15:0], rq2_clip[31:16]);
+                if (mode[2] && !mode[8])
+                    pe[2 * PE + q] <= lut_of(pe[PE + q]);
+                for (st = 0; st < 5; st = st + 1) begin
+                    if (st < stage_count) begin
+                        ps = 2 + 2 * st;                                  // the stage holding the input
+                        t0 = (stg[st * 12 + 2] == 0) ? pe[ps * PE + q] : side(ps, st, q);
+                        t1 = (stg[st * 12 + 2] == 0) ? side(ps, st, q) : pe[ps * PE + q];
+                        if (stg[st * 12] == 1)   // AddRequant: (t0 - za) * mul_a + (t1 - zb) * mul_b
+                            px[(ps + 1) * PE + q] <= (t0 - $signed(stg[st * 12 + 5])) * $signed(stg[st * 12 + 3])
+                                                   + (t1 - $signed(stg[st * 12 + 6])) * $signed(stg[st * 12 + 4]);
+                        else                     // MulRequant: (t0 - za) * (t1 - zb)
+                            px[(ps + 1) * PE + q] <= (t0 - $signed(stg[st * 12 + 5])) * (t1 - $signed(stg[st * 12 + 6]));
+                        pe[(ps + 2) * PE + q] <= requant(px[(ps + 1) * PE + q], stg[st * 12 + 7], stg[st * 12 + 8],
+                                                         stg[st * 12 + 9], stg[st * 12 + 10][15:0],
+                                                         stg[st * 12 + 11][15:0]);
+                    end
+                end
+                if (mode[2] && mode[8])
+                    pe[(EPI - 1) * PE + q] <= lut_of(pe[(EPI - 2) * PE + q]);
+            end
+        end
+    end
+
+    // the group leaving the pipeline: its outputs (int16 lanes)
+    wire               xv = pv[EPI - 1];
+    wire               xlast = plast[EPI - 1];
+    wire [15:0]        xi = pi[EPI - 1];
+    wire [15:0]        xg = pg[EPI - 1];
+    wire signed [15:0] epi [0:PE-1];
+    wire               xkeep [0:PE-1];
+    genvar gq;
+    generate
+        for (gq = 0; gq < PE; gq = gq + 1) begin : exit_lane
+            assign epi[gq] = pe[(EPI - 1) * PE + gq][15:0];
+            assign xkeep[gq] = pkeep[(EPI - 1) * PE + gq];
+        end
+    endgenerate
+
+    // ---- streaming softmax: block max, renormalised denominator (on the groups leaving the pipeline) ------
+    function [6:0] ita_shift;          // min((d + 2^(b-1)) >> b, 63) for a non-negative difference d
+        input [15:0] d;
+        reg [16:0] sh;
+        begin
+            sh = ({1'b0, d} + (17'd1 << (sm_bits - 1))) >> sm_bits;
+            ita_shift = (sh > 63) ? 7'd63 : sh[6:0];
         end
     endfunction
 
@@ -296,67 +357,43 @@ module ita_tile #(
     always @(*) begin
         bmax = -16'sd32768;                // no kept column in the block: it sets no max
         for (r = 0; r < PE; r = r + 1)
-            if (keep(res_g * PE + r) && epi[r] > bmax) bmax = epi[r];
+            if (xkeep[r] && epi[r] > bmax) bmax = epi[r];
         new_max = (bmax > gmax) ? bmax : gmax;
         contrib = 32'd0;
         for (r = 0; r < PE; r = r + 1)
-            if (keep(res_g * PE + r)) contrib = contrib + (32'd256 >> ita_shift(new_max - epi[r]));
+            if (xkeep[r]) contrib = contrib + (32'd256 >> ita_shift(new_max - epi[r]));
     end
+    wire [31:0] next_denom = ((bmax > gmax) ? (denom >> ita_shift(bmax - gmax)) : denom) + contrib;
 
     // ---- softmax tail: divider and normalisation of row t_i (buffer t_buf) ------------------------------
     reg [1:0]  tstate;
     reg [15:0] t_i, t_g;
-    reg        t_buf, m_buf;           // row buffer of the tail's row / of the array's row
+    reg        t_buf, m_buf;           // row buffer of the tail's row / of the row being accumulated
+    reg        pend;                   // a finished row waits for the tail (the pipeline holds meanwhile)
+    reg [15:0] pend_i;
     reg signed [15:0] t_max;
     reg [31:0] t_denom;
     reg [33:0] rem;
     reg [31:0] quot, numer;
     reg [3:0]  dstep;
+    reg        rowkeep [0:2*N_MAX-1];  // key mask of the row buffers' columns
     integer t;
     wire [31:0] inv_num = ((sm_levels >> 1) - 1) * 256;
     wire        tail_free = (tstate == T_IDLE) || (tstate == T_NORM && t_g == groups - 1);
+    assign hold = pend;
     // radix-4 restoring division step: two numerator bits in, one quotient digit out
     wire [33:0] r4 = {rem[31:0], numer[15:14]};
     wire [33:0] d1 = {2'b00, t_denom};
     wire [33:0] d2 = {1'b0, t_denom, 1'b0};
     wire [33:0] d3 = d1 + d2;
-    // the row the array finished this cycle (S_DRAIN: its last group's epilogue lands now) or earlier (S_WAIT)
-    wire signed [15:0] row_max = (state == S_DRAIN) ? new_max : gmax;
-    wire [31:0] row_denom = (state == S_DRAIN)
-                          ? ((bmax > gmax) ? (denom >> ita_shift(bmax - gmax)) : denom) + contrib : denom;
 
     always @(posedge clk) begin
         if (rst) begin
             state <= S_IDLE; tstate <= T_IDLE; busy <= 1'b0; done <= 1'b0; res_valid <= 1'b0; cycles <= 32'd0;
-            rsp_valid <= 1'b0; l1_rd_req <= 1'b0; l1_wr_en <= 1'b0;
+            rsp_valid <= 1'b0; l1_rd_req <= 1'b0; l1_wr_en <= 1'b0; pend <= 1'b0;
         end else begin
             if (busy) cycles <= cycles + 1;
             l1_wr_en <= 1'b0; l1_rd_req <= 1'b0; rsp_valid <= 1'b0;
-            // epilogue of the previous group, overlapping this cycle's MACs
-            if (res_valid) begin
-                for (t = 0; t < PE; t = t + 1)
-                    if (mode[3] && res_g * PE + t < n) row[m_buf * N_MAX + res_g * PE + t] <= epi[t];
-                if (!mode[3]) begin          // the group's outputs go straight to L1
-                    l1_wr_en <= 1'b1;
-                    l1_wr_addr <= y_addr + i * y_step + res_g * PE * (mode[6] ? 2 : 1);
-                    for (t = 0; t < PE; t = t + 1) begin
-                        if (mode[6]) begin
-                            l1_wr_data[16 * t +: 16] <= epi[t];
-                            l1_wr_be[2 * t +: 2] <= (res_g * PE + t < n) ? 2'b11 : 2'b00;
-                        end else begin
-                            l1_wr_data[8 * t +: 8] <= epi[t][7:0];
-                            l1_wr_data[8 * (PE + t) +: 8] <= 8'd0;
-                            l1_wr_be[t] <= res_g * PE + t < n;
-                            l1_wr_be[PE + t] <= 1'b0;
-                        end
-                    end
-                end
-                if (mode[3]) begin
-                    gmax <= new_max;
-                    denom <= ((bmax > gmax) ? (denom >> ita_shift(bmax - gmax)) : denom) + contrib;
-                end
-                res_valid <= 1'b0;
-            end
             // softmax tail
             case (tstate)
                 T_DIV: begin
@@ -373,21 +410,62 @@ module ita_tile #(
                     l1_wr_addr <= y_addr + t_i * y_step + t_g * PE;
                     for (t = 0; t < PE; t = t + 1) begin
                         l1_wr_data[8 * t +: 8] <= sm_out(quot, t_max, row[t_buf * N_MAX + t_g * PE + t],
-                                                         keep(t_g * PE + t));
+                                                         rowkeep[t_buf * N_MAX + t_g * PE + t]);
                         l1_wr_data[8 * (PE + t) +: 8] <= 8'd0;
                         l1_wr_be[t] <= t_g * PE + t < n;
                         l1_wr_be[PE + t] <= 1'b0;
                     end
                     if (t_g == groups - 1) begin
                         tstate <= T_IDLE;
-                        if (state == S_FLUSH) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
+                        if (t_i == m - 1) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
                     end else begin
                         t_g <= t_g + 1;
                     end
                 end
                 default: ;
             endcase
-            // the array
+            // the group leaving the epilogue pipeline (after the tail: a hand-over wins over the tail going idle)
+            if (pend) begin                 // a row waits for the tail: hand it over once the tail is free
+                if (tail_free) begin
+                    tstate <= T_DIV; dstep <= 4'd0; rem <= 34'd0; quot <= 32'd0; numer <= inv_num;
+                    t_i <= pend_i; t_buf <= m_buf; t_max <= gmax; t_denom <= denom;
+                    m_buf <= ~m_buf; gmax <= -16'sd128; denom <= 32'd0; pend <= 1'b0;
+                end
+            end else if (xv && mode[3]) begin
+                for (t = 0; t < PE; t = t + 1) begin
+                    if (xg * PE + t < n) begin
+                        row[m_buf * N_MAX + xg * PE + t] <= epi[t];
+                        rowkeep[m_buf * N_MAX + xg * PE + t] <= xkeep[t];
+                    end
+                end
+                gmax <= new_max;
+                denom <= next_denom;
+                if (xlast) begin
+                    if (tail_free) begin     // hand the row to the tail
+                        tstate <= T_DIV; dstep <= 4'd0; rem <= 34'd0; quot <= 32'd0; numer <= inv_num;
+                        t_i <= xi; t_buf <= m_buf; t_max <= new_max; t_denom <= next_denom;
+                        m_buf <= ~m_buf; gmax <= -16'sd128; denom <= 32'd0;
+                    end else begin
+                        pend <= 1'b1; pend_i <= xi;
+                    end
+                end
+            end else if (xv) begin           // the group's outputs go straight to L1
+                l1_wr_en <= 1'b1;
+                l1_wr_addr <= y_addr + xi * y_step + xg * PE * (mode[6] ? 2 : 1);
+                for (t = 0; t < PE; t = t + 1) begin
+                    if (mode[6]) begin
+                        l1_wr_data[16 * t +: 16] <= epi[t];
+                        l1_wr_be[2 * t +: 2] <= (xg * PE + t < n) ? 2'b11 : 2'b00;
+                    end else begin
+                        l1_wr_data[8 * t +: 8] <= epi[t][7:0];
+                        l1_wr_data[8 * (PE + t) +: 8] <= 8'd0;
+                        l1_wr_be[t] <= xg * PE + t < n;
+                        l1_wr_be[PE + t] <= 1'b0;
+                    end
+                end
+                if (xlast && xi == m - 1) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
+            end
+            // the loader and the array
             case (state)
                 S_IDLE: begin
                     done <= 1'b0;
@@ -413,9 +491,10 @@ module ita_tile #(
                     state <= S_MAC;
                     i <= 0; g <= 0; c <= 0; gmax <= -16'sd128; denom <= 32'd0; m_buf <= 1'b0;
                 end
-                S_MAC: begin
+                S_MAC: if (!hold) begin
                     for (t = 0; t < PE; t = t + 1)
                         acc[t] <= (c == 0) ? partial[t] : acc[t] + partial[t];
+                    res_valid <= 1'b0;
                     if (c == chunks - 1) begin
                         for (t = 0; t < PE; t = t + 1)
                             res[t] <= (c == 0) ? partial[t] : acc[t] + partial[t];
@@ -426,22 +505,12 @@ module ita_tile #(
                         c <= c + 1;
                     end
                 end
-                S_DRAIN, S_WAIT: begin   // S_DRAIN: the last group's epilogue runs in this cycle
-                    g <= 0;
-                    if (!mode[3]) begin
-                        if (i == m - 1) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
-                        else begin i <= i + 1; state <= S_MAC; end
-                    end else if (tail_free) begin   // hand the row to the tail; the array starts the next one
-                        tstate <= T_DIV; dstep <= 4'd0; rem <= 34'd0; quot <= 32'd0; numer <= inv_num;
-                        t_i <= i; t_buf <= m_buf; t_max <= row_max; t_denom <= row_denom;
-                        m_buf <= ~m_buf; gmax <= -16'sd128; denom <= 32'd0;
-                        if (i == m - 1) state <= S_FLUSH;
-                        else begin i <= i + 1; state <= S_MAC; end
-                    end else begin
-                        state <= S_WAIT;
-                    end
+                S_DRAIN: if (!hold) begin   // the last group enters the epilogue in this cycle
+                    g <= 0; res_valid <= 1'b0;
+                    if (i == m - 1) state <= S_FLUSH;
+                    else begin i <= i + 1; state <= S_MAC; end
                 end
-                S_FLUSH: ;      // the tail finishes the last row (T_NORM ends the job)
+                S_FLUSH: if (!hold) res_valid <= 1'b0;   // the pipeline (and the tail) finish the last rows
                 default: state <= S_IDLE;
             endcase
         end
