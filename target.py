@@ -82,6 +82,8 @@ class AccelSpec:
     #: pipeline stages from the array's finished group to its outputs (requant, second requant, LUT, five
     #: AddRequant/MulRequant stages of two steps each, LUT after the stages)
     epilogue_stages: int = 14
+    #: cycles from the array's read of an operand row to its multiply (the SRAM macros' registered read)
+    read_latency: int = 1
     #: the job memories (bytes) and widest row: a job's A [m, k], B [k, n] and Y [m, n] must fit them
     a_bytes: int = 8192
     b_bytes: int = 65536
@@ -97,11 +99,15 @@ class AccelSpec:
     def macs_per_cycle(self) -> int:
         return self.processing_elements * self.dot_width
 
-    def job_problem(self, m: int, k: int, n: int, out_bytes: int = 1) -> str | None:
-        """Why an m x k x n job does not fit the accelerator's memories, or None."""
+    def job_problem(self, m: int, k: int, n: int, out_bytes: int = 1, trans_b: bool = False) -> str | None:
+        """Why an m x k x n job does not fit the accelerator's memories, or None. B's stored rows (of B [k, n], or
+        of B^T [n, k] with trans_b) are spread over dot_width banks of b_bytes / dot_width bytes each, row r in
+        bank r mod dot_width (sim/accel/rtl/ita_tile.v), so the fullest bank decides."""
         if n > self.max_columns:
             return f"n = {n} > {self.max_columns} columns"
-        for name, need, have in (("A", m * k, self.a_bytes), ("B", k * n, self.b_bytes),
+        stored, length = (n, k) if trans_b else (k, n)
+        bank_rows = -(-stored // self.dot_width)
+        for name, need, have in (("A", m * k, self.a_bytes), ("B", bank_rows * length * self.dot_width, self.b_bytes),
                                  ("Y", m * n * out_bytes, self.y_bytes)):
             if need > have:
                 return f"{name} needs {need} B, the accelerator holds {have} B"
@@ -124,7 +130,7 @@ def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False, b
     schedule: sim/accel/model.py explains it, tests/test_accel.py checks it against the RTL's cycle counter)."""
     groups, chunks = -(-n // spec.processing_elements), -(-k // spec.dot_width)
     array = groups * chunks + spec.row_cycles
-    fixed = spec.setup_cycles + beats + spec.port_latency + spec.epilogue_stages
+    fixed = spec.setup_cycles + beats + spec.port_latency + spec.read_latency + spec.epilogue_stages
     if not softmax:
         return fixed + m * array
     tail = spec.divider_cycles + groups

@@ -470,7 +470,8 @@ def _job_beats(graph: Graph, node: Node, m: int, k: int, n: int, spec: AccelSpec
     def beats(size: int) -> int:
         return port_beats(0, size, spec.port_bytes)
 
-    total = beats(m * k) + beats(k * n) + 4 * beats(4 * n)          # A, B, bias, three rq rows
+    stored, length = (n, k) if node.attrs.get("trans_b") else (k, n)
+    total = beats(m * k) + stored * beats(length) + 4 * beats(4 * n)   # A, B row by row, bias, three rq rows
     stages = node.attrs.get("stages", [])
     if any(st["op"] == "LUT" for st in stages):
         total += beats(256)
@@ -498,7 +499,7 @@ def _out_bytes(graph: Graph, node: Node) -> int:
 def accel_job_problem(graph: Graph, node: Node, out_tile: tuple[int, ...], accel: AccelSpec) -> str | None:
     """Why the accelerator cannot run an output tile of an ITAGemm as jobs of whole rows, or None."""
     k, n, size = _ita_depth(graph, node), out_tile[-1], _out_bytes(graph, node)
-    return accel.job_problem(1, k, n, size)
+    return accel.job_problem(1, k, n, size, bool(node.attrs.get("trans_b")))
 
 
 def tile_candidates(graph: Graph, index: int, node: Node, operands: list[Operand], *, cores: int, bw: Bandwidth,

@@ -39,6 +39,7 @@ from ..errors import TinyDeployError
 from ..target import LEVELS, AccelSpec, DmaSpec, Target, load_target
 from .accel.model import (
     JOB_REGISTERS,
+    MODE_TRANS_B,
     Job,
     cycles_of,
     load_beats,
@@ -455,7 +456,8 @@ class ClusterISS:
                 self._callback_fault(hart, f"accelerator operand {operand} at 0x{address:08x} ({nbytes} B) is not "
                                            f"in L1")
                 return
-        problem = self.spec.accel.job_problem(regs["m"], regs["k"], regs["n"], y_bytes(regs))
+        problem = self.spec.accel.job_problem(regs["m"], regs["k"], regs["n"], y_bytes(regs),
+                                              bool(regs["mode"] & MODE_TRANS_B))
         if problem:
             self._callback_fault(hart, f"accelerator job {regs['m']}x{regs['k']}x{regs['n']} does not fit: {problem}")
             return

@@ -119,7 +119,7 @@ class Accelerator:
         m, k = a.shape
         n = b.shape[0] if trans_b else b.shape[1]
         spec = AccelSpec()
-        problem = spec.job_problem(1, k, n)
+        problem = spec.job_problem(1, k, n, trans_b=trans_b)
         if problem:
             raise TinyDeployError(f"a {k}x{n} weight operand does not fit the accelerator: {problem}")
         rows = max(1, spec.rows_per_job(k, n))

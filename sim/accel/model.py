@@ -152,7 +152,8 @@ def operand_rows(regs: dict[str, int]) -> list[tuple[int, int]]:
     """(address, bytes) of every row the accelerator's loader streams from L1, in its order (ita_tile.v: A, B, bias,
     the rq table's three rows, LUT, stage table, R row by row, V0..V3)."""
     m, k, n = regs["m"], regs["k"], regs["n"]
-    rows = [(regs["a"], m * k), (regs["b"], k * n), (regs["bias"], 4 * n),
+    stored, length = (n, k) if regs["mode"] & MODE_TRANS_B else (k, n)      # B row by row: each goes to one bank
+    rows = [(regs["a"], m * k), *((regs["b"] + r * length, length) for r in range(stored)), (regs["bias"], 4 * n),
             *((regs["rq"] + 4 * n * j, 4 * n) for j in range(3))]
     if regs["mode"] & MODE_LUT:
         rows.append((regs["lut"], 256))

@@ -17,7 +17,7 @@ from pathlib import Path
 from ...errors import TinyDeployError
 from ...resources import package_path
 from ...target import AccelSpec
-from .model import Job, load_beats, operand_rows, pitch, row_bytes, y_bytes
+from .model import MODE_TRANS_B, Job, load_beats, operand_rows, pitch, row_bytes, y_bytes
 
 SOURCE = package_path("sim", "accel", "rtl", "ita_tile.v")
 #: widest row of the RTL (its index widths are written for it)
@@ -90,7 +90,7 @@ class RtlAccelerator:
         L1 side of the accelerator's port (it serves read beats and takes writes)."""
         r = job.regs
         m, k, n = r["m"], r["k"], r["n"]
-        problem = self.spec.job_problem(m, k, n, y_bytes(r))
+        problem = self.spec.job_problem(m, k, n, y_bytes(r), bool(r["mode"] & MODE_TRANS_B))
         if problem:
             raise TinyDeployError(f"job {m}x{k}x{n} does not fit the RTL build: {problem}")
         l1 = _L1Image(read, operand_rows(r))

@@ -93,13 +93,14 @@ module ita_tile #(
     localparam S_IDLE = 3'd0, S_MAC = 3'd1, S_DRAIN = 3'd2, S_FLUSH = 3'd4, S_LOAD = 3'd5, S_LWAIT = 3'd6;
     localparam T_IDLE = 2'd0, T_DIV = 2'd1, T_NORM = 2'd2;
 
-    // operand buffers, filled by the loader before the array starts
-    reg [7:0]  amem [0:A_BYTES-1];
-    reg [7:0]  bmem [0:B_BYTES-1];
+    // operand buffers, filled by the loader before the array starts. A, B and R are SRAM macros (ita_banked: two
+    // macros of 128-byte rows, one row read and one row written per macro and cycle); the small per-column tables
+    // below are register files.
+    localparam NB = W;                  // B banks: B's stored row r (a row of B, or of B^T with mode bit 0) lives
+                                        // in bank r mod NB at byte (r / NB) * row length
     reg [31:0] bias [0:N_MAX-1];
     reg [31:0] rq   [0:3*N_MAX-1];      // rows mul, shift, add, N_MAX words apart
     reg [7:0]  lut  [0:255];
-    reg [7:0]  rmem [0:Y_BYTES-1];      // residual tile, rows packed
     reg [7:0]  vmem [0:4*N_MAX-1];      // per-column vectors V0..V3, V_j at byte j * N_MAX
     reg [31:0] stg  [0:59];             // stage table: 5 stages x 12 words
     reg signed [15:0] row [0:2*N_MAX-1]; // epilogue outputs of a row (softmax input): the array's and the tail's
@@ -113,6 +114,8 @@ module ita_tile #(
     // 6 R (m rows, r_pitch apart), 7..10 V0..V3. Each row of `len` bytes at `address` takes
     // ceil((address mod 4 + len) / 128) beats; the array starts one cycle after the last beat.
     localparam NSEG = 11;
+    wire [15:0] b_rows = mode[0] ? n : k;          // B's stored rows and their length
+    wire [15:0] b_len = mode[0] ? k : n;
     reg        seg_on     [0:NSEG-1];
     reg [31:0] seg_addr   [0:NSEG-1];
     reg [31:0] seg_len    [0:NSEG-1];
@@ -127,7 +130,7 @@ module ita_tile #(
             seg_dest[sg] = 32'd0; seg_dstride[sg] = 32'd0;
         end
         seg_on[0] = 1'b1; seg_addr[0] = a_addr;    seg_len[0] = m * k;
-        seg_on[1] = 1'b1; seg_addr[1] = b_addr;    seg_len[1] = k * n;
+        seg_on[1] = 1'b1; seg_addr[1] = b_addr;    seg_len[1] = b_len; seg_rows[1] = b_rows; seg_pitch[1] = b_len;
         seg_on[2] = 1'b1; seg_addr[2] = bias_addr; seg_len[2] = 4 * n;
         seg_on[3] = 1'b1; seg_addr[3] = rq_addr;   seg_len[3] = 4 * n; seg_rows[3] = 3; seg_pitch[3] = 4 * n;
         seg_dstride[3] = 4 * N_MAX;
@@ -157,6 +160,13 @@ module ita_tile #(
     reg        rsp_valid;
     reg [3:0]  rsp_seg;
     reg [31:0] rsp_win, rsp_lo, rsp_len, rsp_dest;
+    reg [15:0] rsp_bank;
+    // the beat's bytes that belong to the row, moved to the bottom: `got` of them, for buffer offset got_at
+    wire [31:0] got_first = (rsp_win > rsp_lo) ? rsp_win : rsp_lo;
+    wire [31:0] got_end = (rsp_win + 128 < rsp_lo + rsp_len) ? rsp_win + 128 : rsp_lo + rsp_len;
+    wire [7:0]  got = got_end - got_first;
+    wire [31:0] got_at = rsp_dest + got_first - rsp_lo;
+    wire [1023:0] got_data = l1_rd_data >> (8 * (got_first - rsp_win));
     // where byte j of the beat goes: its offset in the segment's buffer, and whether it belongs to the row
     wire [31:0] rsp_off [0:127];
     wire        rsp_in  [0:127];
@@ -174,13 +184,11 @@ module ita_tile #(
             for (j = 0; j < 128; j = j + 1) begin
                 if (rsp_in[j]) begin
                     case (rsp_seg)
-                        4'd0: amem[rsp_off[j]] <= l1_rd_data[8 * j +: 8];
-                        4'd1: bmem[rsp_off[j]] <= l1_rd_data[8 * j +: 8];
+                        4'd0, 4'd1, 4'd6: ;             // the macros' own write ports
                         4'd2: bias[rsp_off[j] >> 2][8 * rsp_off[j][1:0] +: 8] <= l1_rd_data[8 * j +: 8];
                         4'd3: rq[rsp_off[j] >> 2][8 * rsp_off[j][1:0] +: 8] <= l1_rd_data[8 * j +: 8];
                         4'd4: lut[rsp_off[j][7:0]] <= l1_rd_data[8 * j +: 8];
                         4'd5: stg[rsp_off[j] >> 2][8 * rsp_off[j][1:0] +: 8] <= l1_rd_data[8 * j +: 8];
-                        4'd6: rmem[rsp_off[j]] <= l1_rd_data[8 * j +: 8];
                         default: vmem[rsp_off[j]] <= l1_rd_data[8 * j +: 8];
                     endcase
                 end
@@ -190,32 +198,63 @@ module ita_tile #(
 
     // ---- control state --------------------------------------------------------------------------------
     reg [2:0]  state;
-    reg [15:0] i, g, c;              // row, column group, k chunk
+    reg [15:0] i, g, c;              // row, column group, k chunk the array reads this cycle
     wire [15:0] groups = (n + PE - 1) / PE;
     wire [15:0] chunks = (k + W - 1) / W;
+    wire hold;                       // the array and the epilogue wait (a softmax row awaits the tail)
+    reg        f_v;                  // the chunk read last cycle, multiplied this cycle
+    reg [15:0] f_i, f_g, f_c;
     reg signed [31:0] acc [0:PE-1];
-    reg signed [31:0] res [0:PE-1];  // finished dot products of group res_g, waiting for the epilogue
+    reg signed [31:0] res [0:PE-1];  // finished dot products of group res_g of row res_i, entering the epilogue
     reg        res_valid;
-    reg [15:0] res_g;
+    reg [15:0] res_g, res_i;
 
-    // ---- dot-product array (combinational partial sums of this cycle's chunk) ---------------------------
+    // ---- operand macros ---------------------------------------------------------------------------------
+    // A: chunk c of row i (W bytes at i * k + c * W). B, bank b: without mode bit 0 stored row c * W + b (k
+    // position), PE bytes from column g * PE; with it the bank holding column g * PE + p, W bytes from c * W.
+    wire [1023:0] a_q;
+    wire [1023:0] b_q [0:NB-1];
+    wire          load_a = rsp_valid && rsp_seg == 4'd0 && got != 0;
+    ita_banked #(.BYTES(A_BYTES)) a_buf (.clk(clk), .we(load_a), .waddr(got_at), .wlen(got), .wdata(got_data),
+                                         .re(!hold), .raddr(i * k + c * W), .rdata(a_q));
+    genvar gb;
+    generate
+        for (gb = 0; gb < NB; gb = gb + 1) begin : b_bank
+            // with mode bit 0, the column of group g this bank holds (if any) is g * PE + ((gb - g * PE) mod NB)
+            wire [15:0] lane = (gb - g * PE) % NB;
+            wire [31:0] col = g * PE + lane;
+            wire [31:0] at = mode[0] ? (col / NB) * k + c * W : c * n + g * PE;
+            ita_banked #(.BYTES(B_BYTES / NB)) bank (
+                .clk(clk), .we(rsp_valid && rsp_seg == 4'd1 && rsp_bank == gb && got != 0), .waddr(got_at),
+                .wlen(got), .wdata(got_data), .re(!hold), .raddr(at), .rdata(b_q[gb]));
+        end
+    endgenerate
+
+    // ---- dot-product array: PE lanes x W int8 products on the chunk read last cycle ---------------------
     reg signed [31:0] partial [0:PE-1];
     integer p, kk;
-    reg [31:0] a_idx, b_idx, col, kpos;
+    reg [31:0] col, kpos;
+    reg [7:0]  av, bv;
     always @(*) begin
         for (p = 0; p < PE; p = p + 1) begin
             partial[p] = 32'sd0;
-            col = g * PE + p;
+            col = f_g * PE + p;
             for (kk = 0; kk < W; kk = kk + 1) begin
-                kpos = c * W + kk;
-                a_idx = i * k + kpos;
-                b_idx = mode[0] ? col * k + kpos : kpos * n + col;
+                kpos = f_c * W + kk;
+                av = a_q[8 * kk +: 8];
+                bv = mode[0] ? b_q[(f_g * PE + p) % NB][8 * kk +: 8] : b_q[kk][8 * p +: 8];
                 if (kpos < k && col < n)
-                    partial[p] = partial[p] + $signed({{24{amem[a_idx][7] & ~mode[5]}}, amem[a_idx]})
-                                            * $signed({{24{bmem[b_idx][7]}}, bmem[b_idx]});
+                    partial[p] = partial[p] + $signed({{24{av[7] & ~mode[5]}}, av}) * $signed({{24{bv[7]}}, bv});
             end
         end
     end
+
+    // the residual tile's group, read as the array finishes it (enters the epilogue with it)
+    wire [1023:0] r_q;
+    wire [1:0] r_elem = mode[9] ? 2'd2 : 2'd1;
+    ita_banked #(.BYTES(Y_BYTES)) r_buf (.clk(clk), .we(rsp_valid && rsp_seg == 4'd6 && got != 0), .waddr(got_at),
+                                         .wlen(got), .wdata(got_data), .re(!hold),
+                                         .raddr((f_i * n + f_g * PE) * r_elem), .rdata(r_q));
 
     // ---- epilogue pipeline ----------------------------------------------------------------------------
     // EPI stages, one group of PE lanes per stage, at most one multiplier (or two side by side) per lane and stage:
@@ -255,7 +294,6 @@ module ita_tile #(
     reg signed [15:0] pr    [0:EPI*PE-1];       // residual R per lane
     reg signed [7:0]  pvec  [0:4*EPI*PE-1];     // V0..V3 per lane: [(stage * 4 + j) * PE + lane]
     reg               pkeep [0:EPI*PE-1];       // softmax key mask per lane
-    wire hold;                                  // the whole array and pipeline wait (a softmax row awaits the tail)
 
     // side operand of epilogue stage `st` for lane q of the group in pipeline stage `ps`
     function signed [63:0] side;
@@ -274,13 +312,12 @@ module ita_tile #(
             for (ps = 0; ps < EPI; ps = ps + 1) pv[ps] <= 1'b0;
         end else if (!hold) begin
             // stage 0: the array's finished group enters
-            pv[0] <= res_valid; plast[0] <= res_g == groups - 1; pi[0] <= i; pg[0] <= res_g;
+            pv[0] <= res_valid; plast[0] <= res_g == groups - 1; pi[0] <= res_i; pg[0] <= res_g;
             for (q = 0; q < PE; q = q + 1) begin
                 ecol = res_g * PE + q;
                 pe[q] <= requant($signed(res[q]) + $signed(bias[ecol[8:0]]), rq[ecol[8:0]], rq[N_MAX + ecol[8:0]],
                                  rq[2 * N_MAX + ecol[8:0]], rq_clip[15:0], rq_clip[31:16]);
-                pr[q] <= mode[9] ? {rmem[2 * (i * n + ecol) + 1], rmem[2 * (i * n + ecol)]}
-                                 : {{8{rmem[i * n + ecol][7]}}, rmem[i * n + ecol]};
+                pr[q] <= mode[9] ? r_q[16 * q +: 16] : {{8{r_q[8 * q + 7]}}, r_q[8 * q +: 8]};
                 pvec[q] <= vmem[ecol[8:0]];
                 pvec[PE + q] <= vmem[N_MAX + ecol[8:0]];
                 pvec[2 * PE + q] <= vmem[2 * N_MAX + ecol[8:0]];
@@ -390,7 +427,7 @@ module ita_tile #(
     always @(posedge clk) begin
         if (rst) begin
             state <= S_IDLE; tstate <= T_IDLE; busy <= 1'b0; done <= 1'b0; res_valid <= 1'b0; cycles <= 32'd0;
-            rsp_valid <= 1'b0; l1_rd_req <= 1'b0; l1_wr_en <= 1'b0; pend <= 1'b0;
+            rsp_valid <= 1'b0; l1_rd_req <= 1'b0; l1_wr_en <= 1'b0; pend <= 1'b0; f_v <= 1'b0;
         end else begin
             if (busy) cycles <= cycles + 1;
             l1_wr_en <= 1'b0; l1_rd_req <= 1'b0; rsp_valid <= 1'b0;
@@ -465,7 +502,20 @@ module ita_tile #(
                 end
                 if (xlast && xi == m - 1) begin state <= S_IDLE; busy <= 1'b0; done <= 1'b1; end
             end
-            // the loader and the array
+            // the array: multiply the chunk read last cycle
+            if (!hold) begin
+                res_valid <= 1'b0;
+                if (f_v) begin
+                    for (t = 0; t < PE; t = t + 1)
+                        acc[t] <= (f_c == 0) ? partial[t] : acc[t] + partial[t];
+                    if (f_c == chunks - 1) begin
+                        for (t = 0; t < PE; t = t + 1)
+                            res[t] <= (f_c == 0) ? partial[t] : acc[t] + partial[t];
+                        res_valid <= 1'b1; res_g <= f_g; res_i <= f_i;
+                    end
+                end
+            end
+            // the loader and the array's control
             case (state)
                 S_IDLE: begin
                     done <= 1'b0;
@@ -476,7 +526,8 @@ module ita_tile #(
                 S_LOAD: begin            // one beat per cycle
                     l1_rd_req <= 1'b1; l1_rd_addr <= cur_win;
                     rsp_valid <= 1'b1; rsp_seg <= lseg; rsp_win <= cur_win; rsp_lo <= cur_addr;
-                    rsp_len <= seg_len[lseg]; rsp_dest <= seg_dest[lseg] + lrow * seg_dstride[lseg];
+                    rsp_len <= seg_len[lseg]; rsp_bank <= lrow % NB;
+                    rsp_dest <= (lseg == 4'd1) ? (lrow / NB) * b_len : seg_dest[lseg] + lrow * seg_dstride[lseg];
                     if (lbeat + 1 < cur_beats) lbeat <= lbeat + 1;
                     else begin
                         lbeat <= 16'd0;
@@ -488,29 +539,25 @@ module ita_tile #(
                     end
                 end
                 S_LWAIT: begin           // the last beat's data lands in the buffers
-                    state <= S_MAC;
+                    state <= S_MAC; f_v <= 1'b0;
                     i <= 0; g <= 0; c <= 0; gmax <= -16'sd128; denom <= 32'd0; m_buf <= 1'b0;
                 end
-                S_MAC: if (!hold) begin
-                    for (t = 0; t < PE; t = t + 1)
-                        acc[t] <= (c == 0) ? partial[t] : acc[t] + partial[t];
-                    res_valid <= 1'b0;
+                S_MAC: if (!hold) begin      // read chunk c of group g of row i
+                    f_v <= 1'b1; f_i <= i; f_g <= g; f_c <= c;
                     if (c == chunks - 1) begin
-                        for (t = 0; t < PE; t = t + 1)
-                            res[t] <= (c == 0) ? partial[t] : acc[t] + partial[t];
-                        res_valid <= 1'b1; res_g <= g; c <= 0;
+                        c <= 0;
                         if (g == groups - 1) state <= S_DRAIN;
                         else g <= g + 1;
                     end else begin
                         c <= c + 1;
                     end
                 end
-                S_DRAIN: if (!hold) begin   // the last group enters the epilogue in this cycle
-                    g <= 0; res_valid <= 1'b0;
+                S_DRAIN: if (!hold) begin    // a bubble between rows
+                    f_v <= 1'b0; g <= 0;
                     if (i == m - 1) state <= S_FLUSH;
                     else begin i <= i + 1; state <= S_MAC; end
                 end
-                S_FLUSH: if (!hold) res_valid <= 1'b0;   // the pipeline (and the tail) finish the last rows
+                S_FLUSH: if (!hold) f_v <= 1'b0;   // the array, the epilogue (and the tail) finish the last rows
                 default: state <= S_IDLE;
             endcase
         end
@@ -531,4 +578,54 @@ module ita_tile #(
             sm_out = w[7:0];
         end
     endfunction
+endmodule
+
+// A buffer of BYTES bytes as two SRAM macros of 128-byte rows, even rows in one and odd rows in the other, so that
+// any 128 contiguous bytes sit in at most one row of each. Per cycle: one write of `wlen` contiguous bytes at byte
+// `waddr` (each macro writes one row, with byte enables) and one read of the 128 bytes at `raddr` (each macro reads
+// one row; `rdata` is valid in the next cycle and held while `re` is low).
+module ita_banked #(
+    parameter BYTES = 8192
+) (
+    input  wire          clk,
+    input  wire          we,
+    input  wire [31:0]   waddr,
+    input  wire [7:0]    wlen,
+    input  wire [1023:0] wdata,
+    input  wire          re,
+    input  wire [31:0]   raddr,
+    output wire [1023:0] rdata
+);
+    localparam ROWS = (BYTES + 255) / 256;     // rows per macro
+    reg [1023:0] even [0:ROWS-1];
+    reg [1023:0] odd  [0:ROWS-1];
+    reg [1023:0] q_even, q_odd;
+    reg [6:0]    r_shift;
+    reg          r_odd_first;
+
+    wire [31:0]   w_row = waddr >> 7;            // the first row written; the next one may get the rest
+    wire [2047:0] w_cat = {1024'd0, wdata} << (8 * waddr[6:0]);
+    wire [255:0]  w_be = ((256'd1 << wlen) - 256'd1) << waddr[6:0];
+    wire [1023:0] even_d = w_row[0] ? w_cat[2047:1024] : w_cat[1023:0];
+    wire [127:0]  even_be = w_row[0] ? w_be[255:128] : w_be[127:0];
+    wire [1023:0] odd_d = w_row[0] ? w_cat[1023:0] : w_cat[2047:1024];
+    wire [127:0]  odd_be = w_row[0] ? w_be[127:0] : w_be[255:128];
+    wire [31:0]   r_row = raddr >> 7;
+    integer j;
+    always @(posedge clk) begin
+        if (we) begin
+            for (j = 0; j < 128; j = j + 1) begin
+                if (even_be[j]) even[(w_row + 1) >> 1][8 * j +: 8] <= even_d[8 * j +: 8];
+                if (odd_be[j]) odd[w_row >> 1][8 * j +: 8] <= odd_d[8 * j +: 8];
+            end
+        end
+        if (re) begin
+            q_even <= even[(r_row + 1) >> 1];
+            q_odd <= odd[r_row >> 1];
+            r_shift <= raddr[6:0];
+            r_odd_first <= r_row[0];
+        end
+    end
+    wire [2047:0] r_cat = r_odd_first ? {q_even, q_odd} : {q_odd, q_even};
+    assign rdata = r_cat >> (8 * r_shift);
 endmodule
