@@ -359,8 +359,8 @@ def _compute_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: 
         softmax = any(st["op"] == "ITAPartialMax" for st in node.attrs.get("stages", []))
         rows = max(min(spec.rows_per_job(k, n, _out_bytes(graph, node)), m), 1)
         jobs = [rows] * (m // rows) + ([m % rows] if m % rows else [])
-        return batch * sum(job_cycles(spec, r, k, n, softmax, _job_beats(graph, node, r, k, n, spec)) + 40
-                           for r in jobs)
+        return batch * sum(job_cycles(spec, r, k, n, softmax, _job_beats(graph, node, r, k, n, spec, keep=j > 0))
+                           + 40 for j, r in enumerate(jobs))
     if node.op == "MatMulInt":
         return _matmul_cycles(graph, node, out_tile, cores)
     if node.op == "ConvInt":
@@ -464,14 +464,17 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _job_beats(graph: Graph, node: Node, m: int, k: int, n: int, spec: AccelSpec) -> int:
+def _job_beats(graph: Graph, node: Node, m: int, k: int, n: int, spec: AccelSpec, keep: bool = False) -> int:
     """Port beats an m x k x n job of `node` needs to load its operands (sim/accel/model.py operand_rows), with
-    every operand word-aligned (the ISS counts the real addresses)."""
+    every operand word-aligned (the ISS counts the real addresses); `keep`: a later row job of the same matrix,
+    whose B, bias and rq stay in the accelerator."""
     def beats(size: int) -> int:
         return port_beats(0, size, spec.port_bytes)
 
     stored, length = (n, k) if node.attrs.get("trans_b") else (k, n)
-    total = beats(m * k) + stored * beats(length) + 4 * beats(4 * n)   # A, B row by row, bias, three rq rows
+    total = beats(m * k)
+    if not keep:
+        total += stored * beats(length) + 4 * beats(4 * n)             # B row by row, bias, three rq rows
     stages = node.attrs.get("stages", [])
     if any(st["op"] == "LUT" for st in stages):
         total += beats(256)

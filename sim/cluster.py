@@ -39,6 +39,7 @@ from ..errors import TinyDeployError
 from ..target import LEVELS, AccelSpec, DmaSpec, Target, load_target
 from .accel.model import (
     JOB_REGISTERS,
+    MODE_KEEP_B,
     MODE_TRANS_B,
     Job,
     cycles_of,
@@ -236,6 +237,7 @@ class ClusterISS:
         #: banks with them (_port_contention)
         self.dma_l1_traffic: deque[tuple[int, int, float]] = deque(maxlen=64)
         self.accel_port_stall = 0
+        self._kept_operands: tuple | None = None
         self.layers: list[LayerStamp] = []
         self.open_layer: LayerStamp | None = None
         self._bad_access: tuple[int, int] | None = None
@@ -461,6 +463,11 @@ class ClusterISS:
         if problem:
             self._callback_fault(hart, f"accelerator job {regs['m']}x{regs['k']}x{regs['n']} does not fit: {problem}")
             return
+        kept = self._check_kept_operands(regs)
+        if kept:
+            self._callback_fault(hart, f"accelerator job {self.accel_next_id} keeps B, bias and rq (mode bit 10) "
+                                       f"but {kept}")
+            return
         job = Job(self.accel_next_id, regs, layer=self.open_layer.index if self.open_layer else -1)
         try:
             job.result = run_job(job, self.read)
@@ -484,6 +491,20 @@ class ClusterISS:
             self.open_layer.accel_busy += job.cycles
             self.open_layer.accel_macs += job.macs
             self.open_layer.accel_l1_bytes += sum(size for _, size in operand_spans(job.regs).values())
+
+    def _check_kept_operands(self, regs: dict[str, int]) -> str | None:
+        """A job with MODE_KEEP_B computes with the B, bias and rq its predecessor loaded: they must be the same
+        operands, unchanged in L1 (else the hardware would compute with stale buffers). Returns what differs."""
+        spans = operand_spans(regs)
+        kept = {name: (spans[name][0], self.read(*spans[name])) for name in ("b", "bias", "rq")}
+        shape = (regs["k"], regs["n"], regs["mode"] & MODE_TRANS_B)
+        previous, self._kept_operands = self._kept_operands, (shape, kept)
+        if not regs["mode"] & MODE_KEEP_B:
+            return None
+        if previous is None or previous[0] != shape:
+            return "the previous job has another B shape"
+        changed = [name for name in kept if previous[1][name] != kept[name]]
+        return f"{', '.join(changed)} changed since it" if changed else None
 
     def _port_contention(self, begin: int, job: Job) -> int:
         """Cycles the job's loader loses to the DMA: L1's banks serve both, the DMA first, so while a transfer

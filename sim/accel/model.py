@@ -34,6 +34,9 @@ MODE_SM_MASK = 128
 MODE_LUT_LAST = 256
 #: the residual tile R is int16 (a residual add into a 16-bit residual stream)
 MODE_R16 = 512
+#: B, bias and rq are the previous job's, still in the accelerator's buffers (its loader skips them); the driver sets
+#: it for the second and later row jobs of a matrix, whose B, bias and rq it has not changed
+MODE_KEEP_B = 1024
 #: registers a job snapshots (names from the target's [mmio] table without the `accel_` prefix)
 JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", "rq2_mul", "rq2_shift", "rq2_add",
                  "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
@@ -153,8 +156,10 @@ def operand_rows(regs: dict[str, int]) -> list[tuple[int, int]]:
     the rq table's three rows, LUT, stage table, R row by row, V0..V3)."""
     m, k, n = regs["m"], regs["k"], regs["n"]
     stored, length = (n, k) if regs["mode"] & MODE_TRANS_B else (k, n)      # B row by row: each goes to one bank
-    rows = [(regs["a"], m * k), *((regs["b"] + r * length, length) for r in range(stored)), (regs["bias"], 4 * n),
-            *((regs["rq"] + 4 * n * j, 4 * n) for j in range(3))]
+    rows = [(regs["a"], m * k)]
+    if not regs["mode"] & MODE_KEEP_B:
+        rows += [*((regs["b"] + r * length, length) for r in range(stored)), (regs["bias"], 4 * n),
+                 *((regs["rq"] + 4 * n * j, 4 * n) for j in range(3))]
     if regs["mode"] & MODE_LUT:
         rows.append((regs["lut"], 256))
     stages = regs["stage_count"]

@@ -95,7 +95,7 @@ class RtlAccelerator:
             raise TinyDeployError(f"job {m}x{k}x{n} does not fit the RTL build: {problem}")
         l1 = _L1Image(read, operand_rows(r))
         io = self.io
-        io.mode, io.m, io.k, io.n = r["mode"] & 0x3FF, m, k, n
+        io.mode, io.m, io.k, io.n = r["mode"] & 0x7FF, m, k, n
         io.stage_count = r["stage_count"]
         for name in CONFIG:
             io[name] = r[name] & 0xFFFFFFFF

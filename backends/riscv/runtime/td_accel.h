@@ -27,6 +27,9 @@ typedef struct {
     int32_t sm_bits;       /* softmax input steps per octave: 2^sm_bits (ITA: 5) */
 } td_ita_job;
 
+/* Mode bit 10: B, bias and rq are the previous job's, still in the accelerator's buffers (not loaded again). */
+#define TD_ACCEL_MODE_KEEP_B 1024u
+
 #ifdef TD_REG_ACCEL_START
 #define TD_ACCEL_ADDR(p) ((uint32_t)(uintptr_t)(p))
 

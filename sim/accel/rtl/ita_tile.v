@@ -1,27 +1,34 @@
 // ITA-like accelerator datapath for one job (one tile): Y[m, n] = epilogue(requant(A[m, k] x B + bias)).
 //
-// Synthesizable Verilog-2005, simulated with Verilator through pyverilator (sim/accel/rtl.py).
+// Synthesizable Verilog-2005, simulated with Verilator through pyverilator (sim/accel/rtl.py); Yosys reports its
+// cells, memories and logic depth per stage (benchmarks/synth_accel.py).
+//  - loader: the accelerator is an L1 master. It streams the job's operands from L1 into its buffers through a
+//    port of 32 word lanes (128 B per cycle, one beat = 32 consecutive words; a row of `len` bytes at address x
+//    takes ceil((x mod 4 + len) / 128) beats): A, then B stored row by row (the rows of B [k, n], or of B^T
+//    [n, k] with mode bit 0), bias, rq, LUT, stage table, R row by row, V0..V3. The array starts when the last
+//    beat has landed (no double buffering: a job's loading does not overlap the previous job's compute);
+//  - buffers: A, B and R are SRAM macros (ita_banked, below: even and odd 128-byte rows in two macros, so one
+//    row per macro and cycle serves any 128 contiguous bytes). B is spread over W banks, stored row r in bank
+//    r mod W, so one cycle's B chunk is one row per bank: without mode bit 0 bank kk holds k position c*W + kk,
+//    with it the PE columns of a group sit in PE different banks. Reads are registered (one cycle). bias, rq,
+//    the LUT, V0..V3 and the stage table are register files;
 //  - dot-product array: PE lanes, each reducing W int8 products per cycle (PE x W MACs per cycle), int32
-//    accumulators; B is [k, n] or, with mode bit 0, [n, k];
-//  - requantizer per lane (contract 1): clip((mul*x + add*2^shift + 2^(shift-1)) >> shift), per-column mul,
-//    shift, add from the rq table (rows mul, shift, add), computed in 64 bits;
-//  - results are written as int8, or int16 with mode bit 6 (a projection into a 16-bit residual stream);
-//  - epilogue per lane: optional second per-tensor requant (mode bit 1), optional 256-entry LUT (bit 2), then
-//    up to 5 AddRequant/MulRequant stages (residual add, NoNorm) combining the running value with the residual
-//    tile R or a per-column vector V0..V3, parameters from a 12-word-per-stage table;
-//  - streaming softmax unit (bit 3, contract 4; bit 4 requantizes its output): per block of PE columns a running max and a denominator
-//    renormalised when the max grows; a softmax tail unit then runs a radix-4 restoring divider (2 quotient bits
-//    per cycle) and a normalisation pass over the row, on its own copy of the row (two row buffers), while the
-//    array computes the next row;
-//  - control FSM: rows x column groups x k chunks; the epilogue of group g overlaps the MACs of group g+1.
-// The accelerator is an L1 master: a loader streams the job's operands from L1 into its buffers through a port of
-// 32 word lanes (128 B per cycle, one beat = 32 consecutive words; a row of an operand at address x with `len`
-// bytes takes L = ceil((x mod 4 + len) / 128) beats), then the array runs; each finished group of PE outputs is
-// written to L1 through the same port's write side (up to 32 bytes per cycle, Y rows y_pitch apart).
+//    accumulators, on the chunk read the cycle before;
+//  - epilogue pipeline (14 stages, one group of PE lanes each, at most one multiplier or two side by side per
+//    lane and stage): requant per column (contract 1), second per-tensor requant (mode bit 1), LUT (bit 2), up
+//    to 5 AddRequant/MulRequant stages (residual add, NoNorm) of two steps each with the residual tile R or a
+//    per-column vector V0..V3 (parameters from a 12-word-per-stage table), LUT after the stages (bit 8).
+//    Results are int8, or int16 with mode bit 6, written to L1 through the port (up to 32 bytes a cycle, Y rows
+//    y_pitch apart);
+//  - streaming softmax (bit 3, contract 4; bit 4 requantizes its output) on the groups leaving the pipeline: per
+//    block of PE columns a running max and a denominator renormalised when the max grows; a softmax tail then
+//    runs a radix-4 restoring divider (2 quotient bits per cycle) and a normalisation pass over the row, on its
+//    own copy of the row (two row buffers), while the array computes the next rows. A finished row that finds
+//    the tail busy holds the array and the pipeline until the tail takes it.
 // `cycles` counts from start to done. Cycle count per job, with L beats in all, G = ceil(n / PE),
-// C = ceil(k / W), P = G*C + 1 (a row on the array), T = 8 + G (a row in the softmax tail):
-//   1 + L + 1 + m * P                          without the softmax
-//   1 + L + 1 + P + T + (m - 1) * max(P, T)    with it (row i's tail overlaps row i+1 on the array)
+// C = ceil(k / W), P = G*C + 1 (a row on the array), T = 8 + G (a row in the softmax tail), E = 14:
+//   1 + L + 1 + 1 + E + m * P                          without the softmax
+//   1 + L + 1 + 1 + E + P + T + (m - 1) * max(P, T)    with it (row i's tail overlaps row i+1 on the array)
 // which target.py (job_cycles, the cost model's and the ISS's one timing description) mirrors.
 // Index expressions are wider than the memories they address (parameterised sizes): WIDTH is expected.
 /* verilator lint_off WIDTH */
@@ -36,11 +43,13 @@ module ita_tile #(
     input  wire        clk,
     input  wire        rst,
     // job registers (held while busy)
-    input  wire [9:0]  mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities),
+    input  wire [10:0] mode,         // bit 5: A unsigned (ITA's sign mode: A.V reads uint8 probabilities),
                                      // bit 6: Y int16 (two bytes per element, little endian; no softmax),
                                      // bit 7: softmax key mask, the int8 vector V0 (0 = masked column),
                                      // bit 8: the LUT runs after the stages (GELU after a bias-add stage),
-                                     // bit 9: the residual tile R is int16 (two bytes per element)
+                                     // bit 9: the residual tile R is int16 (two bytes per element),
+                                     // bit 10: B, bias and rq are the previous job's (still in the buffers:
+                                     // the loader skips them; the driver sets it for a matrix's later row jobs)
     input  wire [15:0] m,
     input  wire [15:0] k,
     input  wire [15:0] n,
@@ -130,9 +139,9 @@ module ita_tile #(
             seg_dest[sg] = 32'd0; seg_dstride[sg] = 32'd0;
         end
         seg_on[0] = 1'b1; seg_addr[0] = a_addr;    seg_len[0] = m * k;
-        seg_on[1] = 1'b1; seg_addr[1] = b_addr;    seg_len[1] = b_len; seg_rows[1] = b_rows; seg_pitch[1] = b_len;
-        seg_on[2] = 1'b1; seg_addr[2] = bias_addr; seg_len[2] = 4 * n;
-        seg_on[3] = 1'b1; seg_addr[3] = rq_addr;   seg_len[3] = 4 * n; seg_rows[3] = 3; seg_pitch[3] = 4 * n;
+        seg_on[1] = !mode[10]; seg_addr[1] = b_addr;    seg_len[1] = b_len; seg_rows[1] = b_rows; seg_pitch[1] = b_len;
+        seg_on[2] = !mode[10]; seg_addr[2] = bias_addr; seg_len[2] = 4 * n;
+        seg_on[3] = !mode[10]; seg_addr[3] = rq_addr;   seg_len[3] = 4 * n; seg_rows[3] = 3; seg_pitch[3] = 4 * n;
         seg_dstride[3] = 4 * N_MAX;
         seg_on[4] = mode[2];            seg_addr[4] = lut_addr; seg_len[4] = 256;
         seg_on[5] = stage_count != 0;   seg_addr[5] = stg_addr; seg_len[5] = 48 * stage_count;
