@@ -102,16 +102,13 @@ module ita_tile #(
     localparam S_IDLE = 3'd0, S_MAC = 3'd1, S_DRAIN = 3'd2, S_FLUSH = 3'd4, S_LOAD = 3'd5, S_LWAIT = 3'd6;
     localparam T_IDLE = 2'd0, T_DIV = 2'd1, T_NORM = 2'd2;
 
-    // operand buffers, filled by the loader before the array starts. A, B and R are SRAM macros (ita_banked: two
-    // macros of 128-byte rows, one row read and one row written per macro and cycle); the small per-column tables
-    // below are register files.
+    // operand buffers, filled by the loader before the array starts: A, B, R, bias, the rq rows and V0..V3 are SRAM
+    // macros (ita_banked: two macros of 128-byte rows, one row read and one row written per macro and cycle); the
+    // LUT (16 lookups a cycle) and the stage table are registers.
     localparam NB = W;                  // B banks: B's stored row r (a row of B, or of B^T with mode bit 0) lives
                                         // in bank r mod NB at byte (r / NB) * row length
-    reg [31:0] bias [0:N_MAX-1];
-    reg [31:0] rq   [0:3*N_MAX-1];      // rows mul, shift, add, N_MAX words apart
-    reg [7:0]  lut  [0:255];
-    reg [7:0]  vmem [0:4*N_MAX-1];      // per-column vectors V0..V3, V_j at byte j * N_MAX
-    reg [31:0] stg  [0:59];             // stage table: 5 stages x 12 words
+    reg [2047:0] lut;                   // the activation table, 256 bytes
+    reg [1919:0] stg;                   // stage table: 5 stages x 12 words
     reg signed [15:0] row [0:2*N_MAX-1]; // epilogue outputs of a row (softmax input): the array's and the tail's
 
     wire [31:0] y_row = mode[6] ? 2 * n : n;               // bytes of a row of Y and of R
@@ -142,7 +139,7 @@ module ita_tile #(
         seg_on[1] = !mode[10]; seg_addr[1] = b_addr;    seg_len[1] = b_len; seg_rows[1] = b_rows; seg_pitch[1] = b_len;
         seg_on[2] = !mode[10]; seg_addr[2] = bias_addr; seg_len[2] = 4 * n;
         seg_on[3] = !mode[10]; seg_addr[3] = rq_addr;   seg_len[3] = 4 * n; seg_rows[3] = 3; seg_pitch[3] = 4 * n;
-        seg_dstride[3] = 4 * N_MAX;
+        seg_dstride[3] = 4 * N_MAX;      // row j of rq goes to macro j (its offset / (4 * N_MAX))
         seg_on[4] = mode[2];            seg_addr[4] = lut_addr; seg_len[4] = 256;
         seg_on[5] = stage_count != 0;   seg_addr[5] = stg_addr; seg_len[5] = 48 * stage_count;
         seg_on[6] = stage_count != 0 && r_addr != 0;
@@ -152,7 +149,7 @@ module ita_tile #(
         seg_on[8] = stage_count != 0 && v1_addr != 0;                seg_addr[8] = v1_addr;
         seg_on[9] = stage_count != 0 && v2_addr != 0;                seg_addr[9] = v2_addr;
         seg_on[10] = stage_count != 0 && v3_addr != 0;               seg_addr[10] = v3_addr;
-        for (sg = 7; sg < NSEG; sg = sg + 1) begin seg_len[sg] = n; seg_dest[sg] = (sg - 7) * N_MAX; end
+        for (sg = 7; sg < NSEG; sg = sg + 1) seg_len[sg] = n;
     end
 
     reg [3:0]  lseg, next_seg;          // the segment being loaded, the next present one (NSEG: none)
@@ -176,33 +173,12 @@ module ita_tile #(
     wire [7:0]  got = got_end - got_first;
     wire [31:0] got_at = rsp_dest + got_first - rsp_lo;
     wire [1023:0] got_data = l1_rd_data >> (8 * (got_first - rsp_win));
-    // where byte j of the beat goes: its offset in the segment's buffer, and whether it belongs to the row
-    wire [31:0] rsp_off [0:127];
-    wire        rsp_in  [0:127];
-    genvar gj;
-    generate
-        for (gj = 0; gj < 128; gj = gj + 1) begin : beat_byte
-            wire [31:0] rel = rsp_win + gj - rsp_lo;
-            assign rsp_in[gj] = rsp_win + gj >= rsp_lo && rel < rsp_len;
-            assign rsp_off[gj] = rsp_dest + rel;
-        end
-    endgenerate
-    integer j;
+    // the LUT and the stage table are registers: a beat's bytes land at their offset
+    wire [2047:0] got_mask = ((2048'd1 << (8 * got)) - 2048'd1) << (8 * got_at);
+    wire [2047:0] got_wide = {1024'd0, got_data} << (8 * got_at);
     always @(posedge clk) begin
-        if (rsp_valid) begin
-            for (j = 0; j < 128; j = j + 1) begin
-                if (rsp_in[j]) begin
-                    case (rsp_seg)
-                        4'd0, 4'd1, 4'd6: ;             // the macros' own write ports
-                        4'd2: bias[rsp_off[j] >> 2][8 * rsp_off[j][1:0] +: 8] <= l1_rd_data[8 * j +: 8];
-                        4'd3: rq[rsp_off[j] >> 2][8 * rsp_off[j][1:0] +: 8] <= l1_rd_data[8 * j +: 8];
-                        4'd4: lut[rsp_off[j][7:0]] <= l1_rd_data[8 * j +: 8];
-                        4'd5: stg[rsp_off[j] >> 2][8 * rsp_off[j][1:0] +: 8] <= l1_rd_data[8 * j +: 8];
-                        default: vmem[rsp_off[j]] <= l1_rd_data[8 * j +: 8];
-                    endcase
-                end
-            end
-        end
+        if (rsp_valid && rsp_seg == 4'd4) lut <= (lut & ~got_mask) | (got_wide & got_mask);
+        if (rsp_valid && rsp_seg == 4'd5) stg <= (stg & ~got_mask[1919:0]) | (got_wide[1919:0] & got_mask[1919:0]);
     end
 
     // ---- control state --------------------------------------------------------------------------------
@@ -258,12 +234,31 @@ module ita_tile #(
         end
     end
 
-    // the residual tile's group, read as the array finishes it (enters the epilogue with it)
-    wire [1023:0] r_q;
+    // the per-column operands of a group (bias, rq rows, V0..V3) and the residual tile's group: read as the
+    // array finishes the group, they enter the epilogue with it
+    wire [1023:0] r_q, bias_q, v_q [0:3], rq_q [0:2];
     wire [1:0] r_elem = mode[9] ? 2'd2 : 2'd1;
-    ita_banked #(.BYTES(Y_BYTES)) r_buf (.clk(clk), .we(rsp_valid && rsp_seg == 4'd6 && got != 0), .waddr(got_at),
-                                         .wlen(got), .wdata(got_data), .re(!hold),
-                                         .raddr((f_i * n + f_g * PE) * r_elem), .rdata(r_q));
+    wire       beat_in = rsp_valid && got != 0;
+    ita_banked #(.BYTES(Y_BYTES)) r_buf (.clk(clk), .we(beat_in && rsp_seg == 4'd6), .waddr(got_at), .wlen(got),
+                                         .wdata(got_data), .re(!hold), .raddr((f_i * n + f_g * PE) * r_elem),
+                                         .rdata(r_q));
+    ita_banked #(.BYTES(4 * N_MAX)) bias_buf (.clk(clk), .we(beat_in && rsp_seg == 4'd2), .waddr(got_at),
+                                              .wlen(got), .wdata(got_data), .re(!hold), .raddr(f_g * PE * 4),
+                                              .rdata(bias_q));
+    genvar gt;
+    generate
+        for (gt = 0; gt < 3; gt = gt + 1) begin : rq_row
+            ita_banked #(.BYTES(4 * N_MAX)) buffer (
+                .clk(clk), .we(beat_in && rsp_seg == 4'd3 && got_at / (4 * N_MAX) == gt),
+                .waddr(got_at % (4 * N_MAX)), .wlen(got), .wdata(got_data), .re(!hold), .raddr(f_g * PE * 4),
+                .rdata(rq_q[gt]));
+        end
+        for (gt = 0; gt < 4; gt = gt + 1) begin : vector
+            ita_banked #(.BYTES(N_MAX)) buffer (.clk(clk), .we(beat_in && rsp_seg == 7 + gt), .waddr(got_at),
+                                                .wlen(got), .wdata(got_data), .re(!hold), .raddr(f_g * PE),
+                                                .rdata(v_q[gt]));
+        end
+    endgenerate
 
     // ---- epilogue pipeline ----------------------------------------------------------------------------
     // EPI stages, one group of PE lanes per stage, at most one multiplier (or two side by side) per lane and stage:
@@ -289,7 +284,7 @@ module ita_tile #(
         input signed [63:0] x;
         reg [7:0] v;
         begin
-            v = lut[x[7:0] - lut_min[7:0]];
+            v = lut[8 * (x[7:0] - lut_min[7:0]) +: 8];
             lut_of = $signed({{56{v[7]}}, v});
         end
     endfunction
@@ -308,12 +303,11 @@ module ita_tile #(
     function signed [63:0] side;
         input integer ps, st, q;
         begin
-            if (stg[st * 12 + 1] == 0) side = pr[ps * PE + q];
-            else side = pvec[(ps * 4 + stg[st * 12 + 1] - 1) * PE + q];
+            if (stg[32 * (st * 12 + 1) +: 32] == 0) side = pr[ps * PE + q];
+            else side = pvec[(ps * 4 + stg[32 * (st * 12 + 1) +: 32] - 1) * PE + q];
         end
     endfunction
 
-    reg [31:0] ecol;
     reg signed [63:0] t0, t1;
     integer q, ps, st;
     always @(posedge clk) begin
@@ -323,15 +317,14 @@ module ita_tile #(
             // stage 0: the array's finished group enters
             pv[0] <= res_valid; plast[0] <= res_g == groups - 1; pi[0] <= res_i; pg[0] <= res_g;
             for (q = 0; q < PE; q = q + 1) begin
-                ecol = res_g * PE + q;
-                pe[q] <= requant($signed(res[q]) + $signed(bias[ecol[8:0]]), rq[ecol[8:0]], rq[N_MAX + ecol[8:0]],
-                                 rq[2 * N_MAX + ecol[8:0]], rq_clip[15:0], rq_clip[31:16]);
+                pe[q] <= requant($signed(res[q]) + $signed(bias_q[32 * q +: 32]), rq_q[0][32 * q +: 32],
+                                 rq_q[1][32 * q +: 32], rq_q[2][32 * q +: 32], rq_clip[15:0], rq_clip[31:16]);
                 pr[q] <= mode[9] ? r_q[16 * q +: 16] : {{8{r_q[8 * q + 7]}}, r_q[8 * q +: 8]};
-                pvec[q] <= vmem[ecol[8:0]];
-                pvec[PE + q] <= vmem[N_MAX + ecol[8:0]];
-                pvec[2 * PE + q] <= vmem[2 * N_MAX + ecol[8:0]];
-                pvec[3 * PE + q] <= vmem[3 * N_MAX + ecol[8:0]];
-                pkeep[q] <= !mode[7] || vmem[ecol[8:0]] != 8'd0;
+                pvec[q] <= v_q[0][8 * q +: 8];
+                pvec[PE + q] <= v_q[1][8 * q +: 8];
+                pvec[2 * PE + q] <= v_q[2][8 * q +: 8];
+                pvec[3 * PE + q] <= v_q[3][8 * q +: 8];
+                pkeep[q] <= !mode[7] || v_q[0][8 * q +: 8] != 8'd0;
             end
             for (ps = 1; ps < EPI; ps = ps + 1) begin
                 pv[ps] <= pv[ps - 1]; plast[ps] <= plast[ps - 1]; pi[ps] <= pi[ps - 1]; pg[ps] <= pg[ps - 1];
@@ -352,16 +345,16 @@ module ita_tile #(
                 for (st = 0; st < 5; st = st + 1) begin
                     if (st < stage_count) begin
                         ps = 2 + 2 * st;                                  // the stage holding the input
-                        t0 = (stg[st * 12 + 2] == 0) ? pe[ps * PE + q] : side(ps, st, q);
-                        t1 = (stg[st * 12 + 2] == 0) ? side(ps, st, q) : pe[ps * PE + q];
-                        if (stg[st * 12] == 1)   // AddRequant: (t0 - za) * mul_a + (t1 - zb) * mul_b
-                            px[(ps + 1) * PE + q] <= (t0 - $signed(stg[st * 12 + 5])) * $signed(stg[st * 12 + 3])
-                                                   + (t1 - $signed(stg[st * 12 + 6])) * $signed(stg[st * 12 + 4]);
+                        t0 = (stg[32 * (st * 12 + 2) +: 32] == 0) ? pe[ps * PE + q] : side(ps, st, q);
+                        t1 = (stg[32 * (st * 12 + 2) +: 32] == 0) ? side(ps, st, q) : pe[ps * PE + q];
+                        if (stg[32 * (st * 12) +: 32] == 1)   // AddRequant: (t0 - za) * mul_a + (t1 - zb) * mul_b
+                            px[(ps + 1) * PE + q] <= (t0 - $signed(stg[32 * (st * 12 + 5) +: 32])) * $signed(stg[32 * (st * 12 + 3) +: 32])
+                                                   + (t1 - $signed(stg[32 * (st * 12 + 6) +: 32])) * $signed(stg[32 * (st * 12 + 4) +: 32]);
                         else                     // MulRequant: (t0 - za) * (t1 - zb)
-                            px[(ps + 1) * PE + q] <= (t0 - $signed(stg[st * 12 + 5])) * (t1 - $signed(stg[st * 12 + 6]));
-                        pe[(ps + 2) * PE + q] <= requant(px[(ps + 1) * PE + q], stg[st * 12 + 7], stg[st * 12 + 8],
-                                                         stg[st * 12 + 9], stg[st * 12 + 10][15:0],
-                                                         stg[st * 12 + 11][15:0]);
+                            px[(ps + 1) * PE + q] <= (t0 - $signed(stg[32 * (st * 12 + 5) +: 32])) * (t1 - $signed(stg[32 * (st * 12 + 6) +: 32]));
+                        pe[(ps + 2) * PE + q] <= requant(px[(ps + 1) * PE + q], stg[32 * (st * 12 + 7) +: 32], stg[32 * (st * 12 + 8) +: 32],
+                                                         stg[32 * (st * 12 + 9) +: 32], stg[32 * (st * 12 + 10) +: 16],
+                                                         stg[32 * (st * 12 + 11) +: 16]);
                     end
                 end
                 if (mode[2] && mode[8])
