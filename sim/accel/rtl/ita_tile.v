@@ -599,9 +599,7 @@ module ita_banked #(
     output wire [1023:0] rdata
 );
     localparam ROWS = (BYTES + 255) / 256;     // rows per macro
-    reg [1023:0] even [0:ROWS-1];
-    reg [1023:0] odd  [0:ROWS-1];
-    reg [1023:0] q_even, q_odd;
+    wire [1023:0] q_even, q_odd;
     reg [6:0]    r_shift;
     reg          r_odd_first;
 
@@ -613,17 +611,27 @@ module ita_banked #(
     wire [1023:0] odd_d = w_row[0] ? w_cat[1023:0] : w_cat[2047:1024];
     wire [127:0]  odd_be = w_row[0] ? w_be[127:0] : w_be[255:128];
     wire [31:0]   r_row = raddr >> 7;
-    integer j;
-    always @(posedge clk) begin
-        if (we) begin
-            for (j = 0; j < 128; j = j + 1) begin
-                if (even_be[j]) even[(w_row + 1) >> 1][8 * j +: 8] <= even_d[8 * j +: 8];
-                if (odd_be[j]) odd[w_row >> 1][8 * j +: 8] <= odd_d[8 * j +: 8];
+    // each macro as 128 byte lanes (a byte-write SRAM): lane j of a row is byte j
+    genvar gl;
+    generate
+        for (gl = 0; gl < 128; gl = gl + 1) begin : lane
+            reg [7:0] even [0:ROWS-1];
+            reg [7:0] odd  [0:ROWS-1];
+            reg [7:0] q_e, q_o;
+            always @(posedge clk) begin
+                if (we && even_be[gl]) even[(w_row + 1) >> 1] <= even_d[8 * gl +: 8];
+                if (we && odd_be[gl]) odd[w_row >> 1] <= odd_d[8 * gl +: 8];
+                if (re) begin
+                    q_e <= even[(r_row + 1) >> 1];
+                    q_o <= odd[r_row >> 1];
+                end
             end
+            assign q_even[8 * gl +: 8] = q_e;
+            assign q_odd[8 * gl +: 8] = q_o;
         end
+    endgenerate
+    always @(posedge clk) begin
         if (re) begin
-            q_even <= even[(r_row + 1) >> 1];
-            q_odd <= odd[r_row >> 1];
             r_shift <= raddr[6:0];
             r_odd_first <= r_row[0];
         end
