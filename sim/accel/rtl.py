@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,30 @@ def _build_dir(parameters: dict[str, int]) -> Path:
     return Path(root) / "tinydeploy" / "rtl" / digest
 
 
+def _build(build: Path, parameters: dict[str, int]) -> None:
+    """Verilate and compile the RTL into `build` (several minutes): in a private directory first, renamed into
+    place when done, so concurrent runs neither share a half-built model nor fail when another finished first."""
+    from pyverilator import PyVerilator
+
+    print("building the accelerator RTL with Verilator (once per RTL version; a few minutes)", file=sys.stderr)
+    staging = build.with_name(f"{build.name}.{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(SOURCE, staging / SOURCE.name)
+    cwd = os.getcwd()
+    try:
+        os.chdir(staging)
+        PyVerilator.build(SOURCE.name, build_dir="obj", quiet=True, dump_en=False,
+                          args=["-O3", "--x-assign", "fast", "--x-initial", "fast", *UNROLL,
+                                *(f"-G{k}={v}" for k, v in parameters.items())])
+    finally:
+        os.chdir(cwd)
+    try:
+        staging.rename(build)
+    except OSError:                    # another run built it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class RtlAccelerator:
     """One Verilated ita_tile instance, built with the memories and array of `spec`."""
 
@@ -61,18 +86,11 @@ class RtlAccelerator:
         build = _build_dir(parameters)
         so_file = build / "obj" / "Vita_tile"
         if not so_file.exists():
-            build.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(SOURCE, build / SOURCE.name)
-            cwd = os.getcwd()
-            try:
-                os.chdir(build)
-                self.sim = PyVerilator.build(SOURCE.name, build_dir="obj", quiet=True, dump_en=False,
-                                             args=["-O3", "--x-assign", "fast", "--x-initial", "fast", *UNROLL,
-                                                   *(f"-G{k}={v}" for k, v in parameters.items())])
-            finally:
-                os.chdir(cwd)
-        else:
-            self.sim = PyVerilator(str(so_file))
+            _build(build, parameters)
+        if not so_file.exists():
+            raise TinyDeployError(f"the accelerator RTL build in {build} is incomplete (an interrupted build?): "
+                                  f"remove that folder and run again")
+        self.sim = PyVerilator(str(so_file))
         self.sim.auto_eval = False   # evaluate on clock edges only: every input write would re-evaluate the array
         self.io = self.sim.io
         self.io.rst = 1
