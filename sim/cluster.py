@@ -453,7 +453,8 @@ class ClusterISS:
         hart = self.harts[hart_id]
         regs = dict(self.accel_regs)
         l1_base, l1_size = self.spec.regions["l1"]
-        for operand, (address, nbytes) in operand_spans(regs).items():
+        spans = operand_spans(regs)
+        for operand, (address, nbytes) in spans.items():
             if not (l1_base <= address and address + nbytes <= l1_base + l1_size):
                 self._callback_fault(hart, f"accelerator operand {operand} at 0x{address:08x} ({nbytes} B) is not "
                                            f"in L1")
@@ -463,7 +464,7 @@ class ClusterISS:
         if problem:
             self._callback_fault(hart, f"accelerator job {regs['m']}x{regs['k']}x{regs['n']} does not fit: {problem}")
             return
-        kept = self._check_kept_operands(regs)
+        kept = self._check_kept_operands(regs, spans)
         if kept:
             self._callback_fault(hart, f"accelerator job {self.accel_next_id} keeps B, bias and rq (mode bit 10) "
                                        f"but {kept}")
@@ -474,11 +475,12 @@ class ClusterISS:
         except (ValueError, KeyError, IndexError, OverflowError, TinyDeployError) as exc:
             self._callback_fault(hart, f"accelerator job {job.id} has an invalid configuration ({exc})")
             return
-        job.cycles = cycles_of(regs, self.spec.accel)
+        beats = load_beats(regs, self.spec.accel.port_bytes)
+        job.cycles = cycles_of(regs, self.spec.accel, beats)
         if self.accel_engine == "rtl" and not self._rtl_job(hart, job):
             return
         begin = max(hart.clock, self.accel_free_at)
-        stall = self._port_contention(begin, job)
+        stall = self._port_contention(begin, beats)
         self.accel_port_stall += stall
         job.cycles += stall
         job.done_at = begin + job.cycles
@@ -490,12 +492,11 @@ class ClusterISS:
         if self.open_layer is not None:
             self.open_layer.accel_busy += job.cycles
             self.open_layer.accel_macs += job.macs
-            self.open_layer.accel_l1_bytes += sum(size for _, size in operand_spans(job.regs).values())
+            self.open_layer.accel_l1_bytes += sum(size for _, size in spans.values())
 
-    def _check_kept_operands(self, regs: dict[str, int]) -> str | None:
+    def _check_kept_operands(self, regs: dict[str, int], spans: dict[str, tuple[int, int]]) -> str | None:
         """A job with MODE_KEEP_B computes with the B, bias and rq its predecessor loaded: they must be the same
         operands, unchanged in L1 (else the hardware would compute with stale buffers). Returns what differs."""
-        spans = operand_spans(regs)
         kept = {name: (spans[name][0], self.read(*spans[name])) for name in ("b", "bias", "rq")}
         shape = (regs["k"], regs["n"], regs["mode"] & MODE_TRANS_B)
         previous, self._kept_operands = self._kept_operands, (shape, kept)
@@ -506,13 +507,13 @@ class ClusterISS:
         changed = [name for name in kept if previous[1][name] != kept[name]]
         return f"{', '.join(changed)} changed since it" if changed else None
 
-    def _port_contention(self, begin: int, job: Job) -> int:
+    def _port_contention(self, begin: int, beats: int) -> int:
         """Cycles the job's loader loses to the DMA: L1's banks serve both, the DMA first, so while a transfer
         moves r bytes per cycle into or out of L1 the loader's port carries port_bytes - r (a fluid share of the
         banks; the RTL testbench has no DMA, so its cycles are the job's without this)."""
         spec = self.spec.accel
         lo = begin + spec.setup_cycles
-        hi = lo + load_beats(job.regs, spec.port_bytes)
+        hi = lo + beats
         taken = sum(max(0, min(end, hi) - max(start, lo)) * rate for start, end, rate in self.dma_l1_traffic)
         return int(-(-taken // spec.port_bytes))
 

@@ -178,10 +178,11 @@ def load_beats(regs: dict[str, int], port_bytes: int) -> int:
     return sum(port_beats(address, size, port_bytes) for address, size in operand_rows(regs))
 
 
-def cycles_of(regs: dict[str, int], spec: AccelSpec) -> int:
-    """The job's cycles from start to done (target.job_cycles with the loader's beats for its operands)."""
-    return job_cycles(spec, regs["m"], regs["k"], regs["n"], bool(regs["mode"] & MODE_SOFTMAX),
-                      load_beats(regs, spec.port_bytes))
+def cycles_of(regs: dict[str, int], spec: AccelSpec, beats: int | None = None) -> int:
+    """The job's cycles from start to done (target.job_cycles with the loader's beats for its operands; `beats`
+    when the caller has counted them already)."""
+    beats = load_beats(regs, spec.port_bytes) if beats is None else beats
+    return job_cycles(spec, regs["m"], regs["k"], regs["n"], bool(regs["mode"] & MODE_SOFTMAX), beats)
 
 
 def _stage_sources(regs: dict[str, int]) -> list[str]:
