@@ -20,6 +20,13 @@ void *memcpy(void *dst, const void *src, size_t n); /* provided by the target ru
 /* The kernels rely on arithmetic right shifts of negative values (gcc/clang on every target we build for). */
 typedef char td_assert_arithmetic_shift[((-1) >> 1) == -1 ? 1 : -1];
 
+/* a condition that is rarely true (the compiler lays its branch out as not taken) */
+#if defined(__GNUC__) || defined(__clang__)
+#define TD_UNLIKELY(condition) __builtin_expect(!!(condition), 0)
+#else
+#define TD_UNLIKELY(condition) (condition)
+#endif
+
 #define TD_MAX_DIMS 4
 #define TD_MAX_OPERANDS 6
 
@@ -89,9 +96,14 @@ static inline int32_t td_requant_ita32(int32_t x, int32_t mul, int32_t shift, in
     return acc >> shift;
 }
 
+/* td_clip in 32 bits (lo <= hi). One unsigned compare decides "in range" (a branch not taken on a single-issue core
+ * such as CV32E40P); only values outside pay for the second compare. */
 static inline int32_t td_clip32(int32_t x, int32_t lo, int32_t hi)
 {
-    return x < lo ? lo : (x > hi ? hi : x);
+    if (TD_UNLIKELY((uint32_t)x - (uint32_t)lo > (uint32_t)hi - (uint32_t)lo)) {
+        return x < lo ? lo : hi;
+    }
+    return x;
 }
 
 /* arith.saturating_rounding_doubling_high_mul (gemmlowp). */
@@ -243,37 +255,36 @@ static inline int64_t td_ita_shift(int64_t diff, int32_t octave_bits)
     return shift < 63 ? shift : 63;
 }
 
-/* An unsigned 32-bit divisor d >= 1 as its exact reciprocal (Granlund & Montgomery, "Division by invariant
- * integers using multiplication", 1994, fig. 4.1): floor(n / d) = (t + ((n - t) >> sh1)) >> sh2 with
- * t = mulhu(n, m), for every 32-bit n. One 64-bit division per divisor, then a multiply and shifts per quotient. */
+/* A divisor 1 <= d < 2^16 as its exact reciprocal for 31-bit numerators (Granlund & Montgomery, "Division by
+ * invariant integers using multiplication", 1994, theorem 4.2 with N = 31): with l = ceil(log2 d) and
+ * m = ceil(2^(31+l) / d) (2^31 <= m < 2^32), floor(n / d) = floor(n m / 2^(31+l)) = mulhu(2n, m) >> l for every
+ * 0 <= n < 2^31. One long division per divisor, then an add, a multiply and a shift per quotient. */
 typedef struct {
     uint32_t m;
-    uint8_t sh1, sh2;
+    uint32_t l;
 } td_divisor_t;
 
-static inline td_divisor_t td_divisor_u32(uint32_t d)
+static inline td_divisor_t td_divisor_u31(uint32_t d)
 {
     uint32_t l = 0;
-    while (l < 32 && ((uint64_t)1 << l) < d) {
+    while (l < 16 && ((uint32_t)1 << l) < d) {
         ++l;
     }
+    /* (2^(31+l) - 1) / d as 16-bit digits of long division (a core without 64-bit divide); the numerator's top
+     * digit 2^(15+l) - 1 is below 2^31 */
+    const uint32_t top = ((uint32_t)1 << (15 + l)) - 1;
+    const uint32_t q_high = top / d, r_high = top % d;
+    const uint32_t q_low = ((r_high << 16) | 0xFFFFu) / d;
     td_divisor_t out;
-    const uint32_t r = (uint32_t)(((uint64_t)1 << l) - d);   /* < d */
-    if (d < 65536u) {   /* 2^32 r / d as two 16-bit digits of long division (a core without 64-bit divide) */
-        const uint32_t high = (r << 16) / d, low = (((r << 16) % d) << 16) / d;
-        out.m = ((high << 16) | low) + 1;
-    } else {
-        out.m = (uint32_t)((((uint64_t)r) << 32) / d + 1);
-    }
-    out.sh1 = (uint8_t)(l > 0 ? 1 : 0);
-    out.sh2 = (uint8_t)(l > 0 ? l - 1 : 0);
+    out.m = ((q_high << 16) + q_low) + 1;
+    out.l = l;
     return out;
 }
 
-static inline uint32_t td_divide_u32(uint32_t n, td_divisor_t d)
+/* floor(n / d) for 0 <= n < 2^31 (td_divisor_u31). */
+static inline uint32_t td_divide_u31(uint32_t n, td_divisor_t d)
 {
-    const uint32_t t = (uint32_t)(((uint64_t)n * d.m) >> 32);
-    return (t + ((n - t) >> d.sh1)) >> d.sh2;
+    return (uint32_t)(((uint64_t)(n + n) * d.m) >> 32) >> d.l;
 }
 
 /* num / den with C's truncation. A 32-bit core has no 64-bit divide (a libcall of ~100+ instructions): for a
