@@ -396,6 +396,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               f"{report['accel_port_stall_cycles']:,} of them waiting for L1 banks the DMA held"
               + (f"; {report['accel_jobs_checked_against_rtl']} jobs ran on the RTL, each equal to the model"
                  if args.accel == "rtl" else ""))
+    if report.get("io_dma_busy_cycles"):
+        staged = sum(layer["dma"].get("l3->l2", 0) for layer in report["layers"])
+        print(f"I/O DMA: {staged:,} B of weights staged L3 -> L2, the L3 link busy {report['io_dma_busy_cycles']:,} "
+              f"cycles ({report['io_dma_busy_cycles'] / max(report['cycles_inference'], 1):.0%} of the inference)")
     per_s = report["guest_instructions_per_second"] / 1e6
     print(f"cycles {report['cycles_inference']:,} for the inference ({report['cycles_total']:,} with the "
           f"harness's self-check); guest instructions {report['guest_instructions']:,} "

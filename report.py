@@ -332,6 +332,9 @@ def _kpis(layers: list[dict[str, Any]], report: dict[str, Any], hw: Hardware) ->
     if hw.has_dma:
         overlap = report.get("dma_overlap")
         kpis.append(("DMA overlap", "n/a" if overlap is None else f"{overlap:.0%}", False))
+        if report.get("io_dma_busy_cycles"):
+            kpis.append(("L3 link busy (I/O DMA staging weights)", f"{report['io_dma_busy_cycles'] / cycles:.0%}",
+                         False))
     if hw.has_accel and "accel" in hw.peaks:
         accel_macs = sum(layer["macs"] for layer in layers if layer["engine"] == "accel")
         kpis.append(("accelerator utilisation", f"{accel_macs / (hw.peaks['accel'] * cycles):.1%} end to end",

@@ -214,7 +214,7 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     refs = Refs(pointer=lambda name: cnames[name], scratch=lambda step: f"s_{step}", aliases=aliases)
     lowering = Lowering(graph, refs, cores=int(target.section("cluster").get("cores", 1)),
                         blocked_matmul=options.tiled, cmsis_nn=target.backend == "cmsis")
-    tiling, residency = None, None
+    tiling, residency, staging = None, None, None
     if options.tiled:
         from .riscv.tiled import choose_views, lower_tiled
 
@@ -222,7 +222,8 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
         plan = plan_arena(graph, {}, aliases=aliases)   # kernel scratch lives in the L1 tiles
         constant_bytes = sum(t.nbytes for t in graph.constants())
         weights_level = _placement(target, plan, constant_bytes, tiled=True)["weights_region"].lower()
-        calls, tiling, residency = lower_tiled(graph, target, lowering, refs, weights_level)
+        calls, tiling, residency, staging = lower_tiled(graph, target, lowering, refs, weights_level,
+                                                        _stage_capacity(target, plan))
     else:
         calls = []
         for i, node in enumerate(graph.nodes):
@@ -247,6 +248,8 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
                        placement, options)
     context["l1_tiles_bytes"] = tiling.l1_peak if tiling else 0
     context["l1_resident_bytes"] = residency.size if residency else 0
+    context["stage_bytes"] = staging.size if staging else 0
+    context["stage_count"] = len(staging.buffers) if staging else 0
     if residency and residency.offsets:      # activations kept in L1 between accelerator steps
         for row in context["buffers"]:
             root = residency.aliases.get(row["name"], row["name"]) if row.get("name") else None
@@ -298,6 +301,11 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     if tiling is not None:
         manifest["tiling"] = {"l1_budget": tiling.l1_budget, "l1_peak": tiling.l1_peak,
                               "steps": [tiling.steps[i].to_json() for i in sorted(tiling.steps)]}
+    if staging is not None:
+        manifest["staging"] = {"capacity": staging.capacity, "bytes": staging.size, "constants": len(staging.buffers),
+                               "staged_bytes": staging.nbytes,
+                               "buffers": [{"key": b.key, "bytes": b.nbytes, "offset": b.offset, "issue": b.issue,
+                                            "first": b.first, "last": b.last} for b in staging.buffers]}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_text) + "\n")
     return Project(graph, plan, calls, list(lowering.kernels.values()), in_slots, out_slots, weights_bytes,
                    weights_format, manifest)
@@ -453,6 +461,15 @@ def _context(graph: Graph, target: Target, plan: ArenaPlan, calls: list[Call], r
 
 #: L2 kept free for code, golden vectors, I/O buffers and small constants when deciding where weights go
 L2_RESERVE = 1024 * 1024
+
+
+def _stage_capacity(target: Target, plan: ArenaPlan) -> int:
+    """L2 bytes for weights staged from L3 (passes/stage.py): what the code reserve and the activation arena
+    leave, on a target with an I/O DMA; else 0."""
+    memory, mmio = target.section("memory"), target.section("mmio") or {}
+    if "io_dma_start" not in mmio or "l2_bytes" not in memory:
+        return 0
+    return max(0, int(memory["l2_bytes"]) - L2_RESERVE - plan.size)
 
 
 def _placement(target: Target, plan: ArenaPlan, weight_bytes: int, tiled: bool = False) -> dict[str, Any]:

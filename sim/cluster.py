@@ -18,6 +18,10 @@ Devices (addresses and register offsets from the target file, [mmio] and [event]
   data, as on silicon.
   `dma_wait` (write a transfer id) stalls the hart until that transfer is done; completion is also published
   in `event.dma_done`. Stalled cycles count as exposed DMA time (the report's DMA overlap);
+- an I/O DMA engine, when the target maps its registers (`io_dma_*`): the SoC's L3 <-> L2 engine (PULP's uDMA
+  in front of the HyperBus), 1-D copies with a queue and ids of its own (`io_dma_wait`, `event.io_dma_done`),
+  so weights stream from L3 into L2 while the cluster DMA moves tiles. The L3 link is one: a transfer that
+  touches L3, on either engine, starts only when the previous one has left it;
 - per-layer stamps (`layer_begin`/`layer_end`): cycles and DMA bytes per layer.
 
 Faults stop the run with the hart id, PC, symbol and cause: bad address, illegal instruction, a barrier
@@ -125,6 +129,7 @@ class LayerStamp:
     end: int = -1
     dma_bytes: dict[str, int] = field(default_factory=dict)
     dma_busy: int = 0                 # cycles the DMA engine worked for this layer
+    io_busy: int = 0                  # cycles the I/O DMA worked on transfers started in this layer
     dma_stall: int = 0                # cycles hart 0 waited for DMA in this layer (exposed DMA time)
     accel_busy: int = 0               # cycles the accelerator worked for this layer
     accel_macs: int = 0
@@ -143,6 +148,7 @@ class SimResult:
     dma_stall_cycles: list[int]
     accel_busy_cycles: int
     guest_instructions: int
+    io_dma_busy_cycles: int = 0
 
 
 @dataclass
@@ -233,6 +239,13 @@ class ClusterISS:
         self.dma_done_at: dict[int, int] = {}
         self.dma_free_at = 0
         self.dma_busy = 0
+        self.l3_free_at = 0                  # the L3 link: one transfer at a time, from either engine
+        self.io_regs = {"io_dma_src": 0, "io_dma_dst": 0, "io_dma_bytes": 0}
+        self.io_queue: list[DmaTransfer] = []
+        self.io_next_id = 1
+        self.io_done_at: dict[int, int] = {}
+        self.io_free_at = 0
+        self.io_busy = 0
         #: recent DMA transfers as (start, end, bytes per cycle on L1's side): the accelerator's port shares L1's
         #: banks with them (_port_contention)
         self.dma_l1_traffic: deque[tuple[int, int, float]] = deque(maxlen=64)
@@ -332,6 +345,8 @@ class ClusterISS:
             return self.spec.cores
         if name == "dma_start":
             return (self.dma_next_id - 1) & 0xFFFFFFFF
+        if name == "io_dma_start":
+            return (self.io_next_id - 1) & 0xFFFFFFFF
         if name == "accel_start":
             return (self.accel_next_id - 1) & 0xFFFFFFFF
         return 0
@@ -350,6 +365,12 @@ class ClusterISS:
             self._dma_start(hart_id)
         elif name == "dma_wait":
             self._dma_wait(hart_id, value)
+        elif name in self.io_regs:
+            self.io_regs[name] = value
+        elif name == "io_dma_start":
+            self._io_dma_start(hart_id)
+        elif name == "io_dma_wait":
+            self._io_dma_wait(hart_id, value)
         elif name == "accel_start":
             self._accel_start(hart_id)
         elif name == "accel_wait":
@@ -416,6 +437,9 @@ class ClusterISS:
         total = rows * r["dma_bytes"]
         duration = self.spec.dma.cycles(src[0], dst[0], total, rows)
         start = max(self.harts[hart_id].clock, self.dma_free_at)
+        if "l3" in (src[0], dst[0]):
+            start = max(start, self.l3_free_at)
+            self.l3_free_at = start + duration
         self.dma_free_at = start + duration
         self.dma_busy += duration
         self.dma_done_at[self.dma_next_id] = self.dma_free_at
@@ -446,6 +470,51 @@ class ClusterISS:
             hart.dma_stall += waited
             if self.open_layer is not None and hart_id == 0:
                 self.open_layer.dma_stall += waited
+
+    def _io_dma_start(self, hart_id: int) -> None:
+        """Queue a 1-D L3 <-> L2 copy on the I/O DMA: it starts when the engine and the L3 link are free."""
+        r = self.io_regs
+        nbytes = r["io_dma_bytes"]
+        src, dst = self.region_of(r["io_dma_src"], nbytes), self.region_of(r["io_dma_dst"], nbytes)
+        if src is None or dst is None or {src[0], dst[0]} != {"l2", "l3"}:
+            self._callback_fault(self.harts[hart_id], f"the I/O DMA moves L3 <-> L2 only: 0x{r['io_dma_src']:08x} "
+                                                      f"-> 0x{r['io_dma_dst']:08x} ({nbytes} B)")
+            return
+        duration = self.spec.dma.cycles(src[0], dst[0], nbytes, 1)
+        start = max(self.harts[hart_id].clock, self.io_free_at, self.l3_free_at)
+        self.io_free_at = self.l3_free_at = start + duration
+        self.io_busy += duration
+        self.io_done_at[self.io_next_id] = self.io_free_at
+        self.io_queue.append(DmaTransfer(self.io_next_id, r["io_dma_src"], r["io_dma_dst"], nbytes, 1, nbytes,
+                                         nbytes, self.io_free_at, self.open_layer.index if self.open_layer else -1))
+        self.io_next_id += 1
+        if self.open_layer is not None:
+            key = f"{src[0]}->{dst[0]}"
+            self.open_layer.dma_bytes[key] = self.open_layer.dma_bytes.get(key, 0) + nbytes
+            self.open_layer.io_busy += duration
+
+    def _io_dma_wait(self, hart_id: int, transfer: int) -> None:
+        """Stall the hart until I/O DMA transfer `transfer` has completed (they complete in order)."""
+        hart = self.harts[hart_id]
+        if not 0 < transfer < self.io_next_id:
+            self._callback_fault(hart, f"waits for I/O DMA transfer {transfer}, but only {self.io_next_id - 1} "
+                                       f"were started")
+            return
+        done_at = self.io_done_at[transfer]
+        self._complete_io(done_at)
+        if done_at > hart.clock:
+            waited = done_at - hart.clock
+            hart.stall += waited
+            hart.dma_stall += waited
+            if self.open_layer is not None and hart_id == 0:
+                self.open_layer.dma_stall += waited
+
+    def _complete_io(self, now: int) -> None:
+        """Perform every queued I/O DMA copy that has completed by cycle `now`."""
+        while self.io_queue and self.io_queue[0].done_at <= now:
+            t = self.io_queue.pop(0)
+            self.write(t.dst, self.read(t.src, t.row_bytes))
+            self._event_write("io_dma_done", t.id)
 
     # -- accelerator ----------------------------------------------------------------------------------------
     def _accel_start(self, hart_id: int) -> None:
@@ -558,6 +627,8 @@ class ClusterISS:
 
     def _complete_dma(self, now: int) -> None:
         """Perform (copy) every queued transfer that has completed by cycle `now`."""
+        if self.io_queue:                      # in completion order: a tile may read what the I/O DMA staged
+            self._complete_io(now)
         while self.dma_queue and self.dma_queue[0].done_at <= now:
             t = self.dma_queue.pop(0)
             src, dst = self.region_of(t.src, (t.rows - 1) * t.src_stride + t.row_bytes), \
@@ -633,6 +704,8 @@ class ClusterISS:
                     break
             active = [h.clock for h in self.harts if h.running and not h.waiting]
             self.time = max([h.clock for h in self.harts if h.running] or [self.time])
+            if self.io_queue and active:        # before the cluster DMA: its transfers may read what these wrote
+                self._complete_io(min(active))
             if self.dma_queue and active:
                 self._complete_dma(min(active))
             if self.accel_queue and active:
@@ -644,12 +717,13 @@ class ClusterISS:
             if progress is not None and time.perf_counter() - reported >= 0.5:
                 reported = time.perf_counter()
                 progress(self.time, self._all_instructions(), len(self.layers))
+        self._complete_io(self.io_free_at)
         self._complete_dma(self.dma_free_at)
         self._complete_accel(self.accel_free_at)
         h0 = self.harts[0]
         return SimResult(self.exit_code, h0.clock, [h.instructions for h in self.harts], "".join(self.console),
                          self.layers, self.dma_busy, [h.dma_stall for h in self.harts], self.accel_busy,
-                         sum(h.instructions for h in self.harts))
+                         sum(h.instructions for h in self.harts), self.io_busy)
 
     def _run_slice(self, hart: _Hart, uc_error: type, pc_register: int) -> None:
         """Run one hart for about one quantum (to a block boundary, or until it blocks or exits)."""

@@ -150,6 +150,7 @@ def _report(manifest: dict[str, Any], result: SimResult, bit_exact: bool, wall: 
                        "cycles": (stamp.end - stamp.begin) if stamp.end >= 0 else None,
                        "bytes_dma": sum(stamp.dma_bytes.values()), "dma": stamp.dma_bytes,
                        "dma_busy_cycles": stamp.dma_busy, "dma_stall_cycles": stamp.dma_stall,
+                       "io_dma_busy_cycles": stamp.io_busy,
                        "instructions": stamp.instructions, "accel_busy_cycles": stamp.accel_busy,
                        "accel_macs": stamp.accel_macs, "accel_l1_bytes": stamp.accel_l1_bytes})
     stamped = [s for s in result.layers if s.end >= 0]
@@ -160,7 +161,7 @@ def _report(manifest: dict[str, Any], result: SimResult, bit_exact: bool, wall: 
             "guest_instructions_per_second": result.guest_instructions / wall if wall else 0.0,
             "wall_seconds": wall, "dma_busy_cycles": result.dma_busy_cycles, "console": result.console,
             "dma_stall_cycles": result.dma_stall_cycles, "dma_overlap": dma_overlap(result),
-            "accel_busy_cycles": result.accel_busy_cycles,
+            "accel_busy_cycles": result.accel_busy_cycles, "io_dma_busy_cycles": result.io_dma_busy_cycles,
             "layers": layers}
     add_energy(report)
     return report

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir.graph import Graph, Node, Tensor
+from ...passes.stage import StagingPlan, plan_staging
 from ...passes.tile import (
     Bandwidth,
     Operand,
@@ -27,16 +28,22 @@ from .residency import Residency, plan_residency
 from .views import View, transpose_views
 
 L1_SYMBOL = "td_l1"
+#: the L2 ring staged weights are copied into (passes/stage.py), and the I/O DMA ids of those copies
+STAGE_SYMBOL = "td_stage"
+STAGE_IDS = "td_stage_ids"
 
 
 def step_operands(graph: Graph, index: int, node: Node, weights_level: str,
                   residency: Residency | None = None, packable: set[str] | None = None,
-                  views: dict[str, View] | None = None) -> list[Operand]:
+                  views: dict[str, View] | None = None, staged: frozenset[str] = frozenset()) -> list[Operand]:
     """What the step reads and writes, in kernel order: tensor inputs, constant arrays, outputs. A constant in
     `packable` (default: packable_constants) is stored in its tile order; a view (views.py) is moved with its
-    storage's strides."""
+    storage's strides; a constant in `staged` is read from its copy in L2 (passes/stage.py)."""
     packable = packable if packable is not None else packable_constants(graph)
     views = views or {}
+
+    def constant_level(name: str) -> str:
+        return "l2" if name in staged else weights_level
 
     def storage(name: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
         return views[name].storage() if name in views else None
@@ -52,10 +59,11 @@ def step_operands(graph: Graph, index: int, node: Node, weights_level: str,
         tensor = graph.tensors[name]
         role = "indirect" if node.op == "Gather" and position == 0 else "in"
         operands.append(Operand(name, role, tensor.shape, tensor.dtype,
-                                weights_level if tensor.is_const else level(name),
+                                constant_level(name) if tensor.is_const else level(name),
                                 packed=role == "in" and name in packable, storage=storage(name)))
     for cname, kind, values in kernel_constants(graph, node, index):
-        operands.append(Operand(cname, "in", values.shape, str(values.dtype), weights_level, kind, packed=True))
+        operands.append(Operand(cname, "in", values.shape, str(values.dtype), constant_level(cname), kind,
+                                packed=True))
     for name in node.outputs:
         tensor = graph.tensors[name]
         operands.append(Operand(name, "out", tensor.shape, tensor.dtype, level(name), storage=storage(name)))
@@ -120,8 +128,16 @@ def _xfer_row(tile: OperandTile, l2: str, prefetched: bool = False) -> str:
             f"{flag}}}, /* {what} {label} {o.dtype}{list(tile.tile_shape)} */")
 
 
-def _l2_pointer(tile: OperandTile, refs: Refs) -> str:
-    return refs.pointer(tile.operand.key) if tile.operand.kind == "tensor" else tile.operand.key
+def _l2_pointer(tile: OperandTile, refs: Refs, staged: dict[str, int] | None = None) -> str:
+    """Where the DMA finds the full operand: its L2 copy when staged (`staged`: key -> ring offset), else its
+    symbol."""
+    if staged and tile.operand.key in staged:
+        return f"({STAGE_SYMBOL} + {staged[tile.operand.key]})"
+    return _symbol(tile.operand, refs)
+
+
+def _symbol(operand: Operand, refs: Refs) -> str:
+    return refs.pointer(operand.key) if operand.kind == "tensor" else operand.key
 
 
 def _xfer_table(name: str, tiles: list[OperandTile], rows: list[str], graph: Graph) -> list[str]:
@@ -132,11 +148,12 @@ def _xfer_table(name: str, tiles: list[OperandTile], rows: list[str], graph: Gra
     return [f"    {storage} td_xfer {name}[{len(rows)}] = {{", *[f"        {row}" for row in rows], "    };"]
 
 
-def _prefetch_statements(index: int, following: StepTiling, refs: Refs, graph: Graph) -> list[str]:
+def _prefetch_statements(index: int, following: StepTiling, refs: Refs, graph: Graph,
+                         staged: dict[str, int] | None = None) -> list[str]:
     """The table of the next step's first-tile loads this step issues during its last tile (td_tiles_next)."""
     tiles = [t for t in following.operands if t.operand.key in following.prefetched]
     name = f"x{index}_next"
-    return [*_xfer_table(name, tiles, [_xfer_row(t, _l2_pointer(t, refs)) for t in tiles], graph),
+    return [*_xfer_table(name, tiles, [_xfer_row(t, _l2_pointer(t, refs, staged)) for t in tiles], graph),
             f"    td_tiles_next({name}, {len(tiles)});"]
 
 
@@ -153,30 +170,32 @@ def _accel_loop(name: str, count: int, step: StepTiling, job: str) -> list[str]:
 
 
 def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, refs: Refs, full: Call,
-               following: StepTiling | None = None) -> Call:
+               following: StepTiling | None = None, staged: dict[str, int] | None = None) -> Call:
     """The step's C: DMA descriptor table, tile loop, and the kernel call on L1 pointers.
 
     `full` is the untiled lowering of the node: its constant arrays are what the weights hold. `following` is
-    the next step when this one loads part of its first tile (prefetch_across_steps)."""
-    staged = [t for t in step.operands if t.operand.role != "indirect" and not t.in_place]
-    pointers = {t.operand.key: _l1_pointer(t) for t in staged if t.operand.kind == "tensor"}
+    the next step when this one loads part of its first tile (prefetch_across_steps). `staged`: ring offsets of
+    the constants read from their L2 copies."""
+    moved = [t for t in step.operands if t.operand.role != "indirect" and not t.in_place]
+    pointers = {t.operand.key: _l1_pointer(t) for t in moved if t.operand.kind == "tensor"}
     pitches = {t.operand.key: t.stride for t in step.operands if t.in_place and t.rows > 1}
     for t in step.operands:                    # resident in L1: the tile is read or written where it lives
         if t.in_place:
             pointers[t.operand.key] = (f"(({CTYPES[t.operand.dtype]} *)((int8_t *){refs.pointer(t.operand.key)}"
                                        + (f" + t * {t.step}))" if t.step else "))"))
-    constants = {t.operand.key: _l1_pointer(t) for t in staged if t.operand.kind != "tensor"}
+    constants = {t.operand.key: _l1_pointer(t) for t in moved if t.operand.kind != "tensor"}
     tensors = {t.operand.key: Tensor(t.operand.key, t.operand.dtype, t.tile_shape) for t in step.operands
                if t.operand.kind == "tensor"}
     tile_refs = Refs(pointer=lambda name: pointers.get(name) or refs.pointer(name),
                      scratch=lambda _: f"({L1_SYMBOL} + {step.scratch_offset})", aliases=refs.aliases,
                      param=lambda cname: constants.get(cname, cname), pitch=lambda name: pitches.get(name, 0))
     view = lowering.lower_view(index, node, tile_refs, tensors)
-    rows = [_xfer_row(tile, _l2_pointer(tile, refs), tile.operand.key in step.prefetched) for tile in staged]
+    rows = [_xfer_row(tile, _l2_pointer(tile, refs, staged), tile.operand.key in step.prefetched)
+            for tile in moved]
     name, count = f"x{index}", len(rows)
-    prefetch = (_prefetch_statements(index, following, refs, lowering.graph)
+    prefetch = (_prefetch_statements(index, following, refs, lowering.graph, staged)
                 if following and following.prefetched else [])
-    table = [*_xfer_table(name, staged, rows, lowering.graph), *prefetch]
+    table = [*_xfer_table(name, moved, rows, lowering.graph), *prefetch]
     if node.op == "ITAGemm":
         loop = _accel_loop(name, count, step, view.accel_job)
     else:
@@ -215,10 +234,11 @@ def choose_views(graph: Graph, target: Target, lowering: Lowering, aliases: dict
     return transpose_views(graph, aliases, copied, feasible)
 
 
-def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
-                weights_level: str) -> tuple[list[Call], TilePlan, Residency]:
+def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs, weights_level: str,
+                stage_capacity: int = 0) -> tuple[list[Call], TilePlan, Residency, StagingPlan | None]:
     """Tile every step (passes/tile.py) and lower it to a DMA tile loop; with an accelerator, activations
-    between accelerator steps stay in L1 (residency.py)."""
+    between accelerator steps stay in L1 (residency.py). With weights in L3 and `stage_capacity` bytes of L2 for
+    an I/O DMA to stage them in (passes/stage.py), the steps read their constants from those copies."""
     # untiled lowering (its own instance, so whole-tensor kernel instances do not end up in kernels.c):
     # the constant arrays the weights hold and the kernel scratch sizes
     whole = Lowering(graph, refs, cores=lowering.cores, blocked_matmul=lowering.blocked_matmul)
@@ -228,21 +248,78 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs,
     full = {i: whole.lower(i, node) for i, node in enumerate(graph.nodes)
             if node.op != "Reshape" and i not in by_dma and i not in free}
     scratch = {i: c.scratch_bytes for i, c in full.items() if c.scratch_bytes}
-    residency, plan = _tile_with_residency(graph, target, full, weights_level, scratch, refs.views)
+    staging, symbols = (_plan_staging(graph, sorted(full), refs, stage_capacity)
+                        if stage_capacity and weights_level == "l3" else (None, {}))
+    residency, plan = _tile_with_residency(graph, target, full, weights_level, scratch, refs.views,
+                                           staging.keys if staging else frozenset())
     following = _prefetch(graph, target, plan, residency, refs)
+    staged = {b.key: b.offset for b in staging.buffers} if staging else {}
+    stage_code = _staging_statements(staging, following, symbols) if staging else {}
     calls = []
     for index, node in enumerate(graph.nodes):
         if index in full:
             nxt = following.get(index)
-            calls.append(tiled_call(lowering, index, node, plan.steps[index], refs, full[index],
-                                    plan.steps[nxt] if nxt is not None else None))
+            call = tiled_call(lowering, index, node, plan.steps[index], refs, full[index],
+                              plan.steps[nxt] if nxt is not None else None, staged)
+            call.statements[:0] = stage_code.get(index, [])
+            calls.append(call)
         elif index in by_dma:
             calls.append(dma_copy_call(node, refs, by_dma[index]))
         elif index in free:
             calls.append(Call(node, statements=["/* folded into its neighbours' DMA (a view of stored bytes) */"]))
         else:
             calls.append(reshape_call(lowering, index, node, refs))
-    return calls, plan, residency
+    return calls, plan, residency, staging
+
+
+def _plan_staging(graph: Graph, steps: list[int], refs: Refs,
+                  capacity: int) -> tuple[StagingPlan, dict[str, str]]:
+    """The staging plan over the tiled `steps`, and each staged constant's symbol (the copy's source in L3)."""
+    reads, symbols, direct = [], {}, set()
+    for i in steps:
+        operands = [o for o in step_operands(graph, i, graph.nodes[i], "l3", views=refs.views) if o.level == "l3"]
+        constants = [o for o in operands if o.role == "in"]
+        symbols.update({o.key: _symbol(o, refs) for o in constants})
+        if constants:
+            reads.append((i, [(o.key, o.nbytes) for o in constants]))
+        if any(o.role == "indirect" for o in operands):
+            direct.add(i)
+    before = {j: i for i, j in _adjacent_steps(graph, set(steps), refs)}
+    plan = plan_staging(reads, steps, {j: before.get(j, j) for j, _ in reads}, capacity, frozenset(direct))
+    return plan, symbols
+
+
+def _staging_statements(staging: StagingPlan, following: dict[int, int],
+                        symbols: dict[str, str]) -> dict[int, list[str]]:
+    """Per step, hart 0's I/O DMA code: start the copies planned there, then wait for those its tiles (or the
+    first tile of the next step, which it prefetches) read."""
+    prefetcher = {j: i for i, j in following.items()}
+    starts: dict[int, list[str]] = {}
+    waits: dict[int, list[str]] = {}
+    for slot, b in enumerate(staging.buffers):
+        starts.setdefault(b.issue, []).append(
+            f"    {STAGE_IDS}[{slot}] = td_io_dma({STAGE_SYMBOL} + {b.offset}, {symbols[b.key]}, {b.nbytes}); "
+            f"/* {b.key.replace('*/', '* /')}, read by steps {b.first}..{b.last} */")
+        waits.setdefault(prefetcher.get(b.first, b.first), []).append(f"    td_io_dma_wait({STAGE_IDS}[{slot}]);")
+    code: dict[int, list[str]] = {}
+    for step in sorted(set(starts) | set(waits)):
+        code[step] = ["if (TD_HART_ID == 0) {   /* weights staged L3 -> L2 by the I/O DMA (passes/stage.py) */",
+                      *starts.get(step, []), *waits.get(step, []), "}"]
+    return code
+
+
+def _adjacent_steps(graph: Graph, steps: set[int], refs: Refs) -> list[tuple[int, int]]:
+    """(i, j) for consecutive tiled steps with nothing but aliasing Reshapes and folded Transposes between."""
+    pairs, previous = [], None
+    for index, node in enumerate(graph.nodes):
+        if index not in steps:
+            if not (node.op == "Reshape" and node.outputs[0] in refs.aliases) and not _folded(node, refs):
+                previous = None
+            continue
+        if previous is not None:
+            pairs.append((previous, index))
+        previous = index
+    return pairs
 
 
 def _folded(node: Node, refs: Refs) -> bool:
@@ -251,7 +328,8 @@ def _folded(node: Node, refs: Refs) -> bool:
 
 
 def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], weights_level: str,
-                         scratch: dict[int, int], views: dict[str, View]) -> tuple[Residency, TilePlan]:
+                         scratch: dict[int, int], views: dict[str, View],
+                         staged: frozenset[str] = frozenset()) -> tuple[Residency, TilePlan]:
     """Residency and tiling together: the residents are chosen on the tiler's modelled cycles of the whole
     inference, each step tiled within what the residents live at that step leave of L1."""
     tiler = Tiler(graph, target, scratch)
@@ -262,7 +340,7 @@ def _tile_with_residency(graph: Graph, target: Target, full: dict[int, Call], we
     def operands_of(i: int, residency: Residency) -> list[Operand]:
         key = (i, tuple(n for n in touched[i] if residency.level(n)))
         if key not in memo:
-            memo[key] = step_operands(graph, i, graph.nodes[i], weights_level, residency, packable, views)
+            memo[key] = step_operands(graph, i, graph.nodes[i], weights_level, residency, packable, views, staged)
         return memo[key]
 
     def operands(residency: Residency) -> dict[int, list[Operand]]:
@@ -300,19 +378,13 @@ def _prefetch(graph: Graph, target: Target, plan: TilePlan, residency: Residency
     next step, for the pairs that prefetch."""
     extents = residency.extents(len(graph.nodes))
     limits = {i: plan.l1_budget - extents[i] for i in plan.steps}
-    pairs, previous = [], None
-    for index, node in enumerate(graph.nodes):
-        if index not in plan.steps:
-            if not (node.op == "Reshape" and node.outputs[0] in refs.aliases) and not _folded(node, refs):
-                previous = None
-            continue
-        if previous is not None:
-            written = {refs.aliases.get(n, n) for n in graph.nodes[previous].outputs}
-            keys = [t.operand.key for t in plan.steps[index].operands
-                    if t.operand.role == "in" and not t.in_place
-                    and refs.aliases.get(t.operand.key, t.operand.key) not in written]
-            pairs.append((previous, index, keys))
-        previous = index
+    pairs = []
+    for previous, index in _adjacent_steps(graph, set(plan.steps), refs):
+        written = {refs.aliases.get(n, n) for n in graph.nodes[previous].outputs}
+        keys = [t.operand.key for t in plan.steps[index].operands
+                if t.operand.role == "in" and not t.in_place
+                and refs.aliases.get(t.operand.key, t.operand.key) not in written]
+        pairs.append((previous, index, keys))
     prefetch_across_steps(plan, pairs, limits, Bandwidth.from_target(target))
     # one L1 area: tiles from its bottom, residents in its top `residency.size` bytes
     top = max((end for s in plan.steps.values() for _, end in s.intervals()), default=0)

@@ -88,6 +88,27 @@ static inline void td_dma_wait(uint32_t id)
     }
 }
 
+#ifdef TD_REG_IO_DMA_START
+/* The SoC's I/O DMA (L3 <-> L2, 1-D): weights staged in L2 ahead of the steps that read them (passes/stage.py).
+ * Its own queue and ids, beside the cluster DMA's. Hart 0 only. */
+static inline uint32_t td_io_dma(void *dst, const void *src, int32_t bytes)
+{
+    TD_MMIO(TD_REG_IO_DMA_SRC) = (uint32_t)(uintptr_t)src;
+    TD_MMIO(TD_REG_IO_DMA_DST) = (uint32_t)(uintptr_t)dst;
+    TD_MMIO(TD_REG_IO_DMA_BYTES) = (uint32_t)bytes;
+    TD_MMIO(TD_REG_IO_DMA_START) = 1u;
+    return TD_MMIO(TD_REG_IO_DMA_START);
+}
+
+/* Wait until I/O transfer `id` (and every earlier one) has completed. */
+static inline void td_io_dma_wait(uint32_t id)
+{
+    TD_MMIO(TD_REG_IO_DMA_WAIT) = id;
+    while (TD_EVENT(TD_EVENT_IO_DMA_DONE) < id) {
+    }
+}
+#endif
+
 void td_tiles_next(const td_xfer *next, int32_t n);
 void td_tiles_begin(const td_xfer *x, int32_t n);
 void td_tile_ready(const td_xfer *x, int32_t n, int32_t t, int32_t tiles);

@@ -1,0 +1,100 @@
+"""Weights staged from L3 into L2 ahead of the steps that read them, by the SoC's I/O DMA.
+
+With the weights in L3, a step that loads its constants straight from L3 waits on the L3 link while its tiles
+run, and the link idles through every step without constants (the cores' LayerNorms, the embedding adds). On a
+target whose I/O DMA moves L3 <-> L2 beside the cluster DMA (the `io_dma_*` registers), staging decouples the
+two: an L2 ring of `capacity` bytes receives, in program order, every constant those steps read, each by one
+I/O DMA transfer started at the earliest step the ring allows (once every reader of the bytes it overwrites has
+run) and waited for by its first reader, or by the step before it when that step prefetches the reader's first
+tile. The tiler then sees those constants at L2's bandwidth, and the L3 link streams weights through the whole
+inference. A constant larger than half the ring, or one the ring cannot free in time, stays in L3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: offsets in the ring are multiples of this (the cluster DMA's bursts start aligned)
+STAGE_ALIGNMENT = 64
+
+
+@dataclass(frozen=True)
+class StagedConstant:
+    """One constant copied L3 -> L2: its ring offset, the step that starts the copy, the first step that reads it
+    and the last."""
+
+    key: str
+    nbytes: int
+    offset: int
+    issue: int
+    first: int
+    last: int
+
+
+@dataclass
+class StagingPlan:
+    capacity: int
+    buffers: list[StagedConstant] = field(default_factory=list)
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(b.key for b in self.buffers)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the ring in use (its highest end)."""
+        return max((b.offset + b.nbytes for b in self.buffers), default=0)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers)
+
+    def offset(self, key: str) -> int:
+        return next(b.offset for b in self.buffers if b.key == key)
+
+    def index(self, key: str) -> int:
+        """The constant's slot in the firmware's table of transfer ids."""
+        return next(i for i, b in enumerate(self.buffers) if b.key == key)
+
+
+def _align(n: int) -> int:
+    return -(-n // STAGE_ALIGNMENT) * STAGE_ALIGNMENT
+
+
+def plan_staging(reads: list[tuple[int, list[tuple[str, int]]]], steps: list[int], earliest_wait: dict[int, int],
+                 capacity: int, direct: frozenset[int] = frozenset()) -> StagingPlan:
+    """The staged constants. `reads`: the steps that read L3 constants, in program order, each with its constants'
+    (key, bytes); `steps`: every step that runs code (a copy can only start at one of them); `earliest_wait`:
+    per reading step, the step that may have to wait for its constants (itself, or the step before it that may
+    prefetch its first tile); `direct`: steps that read L3 themselves (an embedding table's gathered rows). Copies
+    start in program order, so the I/O DMA's queue is the order of need, and after every direct reader before
+    their first reader: the L3 link serves one transfer at a time, and a copy queued ahead of a direct read
+    would hold that step up for the copy's whole length."""
+    last_read: dict[str, int] = {}
+    for step, constants in reads:
+        for key, _ in constants:
+            last_read[key] = step
+    plan = StagingPlan(capacity)
+    cursor, last_issue = 0, steps[0] if steps else 0
+    for step, constants in reads:
+        for key, nbytes in constants:
+            if key in plan.keys:
+                continue
+            size = _align(nbytes)
+            if size > capacity // 2:
+                continue
+            start = 0 if cursor + size > capacity else cursor
+            freed = [b.last + 1 for b in plan.buffers
+                     if b.offset < start + size and start < b.offset + _align(b.nbytes)]
+            after_direct = [d + 1 for d in direct if d < step]
+            issue = _first_step_at(steps, max([last_issue, *freed, *after_direct]))
+            if issue is None or issue > earliest_wait[step]:
+                continue                   # the ring frees too late: the step reads this constant from L3
+            plan.buffers.append(StagedConstant(key, nbytes, start, issue, step, last_read[key]))
+            cursor, last_issue = start + size, issue
+    return plan
+
+
+def _first_step_at(steps: list[int], at: int) -> int | None:
+    """The first step that runs code at or after step `at`."""
+    return next((s for s in steps if s >= at), None)
