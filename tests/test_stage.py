@@ -85,8 +85,8 @@ def test_the_io_dma_copies_l3_to_l2_and_shares_the_l3_link(small_cluster_project
 
 def test_the_io_dma_moves_l3_and_l2_only(small_cluster_project, tmp_path):  # noqa: F811
     source = ('#include "td_dma.h"\nstatic int8_t l1[64] __attribute__((section(".l1.bss")));\n'
-              "static int8_t l2[64];\nint main(void) { if (td_hart_id() == 0) { td_io_dma_wait(td_io_dma(l1, l2, 64)); }"
-              "\ntd_barrier(); return 0; }")
+              "static int8_t l2[64];\nint main(void) { if (td_hart_id() == 0) { "
+              "td_io_dma_wait(td_io_dma(l1, l2, 64)); }\ntd_barrier(); return 0; }")
     iss = ClusterISS(ClusterSpec.from_target("cluster8"), build_firmware(with_main(small_cluster_project, tmp_path,
                                                                                    source)))
     with pytest.raises(GuestFault, match=r"hart 0 .*the I/O DMA moves L3 <-> L2 only"):
