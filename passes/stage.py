@@ -7,7 +7,8 @@ two: an L2 ring of `capacity` bytes receives, in program order, every constant t
 I/O DMA transfer started at the earliest step the ring allows (once every reader of the bytes it overwrites has
 run) and waited for by its first reader, or by the step before it when that step prefetches the reader's first
 tile. The tiler then sees those constants at L2's bandwidth, and the L3 link streams weights through the whole
-inference. A constant larger than half the ring, or one the ring cannot free in time, stays in L3.
+inference. A constant larger than the ring, or one the ring cannot free in time, stays in L3 (its tiles read it
+there).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def plan_staging(reads: list[tuple[int, list[tuple[str, int]]]], steps: list[int
             if key in plan.keys:
                 continue
             size = _align(nbytes)
-            if size > capacity // 2:
+            if size > capacity:
                 continue
             start = 0 if cursor + size > capacity else cursor
             freed = [b.last + 1 for b in plan.buffers

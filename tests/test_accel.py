@@ -398,6 +398,7 @@ def test_a_gemm_whose_a_exceeds_l1_runs_as_row_blocks(tmp_path):
     from tinydeploy.target import load_target
 
     assert row_blocks(128, 3072, 245760) == 4 and row_blocks(128, 384, 245760) == 1
+    assert row_blocks(128, 1536, 245760) == 2       # MiniLM's FFN output projection: B slices of 8 columns otherwise
     rng = np.random.default_rng(6)
     m, k, n = 128, 3072, 64
     g = one_gemm(rng, m, k, n, shift=14)

@@ -30,7 +30,7 @@ def test_a_constant_stays_in_l3_when_the_ring_frees_too_late_or_it_is_too_large(
     # c would overwrite a, which step 3 itself still reads: the copy could only start after step 3
     plan = plan_staging([(3, [("a", 400), ("b", 400), ("c", 400)])], STEPS, {3: 2}, capacity=1000)
     assert [b.key for b in plan.buffers] == ["a", "b"]
-    assert plan_staging([(1, [("big", 600)])], STEPS, {1: 1}, capacity=1000).buffers == []
+    assert plan_staging([(1, [("big", 1100)])], STEPS, {1: 1}, capacity=1000).buffers == []
 
 
 def test_copies_start_in_order_of_need_and_after_the_steps_that_read_l3_directly():
