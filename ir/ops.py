@@ -32,15 +32,18 @@ class OpDef:
     ranges: Callable[[Node, list[Range], list[Shape]], list[Range]] | None = None
     integer: bool = True
     macs: Callable[[Node, list[Shape]], int] | None = None
+    #: every output element depends only on the inputs' elements at its (broadcast) position: the op can be split
+    #: along any output axis (passes/tile.py), and the cluster runs it on the strided elementwise kernel
+    elementwise: bool = False
 
 
 OPS: dict[str, OpDef] = {}
 
 
 def op(name: str, *, shape: Callable | None = None, ranges: Callable | None = None, integer: bool = True,
-       macs: Callable | None = None) -> Callable:
+       macs: Callable | None = None, elementwise: bool = False) -> Callable:
     def register(run: Callable) -> Callable:
-        OPS[name] = OpDef(name, run, shape or same_shape, ranges, integer, macs)
+        OPS[name] = OpDef(name, run, shape or same_shape, ranges, integer, macs, elementwise)
         return run
     return register
 
@@ -144,7 +147,7 @@ def _add_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[Ran
     return [(terms[0][0] + terms[1][0], terms[0][1] + terms[1][1])]
 
 
-@op("Add", shape=broadcast_shape, ranges=_add_range)
+@op("Add", shape=broadcast_shape, ranges=_add_range, elementwise=True)
 def run_add(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """y = (a - a_zero)*mul_a + (b - b_zero)*mul_b (integer scales align two quantized operands)."""
     at = node.attrs
@@ -158,28 +161,28 @@ def _mul_op_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[
     return [_mul_range((ranges[0][0] - za, ranges[0][1] - za), (ranges[1][0] - zb, ranges[1][1] - zb))]
 
 
-@op("Mul", shape=broadcast_shape, ranges=_mul_op_range)
+@op("Mul", shape=broadcast_shape, ranges=_mul_op_range, elementwise=True)
 def run_mul(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """y = (a - a_zero) * (b - b_zero)."""
     return [(xs[0] - node.attrs.get("a_zero", 0)) * (xs[1] - node.attrs.get("b_zero", 0))]
 
 
 # --- requantization ---------------------------------------------------------------------------------
-@op("Requant", ranges=attr_range)
+@op("Requant", ranges=attr_range, elementwise=True)
 def run_requant(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Contract 1 (accelerator style): clip(floor(mul*x/2^shift + add + 1/2)), per tensor/channel/head."""
     at = node.attrs
     return [arith.requant_ita(xs[0], at["mul"], at["shift"], at["add"], at["lo"], at["hi"])]
 
 
-@op("RequantCMSIS", ranges=attr_range)
+@op("RequantCMSIS", ranges=attr_range, elementwise=True)
 def run_requant_cmsis(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Contract 2 (CMSIS-NN/TFLite): doubling-high-mul + rounding shift + output zero point."""
     at = node.attrs
     return [arith.requant_cmsis(xs[0], at["multiplier"], at["shift"], at["zero_point"], at["lo"], at["hi"])]
 
 
-@op("RequantShift", ranges=attr_range)
+@op("RequantShift", ranges=attr_range, elementwise=True)
 def run_requant_shift(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Contract 3 (Deeploy/QuantLib RequantShift) with mul/add broadcast against the input."""
     at = node.attrs
@@ -265,7 +268,7 @@ def _key_mask(xs: list[np.ndarray]) -> np.ndarray | None:
     return xs[1] if len(xs) > 1 else None
 
 
-@op("AddS8", shape=broadcast_shape, ranges=attr_range)
+@op("AddS8", shape=broadcast_shape, ranges=attr_range, elementwise=True)
 def run_add_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """arm_elementwise_add_s8 (TFLite int8 Add): both operands rescaled to a common scale, summed, requantized."""
     at = node.attrs
@@ -274,7 +277,7 @@ def run_add_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
                             at["hi"], at.get("left_shift", arith.ADD_LEFT_SHIFT))]
 
 
-@op("MulS8", shape=broadcast_shape, ranges=attr_range)
+@op("MulS8", shape=broadcast_shape, ranges=attr_range, elementwise=True)
 def run_mul_s8(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """arm_elementwise_mul_s8 (TFLite int8 Mul): requant_cmsis((a - a_zero) * (b - b_zero)) per tensor. Defined by
     composing Mul and RequantCMSIS (passes/fuse_cmsis.py)."""
@@ -293,7 +296,8 @@ def _then_requant(first: str) -> Callable:
 
 
 for _first in ("Add", "Mul"):
-    OPS[f"{_first}Requant"] = OpDef(f"{_first}Requant", _then_requant(_first), broadcast_shape, attr_range)
+    OPS[f"{_first}Requant"] = OpDef(f"{_first}Requant", _then_requant(_first), broadcast_shape, attr_range,
+                                    elementwise=True)
 
 
 # --- nonlinear ----------------------------------------------------------------------------------------
@@ -328,7 +332,7 @@ def _igelu_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> list[R
     return [(-bound, bound)]
 
 
-@op("IGELU", ranges=_igelu_range)
+@op("IGELU", ranges=_igelu_range, elementwise=True)
 def run_igelu(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Contract 5: I-BERT i-GELU, int32 output (requantized by the following op)."""
     return [arith.i_gelu(xs[0], node.attrs["b"], node.attrs["one"])]
@@ -340,7 +344,7 @@ def _ihardswish_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> l
     return [(-bound, bound)]
 
 
-@op("IHardswish", ranges=_ihardswish_range)
+@op("IHardswish", ranges=_ihardswish_range, elementwise=True)
 def run_ihardswish(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Deeploy's integer hardswish (arith.i_hardswish), int32 output (requantized by the following op)."""
     at = node.attrs
@@ -376,7 +380,7 @@ def run_irmsnorm(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [arith.i_rmsnorm(xs[0], xs[1], at["log2d"], at["lo"], at["hi"])]
 
 
-@op("INoNorm", ranges=attr_range)
+@op("INoNorm", ranges=attr_range, elementwise=True)
 def run_inonorm(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """MobileBERT NoNorm as integers: clip(((x*w + b) * mul) >> log2d)."""
     at = node.attrs
@@ -390,7 +394,7 @@ def _true_div_range(node: Node, ranges: list[Range], shapes: list[Shape]) -> lis
     return [(int(ends.min()), int(ends.max()))]
 
 
-@op("TrueIntegerDiv", ranges=_true_div_range)
+@op("TrueIntegerDiv", ranges=_true_div_range, elementwise=True)
 def run_true_integer_div(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Deeploy integer division by a constant y with Delta/eps/eta fixed-point parameters."""
     at = node.attrs
@@ -425,14 +429,14 @@ def run_integer_mean(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [arith.mean_round_half_up(total, n)]
 
 
-@op("LUT", ranges=lambda node, r, s: [_const_range(node.attrs["table"])])
+@op("LUT", ranges=lambda node, r, s: [_const_range(node.attrs["table"])], elementwise=True)
 def run_lut(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """Elementwise int8 -> int8 table (tanh, GELU, sigmoid... computed exactly at compile time)."""
     return [arith.lut_apply(xs[0], node.attrs["table"], node.attrs.get("in_min", -128))]
 
 
 @op("Relu", ranges=lambda node, r, s: [(max(r[0][0], node.attrs.get("zero", 0)),
-                                        max(r[0][1], node.attrs.get("zero", 0)))])
+                                        max(r[0][1], node.attrs.get("zero", 0)))], elementwise=True)
 def run_relu(node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
     """max(x, zero point)."""
     return [np.maximum(xs[0], node.attrs.get("zero", 0))]

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import TinyDeployError
 from ..ir.graph import Graph, Node
-from ..ir.ops import node_macs
+from ..ir.ops import node_macs, op_def
 from ..target import AccelSpec, DmaSpec, Target, job_cycles, port_beats, transfer_cycles
 from .kernel_choice import blocked_matmul_operands, conv_by_patches
 
@@ -272,10 +272,8 @@ def _mean_axes(node: Node, operands: list[Operand], out_shape: tuple[int, ...]) 
 
 def axis_maps(graph: Graph, node: Node, operands: list[Operand]) -> AxisMap:
     """Output axes this node can be split along, each with the operand axes it maps onto."""
-    from ..backends.lowering import ELEMENTWISE  # the op table of the C kernels
-
     out_shape = graph.tensors[node.outputs[0]].shape
-    if node.op in ELEMENTWISE:
+    if op_def(node).elementwise:
         return _elementwise_axes(node, operands, out_shape)
     if node.op in COPY_OPS:
         return _copy_axes(graph, node, operands, out_shape)

@@ -159,3 +159,12 @@ def test_prefetched_loads_are_waited_for_where_the_dma_queue_puts_them(first_out
     else:
         assert plan.steps[0].model["cycles"] == before
         assert plan.steps[1].model["cycles"] == after - load + exposed
+
+
+def test_the_ir_says_which_ops_are_elementwise_and_the_cluster_kernel_takes_exactly_those():
+    """The tiler splits an elementwise op along any axis from the IR's op definition; the backend's strided
+    elementwise kernel covers the same set (one fact, one place: ir/ops.py)."""
+    from tinydeploy.backends.lowering import ELEMENTWISE
+    from tinydeploy.ir.ops import OPS
+
+    assert {name for name, definition in OPS.items() if definition.elementwise} == set(ELEMENTWISE)
