@@ -47,7 +47,9 @@ from .accel.model import (
     MODE_TRANS_B,
     Job,
     cycles_of,
+    l1_bytes,
     load_beats,
+    operand_rows,
     operand_spans,
     pitch,
     row_bytes,
@@ -544,7 +546,8 @@ class ClusterISS:
         except (ValueError, KeyError, IndexError, OverflowError, TinyDeployError) as exc:
             self._callback_fault(hart, f"accelerator job {job.id} has an invalid configuration ({exc})")
             return
-        beats = load_beats(regs, self.spec.accel.port_bytes)
+        rows = operand_rows(regs)
+        beats = load_beats(regs, self.spec.accel.port_bytes, rows)
         job.cycles = cycles_of(regs, self.spec.accel, beats)
         if self.accel_engine == "rtl" and not self._rtl_job(hart, job):
             return
@@ -561,7 +564,7 @@ class ClusterISS:
         if self.open_layer is not None:
             self.open_layer.accel_busy += job.cycles
             self.open_layer.accel_macs += job.macs
-            self.open_layer.accel_l1_bytes += sum(size for _, size in spans.values())
+            self.open_layer.accel_l1_bytes += l1_bytes(regs, rows)
 
     def _check_kept_operands(self, regs: dict[str, int], spans: dict[str, tuple[int, int]]) -> str | None:
         """A job with MODE_KEEP_B computes with the B, bias and rq its predecessor loaded: they must be the same

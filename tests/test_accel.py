@@ -177,6 +177,18 @@ def test_rtl_row_jobs_keep_b_in_the_accelerator(mode):
         assert cycles == cycles_of(regs, AccelSpec()) < cycles_of(first.regs, AccelSpec())
 
 
+def test_a_job_that_keeps_b_moves_no_b_bias_or_rq_through_the_port():
+    """The energy model's L1 traffic of a job is what its loader reads plus the Y it writes: a later row job
+    (mode bit 10) reads neither B nor bias nor rq."""
+    from tinydeploy.sim.accel.model import l1_bytes
+
+    first, _ = random_job(np.random.default_rng(5), 0)
+    m, k, n = (first.regs[x] for x in "mkn")
+    kept = {**first.regs, "mode": first.regs["mode"] | MODE_KEEP_B}
+    assert l1_bytes(first.regs) - l1_bytes(kept) == k * n + 4 * n + 12 * n
+    assert l1_bytes(kept) >= m * k + m * n
+
+
 @pytest.mark.slow
 @needs_verilator
 @pytest.mark.parametrize("mode", sorted(MODES))

@@ -173,9 +173,18 @@ def operand_rows(regs: dict[str, int]) -> list[tuple[int, int]]:
     return rows
 
 
-def load_beats(regs: dict[str, int], port_bytes: int) -> int:
-    """Port beats the loader needs for the job's operands (target.port_beats per row)."""
-    return sum(port_beats(address, size, port_bytes) for address, size in operand_rows(regs))
+def load_beats(regs: dict[str, int], port_bytes: int, rows: list[tuple[int, int]] | None = None) -> int:
+    """Port beats the loader needs for the job's operands (target.port_beats per row; `rows`: operand_rows when
+    the caller has them)."""
+    rows = operand_rows(regs) if rows is None else rows
+    return sum(port_beats(address, size, port_bytes) for address, size in rows)
+
+
+def l1_bytes(regs: dict[str, int], rows: list[tuple[int, int]] | None = None) -> int:
+    """L1 bytes the job moves through the port: the rows its loader reads (a job that keeps B reads no B, bias or
+    rq) and the Y it writes (the energy model's L1 traffic of the accelerator)."""
+    rows = operand_rows(regs) if rows is None else rows
+    return sum(size for _, size in rows) + regs["m"] * row_bytes(regs, "y")
 
 
 def cycles_of(regs: dict[str, int], spec: AccelSpec, beats: int | None = None) -> int:
