@@ -124,6 +124,34 @@ def port_beats(address: int, size: int, port_bytes: int) -> int:
     return -(-(address % 4 + size) // port_bytes) if size > 0 else 0
 
 
+#: the accelerator's epilogue stage table in L1: STAGE_WORDS int32 per AddRequant/MulRequant stage, in this order
+#: (backends/lowering.py writes it, sim/accel reads it)
+STAGE_FIELDS = ("kind", "src", "chain", "mul_a", "mul_b", "a_zero", "b_zero", "mul", "shift", "add", "lo", "hi")
+STAGE_WORDS = len(STAGE_FIELDS)
+
+
+def loader_segments(m: int, k: int, n: int, *, trans_b: bool = False, keep_b: bool = False, lut: bool = False,
+                    stages: int = 0, r_row_bytes: int = 0, vectors: tuple[int, ...] = ()) -> list[tuple[str, int, int]]:
+    """What the accelerator's loader streams from L1 for one job, in its order (ita_tile.v): (register, rows, bytes
+    per row). A; unless the job keeps B (a later row job of the same matrix), B row by row (each row goes to one
+    bank), the int32 bias and the requant table's three rows; the LUT; the stage table (`stages` rows); the
+    residual tile R row by row (`r_row_bytes` per row, when the stages read one); the per-column vectors
+    (`vectors`: which of v0..v3). The ISS places these rows at the job's addresses (sim/accel/model.py
+    operand_rows), the cost model at word-aligned ones (passes/tile.py): one description for both."""
+    stored, length = (n, k) if trans_b else (k, n)
+    segments = [("a", 1, m * k)]
+    if not keep_b:
+        segments += [("b", stored, length), ("bias", 1, 4 * n), ("rq", 3, 4 * n)]
+    if lut:
+        segments.append(("lut", 1, 256))
+    if stages:
+        segments.append(("stages", 1, 4 * STAGE_WORDS * stages))
+        if r_row_bytes:
+            segments.append(("r", m, r_row_bytes))
+    segments += [(f"v{j}", 1, n) for j in vectors]
+    return segments
+
+
 def job_cycles(spec: AccelSpec, m: int, k: int, n: int, softmax: bool = False, beats: int = 0) -> int:
     """Cycles of one accelerator job from start to done: `beats` port beats to load its operands (the ISS counts
     them from the job's addresses, the cost model estimates them), the port's latency, then the array (the RTL's

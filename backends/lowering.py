@@ -729,8 +729,8 @@ def ita_stage_sources(graph: Graph, node: Node) -> dict[int, int]:
 
 
 def ita_stage_table(graph: Graph, node: Node) -> np.ndarray:
-    """The int32 stage table the accelerator reads from L1 (sim/accel/model.py: STAGE_FIELDS)."""
-    from ..sim.accel.model import STAGE_FIELDS
+    """The int32 stage table the accelerator reads from L1 (target.STAGE_FIELDS)."""
+    from ..target import STAGE_FIELDS
 
     sources = ita_stage_sources(graph, node)
     rows = []

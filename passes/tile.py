@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import TinyDeployError
 from ..ir.graph import Graph, Node
 from ..ir.ops import node_macs, op_def
-from ..target import AccelSpec, DmaSpec, Target, job_cycles, port_beats, transfer_cycles
+from ..target import AccelSpec, DmaSpec, Target, job_cycles, loader_segments, port_beats, transfer_cycles
 from .kernel_choice import blocked_matmul_operands, conv_by_patches
 
 ALIGNMENT = 16
@@ -463,29 +463,18 @@ def _divisors(n: int) -> list[int]:
 
 
 def _job_beats(graph: Graph, node: Node, m: int, k: int, n: int, spec: AccelSpec, keep: bool = False) -> int:
-    """Port beats an m x k x n job of `node` needs to load its operands (sim/accel/model.py operand_rows), with
-    every operand word-aligned (the ISS counts the real addresses); `keep`: a later row job of the same matrix,
-    whose B, bias and rq stay in the accelerator."""
-    def beats(size: int) -> int:
-        return port_beats(0, size, spec.port_bytes)
-
-    stored, length = (n, k) if node.attrs.get("trans_b") else (k, n)
-    total = beats(m * k)
-    if not keep:
-        total += stored * beats(length) + 4 * beats(4 * n)             # B row by row, bias, three rq rows
+    """Port beats an m x k x n job of `node` needs to load its operands (target.loader_segments), with every
+    operand word-aligned (the ISS counts the real addresses); `keep`: a later row job of the same matrix, whose B,
+    bias and rq stay in the accelerator."""
     stages = node.attrs.get("stages", [])
-    if any(st["op"] == "LUT" for st in stages):
-        total += beats(256)
-    binary = sorted({st["operand"] for st in stages if "operand" in st})
-    if any(st["op"] in ("AddRequant", "MulRequant") for st in stages):
-        total += beats(4 * 12 * sum(st["op"] in ("AddRequant", "MulRequant") for st in stages))
-    for index in binary:
-        operand = graph.tensors[node.inputs[index]]
-        if operand.size <= n:                                          # a per-column vector (or the key mask)
-            total += beats(n)
-        else:                                                          # the residual tile, row by row
-            total += m * beats(n * np.dtype(operand.dtype).itemsize)
-    return total
+    operands = [graph.tensors[node.inputs[i]] for i in sorted({st["operand"] for st in stages if "operand" in st})]
+    residual = next((t for t in operands if t.size > n), None)       # the residual tile; the rest are vectors
+    table_rows = sum("operand" in st and st["op"] != "ITAPartialMax" for st in stages)
+    segments = loader_segments(m, k, n, trans_b=bool(node.attrs.get("trans_b")), keep_b=keep,
+                               lut=any(st["op"] == "LUT" for st in stages), stages=table_rows,
+                               r_row_bytes=n * np.dtype(residual.dtype).itemsize if residual is not None else 0,
+                               vectors=tuple(range(len(operands) - (residual is not None))))
+    return sum(count * port_beats(0, size, spec.port_bytes) for _, count, size in segments)
 
 
 def _ita_depth(graph: Graph, node: Node) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 from ...ir.arith import ITA_MAX_OCTAVE_BITS
 from ...ir.graph import Node
 from ...ir.ops import OPS
-from ...target import AccelSpec, job_cycles, port_beats
+from ...target import STAGE_FIELDS, STAGE_WORDS, AccelSpec, job_cycles, loader_segments, port_beats
 
 MODE_TRANS_B, MODE_REQUANT2, MODE_LUT, MODE_SOFTMAX, MODE_REQUANT3, MODE_A_UNSIGNED = 1, 2, 4, 8, 16, 32
 #: Y elements are int16 (two bytes, little endian): a requant into a 16-bit residual stream (no softmax)
@@ -42,9 +42,6 @@ JOB_REGISTERS = ("mode", "a", "b", "bias", "rq", "y", "m", "k", "n", "rq_clip", 
                  "rq2_clip", "lut", "lut_min", "sm_group", "sm_levels", "sm_offset", "sm_clip", "stages",
                  "stage_count", "r", "v0", "v1", "v2", "v3", "rq3_mul", "rq3_shift",
                  "rq3_add", "rq3_clip", "y_pitch", "r_pitch", "sm_bits")
-#: epilogue stage table: STAGE_WORDS int32 per stage, in this order (backends/lowering.py writes it)
-STAGE_FIELDS = ("kind", "src", "chain", "mul_a", "mul_b", "a_zero", "b_zero", "mul", "shift", "add", "lo", "hi")
-STAGE_WORDS = len(STAGE_FIELDS)
 STAGE_KINDS = {1: "AddRequant", 2: "MulRequant"}
 MAX_STAGES = 5
 VECTOR_REGISTERS = ("v0", "v1", "v2", "v3")
@@ -152,25 +149,16 @@ def operand_spans(regs: dict[str, int]) -> dict[str, tuple[int, int]]:
 
 
 def operand_rows(regs: dict[str, int]) -> list[tuple[int, int]]:
-    """(address, bytes) of every row the accelerator's loader streams from L1, in its order (ita_tile.v: A, B, bias,
-    the rq table's three rows, LUT, stage table, R row by row, V0..V3)."""
-    m, k, n = regs["m"], regs["k"], regs["n"]
-    stored, length = (n, k) if regs["mode"] & MODE_TRANS_B else (k, n)      # B row by row: each goes to one bank
-    rows = [(regs["a"], m * k)]
-    if not regs["mode"] & MODE_KEEP_B:
-        rows += [*((regs["b"] + r * length, length) for r in range(stored)), (regs["bias"], 4 * n),
-                 *((regs["rq"] + 4 * n * j, 4 * n) for j in range(3))]
-    if regs["mode"] & MODE_LUT:
-        rows.append((regs["lut"], 256))
-    stages = regs["stage_count"]
-    if stages:
-        rows.append((regs["stages"], 4 * STAGE_WORDS * stages))
-        if regs["r"]:
-            rows += [(regs["r"] + i * pitch(regs, "r"), row_bytes(regs, "r")) for i in range(m)]
-    for j, name in enumerate(VECTOR_REGISTERS):
-        if regs[name] and (stages or (j == 0 and regs["mode"] & MODE_SM_MASK)):
-            rows.append((regs[name], n))
-    return rows
+    """(address, bytes) of every row the accelerator's loader streams from L1, in its order (target.loader_segments
+    at the job's addresses: B's rows, the rq table's and R's rows a row apart)."""
+    m, k, n, mode, stages = regs["m"], regs["k"], regs["n"], regs["mode"], regs["stage_count"]
+    vectors = tuple(j for j, name in enumerate(VECTOR_REGISTERS)
+                    if regs[name] and (stages or (j == 0 and mode & MODE_SM_MASK)))
+    segments = loader_segments(m, k, n, trans_b=bool(mode & MODE_TRANS_B), keep_b=bool(mode & MODE_KEEP_B),
+                               lut=bool(mode & MODE_LUT), stages=stages,
+                               r_row_bytes=row_bytes(regs, "r") if regs["r"] else 0, vectors=vectors)
+    apart = {"r": pitch(regs, "r")}                 # R rows are a pitch apart; the other rows are packed
+    return [(regs[name] + i * apart.get(name, size), size) for name, count, size in segments for i in range(count)]
 
 
 def load_beats(regs: dict[str, int], port_bytes: int, rows: list[tuple[int, int]] | None = None) -> int:
