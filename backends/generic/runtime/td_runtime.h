@@ -96,9 +96,15 @@ static inline int32_t td_requant_ita32(int32_t x, int32_t mul, int32_t shift, in
     return acc >> shift;
 }
 
-/* td_clip in 32 bits (lo <= hi). One unsigned compare decides "in range" (a branch not taken on a single-issue core
- * such as CV32E40P); only values outside pay for the second compare. */
 static inline int32_t td_clip32(int32_t x, int32_t lo, int32_t hi)
+{
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+
+/* td_clip32 for values that rarely leave [lo, hi] (a LayerNorm's output): one unsigned compare decides "in range", a
+ * branch not taken on a single-issue core such as CV32E40P; only values outside pay for the second compare. Where
+ * clipping is common (a requant to a ReLU's range) td_clip32's selects are cheaper. */
+static inline int32_t td_clip32_rare(int32_t x, int32_t lo, int32_t hi)
 {
     if (TD_UNLIKELY((uint32_t)x - (uint32_t)lo > (uint32_t)hi - (uint32_t)lo)) {
         return x < lo ? lo : hi;
