@@ -25,7 +25,7 @@ from ..ir.ops import node_macs
 from ..passes.fuse_attention import has_accelerator
 from ..passes.memory import ArenaPlan, plan_arena, reshape_aliases, scratch_name
 from ..resources import package_path
-from ..target import AccelSpec, Target
+from ..target import AccelSpec, DmaSpec, Target
 from .lowering import CTYPES, Call, Kernel, Lowering, Refs
 
 BACKENDS_DIR = package_path("backends")
@@ -471,11 +471,14 @@ STAGE_CODE_PER_STEP = 640
 
 
 def _stage_capacity(target: Target, graph: Graph, plan: ArenaPlan) -> int:
-    """L2 bytes for weights staged from L3 (passes/stage.py) on a target with an I/O DMA (else 0): what the arena
-    and the code estimate leave."""
+    """L2 bytes for weights staged from L3 (passes/stage.py) on a target with an I/O DMA whose L3 is slower than L2
+    (else 0): what the arena and the code estimate leave."""
     memory, mmio = target.section("memory"), target.section("mmio") or {}
     if "io_dma_start" not in mmio or "l2_bytes" not in memory:
         return 0
+    dma = DmaSpec.from_target(target)
+    if dma.bandwidth[("l3", "l1")] >= dma.bandwidth[("l2", "l1")] and not dma.l3_burst:
+        return 0                                 # an L3 as fast as L2 (weights on chip): a copy would only add a hop
     io_bytes = sum(graph.tensors[name].nbytes for name in (*graph.inputs, *graph.outputs))
     code = STAGE_CODE_BASE + STAGE_CODE_PER_STEP * len(graph.nodes) + 2 * io_bytes
     return max(0, int(memory["l2_bytes"]) - code - plan.size)
