@@ -194,3 +194,54 @@ def test_requant_without_common_twos_is_the_same_function():
                               arith.requant_ita(x, reduced_mul, reduced_shift, add, -2**40, 2**40))
     assert [int(v) for v in without_common_twos(np.array(128), np.array(20))] == [1, 13]
     assert [int(v) for v in without_common_twos(np.array(96), np.array(2))] == [24, 0]
+
+
+DIVIDE_CHECK = r"""
+#include <stdio.h>
+#include "td_runtime.h"
+/* every divisor 1..65535 against C's division, on the numerators where a reciprocal goes wrong first: around the
+ * multiples of d, both ends of the 31-bit range, and a pseudo-random sweep */
+int main(void)
+{
+    uint32_t state = 12345u, failures = 0;
+    for (uint32_t d = 1; d < 65536u; ++d) {
+        const td_divisor_t r = td_divisor_u31(d);
+        uint32_t n[12] = {0, 1, d - 1, d, d + 1, 0x7FFFFFFFu, 0x7FFFFFFFu - d, (0x7FFFFFFFu / d) * d,
+                          (0x7FFFFFFFu / d) * d - 1, 0, 0, 0};
+        for (int i = 9; i < 12; ++i) {
+            state = state * 1664525u + 1013904223u;
+            n[i] = (state >> 1) / d * d - (uint32_t)(i - 10);   /* a multiple of d, and its neighbours */
+        }
+        for (int i = 0; i < 12; ++i) {
+            if (n[i] <= 0x7FFFFFFFu && td_divide_u31(n[i], r) != n[i] / d) {
+                if (failures++ < 5) {
+                    printf("d=%u n=%u: %u != %u\n", d, n[i], td_divide_u31(n[i], r), n[i] / d);
+                }
+            }
+        }
+    }
+    printf("%u failures\n", failures);
+    return failures != 0;
+}
+"""
+
+
+def test_layernorm_reciprocal_divides_exactly_for_every_16_bit_divisor(tmp_path):
+    """The cores' LayerNorm divides |(x - mean) * w| < 2^31 by the row's std <= 65535 with a reciprocal
+    (td_divisor_u31 / td_divide_u31 in the generated C): equal to C's division for every divisor, at the
+    numerators where an off-by-one reciprocal fails first."""
+    import shutil
+    import subprocess
+
+    from tinydeploy.resources import package_path
+
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no host C compiler")
+    runtime = package_path("backends", "generic", "runtime")
+    (tmp_path / "check.c").write_text(DIVIDE_CHECK)
+    subprocess.run([cc, "-O2", "-std=c99", "-Wall", "-Werror", f"-I{runtime}", "check.c", "-o", "check"],
+                   cwd=tmp_path, check=True)
+    run = subprocess.run([str(tmp_path / "check")], capture_output=True, text=True)
+    assert run.stdout.strip().endswith("0 failures"), run.stdout
+    assert run.returncode == 0
