@@ -314,7 +314,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     with staged_folder(args.output, ours=is_build, what="tinydeploy build (tinydeploy.json)", force=args.force) \
             as stage, _stages("fusing, tiling, lowering and writing C"):
         project = compile_graph(int_graph, args.target, stage, inputs, weights=args.weights,
-                                model_path=args.model, dump=dump)
+                                model_path=args.model, dump=dump, stage_bytes=args.stage_bytes)
     _say(f"generated C in {time.perf_counter() - t0:.1f}s")
     plan = project.plan
     print(f"wrote {args.output}: {len(project.graph.nodes)} steps, {len(project.kernels)} kernel instances")
@@ -323,6 +323,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"  {plan.summary()}")
     print(f"  weights {project.weights_bytes} B ({project.weights_format}); inputs "
           f"{sum(s.nbytes for s in project.inputs)} B; outputs {sum(s.nbytes for s in project.outputs)} B")
+    staging = project.manifest.get("staging")
+    if staging and staging["constants"]:
+        print(f"  {staging['staged_bytes']} B of weights staged L3 -> L2 by the I/O DMA through a {staging['bytes']} B "
+              f"ring ({staging['constants']} copies; --stage-bytes sets the ring's limit)")
     if dump is not None:
         print(f"  IR after every pass: {args.dump_ir}/NN_<pass>.txt and .onnx (domain ai.tinydeploy)")
     if load_target(args.target).backend in ("riscv", "cmsis"):
@@ -545,12 +549,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
     return value
 
 
@@ -631,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constants as C arrays or a binary blob (auto: C up to 2 MiB)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass as text and ONNX (custom domain "
                                                     "ai.tinydeploy, viewable in Netron)")
+    p.add_argument("--stage-bytes", type=non_negative_int, metavar="N",
+                   help="cluster targets with weights in L3: at most N bytes of L2 for the ring the I/O DMA stages "
+                        "weights in (0: tiles read L3 directly; default: what the arena and the code leave)")
 
     p = add("verify", cmd_verify, "build a compiled project, run it, compare with the golden interpreter bit for "
                                   "bit (exit 1 on mismatch)")

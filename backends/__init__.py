@@ -71,7 +71,7 @@ def backend_passes(graph: Graph, target: str | Target, dump=None) -> tuple[Graph
 
 
 def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, inputs: dict[str, np.ndarray], *,
-                  weights: str = "auto", model_path: str = "", dump=None):
+                  weights: str = "auto", model_path: str = "", dump=None, stage_bytes: int | None = None):
     """Write the C project for `graph` on `target` into out_dir; returns the backends.project.Project."""
     from ..files import model_file
     from .project import BACKENDS_DIR, ProjectOptions, build_project
@@ -86,7 +86,7 @@ def compile_graph(graph: Graph, target: str | Target, out_dir: str | Path, input
         options = ProjectOptions(weights="incbin", model_path=model_path,
                                  template_dirs=[riscv / "templates", firmware / "templates", generic / "templates"],
                                  runtime_dirs=[generic / "runtime", firmware / "runtime", riscv / "runtime"],
-                                 extra_files=["td_platform.h", "link.ld"], tiled=True)
+                                 extra_files=["td_platform.h", "link.ld"], tiled=True, stage_bytes=stage_bytes)
     elif target.backend == "cmsis":
         cmsis, firmware, generic = (BACKENDS_DIR / n for n in ("cmsis", "firmware", "generic"))
         options = ProjectOptions(weights="incbin", model_path=model_path,

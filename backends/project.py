@@ -48,6 +48,8 @@ class ProjectOptions:
     extra_files: list[str] = field(default_factory=list)
     #: run every kernel on L1 tiles moved by DMA (passes/tile.py; cluster targets)
     tiled: bool = False
+    #: L2 bytes for weights staged from L3 (passes/stage.py); None: what the arena and the code estimate leave
+    stage_bytes: int | None = None
 
 
 @dataclass
@@ -223,7 +225,7 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
         constant_bytes = sum(t.nbytes for t in graph.constants())
         weights_level = _placement(target, plan, constant_bytes, tiled=True)["weights_region"].lower()
         calls, tiling, residency, staging = lower_tiled(graph, target, lowering, refs, weights_level,
-                                                        _stage_capacity(target, graph, plan))
+                                                        _stage_capacity(target, graph, plan, options.stage_bytes))
     else:
         calls = []
         for i, node in enumerate(graph.nodes):
@@ -470,9 +472,9 @@ STAGE_CODE_BASE = 256 * 1024
 STAGE_CODE_PER_STEP = 640
 
 
-def _stage_capacity(target: Target, graph: Graph, plan: ArenaPlan) -> int:
+def _stage_capacity(target: Target, graph: Graph, plan: ArenaPlan, requested: int | None = None) -> int:
     """L2 bytes for weights staged from L3 (passes/stage.py) on a target with an I/O DMA whose L3 is slower than L2
-    (else 0): what the arena and the code estimate leave."""
+    (else 0): what the arena and the code estimate leave, or at most `requested` (compile --stage-bytes)."""
     memory, mmio = target.section("memory"), target.section("mmio") or {}
     if "io_dma_start" not in mmio or "l2_bytes" not in memory:
         return 0
@@ -481,7 +483,8 @@ def _stage_capacity(target: Target, graph: Graph, plan: ArenaPlan) -> int:
         return 0                                 # an L3 as fast as L2 (weights on chip): a copy would only add a hop
     io_bytes = sum(graph.tensors[name].nbytes for name in (*graph.inputs, *graph.outputs))
     code = STAGE_CODE_BASE + STAGE_CODE_PER_STEP * len(graph.nodes) + 2 * io_bytes
-    return max(0, int(memory["l2_bytes"]) - code - plan.size)
+    free = max(0, int(memory["l2_bytes"]) - code - plan.size)
+    return free if requested is None else min(free, requested)
 
 
 def _placement(target: Target, plan: ArenaPlan, weight_bytes: int, tiled: bool = False) -> dict[str, Any]:

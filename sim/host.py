@@ -74,7 +74,11 @@ def run_make(build_dir: Path, out: str, variables: list[str], what: str) -> None
     if result.returncode != 0:
         lines = (result.stdout + result.stderr).strip().splitlines()
         first = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
-        raise TinyDeployError(f"{what} failed: {first.strip()}", details="\n".join(lines[-25:]))
+        hint = ""
+        if "will not fit in region 'L2'" in first and "l2_noinit" in first:
+            hint = (" (the staging ring and the code do not fit L2 together: recompile with a smaller "
+                    "--stage-bytes)")
+        raise TinyDeployError(f"{what} failed: {first.strip()}{hint}", details="\n".join(lines[-25:]))
     stamp.write_text(wanted)
 
 

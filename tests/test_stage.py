@@ -131,3 +131,17 @@ def test_weights_beyond_l2_stream_through_the_ring_bit_exact(tmp_path):
     report = simulate_build(tmp_path).report
     assert report["bit_exact"] is True
     assert report["io_dma_busy_cycles"] > 0
+
+
+def test_the_ring_size_is_a_compile_option(tmp_path):
+    """compile --stage-bytes N bounds the ring (0: no staging, the tiles read L3)."""
+    from tinydeploy.backends import compile_graph
+
+    rng = np.random.default_rng(13)
+    g = gemm_chain(rng, 16, 1024, 4)
+    x = rng.integers(-128, 128, (1, 16, 1024)).astype(np.int8)
+    compile_graph(g, "cluster8-ita", tmp_path / "none", {"x0": x}, stage_bytes=0)
+    assert "td_io_dma(" not in (tmp_path / "none" / "network.c").read_text()
+    compile_graph(g, "cluster8-ita", tmp_path / "small", {"x0": x}, stage_bytes=1_200_000)
+    staging = json.loads((tmp_path / "small" / "tinydeploy.json").read_text())["staging"]
+    assert 0 < staging["bytes"] <= 1_200_000 and staging["capacity"] == 1_200_000
