@@ -291,16 +291,23 @@ def _plan_staging(graph: Graph, steps: list[int], refs: Refs,
 
 def _staging_statements(staging: StagingPlan, following: dict[int, int],
                         symbols: dict[str, str]) -> dict[int, list[str]]:
-    """Per step, hart 0's I/O DMA code: start the copies planned there, then wait for those its tiles (or the
-    first tile of the next step, which it prefetches) read."""
+    """Per step, hart 0's I/O DMA code: start the copies planned there, then wait for those its tiles read; for
+    those the next step's first tile reads (which this step prefetches), the wait goes just before that prefetch
+    (td_tiles_next_staged: copies complete in order, so the last one's id covers them all)."""
     prefetcher = {j: i for i, j in following.items()}
     starts: dict[int, list[str]] = {}
     waits: dict[int, list[str]] = {}
+    before_prefetch: dict[int, int] = {}
     for slot, b in enumerate(staging.buffers):
         starts.setdefault(b.issue, []).append(
             f"    {STAGE_IDS}[{slot}] = td_io_dma({STAGE_SYMBOL} + {b.offset}, {symbols[b.key]}, {b.nbytes}); "
             f"/* {b.key.replace('*/', '* /')}, read by steps {b.first}..{b.last} */")
-        waits.setdefault(prefetcher.get(b.first, b.first), []).append(f"    td_io_dma_wait({STAGE_IDS}[{slot}]);")
+        if b.first in prefetcher:
+            before_prefetch[prefetcher[b.first]] = slot
+        else:
+            waits.setdefault(b.first, []).append(f"    td_io_dma_wait({STAGE_IDS}[{slot}]);")
+    for step, slot in before_prefetch.items():
+        waits.setdefault(step, []).append(f"    td_tiles_next_staged({STAGE_IDS}[{slot}]);")
     code: dict[int, list[str]] = {}
     for step in sorted(set(starts) | set(waits)):
         code[step] = ["if (TD_HART_ID == 0) {   /* weights staged L3 -> L2 by the I/O DMA (passes/stage.py) */",

@@ -22,6 +22,9 @@ static uint32_t td_tile_stored[2];  /* DMA id completing the store out of each p
 static const td_xfer *td_next;      /* the next step's operands this step loads during its last tile (hart 0) */
 static int32_t td_next_n;
 static uint32_t td_prefetch_id;     /* DMA id completing that prefetch */
+#ifdef TD_REG_IO_DMA_START
+static uint32_t td_next_staged;     /* I/O DMA id with which the next step's staged weights have arrived (hart 0) */
+#endif
 
 static uint32_t td_tile_inputs(const td_xfer *x, int32_t n, int32_t t, int32_t first)
 {
@@ -76,10 +79,25 @@ static inline void td_tile_refill(const td_xfer *x, int32_t n, int32_t t, int32_
     if (t + 1 < tiles) {
         td_tile_pending[(t + 1) & 1] = td_tile_inputs(x, n, t + 1, 0);
     } else if (td_next != NULL) {
+#ifdef TD_REG_IO_DMA_START
+        if (td_next_staged != 0) {         /* the prefetch may read weights the I/O DMA is still staging */
+            td_io_dma_wait(td_next_staged);
+            td_next_staged = 0;
+        }
+#endif
         td_prefetch_id = td_tile_inputs(td_next, td_next_n, 0, 1);
         td_next = NULL;
     }
 }
+
+#ifdef TD_REG_IO_DMA_START
+void td_tiles_next_staged(uint32_t io_id)
+{
+    if (td_hart_id() == 0) {
+        td_next_staged = io_id;
+    }
+}
+#endif
 
 void td_tiles_next(const td_xfer *next, int32_t n)
 {

@@ -107,6 +107,10 @@ static inline void td_io_dma_wait(uint32_t id)
     while (TD_EVENT(TD_EVENT_IO_DMA_DONE) < id) {
     }
 }
+
+/* The next step's first-tile loads (td_tiles_next) read weights staged by I/O transfers up to `io_id`: hart 0
+ * waits for it just before it issues them, in this step's last tile, so the step itself computes meanwhile. */
+void td_tiles_next_staged(uint32_t io_id);
 #endif
 
 void td_tiles_next(const td_xfer *next, int32_t n);
