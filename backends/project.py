@@ -251,7 +251,7 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
     context["l1_tiles_bytes"] = tiling.l1_peak if tiling else 0
     context["l1_resident_bytes"] = residency.size if residency else 0
     context["stage_bytes"] = staging.size if staging else 0
-    context["stage_count"] = len(staging.buffers) if staging else 0
+    context["stage_count"] = staging.transfers if staging else 0
     if residency and residency.offsets:      # activations kept in L1 between accelerator steps
         for row in context["buffers"]:
             root = residency.aliases.get(row["name"], row["name"]) if row.get("name") else None
@@ -305,7 +305,7 @@ def build_project(graph: Graph, target: Target, out_dir: str | Path, inputs: dic
                               "steps": [tiling.steps[i].to_json() for i in sorted(tiling.steps)]}
     if staging is not None:
         manifest["staging"] = {"capacity": staging.capacity, "bytes": staging.size, "constants": len(staging.buffers),
-                               "staged_bytes": staging.nbytes,
+                               "transfers": staging.transfers, "staged_bytes": staging.nbytes,
                                "buffers": [{"key": b.key, "bytes": b.nbytes, "offset": b.offset, "issue": b.issue,
                                             "first": b.first, "last": b.last} for b in staging.buffers]}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_text) + "\n")

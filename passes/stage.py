@@ -3,12 +3,13 @@
 With the weights in L3, a step that loads its constants straight from L3 waits on the L3 link while its tiles
 run, and the link idles through every step without constants (the cores' LayerNorms, the embedding adds). On a
 target whose I/O DMA moves L3 <-> L2 beside the cluster DMA (the `io_dma_*` registers), staging decouples the
-two: an L2 ring of `capacity` bytes receives, in program order, every constant those steps read, each by one
-I/O DMA transfer started at the earliest step the ring allows (once every reader of the bytes it overwrites has
-run) and waited for by its first reader, or by the step before it when that step prefetches the reader's first
-tile. The tiler then sees those constants at L2's bandwidth, and the L3 link streams weights through the whole
-inference. A constant larger than the ring, or one the ring cannot free in time, stays in L3 (its tiles read it
-there).
+two: an L2 ring of `capacity` bytes receives, in program order, every constant those steps read, each copied from
+the earliest step the ring allows (once every reader of the bytes it overwrites has run). A copy moves in chunks
+of CHUNK_BYTES, one I/O DMA transfer each, and a reader waits, tile by tile, only for the chunks its next tile
+reads (the step before it waits for the first tile's, when it prefetches that tile): a step computes on the first
+part of a large weight while the rest streams in. The tiler sees staged constants at L2's bandwidth, and the L3
+link streams weights through the whole inference. A constant larger than the ring, or one the ring cannot free
+in time, stays in L3 (its tiles read it there).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 
 #: offsets in the ring are multiples of this (the cluster DMA's bursts start aligned)
 STAGE_ALIGNMENT = 64
+#: a copy moves in I/O DMA transfers of at most this many bytes (~20 k cycles of the HyperRAM; each transfer's setup
+#: and first-word latency, ~60 cycles, are 0.3% of it)
+CHUNK_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,16 @@ class StagedConstant:
     issue: int
     first: int
     last: int
+    slot: int = 0                  # the firmware's I/O transfer id table: this constant's first chunk
+
+    @property
+    def chunks(self) -> list[tuple[int, int]]:
+        """(byte offset in the constant, bytes) of each I/O DMA transfer that copies it, in order."""
+        return [(at, min(CHUNK_BYTES, self.nbytes - at)) for at in range(0, self.nbytes, CHUNK_BYTES)]
+
+    def slot_of(self, byte: int) -> int:
+        """The id-table slot of the transfer that brings byte `byte` of the constant."""
+        return self.slot + byte // CHUNK_BYTES
 
 
 @dataclass
@@ -50,12 +64,13 @@ class StagingPlan:
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.buffers)
 
-    def offset(self, key: str) -> int:
-        return next(b.offset for b in self.buffers if b.key == key)
+    @property
+    def transfers(self) -> int:
+        """I/O DMA transfers in all (the size of the firmware's id table)."""
+        return sum(len(b.chunks) for b in self.buffers)
 
-    def index(self, key: str) -> int:
-        """The constant's slot in the firmware's table of transfer ids."""
-        return next(i for i, b in enumerate(self.buffers) if b.key == key)
+    def by_key(self) -> dict[str, StagedConstant]:
+        return {b.key: b for b in self.buffers}
 
 
 def _align(n: int) -> int:
@@ -78,7 +93,7 @@ def plan_staging(reads: list[tuple[int, list[tuple[str, int]]]], steps: list[int
     plan = StagingPlan(capacity)
     cursor, last_issue = 0, steps[0] if steps else 0
     for step, constants in reads:
-        for key, nbytes in constants:
+        for key, nbytes in sorted(constants, key=lambda c: c[1]):  # small tables first: every tile reads them
             if key in plan.keys:
                 continue
             size = _align(nbytes)
@@ -91,7 +106,7 @@ def plan_staging(reads: list[tuple[int, list[tuple[str, int]]]], steps: list[int
             issue = _first_step_at(steps, max([last_issue, *freed, *after_direct]))
             if issue is None or issue > earliest_wait[step]:
                 continue                   # the ring frees too late: the step reads this constant from L3
-            plan.buffers.append(StagedConstant(key, nbytes, start, issue, step, last_read[key]))
+            plan.buffers.append(StagedConstant(key, nbytes, start, issue, step, last_read[key], plan.transfers))
             cursor, last_issue = start + size, issue
     return plan
 

@@ -24,6 +24,19 @@ static int32_t td_next_n;
 static uint32_t td_prefetch_id;     /* DMA id completing that prefetch */
 #ifdef TD_REG_IO_DMA_START
 static uint32_t td_next_staged;     /* I/O DMA id with which the next step's staged weights have arrived (hart 0) */
+static const uint32_t *td_staged_ids;    /* this step's staged weights: the I/O transfer ids (td_tiles_staged) */
+static const uint16_t *td_staged_slot;   /* and, per tile, the slot of the last transfer its loads read */
+
+/* Before tile t's loads: wait for the staged chunks they read. */
+static inline void td_tile_staged_wait(int32_t t)
+{
+    if (td_staged_slot != NULL && td_staged_slot[t] != TD_STAGED_NONE) {
+        td_io_dma_wait(td_staged_ids[td_staged_slot[t]]);
+    }
+}
+#define TD_TILE_STAGED_WAIT(t) td_tile_staged_wait(t)
+#else
+#define TD_TILE_STAGED_WAIT(t) ((void)(t))
 #endif
 
 static uint32_t td_tile_inputs(const td_xfer *x, int32_t n, int32_t t, int32_t first)
@@ -66,6 +79,7 @@ static void td_tile_wait(int32_t t)
 /* Start tile 0's loads (resident operands too, but not what the previous step prefetched) and reset the loop. */
 static inline void td_tile_first(const td_xfer *x, int32_t n)
 {
+    TD_TILE_STAGED_WAIT(0);
     uint32_t id = td_tile_inputs(x, n, 0, 1);
     td_tile_pending[0] = id > td_prefetch_id ? id : td_prefetch_id; /* ids complete in order */
     td_tile_pending[1] = 0;
@@ -77,6 +91,7 @@ static inline void td_tile_first(const td_xfer *x, int32_t n)
 static inline void td_tile_refill(const td_xfer *x, int32_t n, int32_t t, int32_t tiles)
 {
     if (t + 1 < tiles) {
+        TD_TILE_STAGED_WAIT(t + 1);
         td_tile_pending[(t + 1) & 1] = td_tile_inputs(x, n, t + 1, 0);
     } else if (td_next != NULL) {
 #ifdef TD_REG_IO_DMA_START
@@ -97,7 +112,23 @@ void td_tiles_next_staged(uint32_t io_id)
         td_next_staged = io_id;
     }
 }
+
+void td_tiles_staged(const uint32_t *ids, const uint16_t *slot_per_tile)
+{
+    if (td_hart_id() == 0) {
+        td_staged_ids = ids;
+        td_staged_slot = slot_per_tile;
+    }
+}
 #endif
+
+/* The step is over: its staged-weight table no longer applies. */
+static inline void td_tiles_staged_clear(void)
+{
+#ifdef TD_REG_IO_DMA_START
+    td_staged_slot = NULL;
+#endif
+}
 
 void td_tiles_next(const td_xfer *next, int32_t n)
 {
@@ -143,6 +174,7 @@ void td_tiles_end(const td_xfer *x, int32_t n, int32_t tiles)
     td_barrier();
     if (td_hart_id() == 0) {
         td_tile_store_last(x, n, tiles);
+        td_tiles_staged_clear();
     }
 }
 
@@ -192,5 +224,6 @@ void td_accel_tiles_end(void)
 {
     td_accel_wait(td_accel_previous);
     td_tile_store_last(td_accel_x, td_accel_n, td_accel_tiles);
+    td_tiles_staged_clear();
 }
 #endif /* TD_REG_ACCEL_START */

@@ -111,6 +111,12 @@ static inline void td_io_dma_wait(uint32_t id)
 /* The next step's first-tile loads (td_tiles_next) read weights staged by I/O transfers up to `io_id`: hart 0
  * waits for it just before it issues them, in this step's last tile, so the step itself computes meanwhile. */
 void td_tiles_next_staged(uint32_t io_id);
+
+/* This step's loads read staged weights: before tile t's loads, hart 0 waits for I/O transfer
+ * ids[slot_per_tile[t]] (TD_STAGED_NONE: nothing staged in that tile). Call before td_tiles_begin /
+ * td_accel_tiles_begin; the step's end forgets the table. */
+#define TD_STAGED_NONE 0xFFFFu
+void td_tiles_staged(const uint32_t *ids, const uint16_t *slot_per_tile);
 #endif
 
 void td_tiles_next(const td_xfer *next, int32_t n);
