@@ -41,6 +41,10 @@
  * marks those operands TD_XFER_PREFETCHED so its td_tiles_begin only waits for them. The compiler places them
  * in L1 this step does not use (passes/tile.py prefetch_across_steps) and only for operands this step does not
  * write (constants, earlier activations).
+ *
+ * Weights staged in L2 by the I/O DMA (passes/stage.py): a step registers, per tile, the I/O transfer its loads
+ * need (td_tiles_staged); hart 0 waits for it before it issues that tile's loads (td_tiles_next_staged does the
+ * same for the next step's first tile, before the prefetch).
  */
 #ifndef TD_DMA_H
 #define TD_DMA_H
