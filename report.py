@@ -226,7 +226,11 @@ def _figure_memory(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
     arena = manifest["arena"]
     steps = len(manifest["steps"])
     tiling = manifest.get("tiling")
-    if tiling:   # cluster: the arena in L2 above, the L1 tiles of every step below
+    staging = manifest.get("staging")
+    if tiling and staging:   # the arena, the L2 ring staged weights pass through, the L1 tiles
+        fig, (top, ring, bottom) = plt.subplots(3, 1, figsize=(12, 9), dpi=110, height_ratios=[3, 2, 1],
+                                                sharex=True, layout="constrained")
+    elif tiling:   # cluster: the arena in L2 above, the L1 tiles of every step below
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), dpi=110, height_ratios=[3, 1], sharex=True,
                                           layout="constrained")
     else:
@@ -242,6 +246,9 @@ def _figure_memory(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
     top.set_title(f"Activation arena in {where}: {arena['bytes'] / 1024:.1f} KiB (lower bound "
                   f"{arena['lower_bound'] / 1024:.1f} KiB); each box is one tensor's lifetime", fontsize=11)
     info: dict[str, Any] = {"arena_bytes": arena["bytes"], "arena_region": where}
+    if tiling and staging:
+        _ring_panel(ring, staging)
+        info["stage_ring_bytes"] = staging["bytes"]
     if tiling:
         budget = tiling["l1_budget"] / 1024
         by_step = {s["index"]: s["l1_bytes"] / 1024 for s in tiling["steps"]}
@@ -264,9 +271,32 @@ def _figure_memory(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
     return info
 
 
+def _ring_panel(axes, staging: dict[str, Any]) -> None:
+    """The L2 ring weights staged from L3 pass through (passes/stage.py): each constant from the step that starts
+    its copy to its last reader, at its ring offset."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    for i, b in enumerate(staging["buffers"]):
+        axes.add_patch(Rectangle((b["issue"], b["offset"] / 1024), b["last"] - b["issue"] + 1, b["bytes"] / 1024,
+                                 facecolor=plt.cm.tab20(i % 20), edgecolor="none", alpha=0.85))
+    axes.set_ylim(0, max(staging["capacity"], 1) / 1024)
+    axes.set_ylabel("L2 ring offset (KiB)")
+    axes.set_title(f"Weights staged L3 -> L2 by the I/O DMA: {staging['staged_bytes'] / 1e6:.1f} MB through a "
+                   f"{staging['bytes'] / 1024:.0f} KiB ring; each box: copy started .. last reader", fontsize=11)
+
+
 def _utilisation(layer: dict[str, Any], hw: Hardware) -> float | None:
     peak = hw.peaks.get(layer["engine"])
     return layer["macs"] / (peak * layer["cycles"]) if peak and layer["cycles"] and layer["macs"] else None
+
+
+def _staging_line(manifest: dict[str, Any]) -> str:
+    staging = manifest.get("staging")
+    if not staging or not staging.get("constants"):
+        return ""
+    return (f"; {staging['staged_bytes']:,} B of weights staged L3 -> L2 through a {staging['bytes']:,} B ring "
+            f"({staging['transfers']:,} I/O DMA transfers)")
 
 
 def _table(layers: list[dict[str, Any]], hw: Hardware) -> str:
@@ -385,7 +415,7 @@ def write_report(build: str | Path, out: str | Path) -> list[Path]:
 <h1>{html.escape(Path(manifest.get('model') or 'model').name)} on {html.escape(manifest['target'])}</h1>
 <div class="sub">{len(layers)} layers; weights {manifest['weights']['bytes']:,} B in
 {html.escape(str(placement.get('weights_region', '?')))}; arena {manifest['arena']['bytes']:,} B in
-{html.escape(str(placement.get('arena_region', '?')))}</div>
+{html.escape(str(placement.get('arena_region', '?')))}{_staging_line(manifest)}</div>
 <ul class="hw">{''.join(f'<li>{html.escape(f)}</li>' for f in facts)}</ul>
 {''.join(f'<div class="kpi">{html.escape(k)}<b{" class=note" if note else ""}>{html.escape(v)}</b></div>'
          for k, v, note in kpis)}
