@@ -295,8 +295,8 @@ def _staging_line(manifest: dict[str, Any]) -> str:
     staging = manifest.get("staging")
     if not staging or not staging.get("constants"):
         return ""
-    return (f"; {staging['staged_bytes']:,} B of weights staged L3 -> L2 through a {staging['bytes']:,} B ring "
-            f"({staging['transfers']:,} I/O DMA transfers)")
+    return html.escape(f"; {staging['staged_bytes']:,} B of weights staged L3 -> L2 through a {staging['bytes']:,} "
+                       f"B ring ({staging['transfers']:,} I/O DMA transfers)")
 
 
 def _table(layers: list[dict[str, Any]], hw: Hardware) -> str:

@@ -137,6 +137,10 @@ def test_weights_beyond_l2_stream_through_the_ring_bit_exact(tmp_path):
     report = simulate_build(tmp_path).report
     assert report["bit_exact"] is True
     assert report["io_dma_busy_cycles"] > 0
+    from tinydeploy.report import write_report
+
+    page = write_report(tmp_path, tmp_path / "report.html")[0].read_text()
+    assert f"{staging['staged_bytes']:,} B of weights staged L3 -&gt; L2" in page
 
 
 def test_the_ring_size_is_a_compile_option(tmp_path):
