@@ -452,26 +452,36 @@ class ClusterISS:
                                self.open_layer.index if self.open_layer else -1)
         self.dma_next_id += 1
         self.dma_queue.append(transfer)
+        self._count_transfer(src[0], dst[0], total)
         if self.open_layer is not None:
-            key = f"{src[0]}->{dst[0]}"
-            self.open_layer.dma_bytes[key] = self.open_layer.dma_bytes.get(key, 0) + total
             self.open_layer.dma_busy += duration
 
     def _dma_wait(self, hart_id: int, transfer: int) -> None:
         """Stall the hart until `transfer` has completed (transfers complete in order)."""
+        self._wait_transfer(hart_id, transfer, "DMA", self.dma_next_id, self.dma_done_at, self._complete_dma)
+
+    def _wait_transfer(self, hart_id: int, transfer: int, engine: str, next_id: int, done_at: dict[int, int],
+                       complete) -> None:
+        """Stall the hart until `transfer` of `engine` is done (`complete` performs the copies due by then); the
+        stall counts as exposed DMA time."""
         hart = self.harts[hart_id]
-        if not 0 < transfer < self.dma_next_id:
-            self._callback_fault(hart, f"waits for DMA transfer {transfer}, but only {self.dma_next_id - 1} were "
-                                       f"started")
+        if not 0 < transfer < next_id:
+            self._callback_fault(hart, f"waits for {engine} transfer {transfer}, but only {next_id - 1} were started")
             return
-        done_at = self.dma_done_at[transfer]
-        self._complete_dma(done_at)
-        if done_at > hart.clock:
-            waited = done_at - hart.clock
+        when = done_at[transfer]
+        complete(when)
+        if when > hart.clock:
+            waited = when - hart.clock
             hart.stall += waited
             hart.dma_stall += waited
             if self.open_layer is not None and hart_id == 0:
                 self.open_layer.dma_stall += waited
+
+    def _count_transfer(self, src: str, dst: str, nbytes: int) -> None:
+        """Account `nbytes` moved src -> dst (either engine) to the open layer."""
+        if self.open_layer is not None:
+            key = f"{src}->{dst}"
+            self.open_layer.dma_bytes[key] = self.open_layer.dma_bytes.get(key, 0) + nbytes
 
     def _io_dma_start(self, hart_id: int) -> None:
         """Queue a 1-D L3 <-> L2 copy on the I/O DMA: it starts when the engine and the L3 link are free."""
@@ -490,26 +500,13 @@ class ClusterISS:
         self.io_queue.append(DmaTransfer(self.io_next_id, r["io_dma_src"], r["io_dma_dst"], nbytes, 1, nbytes,
                                          nbytes, self.io_free_at, self.open_layer.index if self.open_layer else -1))
         self.io_next_id += 1
+        self._count_transfer(src[0], dst[0], nbytes)
         if self.open_layer is not None:
-            key = f"{src[0]}->{dst[0]}"
-            self.open_layer.dma_bytes[key] = self.open_layer.dma_bytes.get(key, 0) + nbytes
             self.open_layer.io_busy += duration
 
     def _io_dma_wait(self, hart_id: int, transfer: int) -> None:
         """Stall the hart until I/O DMA transfer `transfer` has completed (they complete in order)."""
-        hart = self.harts[hart_id]
-        if not 0 < transfer < self.io_next_id:
-            self._callback_fault(hart, f"waits for I/O DMA transfer {transfer}, but only {self.io_next_id - 1} "
-                                       f"were started")
-            return
-        done_at = self.io_done_at[transfer]
-        self._complete_io(done_at)
-        if done_at > hart.clock:
-            waited = done_at - hart.clock
-            hart.stall += waited
-            hart.dma_stall += waited
-            if self.open_layer is not None and hart_id == 0:
-                self.open_layer.dma_stall += waited
+        self._wait_transfer(hart_id, transfer, "I/O DMA", self.io_next_id, self.io_done_at, self._complete_io)
 
     def _complete_io(self, now: int) -> None:
         """Perform every queued I/O DMA copy that has completed by cycle `now`."""
