@@ -199,23 +199,26 @@ def test_requant_without_common_twos_is_the_same_function():
 DIVIDE_CHECK = r"""
 #include <stdio.h>
 #include "td_runtime.h"
-/* every divisor 1..65535 against C's division, on the numerators where a reciprocal goes wrong first: around the
- * multiples of d, both ends of the 31-bit range, and a pseudo-random sweep */
+/* every divisor 1..65535 against C's division (truncation), on the numerators where a reciprocal goes wrong first:
+ * around the multiples of d, both ends of the int32 range, and a pseudo-random sweep, each with both signs */
 int main(void)
 {
     uint32_t state = 12345u, failures = 0;
-    for (uint32_t d = 1; d < 65536u; ++d) {
-        const td_divisor_t r = td_divisor_u31(d);
-        uint32_t n[12] = {0, 1, d - 1, d, d + 1, 0x7FFFFFFFu, 0x7FFFFFFFu - d, (0x7FFFFFFFu / d) * d,
-                          (0x7FFFFFFFu / d) * d - 1, 0, 0, 0};
+    for (int32_t d = 1; d < 65536; ++d) {
+        const td_divisor_t r = td_divisor_s32((uint32_t)d);
+        int32_t n[24] = {0, 1, d - 1, d, d + 1, INT32_MAX, INT32_MAX - d, (INT32_MAX / d) * d,
+                         (INT32_MAX / d) * d - 1, 0, 0, 0};
         for (int i = 9; i < 12; ++i) {
             state = state * 1664525u + 1013904223u;
-            n[i] = (state >> 1) / d * d - (uint32_t)(i - 10);   /* a multiple of d, and its neighbours */
+            n[i] = (int32_t)((state >> 1) / (uint32_t)d * (uint32_t)d) - (i - 10);   /* a multiple of d, neighbours */
         }
         for (int i = 0; i < 12; ++i) {
-            if (n[i] <= 0x7FFFFFFFu && td_divide_u31(n[i], r) != n[i] / d) {
+            n[12 + i] = -n[i];
+        }
+        for (int i = 0; i < 24; ++i) {
+            if (td_divide_s32(n[i], r) != n[i] / d) {
                 if (failures++ < 5) {
-                    printf("d=%u n=%u: %u != %u\n", d, n[i], td_divide_u31(n[i], r), n[i] / d);
+                    printf("d=%d n=%d: %d != %d\n", d, n[i], td_divide_s32(n[i], r), n[i] / d);
                 }
             }
         }
@@ -227,9 +230,9 @@ int main(void)
 
 
 def test_layernorm_reciprocal_divides_exactly_for_every_16_bit_divisor(tmp_path):
-    """The cores' LayerNorm divides |(x - mean) * w| < 2^31 by the row's std <= 65535 with a reciprocal
-    (td_divisor_u31 / td_divide_u31 in the generated C): equal to C's division for every divisor, at the
-    numerators where an off-by-one reciprocal fails first."""
+    """The cores' LayerNorm divides (x - mean) * w (|.| < 2^31) by the row's std <= 65535 with a reciprocal
+    (td_divisor_s32 / td_divide_s32 in the generated C): equal to C's truncating division for every divisor, at
+    the numerators where an off-by-one reciprocal fails first, of both signs."""
     import shutil
     import subprocess
 

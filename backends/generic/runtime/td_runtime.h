@@ -261,36 +261,38 @@ static inline int64_t td_ita_shift(int64_t diff, int32_t octave_bits)
     return shift < 63 ? shift : 63;
 }
 
-/* A divisor 1 <= d < 2^16 as its exact reciprocal for 31-bit numerators (Granlund & Montgomery, "Division by
- * invariant integers using multiplication", 1994, theorem 4.2 with N = 31): with l = ceil(log2 d) and
- * m = ceil(2^(31+l) / d) (2^31 <= m < 2^32), floor(n / d) = floor(n m / 2^(31+l)) = mulhu(2n, m) >> l for every
- * 0 <= n < 2^31. One long division per divisor, then an add, a multiply and a shift per quotient. */
+/* A divisor 1 <= d < 2^16 as its exact reciprocal for signed 32-bit numerators (Granlund & Montgomery, "Division by
+ * invariant integers using multiplication", 1994, section 5, N = 32): with l = max(ceil(log2 d), 1) and
+ * m = 1 + floor(2^(31+l) / d) (2^31 < m <= 2^32 + 1, kept as m - 2^32), n / d with C's truncation is
+ * ((n + mulh(m - 2^32, n)) >> (l - 1)) - (n >> 31) for every int32 n. One long division per divisor, then a
+ * high multiply, an add, two shifts and a subtract per quotient: no branches, no sign juggling. */
 typedef struct {
-    uint32_t m;
-    uint32_t l;
+    int32_t m;
+    uint32_t shift;
 } td_divisor_t;
 
-static inline td_divisor_t td_divisor_u31(uint32_t d)
+static inline td_divisor_t td_divisor_s32(uint32_t d)
 {
-    uint32_t l = 0;
+    uint32_t l = 1;
     while (l < 16 && ((uint32_t)1 << l) < d) {
         ++l;
     }
-    /* (2^(31+l) - 1) / d as 16-bit digits of long division (a core without 64-bit divide); the numerator's top
-     * digit 2^(15+l) - 1 is below 2^31 */
-    const uint32_t top = ((uint32_t)1 << (15 + l)) - 1;
+    /* floor(2^(31+l) / d) as 16-bit digits of long division (a core without 64-bit divide): 2^(31+l) is
+     * 2^(15+l) * 2^16, and 2^(15+l) <= 2^31 */
+    const uint32_t top = (uint32_t)1 << (15 + l);
     const uint32_t q_high = top / d, r_high = top % d;
-    const uint32_t q_low = ((r_high << 16) | 0xFFFFu) / d;
+    const uint32_t q_low = (r_high << 16) / d;
     td_divisor_t out;
-    out.m = ((q_high << 16) + q_low) + 1;
-    out.l = l;
+    out.m = (int32_t)((q_high << 16) + q_low + 1u);      /* m - 2^32, modulo 2^32 */
+    out.shift = l - 1;
     return out;
 }
 
-/* floor(n / d) for 0 <= n < 2^31 (td_divisor_u31). */
-static inline uint32_t td_divide_u31(uint32_t n, td_divisor_t d)
+/* n / d with C's truncation (td_divisor_s32). */
+static inline int32_t td_divide_s32(int32_t n, td_divisor_t d)
 {
-    return (uint32_t)(((uint64_t)(n + n) * d.m) >> 32) >> d.l;
+    const int32_t q = n + (int32_t)(((int64_t)d.m * n) >> 32);
+    return (q >> d.shift) - (n >> 31);
 }
 
 /* num / den with C's truncation. A 32-bit core has no 64-bit divide (a libcall of ~100+ instructions): for a
