@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import TinyDeployError, node_context
 from ..ir.arith import ITA_OCTAVE_BITS
 from ..ir.graph import DTYPE_RANGES, Graph, Node, Tensor
-from ..passes.kernel_choice import blocked_matmul_operands, conv_by_patches, patch_depth
+from ..passes.kernel_choice import blocked_matmul_operands, conv_by_patches, layernorm_fits_int32, patch_depth
 
 CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t"}
 SUFFIXES = {"int8": "s8", "uint8": "u8", "int16": "s16", "int32": "s32", "int64": "s64"}
@@ -182,6 +182,12 @@ class Lowering:
     def const_data(self, name: str) -> np.ndarray | None:
         """The values of a constant of the graph being lowered (also inside a tile view), else None."""
         return self._graph.tensors[name].data
+
+    @property
+    def source_graph(self) -> Graph:
+        """The graph being lowered, with its whole tensors and constants (`graph` is a tile view inside
+        lower_view)."""
+        return self._graph
 
     def narrow_requant(self, node: Node) -> bool:
         """True when a requant-family op provably computes in 32 bits (faster on RV32 cores than int64)."""
@@ -845,10 +851,6 @@ def _norm_vector(low: Lowering, node: Node, name: str, cols: int) -> Tensor:
     return tensor
 
 
-#: the 32-bit LayerNorm kernel's preconditions: |weight| below 2^15, |bias| at most 2^30, at most 2^16 columns
-NARROW_LAYERNORM_WEIGHT, NARROW_LAYERNORM_BIAS, NARROW_LAYERNORM_COLS = 2**15, 2**30, 2**16
-
-
 #: the integer LayerNorms (weight and bias vectors); ILayerNormRequant also writes a requantized copy
 NORMS_WITH_BIAS = ("ILayerNorm", "ILayerNormRequant")
 
@@ -862,19 +864,6 @@ def copy_requant_fits_int32(graph: Graph, node: Node) -> bool:
     return requant_fits_int32(graph, requant, {node.outputs[0]: (int(at["lo"]), int(at["hi"]))})
 
 
-def layernorm_fits_int32(low: Lowering, node: Node, cols: int) -> bool:
-    """Whether an ILayerNorm provably computes in 32 bits: an 8/16-bit input (|x - mean| < 2^16, row sum in int32
-    for up to 2^16 columns), |w| < 2^15 (so (x - mean) * w fits int32) and |bias| <= 2^30 (the quotient is below
-    2 sqrt(cols) |w| < 2^24, so quotient + bias fits too)."""
-    if node.op not in NORMS_WITH_BIAS or low.t(node.inputs[0]).dtype not in ("int8", "uint8", "int16"):
-        return False
-    weight, bias = (low.const_data(name) for name in node.inputs[1:3])
-    if weight is None or bias is None or cols > NARROW_LAYERNORM_COLS:
-        return False
-    return (int(np.abs(weight.astype(np.int64)).max(initial=0)) < NARROW_LAYERNORM_WEIGHT
-            and int(np.abs(bias.astype(np.int64)).max(initial=0)) <= NARROW_LAYERNORM_BIAS)
-
-
 def lower_norm(low: Lowering, index: int, node: Node, call: Call) -> None:
     x, out = low.t(node.inputs[0]), low.t(node.outputs[0])
     rows, cols = _rows_cols(x)
@@ -882,7 +871,7 @@ def lower_norm(low: Lowering, index: int, node: Node, call: Call) -> None:
     fields = {"in_ctype": ctype(x.dtype), "out_ctype": ctype(out.dtype), "w_ctype": ctype(vectors[0].dtype),
               "b_ctype": ctype(vectors[1].dtype) if len(vectors) > 1 else ""}
     suffix = "_".join(SUFFIXES[t.dtype] for t in [x, *vectors, out])
-    narrow = layernorm_fits_int32(low, node, cols)
+    narrow = layernorm_fits_int32(low.source_graph, node)
     copy = node.op == "ILayerNormRequant"
     if copy:
         copy_out = low.t(node.outputs[1])

@@ -14,6 +14,7 @@ in time, stays in L3 (its tiles read it there).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 #: offsets in the ring are multiples of this (the cluster DMA's bursts start aligned)
@@ -114,3 +115,33 @@ def plan_staging(reads: list[tuple[int, list[tuple[str, int]]]], steps: list[int
 def _first_step_at(steps: list[int], at: int) -> int | None:
     """The first step that runs code at or after step `at`."""
     return next((s for s in steps if s >= at), None)
+
+
+def predict_waits(plan: StagingPlan, steps: list[int], cycles: dict[int, int], tile_slots: dict[int, list[int | None]],
+                  prefetches: dict[int, int], transfer_cycles: Callable[[int], int]) -> dict[int, int]:
+    """Cycles each step is expected to wait for staged weights, on the cost model's clock: steps run back to back
+    for their modelled `cycles`; the I/O DMA starts a step's chunks when the step starts and moves them one after
+    the other at `transfer_cycles(bytes)` each; tile t of a step (evenly spaced over its cycles) waits for chunk
+    `tile_slots[step][t]`, and a step that prefetches step j's first tile (`prefetches`: i -> j) waits in its last
+    tile for j's first chunk. A planning estimate: the L3 link's other users (an embedding's gathered rows) and
+    the cluster DMA's own stalls are left out."""
+    issued: dict[int, list[tuple[int, int]]] = {}
+    for b in plan.buffers:
+        issued.setdefault(b.issue, []).extend((b.slot + c, size) for c, (_, size) in enumerate(b.chunks))
+    done: dict[int, int] = {}
+    link_free, clock, waits = 0, 0, {}
+    for step in steps:
+        for slot, size in issued.get(step, []):
+            link_free = max(clock, link_free) + transfer_cycles(size)
+            done[slot] = link_free
+        needs = list(enumerate(tile_slots.get(step, [])))
+        tiles = max(len(needs), 1)
+        if step in prefetches and tile_slots.get(prefetches[step], [None])[0] is not None:
+            needs.append((tiles - 1, tile_slots[prefetches[step]][0]))
+        wait = 0
+        for tile, slot in needs:
+            if slot is not None and slot in done:
+                wait += max(0, done[slot] - (clock + wait + tile * cycles.get(step, 0) // tiles))
+        waits[step] = wait
+        clock += cycles.get(step, 0) + wait
+    return waits

@@ -21,7 +21,7 @@ from ..errors import TinyDeployError
 from ..ir.graph import Graph, Node
 from ..ir.ops import node_macs, op_def
 from ..target import AccelSpec, DmaSpec, Target, job_cycles, loader_segments, port_beats, transfer_cycles
-from .kernel_choice import blocked_matmul_operands, conv_by_patches
+from .kernel_choice import blocked_matmul_operands, conv_by_patches, layernorm_fits_int32
 
 ALIGNMENT = 16
 #: modelled core cycles per output element (per MAC for matmuls), before dividing by the cores. Calibrated on the
@@ -31,7 +31,10 @@ ALIGNMENT = 16
 CYCLES_PER_ELEMENT = {"Copy": 9, "Requant": 27, "RequantShift": 43, "RequantCMSIS": 23, "Add": 18, "Mul": 11,
                       "AddRequant": 25, "MulRequant": 26, "INoNorm": 44, "LUT": 10, "Relu": 9, "IGELU": 55,
                       "IHardswish": 23, "TrueIntegerDiv": 229, "ISoftmax": 457, "ITAPartialMax": 113, "ITAMax": 60,
-                      "ILayerNorm": 189, "ILayerNormRequant": 65, "IRMSNorm": 243, "Gather": 3}
+                      "ILayerNorm": 189, "ILayerNormRequant": 200, "IRMSNorm": 243, "Gather": 3}
+#: LayerNorms on the 32-bit kernel (passes/kernel_choice.py layernorm_fits_int32; the figures above are the 64-bit
+#: kernel's, ILayerNormRequant's not fitted: ILayerNorm's plus its copy), fitted on MiniLM's LayerNorms
+NARROW_NORM_CYCLES = {"ILayerNorm": 33, "ILayerNormRequant": 40}
 CYCLES_PER_MAC = 3.2
 #: matmul blocks that are not 4x4: rows of four columns (a GEMV) and plain dot products, per MAC; and the
 #: portable kernel (operands the blocked kernel does not take)
@@ -371,6 +374,8 @@ def _compute_cycles(graph: Graph, node: Node, out_tile: tuple[int, ...], cores: 
         reduced = graph.tensors[node.inputs[0]].size // max(graph.tensors[node.outputs[0]].size, 1)
         return int(_core_share(out_tile, cores) * elements * (REDUCE_CYCLES[node.op] * reduced + REDUCE_OUTPUT_CYCLES))
     per = CYCLES_PER_ELEMENT.get(node.op if node.op not in COPY_OPS else "Copy", 16)
+    if node.op in NARROW_NORM_CYCLES and layernorm_fits_int32(graph, node):
+        per = NARROW_NORM_CYCLES[node.op]
     if node.op in ROW_OPS:
         cols = out_tile[-1]
         rows = elements // max(cols, 1)

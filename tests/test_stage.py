@@ -155,3 +155,18 @@ def test_the_ring_size_is_a_compile_option(tmp_path):
     compile_graph(g, "cluster8-ita", tmp_path / "small", {"x0": x}, stage_bytes=1_200_000)
     staging = json.loads((tmp_path / "small" / "tinydeploy.json").read_text())["staging"]
     assert 0 < staging["bytes"] <= 1_200_000 and staging["capacity"] == 1_200_000
+
+
+def test_the_cost_model_predicts_the_waits_for_the_l3_stream():
+    """predict_waits: a step's tiles wait for the chunks they read as the I/O DMA brings them one after the other;
+    a long enough step before hides the stream."""
+    from tinydeploy.passes.stage import CHUNK_BYTES, predict_waits
+
+    plan = plan_staging([(1, [("w", 3 * CHUNK_BYTES)])], [0, 1], {1: 0}, capacity=4 * CHUNK_BYTES)
+    chunk = lambda nbytes: 1000                                              # noqa: E731
+    # chunks land at 1000, 2000, 3000; step 1 starts at 100 and reaches tile t at 100 t (+ the waits so far)
+    assert predict_waits(plan, [0, 1], {0: 100, 1: 300}, {1: [0, 1, 2]}, {}, chunk) == {0: 0, 1: 2700}
+    assert predict_waits(plan, [0, 1], {0: 5000, 1: 300}, {1: [0, 1, 2]}, {}, chunk) == {0: 0, 1: 0}
+    # step 0 (one tile) prefetches step 1's first tile: it waits for chunk 0 before its last (only) tile, as
+    # td_tile_ready issues the prefetch before that tile's compute
+    assert predict_waits(plan, [0, 1], {0: 100, 1: 300}, {1: [0, 1, 2]}, {0: 1}, chunk)[0] == 1000

@@ -7,10 +7,12 @@ whose pointers are the L1 buffers. Loads from L2/L3 therefore happen through DMA
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ...ir.graph import Graph, Node, Tensor
-from ...passes.stage import StagedConstant, StagingPlan, plan_staging
+from ...passes.stage import StagedConstant, StagingPlan, plan_staging, predict_waits
 from ...passes.tile import (
     Bandwidth,
     Operand,
@@ -21,7 +23,7 @@ from ...passes.tile import (
     prefetch_across_steps,
     tile_graph,
 )
-from ...target import Target
+from ...target import DmaSpec, Target
 from ..lowering import CTYPES, Call, Lowering, Refs, kernel_constants
 from .dma_copy import copy_plan, dma_copy_call
 from .residency import Residency, plan_residency
@@ -282,6 +284,8 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs, we
     following = _prefetch(graph, target, plan, residency, refs)
     staged = staging.by_key() if staging else {}
     stage_code = _staging_statements(staging, following, symbols, plan) if staging else {}
+    if staging:
+        _model_staging_waits(plan, staging, following, target)
     calls = []
     for index, node in enumerate(graph.nodes):
         if index in full:
@@ -336,6 +340,23 @@ def _staging_statements(staging: StagingPlan, following: dict[int, int], symbols
             code.setdefault(i, []).append(f"    td_tiles_next_staged({STAGE_IDS}[{first}]);")
     return {step: ["if (TD_HART_ID == 0) {   /* weights staged L3 -> L2 by the I/O DMA (passes/stage.py) */",
                    *lines, "}"] for step, lines in sorted(code.items())}
+
+
+def _model_staging_waits(plan: TilePlan, staging: StagingPlan, following: dict[int, int], target: Target) -> None:
+    """Add each step's expected wait for staged weights to its modelled cycles (passes/stage.py predict_waits),
+    so the modelled cycles an architect reads (network.c, tinydeploy.json) include the L3 stream."""
+    dma = DmaSpec.from_target(target)
+    staged = staging.by_key()
+    order = sorted(plan.steps)
+    cycles = {i: int(plan.steps[i].model.get("cycles", 0)) for i in order}
+    slots = {i: staged_waits(plan.steps[i], staged) for i in order}
+    waits = predict_waits(staging, order, cycles, slots, following,
+                          lambda nbytes: dma.cycles("l3", "l2", nbytes, 1))
+    for i, wait in waits.items():
+        if wait:
+            step = plan.steps[i]
+            plan.steps[i] = replace(step, model={**step.model, "cycles": step.model["cycles"] + wait,
+                                                 "stage_wait": wait})
 
 
 def _adjacent_steps(graph: Graph, steps: set[int], refs: Refs) -> list[tuple[int, int]]:
