@@ -92,10 +92,11 @@ def plan_staging(reads: list[tuple[int, list[tuple[str, int]]]], steps: list[int
         for key, _ in constants:
             last_read[key] = step
     plan = StagingPlan(capacity)
-    cursor, last_issue = 0, steps[0] if steps else 0
+    placed: set[str] = set()
+    cursor, last_issue, slot = 0, steps[0] if steps else 0, 0
     for step, constants in reads:
         for key, nbytes in sorted(constants, key=lambda c: c[1]):  # small tables first: every tile reads them
-            if key in plan.keys:
+            if key in placed:
                 continue
             size = _align(nbytes)
             if size > capacity:
@@ -107,8 +108,10 @@ def plan_staging(reads: list[tuple[int, list[tuple[str, int]]]], steps: list[int
             issue = _first_step_at(steps, max([last_issue, *freed, *after_direct]))
             if issue is None or issue > earliest_wait[step]:
                 continue                   # the ring frees too late: the step reads this constant from L3
-            plan.buffers.append(StagedConstant(key, nbytes, start, issue, step, last_read[key], plan.transfers))
-            cursor, last_issue = start + size, issue
+            copy = StagedConstant(key, nbytes, start, issue, step, last_read[key], slot)
+            plan.buffers.append(copy)
+            placed.add(key)
+            cursor, last_issue, slot = start + size, issue, slot + len(copy.chunks)
     return plan
 
 

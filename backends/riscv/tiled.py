@@ -196,12 +196,13 @@ def _accel_loop(name: str, count: int, step: StepTiling, job: str, staged_table:
 
 
 def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, refs: Refs, full: Call,
-               following: StepTiling | None = None, staged: dict[str, StagedConstant] | None = None) -> Call:
+               following: StepTiling | None = None, staged: dict[str, StagedConstant] | None = None,
+               waits: list[int | None] | None = None) -> Call:
     """The step's C: DMA descriptor table, tile loop, and the kernel call on L1 pointers.
 
     `full` is the untiled lowering of the node: its constant arrays are what the weights hold. `following` is
     the next step when this one loads part of its first tile (prefetch_across_steps). `staged`: the constants read
-    from their L2 copies (passes/stage.py); the step waits tile by tile for the chunks it reads."""
+    from their L2 copies (passes/stage.py); `waits`: per tile, the staged chunk it waits for (staged_waits)."""
     moved = [t for t in step.operands if t.operand.role != "indirect" and not t.in_place]
     pointers = {t.operand.key: _l1_pointer(t) for t in moved if t.operand.kind == "tensor"}
     pitches = {t.operand.key: t.stride for t in step.operands if t.in_place and t.rows > 1}
@@ -222,8 +223,7 @@ def tiled_call(lowering: Lowering, index: int, node: Node, step: StepTiling, ref
     prefetch = (_prefetch_statements(index, following, refs, lowering.graph, staged)
                 if following and following.prefetched else [])
     table = [*_xfer_table(name, moved, rows, lowering.graph), *prefetch]
-    waits = staged_waits(step, staged or {})
-    staged_table = _staged_table(index, waits)
+    staged_table = _staged_table(index, waits or [])
     if node.op == "ITAGemm":
         loop = _accel_loop(name, count, step, view.accel_job, staged_table)
     else:
@@ -283,15 +283,16 @@ def lower_tiled(graph: Graph, target: Target, lowering: Lowering, refs: Refs, we
                                            staging.keys if staging else frozenset())
     following = _prefetch(graph, target, plan, residency, refs)
     staged = staging.by_key() if staging else {}
-    stage_code = _staging_statements(staging, following, symbols, plan) if staging else {}
+    tile_waits = {i: staged_waits(plan.steps[i], staged) for i in plan.steps} if staging else {}
+    stage_code = _staging_statements(staging, following, symbols, tile_waits) if staging else {}
     if staging:
-        _model_staging_waits(plan, staging, following, target)
+        _model_staging_waits(plan, staging, following, target, tile_waits)
     calls = []
     for index, node in enumerate(graph.nodes):
         if index in full:
             nxt = following.get(index)
             call = tiled_call(lowering, index, node, plan.steps[index], refs, full[index],
-                              plan.steps[nxt] if nxt is not None else None, staged)
+                              plan.steps[nxt] if nxt is not None else None, staged, tile_waits.get(index))
             call.statements[:0] = stage_code.get(index, [])
             calls.append(call)
         elif index in by_dma:
@@ -321,12 +322,11 @@ def _plan_staging(graph: Graph, steps: list[int], refs: Refs,
 
 
 def _staging_statements(staging: StagingPlan, following: dict[int, int], symbols: dict[str, str],
-                        plan: TilePlan) -> dict[int, list[str]]:
+                        tile_waits: dict[int, list[int | None]]) -> dict[int, list[str]]:
     """Per step, hart 0's I/O DMA code: start the copies planned there, chunk by chunk; and when the step
     prefetches the next step's first tile, the chunks that tile reads, waited for just before the prefetch
     (td_tiles_next_staged; transfers complete in order, so the last one's id covers the rest). Each step waits
-    for the chunks of its own tiles in its tile loop (staged_waits)."""
-    staged = staging.by_key()
+    for the chunks of its own tiles in its tile loop (`tile_waits`, staged_waits per step)."""
     code: dict[int, list[str]] = {}
     for b in staging.buffers:
         label = f"/* {b.key.replace('*/', '* /')}, read by steps {b.first}..{b.last} */"
@@ -335,22 +335,21 @@ def _staging_statements(staging: StagingPlan, following: dict[int, int], symbols
             f"(const int8_t *){symbols[b.key]} + {at}, {size});" + (f" {label}" if c == 0 else "")
             for c, (at, size) in enumerate(b.chunks))
     for i, j in following.items():
-        first = staged_waits(plan.steps[j], staged)[0]
+        first = tile_waits[j][0]
         if first is not None:
             code.setdefault(i, []).append(f"    td_tiles_next_staged({STAGE_IDS}[{first}]);")
     return {step: ["if (TD_HART_ID == 0) {   /* weights staged L3 -> L2 by the I/O DMA (passes/stage.py) */",
                    *lines, "}"] for step, lines in sorted(code.items())}
 
 
-def _model_staging_waits(plan: TilePlan, staging: StagingPlan, following: dict[int, int], target: Target) -> None:
+def _model_staging_waits(plan: TilePlan, staging: StagingPlan, following: dict[int, int], target: Target,
+                         tile_waits: dict[int, list[int | None]]) -> None:
     """Add each step's expected wait for staged weights to its modelled cycles (passes/stage.py predict_waits),
     so the modelled cycles an architect reads (network.c, tinydeploy.json) include the L3 stream."""
     dma = DmaSpec.from_target(target)
-    staged = staging.by_key()
     order = sorted(plan.steps)
     cycles = {i: int(plan.steps[i].model.get("cycles", 0)) for i in order}
-    slots = {i: staged_waits(plan.steps[i], staged) for i in order}
-    waits = predict_waits(staging, order, cycles, slots, following,
+    waits = predict_waits(staging, order, cycles, tile_waits, following,
                           lambda nbytes: dma.cycles("l3", "l2", nbytes, 1))
     for i, wait in waits.items():
         if wait:
